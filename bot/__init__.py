@@ -1,0 +1,1 @@
+"""What people see: the Gradio app (chat, review, admin), accounts and roles."""

@@ -1,0 +1,113 @@
+"""`careloop doctor`: what is configured and whether each part is reachable."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from careloop.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+
+
+def _data_dir(settings: Settings) -> str:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=settings.home):
+        pass
+    return f"{settings.home.resolve()} (writable)"
+
+
+def _database(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    from careloop.db import current_revision, head_revision, make_engine
+
+    url = settings.resolved_database_url
+    engine = make_engine(url)
+    try:
+        current, head = current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+    shown = make_url(url).render_as_string(hide_password=True)
+    if current != head:
+        raise RuntimeError(f"{shown}: schema at {current or 'empty'}, code expects {head}; run `careloop db upgrade`")
+    return f"{shown} (schema {current})"
+
+
+def _seed_data(settings: Settings) -> str:
+    from careloop.seed import validate_all
+
+    counts = validate_all(settings.seed_data_dir)
+    return f"{settings.seed_data_dir} ({sum(counts.values())} records in {len(counts)} files)"
+
+
+def _redis(settings: Settings) -> str:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        version = client.info("server")["redis_version"]
+    except redis.RedisError as exc:
+        raise RuntimeError(
+            f"{settings.redis_url} unreachable ({exc}); start Redis or run `careloop up`, which starts one"
+        ) from None
+    finally:
+        client.close()
+    return f"{settings.redis_url} (Redis {version})"
+
+
+def _serving(settings: Settings) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(f"{settings.serving_url}/health", timeout=2)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"{settings.serving_url} not answering ({type(exc).__name__}); start it with `careloop serve`") from None
+    if response.status_code != 200:
+        raise RuntimeError(f"{settings.serving_url}/health returned {response.status_code}")
+    return f"{settings.serving_url} (healthy)"
+
+
+def _base_model(settings: Settings) -> str:
+    from careloop.base_model import resolve_base_model
+
+    model = resolve_base_model(settings)
+    return f"{model.source}" + (" (DEMO model, not for clinical use)" if model.is_demo else "")
+
+
+def _gpu(_: Settings) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none (CPU only)"
+    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+
+
+CHECKS: list[tuple[str, bool, Callable[[Settings], str]]] = [
+    ("data dir", True, _data_dir),
+    ("database", True, _database),
+    ("seed data", True, _seed_data),
+    ("redis", True, _redis),
+    ("base model", True, _base_model),
+    ("serving", False, _serving),
+    ("gpu", False, _gpu),
+]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    results = []
+    for name, required, probe in CHECKS:
+        try:
+            results.append(Check(name, True, required, probe(settings)))
+        except Exception as exc:  # noqa: BLE001 - a doctor reports failures, it does not crash on them
+            detail = str(exc).strip() or type(exc).__name__
+            results.append(Check(name, False, required, detail.replace(os.linesep, " ")))
+    return results

@@ -1,0 +1,101 @@
+"""Typed configuration: every knob is a ``CARELOOP_*`` environment variable (or a line in ``.env``).
+
+The README's configuration table is checked against this class by the tests, so a new
+field here must be documented there.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(Exception):
+    """A CARELOOP_* value could not be parsed; the message names the variable and the reason."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CARELOOP_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = Field(Path("./var"), description="Data directory: database, models, adapters, logs.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL. Empty: a SQLite file `careloop.db` in the data directory "
+        "(WAL mode). PostgreSQL: `postgresql+psycopg://user@host/db`.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
+    serving_url: str = Field("http://127.0.0.1:8000", description="Base URL of the serving HTTP API.")
+    base_model: str = Field(
+        "",
+        description="Hub model id or local path of the base model. Empty: the offline demo "
+        "model built by `careloop model build-demo`.",
+    )
+    demo_size: Literal["tiny", "demo"] = Field(
+        "demo", description="Size of the demo model used when no base model is set."
+    )
+    seed_data_dir: Path = Field(
+        REPO_ROOT / "data" / "seed", description="Seed corpus (MedQuAD, PubMedQA, K-QA, MedSafetyBench)."
+    )
+    seed: int = Field(0, ge=0, description="Random seed for the demo model build and training.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("serving_url")
+    @classmethod
+    def _http_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'careloop.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and ``.env``), turning parse errors into one clear message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"CARELOOP_{field.upper()}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("Invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests and CLIs that change the environment call ``cache_clear``)."""
+    return load_settings()

@@ -1,0 +1,75 @@
+"""The `careloop` command as a user runs it: help everywhere, doctor, build-demo, base-model errors."""
+
+import re
+
+import pytest
+
+
+def _commands(help_text: str) -> list[str]:
+    section = help_text.split("Commands")[1]
+    return re.findall(r"^│ (\S+)\s", section, flags=re.M)
+
+
+def test_help_on_every_command(cli):
+    top = cli("--help")
+    assert top.returncode == 0
+    groups = _commands(top.stdout)
+    assert {"doctor", "model", "db", "seed"} <= set(groups)
+    seen = 0
+    for group in groups:
+        result = cli(group, "--help")
+        assert result.returncode == 0, result.stderr
+        for sub in _commands(result.stdout) if "Commands" in result.stdout else []:
+            sub_result = cli(group, sub, "--help")
+            assert sub_result.returncode == 0 and "Usage" in sub_result.stdout
+            seen += 1
+    assert seen >= 5
+
+
+def test_build_demo_tiny_via_cli_reuses_the_cache(cli, tiny_model_dir):
+    result = cli("model", "build-demo", "--size", "tiny", "--out", str(tiny_model_dir))
+    assert result.returncode == 0, result.stderr
+    assert "DEMO model (tiny" in result.stdout and "cached build reused" in result.stdout
+
+
+def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny_model_dir):
+    env = {"CARELOOP_REDIS_URL": redis_server.url, "CARELOOP_BASE_MODEL": str(tiny_model_dir)}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    result = cli("doctor", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "gpu"):
+        assert check in result.stdout
+    assert "DEMO model" in result.stdout  # a demo base model is labelled as such
+    assert re.search(r"serving\s+│ warn", result.stdout)  # optional: not running yet
+
+
+@pytest.mark.parametrize(
+    ("env", "migrated", "reason"),
+    [
+        ({"CARELOOP_REDIS_URL": "redis://127.0.0.1:1/0"}, True,
+         "redis: redis://127.0.0.1:1/0 unreachable"),
+        ({}, False, "run `careloop db upgrade`"),
+        ({"CARELOOP_DEMO_SIZE": "tiny", "CARELOOP_BASE_MODEL": ""}, True,
+         "Run `careloop model build-demo --size tiny`"),
+    ],
+    ids=["redis-down", "schema-missing", "no-model"],
+)
+def test_doctor_fails_with_the_reason(cli, redis_server, tiny_model_dir, env, migrated, reason):
+    full_env = {"CARELOOP_REDIS_URL": redis_server.url, "CARELOOP_BASE_MODEL": str(tiny_model_dir),
+                **env}
+    if migrated:
+        assert cli("db", "upgrade", env=full_env).returncode == 0
+    result = cli("doctor", env=full_env)
+    assert result.returncode == 1
+    assert "required check(s) failed" in result.stderr and reason in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_model_id_offline_names_the_setting_and_the_demo_builder(cli, redis_server):
+    env = {"CARELOOP_REDIS_URL": redis_server.url, "CARELOOP_BASE_MODEL": "Qwen/Qwen2.5-0.5B-Instruct",
+           "HF_HUB_OFFLINE": "1"}
+    cli("db", "upgrade", env=env)
+    result = cli("doctor", env=env)
+    assert result.returncode == 1
+    assert "Cannot load base model 'Qwen/Qwen2.5-0.5B-Instruct' (CARELOOP_BASE_MODEL)" in result.stderr
+    assert "careloop model build-demo" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from careloop.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_put_everything_under_the_data_dir(monkeypatch):
+    monkeypatch.delenv("CARELOOP_HOME")
+    settings = load_settings()
+    assert settings.home == Path("./var")
+    assert settings.resolved_database_url == f"sqlite:///{Path('./var/careloop.db').resolve()}"
+    assert settings.models_dir == Path("./var/models")
+    assert settings.base_model == "" and settings.demo_size == "demo"
+
+
+def test_environment_variables_are_parsed_and_typed(monkeypatch):
+    monkeypatch.setenv("CARELOOP_DATABASE_URL", "postgresql+psycopg://u@db/careloop")
+    monkeypatch.setenv("CARELOOP_LOG_LEVEL", "debug")
+    monkeypatch.setenv("CARELOOP_LOG_JSON", "true")
+    monkeypatch.setenv("CARELOOP_SEED", "7")
+    monkeypatch.setenv("CARELOOP_SERVING_URL", "http://gpu-box:8000/")
+    settings = load_settings()
+    assert settings.resolved_database_url == "postgresql+psycopg://u@db/careloop"
+    assert settings.log_level == "DEBUG" and settings.log_json is True and settings.seed == 7
+    assert settings.serving_url == "http://gpu-box:8000"
+
+
+def test_dotenv_file_is_read(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("CARELOOP_DEMO_SIZE=tiny\n")
+    assert load_settings().demo_size == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("CARELOOP_SEED", "minus one", "valid integer"),
+        ("CARELOOP_SEED", "-1", "greater than or equal to 0"),
+        ("CARELOOP_DEMO_SIZE", "huge", "'tiny' or 'demo'"),
+        ("CARELOOP_REDIS_URL", "localhost:6379", "must start with redis://"),
+        ("CARELOOP_DATABASE_URL", "mysql://x", "sqlite:/// or postgresql"),
+        ("CARELOOP_SERVING_URL", "gpu-box:8000", "must start with http://"),
+        ("CARELOOP_LOG_JSON", "maybe", "valid boolean"),
+    ],
+)
+def test_bad_values_give_one_clear_message_naming_the_variable(monkeypatch, variable, value, reason):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert variable in message and reason in message and repr(value) in message
+
+
+def test_cli_reports_bad_settings_without_a_traceback(cli):
+    result = cli("doctor", env={"CARELOOP_DEMO_SIZE": "huge"})
+    assert result.returncode == 2
+    assert "CARELOOP_DEMO_SIZE" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_readme_documents_every_setting():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f"CARELOOP_{name.upper()}" for name in Settings.model_fields
+               if f"`CARELOOP_{name.upper()}`" not in readme]
+    assert not missing, f"README.md configuration table lacks {missing}"
