@@ -55,6 +55,22 @@ def doctor() -> None:
         raise CommandError("required check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_SERVING_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_SERVING_PORT].")] = None,
+) -> None:
+    """Run the embedded engine behind the OpenAI/TGI-compatible HTTP API."""
+    from serving.server import ExternalBackend
+    from serving.server import main as serve_main
+
+    overrides = {k: v for k, v in {"serving_host": host, "serving_port": port}.items() if v is not None}
+    try:
+        serve_main(get_settings().model_copy(update=overrides))
+    except ExternalBackend as exc:
+        raise CommandError(str(exc)) from None
+
+
 @model_app.command("build-demo")
 def build_demo(
     size: Annotated[Literal["tiny", "demo"] | None, typer.Option(help="tiny (~1M params, tests) or demo (~10M, default).")] = None,

@@ -6,6 +6,7 @@ field here must be documented there.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,24 @@ class Settings(BaseSettings):
         REPO_ROOT / "data" / "seed", description="Seed corpus (MedQuAD, PubMedQA, K-QA, MedSafetyBench)."
     )
     seed: int = Field(0, ge=0, description="Random seed for the demo model build and training.")
+    serving_backend: Literal["embedded", "vllm", "tgi"] = Field(
+        "embedded", description="What answers at CARELOOP_SERVING_URL: the embedded engine "
+        "(`careloop serve`), or an external vLLM or TGI server."
+    )
+    serving_host: str = Field("127.0.0.1", description="Address `careloop serve` binds to.")
+    serving_port: int = Field(8000, ge=1, le=65535, description="Port `careloop serve` listens on.")
+    control_token: str = Field(
+        "", description="Bearer token for adapter load/unload. Empty: generated once into "
+        "`$CARELOOP_HOME/control.token` (mode 600) and read from there by server and clients."
+    )
+    adapter_dir: Path | None = Field(
+        None, description="Directory LoRA adapters are loaded from; paths outside it are refused. "
+        "Empty: `$CARELOOP_HOME/adapters`."
+    )
+    max_batch: int = Field(8, ge=1, le=256, description="Requests decoded together in one batch.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting beyond the batch; more get 429 + Retry-After.")
+    context_length: int = Field(0, ge=0, description="Prompt + completion token limit. 0: the model's own.")
+    default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets none.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
 
@@ -81,6 +100,24 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def resolved_adapter_dir(self) -> Path:
+        return self.adapter_dir or self.home / "adapters"
+
+    def resolved_control_token(self) -> str:
+        """The configured token, or the one generated into the data dir on first use."""
+        if self.control_token:
+            return self.control_token
+        path = self.home / "control.token"
+        if not path.exists():
+            import secrets
+
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
 
 def load_settings(**overrides: object) -> Settings:

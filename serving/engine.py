@@ -61,6 +61,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TextDelta:
 @dataclass
 class Finished:
     text: str
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "eos" | "stop_sequence" | "length" | "cancelled" | "error"
     prompt_tokens: int
     completion_tokens: int
     adapter: str | None
@@ -341,6 +342,10 @@ class Engine:
                 token = self._sample(logits[row], request)
                 next_ids[row] = token
                 active[row] = self._advance(request, token)
+            # A finished row no longer holds its adapter (it may be unloaded mid-batch): decode it as base.
+            for row, still_running in enumerate(active):
+                if not still_running:
+                    adapter_names[row] = BASE_ADAPTER
             self._apply_control()  # loads land between steps; requests in flight keep decoding
             step_ids = next_ids.unsqueeze(1)
             attention = torch.cat([attention, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
@@ -365,9 +370,9 @@ class Engine:
             request.first_token_at = time.perf_counter()
         with self._lock:
             self.stats.generated_tokens += 1
-        if token in self.eos_ids:
+        if token in self.eos_ids and not request.params.ignore_eos:
             self._emit_text(request, final=True)
-            self._finish(request, "stop")
+            self._finish(request, "eos")
             return False
         request.generated.append(token)
         text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
@@ -375,7 +380,7 @@ class Engine:
             cut = text.find(stop)
             if cut != -1:
                 self._emit_text(request, final=True, text=text[:cut])
-                self._finish(request, "stop", text=text[:cut])
+                self._finish(request, "stop_sequence", text=text[:cut])
                 return False
         if len(request.generated) >= request.params.max_tokens:
             self._emit_text(request, final=True, text=text)

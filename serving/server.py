@@ -1,0 +1,43 @@
+"""`careloop serve`: the embedded engine behind the HTTP API, in one process."""
+
+from __future__ import annotations
+
+from careloop.base_model import resolve_base_model
+from careloop.log import get_logger
+from careloop.settings import Settings
+from serving.api import create_app
+from serving.engine import Engine
+
+log = get_logger(__name__)
+
+
+class ExternalBackend(Exception):
+    pass
+
+
+def build_engine(settings: Settings) -> Engine:
+    model = resolve_base_model(settings, build_if_missing=True)
+    settings.resolved_adapter_dir.mkdir(parents=True, exist_ok=True)
+    return Engine(model.source, model.name, model.is_demo, max_batch=settings.max_batch,
+                  max_queue=settings.max_queue, context_length=settings.context_length or None,
+                  adapter_dir=settings.resolved_adapter_dir)
+
+
+def main(settings: Settings) -> None:
+    import uvicorn
+
+    if settings.serving_backend != "embedded":
+        raise ExternalBackend(
+            f"CARELOOP_SERVING_BACKEND={settings.serving_backend}: answers come from the external "
+            f"{settings.serving_backend} server at CARELOOP_SERVING_URL; `careloop serve` runs only the "
+            "embedded engine (see README, 'Serving backends')."
+        )
+    engine = build_engine(settings)
+    app = create_app(engine, settings.resolved_control_token(), settings.default_max_tokens)
+    log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo,
+             host=settings.serving_host, port=settings.serving_port)
+    try:
+        uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_config=None,
+                    timeout_graceful_shutdown=10)
+    finally:
+        engine.shutdown()
