@@ -238,7 +238,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
     # ----- TGI generate -----
 
-    def _tgi_submit(body: p.GenerateRequest) -> tuple[RequestHandle, int]:
+    def _tgi_submit(body: p.GenerateRequest) -> RequestHandle:
         params = body.parameters
         adapter = resolve_adapter(params.adapter_id)
         prompt = engine.text_prompt_ids(body.inputs)
@@ -248,7 +248,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
         temperature = (params.temperature or 1.0) if sampling else 0.0
         handle = engine.submit(prompt, adapter, SamplingParams(
             max_tokens, temperature, params.top_p or 1.0, params.seed, tuple(params.stop)))
-        return handle, max_tokens
+        return handle
 
     def _tgi_details(result: Finished, seed: int | None) -> p.GenerateDetails:
         return p.GenerateDetails(finish_reason=TGI_FINISH[result.finish_reason],
@@ -256,7 +256,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
     @app.post("/generate", response_model=None)
     async def generate(body: p.GenerateRequest, request: Request) -> p.GenerateResponse | JSONResponse:
-        handle, _ = _tgi_submit(body)
+        handle = _tgi_submit(body)
         result = await _result_or_cancel(request, handle)
         metrics.finished(result)
         if result.error:
@@ -266,7 +266,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
     @app.post("/generate_stream")
     async def generate_stream(body: p.GenerateRequest) -> StreamingResponse:
-        handle, _ = _tgi_submit(body)
+        handle = _tgi_submit(body)
 
         async def events() -> AsyncIterator[bytes]:
             index = 0

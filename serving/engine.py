@@ -128,8 +128,6 @@ class RequestHandle:
 class EngineStats:
     queued: int = 0
     running: int = 0
-    adapter_loads: int = 0
-    generated_tokens: int = 0
 
 
 class Engine:
@@ -283,7 +281,6 @@ class Engine:
                 continue
             with self._lock:
                 self._adapters[name] = path
-                self.stats.adapter_loads += 1
             loop.call_soon_threadsafe(_settle, future, None)
         with self._lock:
             done = [name for name in self._draining if self._inflight.get(name, 0) == 0]
@@ -368,8 +365,6 @@ class Engine:
         """Record one generated token, stream the new text; return whether the request goes on."""
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
-        with self._lock:
-            self.stats.generated_tokens += 1
         if token in self.eos_ids and not request.params.ignore_eos:
             self._emit_text(request, final=True)
             self._finish(request, "eos")
