@@ -24,6 +24,14 @@ def demo_model_dir(settings: Settings, size: str | None = None) -> Path:
     return settings.models_dir / ("careloop-demo" if size == "demo" else f"careloop-demo-{size}")
 
 
+def base_model_name(settings: Settings) -> str:
+    """The name serving reports for the base model, known without loading anything."""
+    if settings.base_model:
+        local = Path(settings.base_model).expanduser()
+        return local.name if local.is_dir() else settings.base_model
+    return demo_model_dir(settings).name
+
+
 def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> BaseModel:
     """Find the base model without loading its weights; build the demo model if asked to."""
     from careloop.demo_model import read_build_info
@@ -31,7 +39,7 @@ def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> Ba
     if settings.base_model:
         local = Path(settings.base_model).expanduser()
         if local.is_dir():
-            return BaseModel(local.name, str(local), read_build_info(local) is not None)
+            return BaseModel(base_model_name(settings), str(local), read_build_info(local) is not None)
         _check_hub_model(settings.base_model)
         return BaseModel(settings.base_model, settings.base_model, is_demo=False)
 
@@ -46,7 +54,7 @@ def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> Ba
         from careloop.demo_model import build_demo_model
 
         build_demo_model(path, size=settings.demo_size, seed=settings.seed, seed_dir=settings.seed_data_dir)
-    return BaseModel(path.name, str(path), is_demo=True)
+    return BaseModel(base_model_name(settings), str(path), is_demo=True)
 
 
 def _check_hub_model(model_id: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +22,9 @@ seed_app = typer.Typer(help="The seed corpus in data/seed.", no_args_is_help=Tru
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
 app.add_typer(seed_app, name="seed")
+adapters_app = typer.Typer(help="LoRA adapter versions: register, load, promote, roll back, retire.",
+                           no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -133,6 +138,143 @@ def seed_validate() -> None:
     settings = get_settings()
     for name, count in validate_all(settings.seed_data_dir).items():
         console.print(f"{name}: {count} records")
+
+
+# ----- adapters -----
+
+ActorOption = Annotated[str | None, typer.Option(help="Who does this, for the audit log [default: cli:$USER].")]
+
+
+def _actor(actor: str | None) -> str:
+    import getpass
+
+    return actor or f"cli:{getpass.getuser()}"
+
+
+@contextmanager
+def _serving_errors() -> Iterator[None]:
+    from serving.client import ControlUnsupported, ServingRejected, ServingUnavailable
+    from serving.registry import RegistryError
+
+    try:
+        yield
+    except (RegistryError, ServingUnavailable, ServingRejected, ControlUnsupported) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _registry_and_client():
+    from serving.client import ServingClient
+    from serving.registry import open_registry
+
+    settings = get_settings()
+    return open_registry(settings), ServingClient.from_settings(settings, with_registry=False)
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Every adapter version with its status; `loaded` says whether serving has it in memory."""
+    registry, client = _registry_and_client()
+    with _serving_errors():
+        versions = registry.versions()
+    try:
+        loaded = set(client.loaded_adapters())
+    except Exception:  # noqa: BLE001 - the list is still useful with serving down
+        loaded = None
+    table = Table(title=f"adapter versions of {registry.base_model}")
+    for column in ("name", "status", "loaded", "parent", "replaced", "created", "promoted", "note"):
+        table.add_column(column, overflow="fold")
+    for v in versions:
+        table.add_row(v.name, v.status, "?" if loaded is None else ("yes" if v.name in loaded else "no"),
+                      v.parent or "", v.replaced or "", f"{v.created_at:%Y-%m-%d %H:%M}",
+                      f"{v.promoted_at:%Y-%m-%d %H:%M}" if v.promoted_at else "", v.note)
+    console.print(table if versions else "no adapter versions registered yet")
+
+
+@adapters_app.command("register")
+def adapters_register(
+    name: Annotated[str, typer.Argument(help="New, never-used version name, e.g. med-v0007.")],
+    path: Annotated[Path, typer.Argument(help="Directory with adapter_config.json and the weights.")],
+    parent: Annotated[str | None, typer.Option(help="The version this one was trained from.")] = None,
+    note: Annotated[str, typer.Option(help="Free text shown in the list.")] = "",
+    actor: ActorOption = None,
+) -> None:
+    """Record a trained adapter as a candidate."""
+    registry, _ = _registry_and_client()
+    with _serving_errors():
+        registry.register(name, path, actor=_actor(actor), parent=parent, note=note)
+    console.print(f"{name}: registered as candidate")
+
+
+@adapters_app.command("load")
+def adapters_load(
+    name: Annotated[str, typer.Argument(help="A registered version.")],
+) -> None:
+    """Load a registered version into serving (for evaluation) without making it live."""
+    registry, client = _registry_and_client()
+    with _serving_errors():
+        version = registry.get(name)
+        client.load_adapter(version.name, version.path)
+    console.print(f"{name}: loaded into serving at {client.url}")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: Annotated[str, typer.Argument(help="A candidate or retired version.")],
+    wait: Annotated[bool, typer.Option(help="Wait the grace period and unload the replaced version.")] = True,
+    actor: ActorOption = None,
+) -> None:
+    """Load NAME, smoke-test it through the public API, and make it the live version."""
+    registry, client = _registry_and_client()
+    with _serving_errors():
+        promotion = registry.promote(name, client, actor=_actor(actor))
+        console.print(f"{promotion.live} is live (was {promotion.previous or 'the base model'}), "
+                      f"in {promotion.seconds:.2f} s")
+        _unload_replaced(registry, client, wait)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    reason: Annotated[str, typer.Option(help="Why, for the audit log and the version's note.")] = "rolled back",
+    wait: Annotated[bool, typer.Option(help="Wait the grace period and unload the rolled-back version.")] = True,
+    actor: ActorOption = None,
+) -> None:
+    """Make the version the live one replaced live again; the current one becomes rejected."""
+    registry, client = _registry_and_client()
+    with _serving_errors():
+        promotion = registry.rollback(client, actor=_actor(actor), reason=reason)
+        console.print(f"rolled back {promotion.previous}: {promotion.live} is live again")
+        _unload_replaced(registry, client, wait)
+
+
+def _unload_replaced(registry, client, wait: bool) -> None:  # noqa: ANN001
+    if not wait:
+        return
+    grace = get_settings().promotion_grace_seconds
+    console.print(f"unloading replaced versions after a {grace:g} s grace period ...")
+    unloaded = registry.unload_stale(client, grace)
+    console.print("unloaded: " + (", ".join(unloaded) or "nothing"))
+
+
+@adapters_app.command("retire")
+def adapters_retire(name: Annotated[str, typer.Argument()], actor: ActorOption = None) -> None:
+    """Take a version out of use; retiring the live version leaves the base model answering."""
+    registry, _ = _registry_and_client()
+    with _serving_errors():
+        registry.retire(name, actor=_actor(actor))
+    console.print(f"{name}: retired")
+
+
+@adapters_app.command("reject")
+def adapters_reject(
+    name: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="Why it must not go live.")],
+    actor: ActorOption = None,
+) -> None:
+    """Mark a candidate as never to go live."""
+    registry, _ = _registry_and_client()
+    with _serving_errors():
+        registry.reject(name, actor=_actor(actor), reason=reason)
+    console.print(f"{name}: rejected")
 
 
 def main() -> None:

@@ -92,8 +92,15 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+# Every module that declares tables. Named, not imported, so the shell does not depend on the
+# domain packages at import time; Alembic needs them all to compare models with the schema.
+MODEL_MODULES = ("careloop.audit", "serving.registry")
+
+
 def load_all_models() -> MetaData:
     """Import every module that declares tables so ``Base.metadata`` is complete (for autogenerate)."""
-    import careloop.audit  # noqa: F401
+    import importlib
 
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
     return Base.metadata

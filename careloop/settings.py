@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         None, description="Directory LoRA adapters are loaded from; paths outside it are refused. "
         "Empty: `$CARELOOP_HOME/adapters`."
     )
+    serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
+    live_cache_seconds: float = Field(
+        0.5, ge=0, description="How long clients cache the registry's live adapter version.")
+    promotion_grace_seconds: float = Field(
+        10.0, ge=0, description="After a promotion or rollback, seconds before the replaced version is "
+        "unloaded (must exceed CARELOOP_LIVE_CACHE_SECONDS).")
     max_batch: int = Field(8, ge=1, le=256, description="Requests decoded together in one batch.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond the batch; more get 429 + Retry-After.")
     context_length: int = Field(0, ge=0, description="Prompt + completion token limit. 0: the model's own.")

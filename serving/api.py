@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careloop.log import get_logger
 from serving import protocol as p
@@ -103,15 +104,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
     metrics = Metrics(engine)
     bearer = HTTPBearer(auto_error=False)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = route.path if route is not None else "unmatched"
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.latency.labels(name).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_RequestMetrics, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,7 +211,7 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
         try:
             yield chunk(p.Delta(role="assistant", content=""))
-            async for event in handle:
+            async for event in handle.coalesced():
                 if isinstance(event, TextDelta):
                     yield chunk(p.Delta(content=event.text))
                     continue
@@ -315,3 +308,34 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
 class _Unauthorized(Exception):
     pass
+
+
+class _RequestMetrics:
+    """Counts requests by route and status, and their latency. Plain ASGI: Starlette's
+    ``BaseHTTPMiddleware`` pushes every streamed chunk through extra tasks, which cost a
+    third of the streaming throughput here."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = scope.get("route")
+            name = route.path if route is not None else "unmatched"
+            self.metrics.requests.labels(name, str(status)).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)

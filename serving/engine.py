@@ -1,8 +1,10 @@
 """The embedded inference engine: one base model, many LoRA adapters, batched decoding on one thread.
 
-Requests from any number of HTTP clients are queued; the engine thread takes up to ``max_batch`` of
-them at a time (any mix of adapters, via PEFT's per-row ``adapter_names``), decodes them token by
-token with a shared KV cache, and streams each row's text back to its own asyncio queue. Adapter
+Requests from any number of HTTP clients are queued; the engine thread decodes up to ``max_batch``
+of them together (any mix of adapters, via PEFT's per-row ``adapter_names``) token by token with a
+shared KV cache, and streams each row's text back to its own asyncio queue. Batching is
+continuous: between two decode steps, waiting requests are prefilled and join the running batch,
+and finished rows leave it. Adapter
 loads run on the engine thread *between* decode steps, so a load never races a forward pass and
 requests in flight keep going; an unload waits until no queued or running request uses it.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from careloop.log import get_logger
 
@@ -117,11 +120,99 @@ class RequestHandle:
             if isinstance(event, Finished):
                 return
 
+    async def coalesced(self) -> AsyncIterator[TextDelta | Finished]:
+        """Like iterating, but text that piled up while the consumer was busy comes as one delta:
+        under load a streaming client gets fewer, larger chunks instead of falling behind."""
+        events = self._request.events
+        while True:
+            event = await events.get()
+            while isinstance(event, TextDelta) and not events.empty():
+                following = events.get_nowait()
+                if not isinstance(following, TextDelta):
+                    yield event
+                    event = following
+                    break
+                event = TextDelta(event.text + following.text, following.token_id)
+            yield event
+            if isinstance(event, Finished):
+                return
+
     async def result(self) -> Finished:
         async for event in self:
             if isinstance(event, Finished):
                 return event
         raise RuntimeError("stream ended without a result")  # pragma: no cover - __aiter__ guarantees it
+
+
+class _Batch:
+    """The rows decoding together and their shared KV cache.
+
+    Invariant between steps: the cache holds every row's tokens so far (left-padded to one
+    length); ``next_ids`` are the tokens to feed next, at ``positions``; ``attention`` covers the
+    cache plus that next token.
+    """
+
+    def __init__(self, rows: list[_Request], cache: DynamicCache, attention: torch.Tensor,
+                 last_positions: torch.Tensor, adapter_names: list[str], logits: torch.Tensor):
+        self.rows = rows
+        self.cache = cache
+        self.attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+        self.positions = last_positions + 1
+        self.adapter_names = adapter_names
+        self.logits = logits
+        self.next_ids = torch.empty(0, dtype=torch.long)
+        self.mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    def advanced(self) -> None:
+        """The cache took one more token per row."""
+        self.attention = torch.cat([self.attention, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        self.positions = self.positions + 1
+
+    def merge(self, other: _Batch) -> _Batch:
+        """Append ``other``'s rows, left-padding the shorter cache (padding is masked out)."""
+        length = max(self.cache_length, other.cache_length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.attention = torch.cat([_left_pad(self.attention, length + 1, dim=1),
+                                    _left_pad(other.attention, length + 1, dim=1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows += other.rows
+        self.adapter_names += other.adapter_names
+        return self
+
+    @property
+    def cache_length(self) -> int:
+        return self.attention.shape[1] - 1
+
+    def select(self, keep: list[int], next_ids: list[int]) -> _Batch | None:
+        """Keep only the rows still generating, and drop cache columns no row attends to any more."""
+        if not keep:
+            return None
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep)
+            self.cache.batch_select_indices(index.to(self.cache.layers[0].keys.device))
+            self.attention = self.attention[index]
+            self.positions = self.positions[index]
+            self.rows = [self.rows[i] for i in keep]
+            self.adapter_names = [self.adapter_names[i] for i in keep]
+            unused = int((self.attention.sum(0) > 0).int().argmax())
+            if unused > 0 and self.mergeable:
+                self.attention = self.attention[:, unused:]
+                for layer in self.cache.layers:
+                    layer.keys = layer.keys[..., unused:, :]
+                    layer.values = layer.values[..., unused:, :]
+        self.next_ids = torch.tensor(next_ids, dtype=torch.long)
+        return self
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 @dataclass
@@ -245,26 +336,35 @@ class Engine:
     # ----- engine thread -----
 
     def _run(self) -> None:
+        batch: _Batch | None = None
         while True:
             with self._lock:
-                while self._running and not (self._waiting or self._pending_loads or self._draining):
+                while self._running and batch is None and not (
+                        self._waiting or self._pending_loads or self._draining):
                     self._wake.wait()
                 if not self._running:
                     return
-                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+                # Continuous batching: waiting requests join the running batch between decode steps
+                # (where the cache cannot be merged, only once the running batch is done).
+                free = self.max_batch - (len(batch.rows) if batch else 0)
+                if batch is not None and not batch.mergeable:
+                    free = 0
+                admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
                 self.stats.queued = len(self._waiting)
-                self.stats.running = len(batch)
+                self.stats.running = len(admitted) + (len(batch.rows) if batch else 0)
             try:
                 self._apply_control()
-                if batch:
-                    self._decode(batch)
+                batch = self._step(batch, admitted)
             except Exception as exc:  # noqa: BLE001 - fail these requests, keep serving the others
-                log.exception("engine_step_failed", batch=len(batch))
-                for request in batch:
+                failed = admitted + (batch.rows if batch else [])
+                log.exception("engine_step_failed", batch=len(failed))
+                for request in failed:
                     if not request.finished:
                         self._finish(request, "error", error=f"{type(exc).__name__}: {exc}")
-            with self._lock:
-                self.stats.running = 0
+                batch = None
+            if batch is None:
+                with self._lock:
+                    self.stats.running = 0
 
     def _apply_control(self) -> None:
         """Adapter loads and finished drains; runs on the engine thread between forward passes."""
@@ -306,47 +406,55 @@ class Engine:
         self.model.eval()
 
     @torch.inference_mode()
-    def _decode(self, batch: list[_Request]) -> None:
+    def _step(self, batch: _Batch | None, admitted: list[_Request]) -> _Batch | None:
+        """One decode step for the running rows plus the prefill of newly admitted ones; sample one
+        token per row, stream it, and drop the rows that finished. Returns the batch that goes on."""
+        logits = []
+        if batch is not None:
+            logits.append(self._forward(batch.next_ids[:, None], batch.attention, batch.positions[:, None],
+                                        batch.cache, batch.adapter_names))
+            batch.advanced()
+        if admitted:
+            new = self._prefill(admitted)
+            logits.append(new.logits)
+            batch = batch.merge(new) if batch is not None else new
+        if batch is None:
+            return None
+        logits = torch.cat(logits)
+        keep, next_ids = [], []
+        for row, request in enumerate(batch.rows):
+            if request.cancelled:
+                self._finish(request, "cancelled")
+                continue
+            token = self._sample(logits[row], request)
+            if self._advance(request, token):
+                keep.append(row)
+                next_ids.append(token)
+        return batch.select(keep, next_ids)
+
+    def _forward(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                 cache, adapter_names: list[str]) -> torch.Tensor:  # noqa: ANN001 - a transformers Cache
         from peft import PeftModel
 
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, request in enumerate(batch):  # left padding keeps every row's next token at the end
+        # Checked every step: the first adapter load wraps the base model in a PeftModel.
+        extra = {"adapter_names": adapter_names} if isinstance(self.model, PeftModel) else {}
+        output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                            **extra)
+        return output.logits[:, -1, :].float().cpu()
+
+    def _prefill(self, requests: list[_Request]) -> _Batch:
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):  # left padding keeps every row's next token at the end
             input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
             attention[row, width - len(request.prompt_ids):] = 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        adapter_names = [r.adapter or BASE_ADAPTER for r in batch]
-        active = [True] * len(batch)
-        past = None
-        step_ids, step_positions = input_ids, positions
-        while any(active):
-            # Re-checked every step: the first adapter load wraps the base model in a PeftModel.
-            extra = {"adapter_names": adapter_names} if isinstance(self.model, PeftModel) else {}
-            output = self.model(input_ids=step_ids.to(self.device), attention_mask=attention.to(self.device),
-                                position_ids=step_positions.to(self.device), past_key_values=past,
-                                use_cache=True, **extra)
-            past = output.past_key_values
-            logits = output.logits[:, -1, :].float().cpu()
-            next_ids = torch.full((len(batch),), self.pad_id, dtype=torch.long)
-            for row, request in enumerate(batch):
-                if not active[row]:
-                    continue
-                if request.cancelled:
-                    active[row] = False
-                    self._finish(request, "cancelled")
-                    continue
-                token = self._sample(logits[row], request)
-                next_ids[row] = token
-                active[row] = self._advance(request, token)
-            # A finished row no longer holds its adapter (it may be unloaded mid-batch): decode it as base.
-            for row, still_running in enumerate(active):
-                if not still_running:
-                    adapter_names[row] = BASE_ADAPTER
-            self._apply_control()  # loads land between steps; requests in flight keep decoding
-            step_ids = next_ids.unsqueeze(1)
-            attention = torch.cat([attention, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
-            step_positions = step_positions[:, -1:] + 1
+        adapter_names = [r.adapter or BASE_ADAPTER for r in requests]
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(input_ids, attention, positions, cache, adapter_names)
+        return _Batch(list(requests), cache, attention, positions[:, -1], adapter_names, logits)
 
     @staticmethod
     def _sample(logits: torch.Tensor, request: _Request) -> int:

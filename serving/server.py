@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from sqlalchemy.exc import SQLAlchemyError
+
 from careloop.base_model import resolve_base_model
 from careloop.log import get_logger
 from careloop.settings import Settings
@@ -23,6 +27,20 @@ def build_engine(settings: Settings) -> Engine:
                   adapter_dir=settings.resolved_adapter_dir)
 
 
+def _restore_live_version(engine: Engine, settings: Settings) -> None:
+    """After a restart, serve the registry's live version again before accepting requests."""
+    from serving.registry import open_registry
+
+    try:
+        live = open_registry(settings).live()
+    except SQLAlchemyError as exc:
+        log.warning("registry_unreachable_serving_base_model_only", error=str(exc).splitlines()[0])
+        return
+    if live is not None:
+        asyncio.run(engine.load_adapter(live.name, live.path))
+        log.info("live_adapter_restored", adapter=live.name)
+
+
 def main(settings: Settings) -> None:
     import uvicorn
 
@@ -33,6 +51,7 @@ def main(settings: Settings) -> None:
             "embedded engine (see README, 'Serving backends')."
         )
     engine = build_engine(settings)
+    _restore_live_version(engine, settings)
     app = create_app(engine, settings.resolved_control_token(), settings.default_max_tokens)
     log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo,
              host=settings.serving_host, port=settings.serving_port)

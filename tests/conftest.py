@@ -61,8 +61,8 @@ def _ensure_postgres_running() -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh, empty PostgreSQL database for this session, dropped afterwards."""
+def postgres_databases():
+    """A factory of fresh, empty PostgreSQL databases (URLs); all are dropped after the session."""
     import sqlalchemy as sa
 
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -77,13 +77,28 @@ def postgres_url():
             f"PostgreSQL is required for the store tests and is not reachable at {POSTGRES_ADMIN_URL} "
             f"({str(exc).splitlines()[0]}). Start it or set CARELOOP_TEST_POSTGRES_URL."
         )
-    name = f"careloop_test_{uuid.uuid4().hex[:10]}"
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"careloop_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    create.admin = admin
+    yield create
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in created:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_databases):
+    """One fresh, empty PostgreSQL database shared by the session."""
+    return postgres_databases()
 
 
 @pytest.fixture(scope="session")

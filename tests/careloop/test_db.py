@@ -12,7 +12,7 @@ from careloop import audit, db
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'careloop.db'}"
-    return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("postgres_databases")()
 
 
 def test_migrations_upgrade_to_models_and_downgrade_to_empty(database_url):

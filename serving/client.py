@@ -1,0 +1,269 @@
+"""The client every other part uses to talk to serving: chat, adapter control, the live version.
+
+Chat goes through huggingface_hub's (Async)InferenceClient pointed at the serving base URL, so
+the same code works against the embedded engine, vLLM and TGI. Which adapter answers is the
+registry's live version, cached for a few seconds; if the database is briefly unreachable the
+client keeps answering with the last live version it saw. Importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import httpx2
+from huggingface_hub import AsyncInferenceClient, InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
+from careloop.log import get_logger
+from careloop.settings import Settings
+
+log = get_logger(__name__)
+
+Messages = list[dict[str, Any]]
+
+
+class ServingUnavailable(Exception):
+    """Serving cannot be reached or failed (connection refused, timeout, 5xx)."""
+
+
+class ServingRejected(Exception):
+    """Serving refused the request (4xx); the message is the server's reason, fit to show a user."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ControlUnsupported(Exception):
+    """The backend cannot load adapters at runtime (TGI): the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    text: str
+    model: str  # the adapter version (or base model) that answered
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    text: str
+    model: str
+    finish_reason: str | None = None  # set on the last delta
+
+
+class ServingClient:
+    """Chat and control against one serving base URL.
+
+    ``live_lookup`` returns the live adapter name (None: the base model answers); it is
+    called at most every ``cache_seconds`` and its failures fall back to the last answer.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, backend: str = "embedded",
+                 live_lookup: Callable[[], str | None] | None = None, cache_seconds: float = 2.0,
+                 timeout: float = 120.0):
+        self.url = url.rstrip("/")
+        self.backend = backend
+        self._token = token
+        self._timeout = timeout
+        self._live_lookup = live_lookup
+        self._cache_seconds = cache_seconds
+        self._live: tuple[float, str | None] | None = None  # (monotonic time read, name)
+        self._lock = threading.Lock()
+        self._base_model: str | None = None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        # vLLM started with --api-key guards chat too; the embedded engine and TGI guard only control.
+        chat_key = token if backend == "vllm" else None
+        self._inference = InferenceClient(base_url=self.url, timeout=timeout, api_key=chat_key)
+        self._async_inference = AsyncInferenceClient(base_url=self.url, timeout=timeout, api_key=chat_key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, with_registry: bool = True, **kwargs: Any) -> ServingClient:
+        """A client for CARELOOP_SERVING_URL whose live version comes from the registry database."""
+        live_lookup = None
+        if with_registry:
+            from careloop.base_model import base_model_name
+            from serving.registry import open_registry
+
+            registry = open_registry(settings)
+            base = base_model_name(settings)
+
+            def live_lookup() -> str | None:
+                version = registry.live()
+                return version.name if version else None
+
+            kwargs.setdefault("live_lookup", live_lookup)
+            kwargs.setdefault("base_model", base)
+        base_model = kwargs.pop("base_model", None)
+        client = cls(settings.serving_url, token=settings.resolved_control_token(),
+                     backend=settings.serving_backend, cache_seconds=settings.live_cache_seconds,
+                     timeout=settings.serving_timeout, **kwargs)
+        client._base_model = base_model
+        return client
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ----- what answers -----
+
+    def health(self) -> bool:
+        try:
+            return self._http.get("/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def models(self) -> list[dict[str, Any]]:
+        """``/v1/models``: the base model first, then the loaded adapters."""
+        return self._get("/v1/models").json()["data"]
+
+    def base_model(self) -> str:
+        if self._base_model is None:
+            self._base_model = self.models()[0]["id"]
+        return self._base_model
+
+    def loaded_adapters(self) -> list[str]:
+        return [card["id"] for card in self.models()[1:]]
+
+    def is_demo(self) -> bool:
+        """Whether the base model is careloop's offline demo model (the embedded engine says so)."""
+        cards = self.models()
+        return bool(cards and cards[0].get("demo_model"))
+
+    def live_version(self) -> str | None:
+        """The live adapter version from the registry (cached); None when the base model answers."""
+        if self._live_lookup is None:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            if self._live is not None and now - self._live[0] < self._cache_seconds:
+                return self._live[1]
+            try:
+                name = self._live_lookup()
+            except Exception as exc:  # noqa: BLE001 - any database failure: keep serving the last version
+                if self._live is None:
+                    raise ServingUnavailable(f"the adapter registry is unreachable ({exc.__class__.__name__}) "
+                                             "and no live version is known yet") from exc
+                log.warning("registry_unreachable_using_last_live", adapter=self._live[1],
+                            error=exc.__class__.__name__)
+                return self._live[1]
+            self._live = (now, name)
+            return name
+
+    def resolve_model(self, model: str | None = None) -> str:
+        return model or self.live_version() or self.base_model()
+
+    # ----- chat -----
+
+    def chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> ChatAnswer:
+        """One whole answer. ``params``: max_tokens, temperature, top_p, seed, stop."""
+        model = self.resolve_model(model)
+        started = time.perf_counter()
+        with _translated_errors():
+            out = self._inference.chat_completion(messages, model=model, **params)
+        choice = out.choices[0]
+        return ChatAnswer(choice.message.content or "", out.model or model, choice.finish_reason,
+                          out.usage.prompt_tokens, out.usage.completion_tokens, time.perf_counter() - started)
+
+    def stream_chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> Iterator[ChatDelta]:
+        model = self.resolve_model(model)
+        with _translated_errors():
+            for chunk in self._inference.chat_completion(messages, model=model, stream=True, **params):
+                if chunk.choices:
+                    choice = chunk.choices[0]
+                    yield ChatDelta(choice.delta.content or "", chunk.model or model, choice.finish_reason)
+
+    async def astream_chat(self, messages: Messages, *, model: str | None = None,
+                           **params: Any) -> AsyncIterator[ChatDelta]:
+        model = self.resolve_model(model)
+        with _translated_errors():
+            stream = await self._async_inference.chat_completion(messages, model=model, stream=True, **params)
+            async for chunk in stream:
+                if chunk.choices:
+                    choice = chunk.choices[0]
+                    yield ChatDelta(choice.delta.content or "", chunk.model or model, choice.finish_reason)
+
+    def smoke_test(self, model: str) -> ChatAnswer:
+        """A short greedy answer from ``model`` through the public API, or an exception saying why not."""
+        answer = self.chat([{"role": "user", "content": "What is hypertension?"}], model=model,
+                           max_tokens=8, temperature=0)
+        if answer.model != model or answer.completion_tokens < 1:
+            raise ServingUnavailable(f"smoke test of {model} failed: answered by {answer.model!r} "
+                                     f"with {answer.completion_tokens} tokens")
+        return answer
+
+    # ----- adapter control (vLLM's routes) -----
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self._control("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+
+    def unload_adapter(self, name: str) -> None:
+        self._control("/v1/unload_lora_adapter", {"lora_name": name})
+
+    def _control(self, route: str, body: dict[str, str]) -> None:
+        if self.backend == "tgi":
+            raise ControlUnsupported(
+                "TGI loads LoRA adapters only at launch: add the version to LORA_ADAPTERS and restart "
+                "the TGI container (see README, 'Serving backends'), then promote again.")
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            response = self._http.post(route, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServingUnavailable(f"serving at {self.url} is unreachable: {exc}") from exc
+        _raise_for_status(response)
+
+    def _get(self, route: str) -> httpx.Response:
+        try:
+            response = self._http.get(route)
+        except httpx.HTTPError as exc:
+            raise ServingUnavailable(f"serving at {self.url} is unreachable: {exc}") from exc
+        _raise_for_status(response)
+        return response
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    message = _server_message(response.text) or response.reason_phrase
+    if response.status_code >= 500:
+        raise ServingUnavailable(f"serving failed ({response.status_code}): {message}")
+    raise ServingRejected(response.status_code, message)
+
+
+def _server_message(body: str) -> str:
+    """The reason in an OpenAI-style ``{"error": {"message"}}`` or TGI-style ``{"error": "..."}`` body."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return body.strip()[:500]
+    if isinstance(error, dict):
+        return str(error.get("message", ""))
+    return str(error or "")
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Turn huggingface_hub / transport exceptions into ServingRejected / ServingUnavailable."""
+    try:
+        yield
+    except (ServingRejected, ServingUnavailable):
+        raise
+    except HfHubHTTPError as exc:
+        if exc.response is None:
+            raise ServingUnavailable(f"serving is unreachable: {exc}") from exc
+        status = exc.response.status_code
+        message = _server_message(exc.response.text) or str(exc)
+        if status < 500:
+            raise ServingRejected(status, message) from exc
+        raise ServingUnavailable(f"serving failed ({status}): {message}") from exc
+    except (httpx2.HTTPError, OSError, TimeoutError) as exc:  # huggingface_hub's transport (httpx2)
+        raise ServingUnavailable(f"serving is unreachable: {exc.__class__.__name__}: {exc}") from exc

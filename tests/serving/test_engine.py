@@ -1,0 +1,64 @@
+"""The engine in-process: continuous batching and coalesced streaming keep every answer intact."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.engine import Engine, Finished, SamplingParams, TextDelta
+
+QUESTIONS = ["What is hypertension?", "How is asthma treated?", "What causes anemia?"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    running = Engine(str(tiny_model_dir), "careloop-demo-tiny", True, max_batch=4)
+    yield running
+    running.shutdown()
+
+
+def _prompt(engine: Engine, question: str) -> list[int]:
+    return engine.chat_prompt_ids([{"role": "user", "content": question}])
+
+
+def _params(tokens: int, seed: int) -> SamplingParams:
+    return SamplingParams(max_tokens=tokens, temperature=1.0, top_p=0.9, seed=seed, ignore_eos=True)
+
+
+def test_requests_joining_a_running_batch_get_the_answer_they_get_alone(engine):
+    async def scenario() -> tuple[list[str], list[str]]:
+        alone = []
+        for index, question in enumerate(QUESTIONS):
+            alone.append((await engine.submit(_prompt(engine, question), None, _params(24, index)).result()).text)
+        # The first request is already decoding when the others arrive, one by one.
+        first = engine.submit(_prompt(engine, QUESTIONS[0]), None, _params(24, 0))
+        stream = first.__aiter__()
+        assert isinstance(await stream.__anext__(), TextDelta | Finished)
+        joined = [first]
+        for index, question in enumerate(QUESTIONS[1:], start=1):
+            joined.append(engine.submit(_prompt(engine, question), None, _params(24, index)))
+            await asyncio.sleep(0.01)
+        texts = []
+        async for event in stream:
+            if isinstance(event, Finished):
+                texts.append(event.text)
+        texts += [(await handle.result()).text for handle in joined[1:]]
+        return alone, texts
+
+    alone, together = asyncio.run(scenario())
+    assert together == alone
+    assert len(set(alone)) == 3
+
+
+def test_a_slow_consumer_gets_text_coalesced_and_complete(engine):
+    async def scenario() -> tuple[list, Finished]:
+        handle = engine.submit(_prompt(engine, QUESTIONS[1]), None, _params(20, 5))
+        await asyncio.sleep(1.0)  # the consumer is busy while all 20 tokens are generated
+        events = [event async for event in handle.coalesced()]
+        return events[:-1], events[-1]
+
+    deltas, finished = asyncio.run(scenario())
+    assert finished.completion_tokens == 20
+    assert "".join(d.text for d in deltas) == finished.text
+    assert len(deltas) <= 2  # piled-up tokens come as one chunk, not twenty

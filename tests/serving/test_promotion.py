@@ -1,0 +1,202 @@
+"""Promotion and rollback against a real server: registry + client + engine together."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from careloop import audit, db
+from serving.client import ServingClient, ServingRejected
+from serving.registry import Registry, RegistryError, Status
+
+from .conftest import TOKEN
+
+BASE = "careloop-demo-tiny"
+QUESTION = [{"role": "user", "content": "What is hypertension?"}]
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'careloop.db'}"
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def registry(database_url) -> Registry:
+    engine = db.make_engine(database_url)
+    yield Registry(db.session_factory(engine), BASE)
+    engine.dispose()
+
+
+def _client(server, registry: Registry, **kwargs) -> ServingClient:
+    def live() -> str | None:
+        version = registry.live()
+        return version.name if version else None
+
+    return ServingClient(server.url, token=TOKEN, live_lookup=live, **{"cache_seconds": 0, **kwargs})
+
+
+def _register(registry: Registry, server, name: str, trained: str) -> None:
+    registry.register(name, server.adapter_dir / trained, actor="test")
+
+
+def test_promote_then_rollback(server, registry):
+    client = _client(server, registry)
+    _register(registry, server, "pr-v0001", "med-v0001")
+    _register(registry, server, "pr-v0002", "med-v0002")
+    assert client.chat(QUESTION, max_tokens=4).model == BASE  # nothing live: the base model answers
+
+    first = registry.promote("pr-v0001", client, actor="admin")
+    assert (first.live, first.previous) == ("pr-v0001", None)
+    assert client.chat(QUESTION, max_tokens=4).model == "pr-v0001"
+
+    second = registry.promote("pr-v0002", client, actor="admin")
+    assert (second.live, second.previous) == ("pr-v0002", "pr-v0001")
+    assert registry.get("pr-v0001").status == Status.RETIRED
+    assert client.chat(QUESTION, max_tokens=4).model == "pr-v0002"
+    assert registry.unload_stale(client, grace_seconds=0) == ["pr-v0001"]
+    assert "pr-v0001" not in client.loaded_adapters()
+
+    back = registry.rollback(client, actor="admin", reason="nurses disliked it")
+    assert (back.live, back.previous) == ("pr-v0001", "pr-v0002")
+    assert "pr-v0001" in client.loaded_adapters()  # reloaded for the rollback
+    assert client.chat(QUESTION, max_tokens=4).model == "pr-v0001"
+    rolled_back = registry.get("pr-v0002")
+    assert (rolled_back.status, rolled_back.note) == (Status.REJECTED, "nurses disliked it")
+    with registry.sessions() as session:
+        actions = [(e.action, e.target, e.actor) for e in reversed(audit.recent(session))]
+    assert actions[-3:] == [("adapter.promote", "pr-v0001", "admin"), ("adapter.promote", "pr-v0002", "admin"),
+                            ("adapter.rollback", "pr-v0001", "admin")]
+
+    with pytest.raises(RegistryError, match="first live version: nothing to roll back to"):
+        registry.rollback(client, actor="admin")
+    with pytest.raises(RegistryError, match="pr-v0002 is rejected"):
+        registry.promote("pr-v0002", client, actor="admin")
+    registry.retire("pr-v0001", actor="admin")  # retiring the live version: the base model answers
+    assert registry.live() is None and client.chat(QUESTION, max_tokens=4).model == BASE
+
+
+def test_a_broken_adapter_is_never_made_live(server, registry, tmp_path_factory):
+    broken = server.adapter_dir / "broken-v0001"
+    shutil.copytree(server.adapter_dir / "med-v0001", broken, dirs_exist_ok=True)
+    (broken / "adapter_model.safetensors").write_bytes(b"not a tensor file")
+    client = _client(server, registry)
+    _register(registry, server, "br-v0001", "med-v0001")
+    registry.promote("br-v0001", client, actor="admin")
+    registry.register("br-v0002", broken, actor="test")
+    with pytest.raises(ServingRejected) as failure:
+        registry.promote("br-v0002", client, actor="admin")
+    assert failure.value.status == 400
+    assert registry.live().name == "br-v0001" and registry.get("br-v0002").status == Status.CANDIDATE
+    assert client.chat(QUESTION, max_tokens=4).model == "br-v0001"
+
+
+def test_promote_and_rollback_under_20_streaming_clients(server, registry):
+    client = _client(server, registry)
+    for name, trained in [("ld-v0001", "med-v0001"), ("ld-v0002", "med-v0002"), ("ld-v0003", "med-v0002")]:
+        _register(registry, server, name, trained)
+    stop = threading.Event()
+
+    def chat_until_stopped(index: int) -> tuple[list[str], list[str]]:
+        answered, failures = [], []
+        while not stop.is_set():
+            try:
+                deltas = list(client.stream_chat(QUESTION, max_tokens=16, temperature=1.0, seed=index))
+                assert deltas[-1].finish_reason in ("stop", "length"), deltas[-1]
+                answered.append(deltas[-1].model)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                failures.append(repr(exc))
+        return answered, failures
+
+    with ThreadPoolExecutor(20) as pool:
+        clients = [pool.submit(chat_until_stopped, i) for i in range(20)]
+        time.sleep(1)
+        steps = [lambda: registry.promote("ld-v0001", client, actor="admin"),
+                 lambda: registry.promote("ld-v0002", client, actor="admin"),
+                 lambda: registry.rollback(client, actor="admin"),
+                 lambda: registry.promote("ld-v0003", client, actor="admin")]
+        for step in steps:
+            promotion = step()
+            # Requests started after the flip are answered by the new live version.
+            assert client.chat(QUESTION, max_tokens=2).model == promotion.live
+            time.sleep(0.5)
+            registry.unload_stale(client, grace_seconds=0.3)
+        time.sleep(0.5)
+        stop.set()
+        results = [c.result() for c in clients]
+    failures = [f for _, fails in results for f in fails]
+    answered = [model for models, _ in results for model in models]
+    assert failures == [], failures[:5]
+    assert {"ld-v0001", "ld-v0002", "ld-v0003"} <= set(answered), set(answered)
+    assert registry.live().name == "ld-v0003"
+    assert set(client.loaded_adapters()) & {"ld-v0001", "ld-v0002"} == set()
+
+
+def test_client_keeps_the_last_live_version_while_the_database_is_down(server, postgres_databases):
+    url = postgres_databases()
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    registry = Registry(db.session_factory(engine), BASE)
+    client = _client(server, registry)
+    _register(registry, server, "pg-v0001", "med-v0001")
+    registry.promote("pg-v0001", client, actor="admin")
+    assert client.chat(QUESTION, max_tokens=4).model == "pg-v0001"  # the client has seen it live
+    name = sa.engine.make_url(url).database
+    with postgres_databases.admin.connect() as admin:
+        admin.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        try:
+            with pytest.raises(sa.exc.OperationalError):
+                registry.live()  # the database is really unreachable
+            assert client.chat(QUESTION, max_tokens=4).model == "pg-v0001"
+        finally:
+            admin.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    engine.dispose()
+
+
+def test_a_restarted_server_serves_the_live_version_again(server, server_factory, database_url, registry):
+    _register(registry, server, "rs-v0001", "med-v0001")
+    registry.promote("rs-v0001", _client(server, registry), actor="admin")
+    restarted = server_factory(database_url=database_url)
+    names = [m["id"] for m in httpx.get(f"{restarted.url}/v1/models").json()["data"]]
+    assert names == [BASE, "rs-v0001"]
+
+
+def test_adapters_cli(cli, server, database_url, tiny_model_dir):
+    env = {"CARELOOP_DATABASE_URL": database_url, "CARELOOP_SERVING_URL": server.url,
+           "CARELOOP_CONTROL_TOKEN": TOKEN, "CARELOOP_BASE_MODEL": str(tiny_model_dir),
+           "CARELOOP_PROMOTION_GRACE_SECONDS": "0"}
+    for name, trained in [("cli-v0001", "med-v0001"), ("cli-v0002", "med-v0002")]:
+        done = cli("adapters", "register", name, str(server.adapter_dir / trained), "--actor", "ana", env=env)
+        assert done.returncode == 0, done.stderr
+    promoted = cli("adapters", "promote", "cli-v0001", env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "cli-v0001 is live (was the base model)" in promoted.stdout
+    promoted = cli("adapters", "promote", "cli-v0002", env=env)
+    assert "cli-v0002 is live (was cli-v0001)" in promoted.stdout and "unloaded: cli-v0001" in promoted.stdout
+    listing = cli("adapters", "list", env=env).stdout
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in listing.splitlines() if "cli-v" in line}
+    assert rows == {"cli-v0001": ["retired", "no"], "cli-v0002": ["live", "yes"]}
+    rolled = cli("adapters", "rollback", "--reason", "worse answers", env=env)
+    assert rolled.returncode == 0 and "cli-v0001 is live again" in rolled.stdout
+
+    # Bad input: a clear message and exit 1, never a traceback.
+    for args, message in [(("promote", "nope"), "no adapter version named 'nope'"),
+                          (("promote", "cli-v0002"), "cli-v0002 is rejected"),
+                          (("register", "cli-v0001", str(server.adapter_dir)), "adapter_config.json missing"),
+                          (("register", "cli-v0009", str(server.adapter_dir / "med-v0001")), None)]:
+        done = cli("adapters", *args, env=env)
+        if message is None:
+            assert done.returncode == 0, done.stderr
+            continue
+        assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    down = cli("adapters", "promote", "cli-v0009", env={**env, "CARELOOP_SERVING_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 1 and "unreachable" in down.stderr and "Traceback" not in down.stderr
