@@ -76,6 +76,22 @@ def serve(
         raise CommandError(str(exc)) from None
 
 
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "feedback,generation,training",
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run a Celery worker (feedback ingest, review generation, training) on CARELOOP_REDIS_URL."""
+    from feedback.celery_app import QUEUES, configure
+
+    unknown = set(queues.split(",")) - set(QUEUES)
+    if unknown:
+        raise CommandError(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
+    settings = get_settings()
+    configure(settings).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
+                                     f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
+
+
 @model_app.command("build-demo")
 def build_demo(
     size: Annotated[Literal["tiny", "demo"] | None, typer.Option(help="tiny (~1M params, tests) or demo (~10M, default).")] = None,

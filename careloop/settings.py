@@ -60,6 +60,8 @@ class Settings(BaseSettings):
         None, description="Directory LoRA adapters are loaded from; paths outside it are refused. "
         "Empty: `$CARELOOP_HOME/adapters`."
     )
+    celery_visibility_timeout: int = Field(
+        3600, ge=1, description="Seconds before Redis hands a task whose worker died to another worker.")
     serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
     live_cache_seconds: float = Field(
         0.5, ge=0, description="How long clients cache the registry's live adapter version.")

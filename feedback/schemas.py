@@ -1,0 +1,112 @@
+"""The feedback events, as pydantic models: what the bot sends and the worker validates.
+
+Every event carries a UUID made by the client (``event_id``); storing is idempotent on it, so a
+replayed or redelivered event never makes a second row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Text = Annotated[str, Field(min_length=1, max_length=20_000)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Score = Annotated[int, Field(ge=1, le=5)]
+SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation", "privacy", "other")
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+
+
+class Scores(BaseModel):
+    """The four clinician axes, 1-5."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accuracy: Score
+    helpfulness: Score
+    relevance: Score
+    comprehensiveness: Score
+
+
+class Turn(Event):
+    """One chat message (the student's question or the model's answer)."""
+
+    conversation_id: uuid.UUID
+    user: Name
+    role: Literal["user", "assistant"]
+    content: Text
+    adapter_version: Annotated[str, Field(max_length=128)] = ""
+    demo_model: bool = False
+    latency_ms: Annotated[int, Field(ge=0)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class Rating(Event):
+    """A thumbs up/down on one answer, with an optional reason and comment."""
+
+    message_id: uuid.UUID  # the event_id of the rated assistant Turn
+    user: Name
+    thumbs: Literal["up", "down"]
+    reason: Annotated[str, Field(max_length=64)] = ""
+    comment: Annotated[str, Field(max_length=5_000)] = ""
+
+
+class Correction(Event):
+    """A clinician's corrected version of one answer (becomes a chosen-over-original pair)."""
+
+    message_id: uuid.UUID | None = None
+    annotator: Name
+    prompt: Text
+    original: Text
+    corrected: Text
+
+
+class Comparison(Event):
+    """A clinician's side-by-side judgment of two answers to one prompt."""
+
+    review_item_id: int | None = None
+    annotator: Name
+    prompt: Text
+    response_a: Text
+    response_b: Text
+    source_a: Annotated[str, Field(max_length=128)]  # adapter version / sample that made response A
+    source_b: Annotated[str, Field(max_length=128)]
+    shown_order: Literal["ab", "ba"]  # which response was shown on the left
+    choice: Literal["a", "b", "tie", "both_bad"]
+    scores_a: Scores
+    scores_b: Scores
+    safety_flag: bool = False
+    safety_category: Literal[SAFETY_CATEGORIES] | None = None  # type: ignore[valid-type]
+    corrected_answer: Annotated[str, Field(max_length=20_000)] | None = None
+    seconds_spent: Annotated[float, Field(ge=0, le=86_400)] | None = None
+
+    @model_validator(mode="after")
+    def _flag_needs_category(self) -> Comparison:
+        if self.safety_flag and self.safety_category is None:
+            raise ValueError("safety_category is required when safety_flag is set")
+        return self
+
+
+EVENTS: dict[str, type[Event]] = {"turn": Turn, "rating": Rating, "correction": Correction,
+                                  "comparison": Comparison}
+
+
+class InvalidFeedback(ValueError):
+    """An event that does not validate; the message names each bad field."""
+
+
+def parse_event(kind: str, payload: dict) -> Event:
+    if kind not in EVENTS:
+        raise InvalidFeedback(f"unknown event kind {kind!r} (expected one of {', '.join(EVENTS)})")
+    try:
+        return EVENTS[kind].model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidFeedback("; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or kind}: {e['msg']}" for e in exc.errors())) from None

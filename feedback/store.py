@@ -1,0 +1,161 @@
+"""The durable store of what people said: users, chat turns, ratings, corrections, comparisons,
+and dead letters for events that failed validation. Tables change only through Alembic.
+
+``store_event`` is idempotent: each table has a unique ``event_id``, so a redelivered Celery task
+or a replayed outbox entry finds its row already there and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, Uuid, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from careloop.db import Base, transaction
+from feedback import schemas
+from feedback.phi import scrub
+
+ROLES = ("student", "nurse", "physician", "admin")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
+class Message(Base):
+    """One chat turn; assistant turns record which adapter version answered and how fast."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
+    conversation_id: Mapped[Any] = mapped_column(Uuid, index=True)
+    user: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    adapter_version: Mapped[str] = mapped_column(String(128), default="")
+    demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+class Rating(Base):
+    __tablename__ = "ratings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
+    # The rated turn's event id; no foreign key, because the rating may be stored first.
+    message_id: Mapped[Any] = mapped_column(Uuid, index=True)
+    user: Mapped[str] = mapped_column(String(128))
+    thumbs: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+class Correction(Base):
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
+    message_id: Mapped[Any | None] = mapped_column(Uuid, index=True)
+    annotator: Mapped[str] = mapped_column(String(128), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    original: Mapped[str] = mapped_column(Text)
+    corrected: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+class Comparison(Base):
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
+    review_item_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    annotator: Mapped[str] = mapped_column(String(128), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    response_a: Mapped[str] = mapped_column(Text)
+    response_b: Mapped[str] = mapped_column(Text)
+    source_a: Mapped[str] = mapped_column(String(128))
+    source_b: Mapped[str] = mapped_column(String(128))
+    shown_order: Mapped[str] = mapped_column(String(2))
+    choice: Mapped[str] = mapped_column(String(8))
+    scores_a: Mapped[dict[str, int]] = mapped_column(JSON)
+    scores_b: Mapped[dict[str, int]] = mapped_column(JSON)
+    safety_flag: Mapped[bool] = mapped_column(Boolean, default=False)
+    safety_category: Mapped[str | None] = mapped_column(String(32))
+    corrected_answer: Mapped[str | None] = mapped_column(Text)
+    seconds_spent: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+class DeadLetter(Base):
+    """An event that failed validation: kept (scrubbed) with the reason, never silently dropped."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+# Free-text fields scrubbed of identifiers before they are stored.
+_FREE_TEXT = {"content", "comment", "prompt", "original", "corrected", "response_a", "response_b",
+              "corrected_answer"}
+_TABLES: dict[type[schemas.Event], type[Base]] = {
+    schemas.Turn: Message, schemas.Rating: Rating, schemas.Correction: Correction,
+    schemas.Comparison: Comparison}
+
+
+def store_event(sessions: sessionmaker[Session], event: schemas.Event) -> bool:
+    """Store a validated event once; return False if it was already stored (a replay)."""
+    table = _TABLES[type(event)]
+    values = event.model_dump()
+    for key in _FREE_TEXT & values.keys():
+        if values[key] is not None:
+            values[key] = scrub(values[key])
+    try:
+        with transaction(sessions) as session:
+            session.add(table(**values))
+    except IntegrityError:
+        with sessions() as session:
+            if session.scalar(select(table.id).where(table.event_id == event.event_id)) is not None:
+                return False
+        raise
+    return True
+
+
+def store_dead_letter(sessions: sessionmaker[Session], kind: str, payload: Any, reason: str) -> None:
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    with transaction(sessions) as session:
+        session.add(DeadLetter(event_id=str(event_id)[:64] if event_id else None, kind=str(kind)[:32],
+                               payload=_scrubbed(payload), reason=reason))
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {str(k): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value if value is None or isinstance(value, int | float | bool) else repr(value)

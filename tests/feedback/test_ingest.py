@@ -1,0 +1,129 @@
+"""Feedback from the API through Redis and a real Celery worker into the store: once, scrubbed, validated."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from careloop.redis_server import start_local_redis
+from feedback import store as tables
+from feedback.api import FeedbackAPI, InvalidFeedback
+
+from .conftest import wait_for
+
+SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
+
+
+def comparison(**overrides) -> dict:
+    return {"annotator": "nurse.kim", "prompt": "What is the first-line treatment for hypertension?",
+            "response_a": "Thiazide diuretics, ACE inhibitors, ARBs or calcium channel blockers.",
+            "response_b": "Rest.", "source_a": "med-v0002", "source_b": "med-v0001", "shown_order": "ba",
+            "choice": "a", "scores_a": SCORES, "scores_b": {**SCORES, "accuracy": 1}, "seconds_spent": 41.5,
+            **overrides}
+
+
+def test_every_event_kind_is_stored_once_and_scrubbed(settings, worker, store):
+    api = FeedbackAPI(settings)
+    conversation = uuid.uuid4()
+    question = api.log_turn(conversation_id=conversation, user="student.lee", role="user",
+                            content="My MRN is 44829173, what does 140/90 mean?")
+    answer = api.log_turn(conversation_id=conversation, user="student.lee", role="assistant",
+                          content="140/90 mmHg is stage 2 hypertension.", adapter_version="med-v0002",
+                          demo_model=True, latency_ms=850, prompt_tokens=20, completion_tokens=9)
+    api.submit_rating(message_id=answer, user="student.lee", thumbs="down", reason="incomplete",
+                      comment="call me on 415-555-0132")
+    api.submit_correction(message_id=answer, annotator="dr.osei", prompt="What does 140/90 mean?",
+                          original="140/90 mmHg is stage 2 hypertension.",
+                          corrected="140/90 mmHg is stage 2 hypertension (ACC/AHA 2017); confirm with repeat readings.")
+    api.submit_comparison(**comparison(safety_flag=True, safety_category="wrong_dose",
+                                       corrected_answer="Email me at kim@example.org"))
+    wait_for(lambda: store.count(tables.Comparison) == 1 and store.count(tables.Correction) == 1
+             and store.count(tables.Rating) == 1 and store.count(tables.Message) == 2, message="5 events stored")
+
+    messages = store.rows(tables.Message)
+    assert [m.event_id for m in messages] == [question, answer]
+    assert messages[0].content == "My [ID], what does 140/90 mean?"  # identifier gone, BP kept
+    assert (messages[1].adapter_version, messages[1].demo_model, messages[1].latency_ms) == ("med-v0002", True, 850)
+    assert store.rows(tables.Rating)[0].comment == "call me on [PHONE]"
+    stored = store.rows(tables.Comparison)[0]
+    assert (stored.choice, stored.shown_order, stored.scores_b["accuracy"], stored.safety_category) == (
+        "a", "ba", 1, "wrong_dose")
+    assert stored.corrected_answer == "Email me at [EMAIL]"
+
+
+def test_a_replayed_event_is_stored_once(settings, worker, store):
+    api = FeedbackAPI(settings)
+    event_id = api.submit_comparison(**comparison())
+    payload = {**comparison(), "event_id": str(event_id)}
+    for _ in range(3):  # redeliveries and outbox resends look exactly like this
+        api.celery.send_task("feedback.ingest", args=("comparison", payload), queue="feedback")
+    later = api.submit_comparison(**comparison(choice="tie"))
+    wait_for(lambda: [c.event_id for c in store.rows(tables.Comparison)] == [event_id, later]
+             or store.count(tables.Comparison) > 2, message="both comparisons")
+    time.sleep(0.5)
+    assert [c.event_id for c in store.rows(tables.Comparison)] == [event_id, later]
+
+
+@pytest.mark.parametrize("kind, payload, reason", [
+    ("comparison", comparison(choice="c"), "choice: Input should be 'a', 'b', 'tie' or 'both_bad'"),
+    ("comparison", comparison(scores_a={**SCORES, "accuracy": 6}), "scores_a.accuracy: Input should be less than or equal to 5"),
+    ("comparison", comparison(safety_flag=True), "safety_category is required when safety_flag is set"),
+    ("comparison", comparison(prompt=""), "prompt: String should have at least 1 character"),
+    ("rating", {"message_id": "not-a-uuid", "user": "u", "thumbs": "up"}, "message_id: Input should be a valid UUID"),
+    ("rating", {"message_id": str(uuid.uuid4()), "user": "u", "thumbs": "sideways", "comment": "mail a@b.org"},
+     "thumbs: Input should be 'up' or 'down'"),
+    ("turn", {"conversation_id": str(uuid.uuid4()), "user": "u", "role": "user", "content": "x", "extra": 1},
+     "extra: Extra inputs are not permitted"),
+    ("vote", {"anything": 1}, "unknown event kind 'vote'"),
+])
+def test_invalid_events_are_refused_by_the_api_and_dead_lettered_by_the_worker(settings, worker, store, kind,
+                                                                                 payload, reason):
+    api = FeedbackAPI(settings)
+    submit = {"comparison": api.submit_comparison, "rating": api.submit_rating, "turn": api.log_turn}.get(kind)
+    if submit is not None:
+        with pytest.raises(InvalidFeedback, match=reason.replace("(", r"\(").replace("'", "'")):
+            submit(**payload)
+    # An older or foreign producer that skips validation: the worker keeps the event with the reason.
+    api.celery.send_task("feedback.ingest", args=(kind, payload), queue="feedback")
+    wait_for(lambda: store.count(tables.DeadLetter) == 1, message="a dead letter")
+    letter = store.rows(tables.DeadLetter)[0]
+    assert reason in letter.reason and letter.kind == kind
+    if "comment" in payload:
+        assert letter.payload["comment"] == "mail [EMAIL]"  # dead letters are scrubbed too
+    assert store.count(tables.Comparison) + store.count(tables.Rating) + store.count(tables.Message) == 0
+
+
+def test_events_wait_in_the_outbox_while_redis_is_down_and_arrive_once_in_order(settings, worker, store, broker):
+    api = FeedbackAPI(settings, flush_interval=0.5)
+    first = api.submit_comparison(**comparison(annotator="nurse.1"))
+    wait_for(lambda: store.count(tables.Comparison) == 1, message="the first comparison")
+    broker.stop()
+    started = time.perf_counter()
+    waiting = [api.submit_comparison(**comparison(annotator=f"nurse.{i}")) for i in range(2, 7)]
+    assert time.perf_counter() - started < 2, "the API must not hang while Redis is down"
+    assert len(api.outbox) == 5
+    time.sleep(1.5)  # the flusher tries and fails meanwhile; nothing is lost
+    assert len(api.outbox) == 5
+    restarted = start_local_redis(broker.directory, port=broker.port)  # same data dir and port
+    try:
+        wait_for(lambda: store.count(tables.Comparison) == 6, timeout=60, message="the outbox delivered")
+        assert [c.event_id for c in store.rows(tables.Comparison)] == [first, *waiting]
+        assert len(api.outbox) == 0
+        time.sleep(1)
+        assert store.count(tables.Comparison) == 6
+    finally:
+        restarted.stop()
+
+
+def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, worker, store, broker):
+    broker.stop()
+    written = FeedbackAPI(settings).submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up")
+    restarted = start_local_redis(broker.directory, port=broker.port)
+    try:
+        FeedbackAPI(settings, flush_interval=0.2)  # a new process finds the outbox and flushes it
+        wait_for(lambda: store.count(tables.Rating) == 1, timeout=60, message="the outboxed rating")
+        assert store.rows(tables.Rating)[0].event_id == written
+    finally:
+        restarted.stop()
