@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -90,6 +91,49 @@ def worker(
     settings = get_settings()
     configure(settings).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
                                      f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the periodic jobs (filling the review queue; training checks come with the trainer)."""
+    from feedback.celery_app import configure
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    configure(settings).start(["beat", f"--loglevel={settings.log_level}",
+                               f"--schedule={settings.home / 'celerybeat-schedule'}"])
+
+
+@app.command("export")
+def export_cmd(
+    kind: Annotated[Literal["sft", "dpo", "kto"], typer.Option(help="Dataset shape for TRL's trainers.")],
+    out: Annotated[Path, typer.Option(help="Directory for train/eval files and manifest.json.")],
+    format: Annotated[Literal["jsonl", "parquet", "hf"], typer.Option(help="jsonl, parquet, or a saved datasets.DatasetDict.")] = "jsonl",  # noqa: A002
+    since: Annotated[datetime | None, typer.Option(help="Only feedback from this time on (ISO 8601, UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Only feedback before this time.")] = None,
+    eval_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of prompts held out for evaluation.")] = 0.1,
+    min_gold_accuracy: Annotated[float, typer.Option(min=0, max=1, help="Drop annotators below this gold accuracy.")] = 0.6,
+    actor: ActorOption = None,
+) -> None:
+    """Export TRL-ready feedback datasets, split by prompt, with a snapshot manifest."""
+    from datetime import UTC
+
+    from careloop import audit
+    from careloop.db import make_engine, session_factory, transaction
+    from feedback.export import ExportConfig, export
+
+    def utc(moment: datetime | None) -> datetime | None:
+        return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+    sessions = session_factory(make_engine(get_settings().resolved_database_url))
+    config = ExportConfig(kind, utc(since), utc(until), eval_fraction, min_gold_accuracy)
+    manifest = export(sessions, config, out, format)
+    with transaction(sessions) as session:
+        audit.record(session, _actor(actor), "feedback.export", str(out), kind=kind,
+                     snapshot=manifest.snapshot_sha256, counts=manifest.counts)
+    console.print(f"{kind}: {manifest.counts['train']} train / {manifest.counts['eval']} eval rows in {out} "
+                  f"(snapshot {manifest.snapshot_sha256[:12]}); dropped: "
+                  + (", ".join(f"{k} {v}" for k, v in manifest.dropped.items()) or "nothing"))
 
 
 @model_app.command("build-demo")

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     )
     celery_visibility_timeout: int = Field(
         3600, ge=1, description="Seconds before Redis hands a task whose worker died to another worker.")
+    review_labels_needed: int = Field(2, ge=1, le=10, description="Labels from different annotators each review item needs.")
+    review_gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
+    review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")
+    review_max_tokens: int = Field(200, ge=1, description="Length of the candidate answers generated for review.")
+    review_fill_interval_seconds: float = Field(
+        300, gt=0, description="How often `careloop beat` asks for new review items.")
     serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
     live_cache_seconds: float = Field(
         0.5, ge=0, description="How long clients cache the registry's live adapter version.")

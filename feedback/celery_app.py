@@ -57,4 +57,9 @@ def _config(settings: Settings) -> dict:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         timezone="UTC",
+        beat_schedule={
+            "fill-review-queue": {"task": "generation.fill_review_queue",
+                                  "schedule": settings.review_fill_interval_seconds,
+                                  "options": {"queue": "generation", "expires": settings.review_fill_interval_seconds}},
+        },
     )

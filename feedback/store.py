@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, Uuid, select
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid,
+                        select)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -105,6 +106,40 @@ class Comparison(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
 
 
+class ReviewItem(Base):
+    """A prompt with two candidate answers waiting for clinician labels."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_source: Mapped[str] = mapped_column(String(16))  # "student" | "seed"
+    # The student's question it came from: unique, so a question is queued at most once.
+    source_message_id: Mapped[Any | None] = mapped_column(Uuid, unique=True)
+    response_a: Mapped[str] = mapped_column(Text)
+    response_b: Mapped[str] = mapped_column(Text)
+    source_a: Mapped[str] = mapped_column(String(128))
+    source_b: Mapped[str] = mapped_column(String(128))
+    labels_needed: Mapped[int] = mapped_column(Integer)
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    gold_choice: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+
+
+class ReviewAssignment(Base):
+    """Who was shown which item; completed when their comparison is stored, or skipped."""
+
+    __tablename__ = "review_assignments"
+    __table_args__ = (UniqueConstraint("item_id", "annotator"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), index=True)
+    annotator: Mapped[str] = mapped_column(String(128), index=True)
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class DeadLetter(Base):
     """An event that failed validation: kept (scrubbed) with the reason, never silently dropped."""
 
@@ -136,12 +171,25 @@ def store_event(sessions: sessionmaker[Session], event: schemas.Event) -> bool:
     try:
         with transaction(sessions) as session:
             session.add(table(**values))
+            if isinstance(event, schemas.Comparison) and event.review_item_id is not None:
+                _complete_assignment(session, event.review_item_id, event.annotator)
     except IntegrityError:
         with sessions() as session:
             if session.scalar(select(table.id).where(table.event_id == event.event_id)) is not None:
                 return False
         raise
     return True
+
+
+def _complete_assignment(session: Session, item_id: int, annotator: str) -> None:
+    """The label and its assignment commit together: progress never counts a label twice or misses one."""
+    assignment = session.scalar(select(ReviewAssignment).where(
+        ReviewAssignment.item_id == item_id, ReviewAssignment.annotator == annotator))
+    if assignment is None:
+        assignment = ReviewAssignment(item_id=item_id, annotator=annotator)
+        session.add(assignment)
+    assignment.completed_at = _utcnow()
+    assignment.skipped = False
 
 
 def store_dead_letter(sessions: sessionmaker[Session], kind: str, payload: Any, reason: str) -> None:

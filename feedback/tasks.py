@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import lru_cache
 
 from sqlalchemy.exc import OperationalError
@@ -36,3 +37,19 @@ def ingest(self, kind: str, payload: dict) -> str:  # noqa: ANN001 - Celery's bo
     stored = store_event(_sessions(), event)
     log.info("feedback_stored" if stored else "feedback_duplicate_ignored", kind=kind, event_id=str(event.event_id))
     return "stored" if stored else "duplicate"
+
+
+@app.task(name="generation.fill_review_queue", acks_late=True, reject_on_worker_lost=True)
+def fill_review_queue(count: int | None = None) -> dict:
+    """Add review items: student and seed questions answered twice by serving, plus gold items."""
+    from feedback.generation import fill_review_queue as fill
+    from serving.client import ServingClient
+
+    settings = get_settings()
+    client = ServingClient.from_settings(settings)
+    try:
+        result = fill(settings, _sessions(), client, count or settings.review_batch_size)
+    finally:
+        client.close()
+    log.info("review_queue_filled", **asdict(result))
+    return asdict(result)

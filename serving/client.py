@@ -40,6 +40,9 @@ class ServingRejected(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # noqa: ANN204 - picklable across processes (Celery task errors)
+        return (ServingRejected, (self.status, str(self)))
+
 
 class ControlUnsupported(Exception):
     """The backend cannot load adapters at runtime (TGI): the message says what to do instead."""

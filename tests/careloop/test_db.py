@@ -8,13 +8,6 @@ from alembic.migration import MigrationContext
 from careloop import audit, db
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store' / 'careloop.db'}"
-    return request.getfixturevalue("postgres_databases")()
-
-
 def test_migrations_upgrade_to_models_and_downgrade_to_empty(database_url):
     db.upgrade(database_url)
     engine = db.make_engine(database_url)

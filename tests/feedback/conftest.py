@@ -24,13 +24,14 @@ class Worker:
     env: dict[str, str]
 
 
-def start_worker(home: Path, database_url: str, redis_url: str) -> Worker:
+def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "feedback", **settings: str) -> Worker:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
     env.update({"CARELOOP_HOME": str(home), "CARELOOP_DATABASE_URL": database_url,
                 "CARELOOP_REDIS_URL": redis_url, "CARELOOP_CELERY_VISIBILITY_TIMEOUT": "10"})
+    env.update({f"CARELOOP_{key.upper()}": value for key, value in settings.items()})
     home.mkdir(parents=True, exist_ok=True)
     log = home / "worker.log"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", "feedback"],
+    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", queues],
                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -96,3 +97,25 @@ def wait_for(condition, timeout: float = 30, message: str = "condition") -> None
             return
         time.sleep(0.1)
     pytest.fail(f"timed out after {timeout} s waiting for {message}")
+
+
+SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
+
+
+def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) -> None:
+    """Store one comparison through the same path the worker uses."""
+    from feedback import schemas
+    from feedback.store import store_event
+
+    item = {"prompt": "What lowers blood pressure?", "response_a": "Salt restriction and exercise.",
+            "response_b": "Nothing.", "source_a": "med-v0002", "source_b": "med-v0001"}
+    if item_id is not None:  # the item's texts come from the queue
+        from feedback.store import ReviewItem
+
+        with sessions() as session:
+            stored = session.get(ReviewItem, item_id)
+            item = {"prompt": stored.prompt, "response_a": stored.response_a, "response_b": stored.response_b,
+                    "source_a": stored.source_a, "source_b": stored.source_b}
+    store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
+                                             shown_order="ab", scores_a=SCORES, scores_b=SCORES,
+                                             **{**item, **fields}))

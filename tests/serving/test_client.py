@@ -8,13 +8,11 @@ import pytest
 
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
 
-from .conftest import TOKEN
-
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]
 
 
 def test_sync_and_async_streams_match_the_whole_answer(server):
-    client = ServingClient(server.url, token=TOKEN)
+    client = ServingClient(server.url, token=server.token)
     whole = client.chat(QUESTION, max_tokens=12, temperature=1.0, seed=3)
     assert whole.model == client.base_model() == "careloop-demo-tiny" and whole.completion_tokens > 0
     streamed = list(client.stream_chat(QUESTION, max_tokens=12, temperature=1.0, seed=3))
@@ -29,7 +27,7 @@ def test_sync_and_async_streams_match_the_whole_answer(server):
 
 
 def test_what_the_server_refuses_comes_back_as_a_readable_reason(server):
-    client = ServingClient(server.url, token=TOKEN)
+    client = ServingClient(server.url, token=server.token)
     with pytest.raises(ServingRejected, match="context") as too_long:
         client.chat([{"role": "user", "content": "blood pressure " * 400}], max_tokens=8)
     assert too_long.value.status == 400
@@ -42,7 +40,7 @@ def test_what_the_server_refuses_comes_back_as_a_readable_reason(server):
 
 
 def test_an_unreachable_server_is_reported_as_unavailable():
-    client = ServingClient("http://127.0.0.1:9", token=TOKEN)
+    client = ServingClient("http://127.0.0.1:9", token="any")
     assert client.health() is False
     for call in (lambda: client.chat(QUESTION, model="m"), lambda: list(client.stream_chat(QUESTION, model="m")),
                  client.models, lambda: client.load_adapter("v", "/x")):

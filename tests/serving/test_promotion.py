@@ -15,8 +15,6 @@ from careloop import audit, db
 from serving.client import ServingClient, ServingRejected
 from serving.registry import Registry, RegistryError, Status
 
-from .conftest import TOKEN
-
 BASE = "careloop-demo-tiny"
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]
 
@@ -40,7 +38,7 @@ def _client(server, registry: Registry, **kwargs) -> ServingClient:
         version = registry.live()
         return version.name if version else None
 
-    return ServingClient(server.url, token=TOKEN, live_lookup=live, **{"cache_seconds": 0, **kwargs})
+    return ServingClient(server.url, token=server.token, live_lookup=live, **{"cache_seconds": 0, **kwargs})
 
 
 def _register(registry: Registry, server, name: str, trained: str) -> None:
@@ -171,7 +169,7 @@ def test_a_restarted_server_serves_the_live_version_again(server, server_factory
 
 def test_adapters_cli(cli, server, database_url, tiny_model_dir):
     env = {"CARELOOP_DATABASE_URL": database_url, "CARELOOP_SERVING_URL": server.url,
-           "CARELOOP_CONTROL_TOKEN": TOKEN, "CARELOOP_BASE_MODEL": str(tiny_model_dir),
+           "CARELOOP_CONTROL_TOKEN": server.token, "CARELOOP_BASE_MODEL": str(tiny_model_dir),
            "CARELOOP_PROMOTION_GRACE_SECONDS": "0"}
     for name, trained in [("cli-v0001", "med-v0001"), ("cli-v0002", "med-v0002")]:
         done = cli("adapters", "register", name, str(server.adapter_dir / trained), "--actor", "ana", env=env)

@@ -10,16 +10,9 @@ from careloop import audit, db
 from serving.registry import AdapterVersion, Registry, RegistryError, Status
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry(request, tmp_path) -> Registry:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'careloop.db'}"
-    else:
-        url = request.getfixturevalue("postgres_databases")()
-    db.upgrade(url)
-    engine = db.make_engine(url)
-    yield Registry(db.session_factory(engine), "base-model")
-    engine.dispose()
+@pytest.fixture
+def registry(sessions) -> Registry:
+    return Registry(sessions, "base-model")
 
 
 def _adapter(tmp_path, name: str):

@@ -1,0 +1,87 @@
+"""Filling the review queue: real student questions (then seed questions) answered twice.
+
+The two answers come from the live version and the newest candidate loaded in serving when
+there is one (so clinicians judge exactly the change the trainer proposes), otherwise from two
+samples of the live version. Some items are gold: a seed preference pair whose better answer is
+known, used to measure each annotator's accuracy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from careloop.seed import load_seed
+from careloop.settings import Settings
+from careloop.log import get_logger
+from feedback import review
+from feedback.store import Message, ReviewItem
+from serving.client import ServingClient, ServingRejected
+from serving.registry import Status, open_registry
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class FillResult:
+    student: int
+    seed: int
+    gold: int
+    skipped: int  # prompts serving refused (e.g. longer than the model's context)
+
+
+def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], client: ServingClient,
+                      count: int, rng: random.Random | None = None) -> FillResult:
+    rng = rng or random.Random()
+    models = _models_to_compare(settings, client)
+    gold_target = round(count * settings.review_gold_fraction)
+    made = {"student": 0, "seed": 0, "gold": 0, "skipped": 0}
+    wanted = count - gold_target
+    for message_id, prompt in _prompts(settings, sessions, wanted):
+        if made["student"] + made["seed"] >= wanted:
+            break
+        try:
+            answers = [client.chat([{"role": "user", "content": prompt}], model=model,
+                                   max_tokens=settings.review_max_tokens, temperature=0.8,
+                                   seed=rng.randrange(2**31)) for model in models]
+        except ServingRejected as exc:  # e.g. longer than the model's context: skip this one prompt
+            log.warning("review_prompt_skipped", reason=str(exc)[:200])
+            made["skipped"] += 1
+            continue
+        kind = "student" if message_id else "seed"
+        if review.add_item(sessions, prompt, answers[0].text, answers[1].text, answers[0].model, answers[1].model,
+                           labels_needed=settings.review_labels_needed, prompt_source=kind,
+                           source_message_id=message_id) is not None:
+            made[kind] += 1
+    pairs = load_seed(settings.seed_data_dir, "preferences")
+    for pair in rng.sample(pairs, min(gold_target, len(pairs))):
+        chosen_first = rng.random() < 0.5
+        a, b = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
+        review.add_item(sessions, pair.prompt, a, b, f"seed:{pair.id}", f"seed:{pair.id}",
+                        labels_needed=settings.review_labels_needed, prompt_source="seed",
+                        gold_choice="a" if chosen_first else "b")
+        made["gold"] += 1
+    return FillResult(**made)
+
+
+def _models_to_compare(settings: Settings, client: ServingClient) -> tuple[str, str]:
+    live = client.resolve_model()
+    loaded = set(client.loaded_adapters())
+    candidates = [v.name for v in open_registry(settings).versions(Status.CANDIDATE) if v.name in loaded]
+    return (live, candidates[-1]) if candidates else (live, live)
+
+
+def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) -> list[tuple[object, str]]:
+    """Newest student questions not queued yet, then every seed question not queued yet."""
+    with sessions() as session:
+        queued = select(ReviewItem.source_message_id).where(ReviewItem.source_message_id.is_not(None))
+        student = [(m.event_id, m.content) for m in session.scalars(
+            select(Message).where(Message.role == "user", Message.event_id.not_in(queued))
+            .order_by(Message.id.desc()).limit(count))]
+        queued_text = set(session.scalars(select(ReviewItem.prompt).where(ReviewItem.prompt_source == "seed")))
+    seed = [(None, m.content) for example in load_seed(settings.seed_data_dir, "sft")
+            for m in example.messages[:1] if m.role == "user" and m.content not in queued_text]
+    return student + seed

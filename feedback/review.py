@@ -1,0 +1,140 @@
+"""The review queue: which item a clinician labels next, skipping, and progress.
+
+An item needs ``labels_needed`` labels from different annotators. ``next_item`` hands an
+annotator an item they have not seen, preferring items closest to complete (so labels finish
+items rather than spread thin), and reserves it for them for ``reservation`` so two people do
+not both take the last slot. An annotator who comes back gets their open item again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from careloop.db import transaction
+from feedback.phi import scrub
+from feedback.store import Comparison, ReviewAssignment, ReviewItem
+
+RESERVATION = timedelta(minutes=30)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    prompt: str
+    response_a: str
+    response_b: str
+    source_a: str
+    source_b: str
+    is_gold: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    labelled: int  # items this annotator completed
+    skipped: int
+    available: int  # items still open to them
+
+
+def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, response_b: str,
+             source_a: str, source_b: str, *, labels_needed: int, prompt_source: str,
+             source_message_id: Any = None, gold_choice: str | None = None) -> int | None:
+    """Queue an item; None if the student question it came from is already queued."""
+    item = ReviewItem(prompt=scrub(prompt), response_a=scrub(response_a), response_b=scrub(response_b),
+                      source_a=source_a, source_b=source_b, labels_needed=labels_needed,
+                      prompt_source=prompt_source, source_message_id=source_message_id,
+                      is_gold=gold_choice is not None, gold_choice=gold_choice)
+    try:
+        with transaction(sessions) as session:
+            session.add(item)
+            session.flush()
+            return item.id
+    except IntegrityError:
+        return None
+
+
+def next_item(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> QueueItem | None:
+    """The item ``annotator`` should label now (their open one, or a new reservation), or None."""
+    now = _utcnow()
+    for _ in range(3):  # another annotator may take the same slot between our read and our write
+        with sessions() as session:
+            open_item = session.scalar(
+                select(ReviewItem).join(ReviewAssignment).where(
+                    ReviewAssignment.annotator == annotator, ReviewAssignment.completed_at.is_(None),
+                    ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > now - reservation)
+                .order_by(ReviewAssignment.assigned_at).limit(1))
+            if open_item is not None:
+                return _queue_item(open_item)
+            candidate = session.scalar(_open_items(annotator, now - reservation).limit(1))
+            if candidate is None:
+                return None
+        try:
+            with transaction(sessions) as session:
+                stale = session.scalar(select(ReviewAssignment).where(
+                    ReviewAssignment.item_id == candidate.id, ReviewAssignment.annotator == annotator))
+                if stale is not None:  # their earlier reservation lapsed: renew it
+                    stale.assigned_at = now
+                else:
+                    session.add(ReviewAssignment(item_id=candidate.id, annotator=annotator, assigned_at=now))
+            return _queue_item(candidate)
+        except IntegrityError:
+            continue
+    return None
+
+
+def skip(sessions: sessionmaker[Session], item_id: int, annotator: str) -> None:
+    """The annotator passes on this item; it goes to others and never comes back to them."""
+    with transaction(sessions) as session:
+        assignment = session.scalar(select(ReviewAssignment).where(
+            ReviewAssignment.item_id == item_id, ReviewAssignment.annotator == annotator))
+        if assignment is None:
+            session.add(ReviewAssignment(item_id=item_id, annotator=annotator, skipped=True))
+        elif assignment.completed_at is None:
+            assignment.skipped = True
+
+
+def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> Progress:
+    with sessions() as session:
+        mine = select(ReviewAssignment).where(ReviewAssignment.annotator == annotator).subquery()
+        labelled = session.scalar(select(func.count()).select_from(mine).where(mine.c.completed_at.is_not(None)))
+        skipped = session.scalar(select(func.count()).select_from(mine).where(mine.c.skipped.is_(True)))
+        available = session.scalar(select(func.count()).select_from(
+            _open_items(annotator, _utcnow() - reservation).subquery()))
+    return Progress(labelled, skipped, available)
+
+
+def _open_items(annotator: str, reserved_since: datetime):  # noqa: ANN202 - a Select
+    """Items the annotator has not labelled or skipped, with a free slot; nearest to done first."""
+    taken = (select(func.count()).where(
+        ReviewAssignment.item_id == ReviewItem.id,
+        or_(ReviewAssignment.completed_at.is_not(None),
+            and_(ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > reserved_since)))
+        .correlate(ReviewItem).scalar_subquery())
+    done = (select(func.count()).where(ReviewAssignment.item_id == ReviewItem.id,
+                                       ReviewAssignment.completed_at.is_not(None))
+            .correlate(ReviewItem).scalar_subquery())
+    seen = select(ReviewAssignment.item_id).where(
+        ReviewAssignment.annotator == annotator,
+        or_(ReviewAssignment.completed_at.is_not(None), ReviewAssignment.skipped.is_(True)))
+    return (select(ReviewItem).where(ReviewItem.id.not_in(seen), taken < ReviewItem.labels_needed)
+            .order_by(done.desc(), ReviewItem.id))
+
+
+def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:
+    with sessions() as session:
+        return list(session.scalars(select(Comparison).where(Comparison.review_item_id == item_id)
+                                    .order_by(Comparison.id)))
+
+
+def _queue_item(item: ReviewItem) -> QueueItem:
+    return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.source_a, item.source_b,
+                     item.is_gold)

@@ -1,0 +1,80 @@
+"""Filling the review queue through a real worker, which asks a real server for the answers."""
+
+from __future__ import annotations
+
+import uuid
+
+from feedback import schemas
+from feedback.api import FeedbackAPI
+from feedback.store import ReviewItem, store_event
+from serving.client import ServingClient
+from serving.registry import open_registry
+
+from .conftest import start_worker, wait_for
+
+
+def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
+        tmp_path, store, broker, server, tiny_model_dir, settings):
+    serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
+               "review_gold_fraction": "0.25", "review_max_tokens": "12", "review_labels_needed": "3"}
+    worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
+    try:
+        from careloop.db import make_engine, session_factory
+
+        sessions = session_factory(make_engine(store.database_url))
+        conversation = uuid.uuid4()
+        questions = ["Why is my ankle swollen, email me at a@b.org", "Is 38.5 C a fever in adults?"]
+        for text in questions:
+            store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user", content=text))
+        api = FeedbackAPI(settings)
+        api.celery.send_task("generation.fill_review_queue", args=(4,), queue="generation")
+        wait_for(lambda: store.count(ReviewItem) == 4, timeout=120, message="4 review items")
+        items = store.rows(ReviewItem)
+        student = [i for i in items if i.prompt_source == "student"]
+        assert sorted(i.prompt for i in student) == sorted(["Why is my ankle swollen, email me at [EMAIL]",
+                                                             "Is 38.5 C a fever in adults?"])
+        assert all(i.source_a == i.source_b == "careloop-demo-tiny" and i.labels_needed == 3 for i in student)
+        assert any(i.response_a != i.response_b for i in student)  # two samples, two seeds
+        gold = [i for i in items if i.is_gold]
+        assert len(gold) == 1 and gold[0].gold_choice in ("a", "b")
+        assert len([i for i in items if i.prompt_source == "seed" and not i.is_gold]) == 1
+
+        # With a candidate loaded in serving, clinicians compare it with the live version.
+        full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                           "base_model": str(tiny_model_dir)})
+        open_registry(full).register("gen-v0001", server.adapter_dir / "med-v0001", actor="trainer")
+        ServingClient.from_settings(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
+        store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user",
+                                           content="What is a normal resting heart rate?"))
+        api.celery.send_task("generation.fill_review_queue", args=(1,), queue="generation")
+        wait_for(lambda: store.count(ReviewItem) == 5, timeout=120, message="the fifth item")
+        newest = store.rows(ReviewItem)[-1]
+        assert (newest.source_a, newest.source_b) == ("careloop-demo-tiny", "gen-v0001")
+        server.unload("gen-v0001")
+    finally:
+        worker.process.terminate()
+        worker.process.wait(30)
+
+
+def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
+               "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
+               "review_fill_interval_seconds": "2"}
+    worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
+    env = {**worker.env, "CARELOOP_HOME": str(tmp_path / "beat")}
+    log = tmp_path / "beat.log"
+    beat = subprocess.Popen([sys.executable, "-m", "careloop", "beat"], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: store.count(ReviewItem) >= 4, timeout=120,
+                 message=f"two scheduled runs of 2 items; beat log:\n{log.read_text()[-2000:] if log.exists() else ''}")
+        assert "fill-review-queue" in log.read_text() or "generation.fill_review_queue" in log.read_text()
+    finally:
+        for process in (beat, worker.process):
+            process.terminate()
+            process.wait(30)
+    assert os.path.exists(tmp_path / "beat" / "celerybeat-schedule") or any((tmp_path / "beat").glob("celerybeat-schedule*"))
