@@ -47,8 +47,10 @@ def _config(settings: Settings) -> dict:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "visibility_timeout": settings.celery_visibility_timeout,
-            # How often kombu looks for unacked tasks of dead workers, and how long it holds back.
-            "unacked_restore_interval": min(30, settings.celery_visibility_timeout),
+            # How often kombu looks for unacked tasks of dead workers: every interval (throttle 1),
+            # so a dead worker's task is back within visibility_timeout + interval.
+            "unacked_restore_interval": max(1, min(30, settings.celery_visibility_timeout // 2)),
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2, "socket_timeout": 5,
             # Publishing fails at once when Redis is down, so the API can fall back to its outbox.
             "max_retries": 0,

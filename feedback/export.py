@@ -130,7 +130,7 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         agreement = round(top / len(labels), 3)
         corrected = next((label.corrected_answer for label in reversed(labels) if label.corrected_answer), None)
-        meta = {"source": "comparison", "agreement": agreement, "labels": len(labels)}
+        meta = {"source": "comparison", "agreement": agreement, "label_count": len(labels)}
         if winner in ("a", "b"):
             chosen, rejected = (first.response_a, first.response_b) if winner == "a" else (first.response_b, first.response_a)
             rows += _rows(config.kind, first.prompt, chosen, [rejected], meta)
@@ -152,7 +152,7 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         annotators.add(correction.annotator)
         rows += _rows(config.kind, correction.prompt, correction.corrected, [correction.original],
-                      {"source": "correction", "agreement": 1.0, "labels": 1})
+                      {"source": "correction", "agreement": 1.0, "label_count": 1})
 
     for rating in ratings:
         message = rated.get(rating.message_id)

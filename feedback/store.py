@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid,
                         select)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop.db import Base, transaction
@@ -163,22 +164,32 @@ _TABLES: dict[type[schemas.Event], type[Base]] = {
 
 def store_event(sessions: sessionmaker[Session], event: schemas.Event) -> bool:
     """Store a validated event once; return False if it was already stored (a replay)."""
-    table = _TABLES[type(event)]
-    values = event.model_dump()
-    for key in _FREE_TEXT & values.keys():
-        if values[key] is not None:
-            values[key] = scrub(values[key])
-    try:
-        with transaction(sessions) as session:
-            session.add(table(**values))
+    return store_events(sessions, [event]) == 1
+
+
+def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
+                 dead_letters: list[tuple[str, Any, str]] = ()) -> int:
+    """Store validated events (and dead letters: kind, payload, reason) in one transaction, each
+    event at most once however often it is replayed. Returns how many events were new."""
+    new = 0
+    with transaction(sessions) as session:
+        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        for event in events:
+            table = _TABLES[type(event)]
+            values = event.model_dump()
+            for key in _FREE_TEXT & values.keys():
+                if values[key] is not None:
+                    values[key] = scrub(values[key])
+            inserted = session.execute(insert(table).values(**values).on_conflict_do_nothing(
+                index_elements=["event_id"]).returning(table.id)).first()
+            if inserted is None:
+                continue  # a replay: the row is already there
+            new += 1
             if isinstance(event, schemas.Comparison) and event.review_item_id is not None:
                 _complete_assignment(session, event.review_item_id, event.annotator)
-    except IntegrityError:
-        with sessions() as session:
-            if session.scalar(select(table.id).where(table.event_id == event.event_id)) is not None:
-                return False
-        raise
-    return True
+        for kind, payload, reason in dead_letters:
+            _add_dead_letter(session, kind, payload, reason)
+    return new
 
 
 def _complete_assignment(session: Session, item_id: int, annotator: str) -> None:
@@ -193,10 +204,16 @@ def _complete_assignment(session: Session, item_id: int, annotator: str) -> None
 
 
 def store_dead_letter(sessions: sessionmaker[Session], kind: str, payload: Any, reason: str) -> None:
-    event_id = payload.get("event_id") if isinstance(payload, dict) else None
     with transaction(sessions) as session:
-        session.add(DeadLetter(event_id=str(event_id)[:64] if event_id else None, kind=str(kind)[:32],
-                               payload=_scrubbed(payload), reason=reason))
+        _add_dead_letter(session, kind, payload, reason)
+
+
+def _add_dead_letter(session: Session, kind: str, payload: Any, reason: str) -> None:
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    event_id = str(event_id)[:64] if event_id else None
+    if event_id and session.scalar(select(DeadLetter.id).where(DeadLetter.event_id == event_id)) is not None:
+        return  # the same bad event delivered again
+    session.add(DeadLetter(event_id=event_id, kind=str(kind)[:32], payload=_scrubbed(payload), reason=reason))
 
 
 def _scrubbed(value: Any) -> Any:

@@ -13,7 +13,7 @@ from careloop.log import get_logger
 from careloop.settings import get_settings
 from feedback import schemas
 from feedback.celery_app import app
-from feedback.store import store_dead_letter, store_event
+from feedback.store import store_events
 
 log = get_logger(__name__)
 
@@ -23,20 +23,31 @@ def _sessions() -> sessionmaker[Session]:
     return session_factory(make_engine(get_settings().resolved_database_url))
 
 
-@app.task(name="feedback.ingest", bind=True, acks_late=True, reject_on_worker_lost=True,
-          autoretry_for=(OperationalError,), retry_backoff=2, retry_backoff_max=300, retry_jitter=True,
-          max_retries=None)
-def ingest(self, kind: str, payload: dict) -> str:  # noqa: ANN001 - Celery's bound task
-    """Store one event. Invalid: a dead letter with the reason. Database down: retried with backoff."""
-    try:
-        event = schemas.parse_event(kind, payload)
-    except schemas.InvalidFeedback as exc:
-        store_dead_letter(_sessions(), kind, payload, str(exc))
-        log.warning("feedback_dead_letter", kind=kind, reason=str(exc)[:200])
-        return "dead_letter"
-    stored = store_event(_sessions(), event)
-    log.info("feedback_stored" if stored else "feedback_duplicate_ignored", kind=kind, event_id=str(event.event_id))
-    return "stored" if stored else "duplicate"
+INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=(OperationalError,),
+                      retry_backoff=2, retry_backoff_max=300, retry_jitter=True, max_retries=None)
+
+
+@app.task(name="feedback.ingest_batch", **INGEST_OPTIONS)
+def ingest_batch(events: list) -> dict:
+    """Store a batch of ``(kind, payload)`` events in one transaction: valid ones once each, invalid
+    ones as dead letters with the reason. A database error retries the whole batch with backoff."""
+    valid, dead = [], []
+    for kind, payload in events:
+        try:
+            valid.append(schemas.parse_event(kind, payload))
+        except schemas.InvalidFeedback as exc:
+            dead.append((kind, payload, str(exc)))
+            log.warning("feedback_dead_letter", kind=kind, reason=str(exc)[:200])
+    stored = store_events(_sessions(), valid, dead)
+    log.info("feedback_batch_stored", events=len(events), stored=stored, duplicates=len(valid) - stored,
+             dead_letters=len(dead))
+    return {"stored": stored, "duplicates": len(valid) - stored, "dead_letters": len(dead)}
+
+
+@app.task(name="feedback.ingest", **INGEST_OPTIONS)
+def ingest(kind: str, payload: dict) -> dict:
+    """One event (other producers, and the benchmark's one-task-per-event baseline)."""
+    return ingest_batch([(kind, payload)])
 
 
 @app.task(name="generation.fill_review_queue", acks_late=True, reject_on_worker_lost=True)

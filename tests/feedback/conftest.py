@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,11 @@ class Worker:
     log: Path
     env: dict[str, str]
 
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a crash or an OOM kill would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
 
 def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "feedback", **settings: str) -> Worker:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
@@ -32,7 +38,7 @@ def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "f
     home.mkdir(parents=True, exist_ok=True)
     log = home / "worker.log"
     process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", queues],
-                               env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                               env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

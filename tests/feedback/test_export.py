@@ -59,7 +59,7 @@ def test_dpo_pairs_follow_the_majority_and_corrections(feedback, tmp_path):
         ("Dose of paracetamol?", "Adults: 500 mg-1 g every 4-6 h, at most 4 g a day.", "Take as much as you like."),
     }
     majority = next(r for r in rows if r["prompt"][0]["content"] == "Q majority?")
-    assert (majority["agreement"], majority["labels"]) == (0.667, 3)
+    assert (majority["agreement"], majority["label_count"]) == (0.667, 3)
     assert all(r["chosen"][0]["role"] == "assistant" and r["prompt"][0]["role"] == "user" for r in rows)
     assert manifest.dropped == {"gold item (measures annotators)": 3, "label from excluded annotator": 1,
                                 "rating (used by kto only)": 1, "split vote": 1, "tie: no preference": 1}

@@ -127,3 +127,31 @@ def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, wo
         assert store.rows(tables.Rating)[0].event_id == written
     finally:
         restarted.stop()
+
+
+def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, settings, store, broker):
+    from .conftest import start_worker
+
+    worker = start_worker(tmp_path / "worker-1", store.database_url, broker.url)
+    api = FeedbackAPI(settings, batch_size=50)
+    conversation = uuid.uuid4()
+    sent = [api.log_turn(conversation_id=conversation, user="student", role="user", content=f"question {i}")
+            for i in range(2000)]
+    wait_for(lambda: store.count(tables.Message) >= 100, message="the worker to start storing")
+    worker.kill()
+    stored_at_kill = store.count(tables.Message)
+    assert stored_at_kill < 2000, "the worker finished before it could be killed; make the batches smaller"
+    log = worker.log.read_text()
+    in_flight = log.count("received") - log.count("feedback_batch_stored")
+    assert in_flight >= 1, "the kill should land while a batch is being stored"
+    restarted = start_worker(tmp_path / "worker-2", store.database_url, broker.url)
+    try:
+        # The batch the dead worker held comes back after CARELOOP_CELERY_VISIBILITY_TIMEOUT (10 s here).
+        wait_for(lambda: store.count(tables.Message) == 2000, timeout=120, message="all 2,000 events")
+        time.sleep(1)
+        stored = store.rows(tables.Message)
+        assert len(stored) == 2000 and {m.event_id for m in stored} == set(sent)
+        assert len(api.outbox) == 0
+    finally:
+        restarted.process.terminate()
+        restarted.process.wait(30)
