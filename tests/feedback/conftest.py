@@ -51,9 +51,9 @@ def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "f
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A migrated SQLite store; ``count(table)`` and ``rows(table)`` read it."""
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+def store(database_url):
+    """The store on a migrated SQLite file or PostgreSQL database; ``count(table)`` and ``rows(table)`` read it."""
+    url = database_url
     db.upgrade(url)
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
