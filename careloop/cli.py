@@ -136,6 +136,34 @@ def export_cmd(
                   + (", ".join(f"{k} {v}" for k, v in manifest.dropped.items()) or "nothing"))
 
 
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (see trainer/config.py).")] = None,
+    resume: Annotated[int | None, typer.Option(help="Resume run ID, skipping the steps already done.")] = None,
+    actor: ActorOption = None,
+) -> None:
+    """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
+    from careloop.db import make_engine, session_factory
+    from serving.client import ServingClient
+    from serving.registry import open_registry
+    from trainer.config import ConfigError, TrainConfig
+    from trainer.pipeline import run_training
+
+    settings = get_settings()
+    try:
+        train_config = TrainConfig.from_yaml(config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    sessions = session_factory(make_engine(settings.resolved_database_url))
+    client = ServingClient.from_settings(settings) if train_config.auto_promote else None
+    with _serving_errors():
+        result = run_training(settings, train_config, sessions, open_registry(settings), client,
+                              actor=_actor(actor), resume=resume)
+    console.print(f"run {result.run_id}: {result.status} ({result.adapter_version})")
+    for reason in result.decision.reasons:
+        console.print(f"  {reason}", markup=False)
+
+
 @model_app.command("build-demo")
 def build_demo(
     size: Annotated[Literal["tiny", "demo"] | None, typer.Option(help="tiny (~1M params, tests) or demo (~10M, default).")] = None,

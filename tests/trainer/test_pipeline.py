@@ -1,0 +1,131 @@
+"""The training pipeline on the tiny demo model: helpful data is promoted and served, harmful data
+is rejected with reasons, a killed run changes nothing, leakage is removed and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from careloop import db
+from careloop.seed import load_seed
+from careloop.settings import load_settings
+from feedback import schemas
+from feedback.export import in_eval
+from feedback.store import store_event
+from serving.client import ServingClient
+from serving.registry import Status, open_registry
+from trainer import runs
+from trainer.config import TrainConfig
+from trainer.pipeline import run_training
+from trainer.snapshot import build_snapshot
+
+QUICK = {"sft": {"max_steps": 20, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
+         "dpo": {"max_steps": 40, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
+         "eval": {"max_items": 40, "max_new_tokens": 16}}
+
+
+@pytest.fixture
+def setup(tmp_path, server, tiny_model_dir):
+    url = f"sqlite:///{tmp_path / 'careloop.db'}"
+    db.upgrade(url)
+    settings = load_settings(home=tmp_path / "home", database_url=url, base_model=str(tiny_model_dir),
+                             serving_url=server.url, control_token=server.token, adapter_dir=server.adapter_dir,
+                             live_cache_seconds=0)
+    sessions = db.session_factory(db.make_engine(url))
+    return settings, sessions, open_registry(settings), ServingClient.from_settings(settings)
+
+
+def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
+    settings, sessions, registry, client = setup
+    config = TrainConfig.model_validate({**QUICK, "auto_promote": True})
+    result = run_training(settings, config, sessions, registry, client, actor="test")
+    assert result.status == "promoted", result.decision.reasons
+    run = runs.get_run(sessions, result.run_id)
+    assert run.metrics["sft_eval_loss_after"] < run.metrics["sft_eval_loss_before"]  # SFT lowered held-out loss
+    assert run.metrics["candidate"]["pair_accuracy"] > run.metrics["live"]["pair_accuracy"]
+    assert run.snapshot_sha256 and run.timings["total"] > 0 and run.step == "publish"
+    live = registry.live()
+    assert live.name == result.adapter_version and live.training_run_id == result.run_id
+    assert client.chat([{"role": "user", "content": "What is asthma?"}], max_tokens=4).model == live.name
+    report = json.loads((settings.home / "runs" / str(result.run_id) / "report.json").read_text())
+    for track in ("rougeL", "bleu", "meteor", "pair_accuracy", "mcq_accuracy", "refusal_harmful",
+                  "over_refusal_benign", "urgent_care_red_flags"):
+        assert track in report["candidate"]["summary"] and track in report["differences"]
+    assert "METEOR (nltk" in report["meteor"]
+    card = (settings.adapter_dir / live.name / "README.md").read_text()
+    assert "Decision: promote" in card and run.snapshot_sha256 in card
+    registry.retire(live.name, actor="test")
+    client.unload_adapter(live.name)
+
+
+def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
+    settings, sessions, registry, client = setup
+    # Clinicians who (wrongly) preferred the off-topic answer on every training prompt.
+    for pair in load_seed(settings.seed_data_dir, "preferences"):
+        if not in_eval(pair.prompt, 0.1):
+            store_event(sessions, schemas.Comparison(
+                annotator="nurse.x", prompt=pair.prompt, response_a=pair.chosen, response_b=pair.rejected,
+                source_a="seed", source_b="seed", shown_order="ab", choice="b",
+                scores_a={"accuracy": 1, "helpfulness": 1, "relevance": 1, "comprehensiveness": 1},
+                scores_b={"accuracy": 5, "helpfulness": 5, "relevance": 5, "comprehensiveness": 5}))
+    config = TrainConfig.model_validate({**QUICK, "dpo": {**QUICK["dpo"], "include_seed_pairs": False},
+                                         "auto_promote": True})
+    result = run_training(settings, config, sessions, registry, client, actor="test")
+    assert result.status == "rejected"
+    assert any(r.startswith("FAIL human preference: pair_accuracy -") for r in result.decision.reasons), \
+        result.decision.reasons
+    assert registry.live() is None  # nothing changed for students
+    version = registry.get(result.adapter_version)
+    assert version.status == Status.REJECTED and "pair_accuracy" in version.note
+
+
+def test_leakage_is_removed_and_reported(setup):
+    settings, sessions, _, _ = setup
+    # A held-out evaluation question that a clinician's correction brings into the training split.
+    question = next(r.question for r in load_seed(settings.seed_data_dir, "eval")[:40] if not in_eval(r.question, 0.1))
+    store_event(sessions, schemas.Correction(annotator="dr.o", prompt=question, original="x", corrected="y"))
+    snapshot = build_snapshot(settings.home / "snap", TrainConfig.model_validate(QUICK), settings.seed_data_dir,
+                              sessions)
+    assert snapshot.leakage["removed_sft"] >= 1 and question in snapshot.leakage["examples"]
+    assert all(row["messages"][0]["content"] != question for row in snapshot.data["sft"])
+    saved = json.loads((settings.home / "snap" / "snapshot.json").read_text())
+    assert saved["leakage"]["removed_sft"] == snapshot.leakage["removed_sft"]
+
+
+def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path):
+    settings, sessions, registry, client = setup
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(QUICK))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
+           "CARELOOP_HOME": str(settings.home), "CARELOOP_DATABASE_URL": settings.database_url,
+           "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        latest = runs.recent_runs(sessions, 1)
+        if latest and latest[0].step == "dpo":
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the run never reached the DPO step")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    killed = runs.recent_runs(sessions, 1)[0]
+    assert killed.status == "running" and killed.adapter_version is None
+    assert registry.live() is None and registry.versions() == []
+
+    done = subprocess.run([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"run {killed.id + 1}: candidate" in done.stdout or f"run {killed.id + 1}: rejected" in done.stdout
+    assert runs.get_run(sessions, killed.id).status == "interrupted"
+    assert registry.live() is None  # auto-promote is off: a passing candidate waits for an admin

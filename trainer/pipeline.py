@@ -1,0 +1,166 @@
+"""`careloop train`: snapshot -> SFT -> DPO -> evaluate -> gate -> publish, recorded as a run.
+
+Each step writes its output under ``$CARELOOP_HOME/runs/<id>/``; ``resume`` skips the steps whose
+output is already there. Nothing is promoted unless the gate passed and auto-promote is on, and
+a run that dies midway leaves the live version as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from careloop.base_model import resolve_base_model
+from careloop.log import get_logger
+from careloop.settings import Settings
+from serving.client import ServingClient
+from serving.registry import Registry, RegistryError
+from trainer import runs
+from trainer.config import TrainConfig
+from trainer.dpo import run_dpo
+from trainer.evaluate import Models, compare, evaluate, meteor_variant
+from trainer.gate import Decision, Policy, decide
+from trainer.sft import run_sft
+from trainer.snapshot import Snapshot, build_snapshot
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str
+    adapter_version: str | None
+    decision: Decision
+
+
+def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker[Session], registry: Registry,
+                 client: ServingClient | None, *, actor: str, resume: int | None = None) -> RunResult:
+    run_id = resume or runs.start_run(sessions, actor, config.model_dump(mode="json"))
+    if resume:
+        runs.update_run(sessions, run_id, status="running", error="")
+    directory = settings.home / "runs" / str(run_id)
+    timings: dict[str, float] = dict(runs.get_run(sessions, run_id).timings or {})
+
+    def step(name: str) -> None:
+        runs.update_run(sessions, run_id, step=name, timings=timings)
+        log.info("training_step", run=run_id, step=name)
+
+    try:
+        started = time.perf_counter()
+        step("snapshot")
+        if (directory / "snapshot" / "snapshot.json").exists():
+            snapshot = Snapshot.load(directory / "snapshot")
+        else:
+            snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions)
+        runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256)
+        timings["snapshot"] = time.perf_counter() - started
+
+        base = resolve_base_model(settings, build_if_missing=True)
+        live = registry.live()
+        held_out = [{"messages": [{"role": "user", "content": r["question"]},
+                                  {"role": "assistant", "content": r["reference"]}]}
+                    for r in snapshot.data["eval_reference"]]
+
+        started = time.perf_counter()
+        step("sft")
+        sft_dir = directory / "sft-adapter"
+        sft_metrics = {}
+        if not (sft_dir / "adapter_config.json").exists():
+            sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.seed)
+            sft_metrics = {"sft_train_loss": sft.train_loss, "sft_eval_loss_before": sft.eval_loss_before,
+                           "sft_eval_loss_after": sft.eval_loss_after, "sft_tokens_per_second": sft.tokens_per_second,
+                           "sft_padding_fraction": sft.padding_fraction}
+        timings["sft"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        step("dpo")
+        adapter = directory / "adapter"
+        dpo_metrics = {}
+        if not (adapter / "adapter_config.json").exists():
+            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.seed)
+            dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
+                           "dpo_step_seconds": dpo.step_seconds}
+        timings["dpo"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        step("evaluate")
+        adapters = {"candidate": adapter} | ({"live": Path(live.path)} if live else {})
+        models = Models.load(base.source, adapters)
+        policy = Policy.load(config.gate_policy)
+        candidate = evaluate(models, "candidate", snapshot.data, config.eval.max_new_tokens)
+        baseline = evaluate(models, "live" if live else "base", snapshot.data, config.eval.max_new_tokens)
+        differences = compare(candidate, baseline, policy.confidence)
+        report = {"run": run_id, "snapshot": snapshot.sha256, "live": live.name if live else base.name,
+                  "meteor": meteor_variant()[1], "candidate": candidate, "live_results": baseline,
+                  "differences": differences, "leakage": snapshot.leakage}
+        (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        timings["evaluate"] = time.perf_counter() - started
+
+        step("gate")
+        decision = decide(policy, differences)
+        metrics = {**sft_metrics, **dpo_metrics, "candidate": candidate["summary"], "live": baseline["summary"]}
+        runs.update_run(sessions, run_id, metrics=metrics, decision=asdict(decision))
+
+        step("publish")
+        version = _next_version(registry, settings.resolved_adapter_dir)
+        published = settings.resolved_adapter_dir / version
+        shutil.copytree(adapter, published)
+        _write_card(published / "README.md", version, base.name, live.name if live else None, snapshot, config,
+                    metrics, decision)
+        registry.register(version, published, actor=actor, parent=live.name if live else None,
+                          training_run_id=run_id, metrics=metrics, note="; ".join(
+                              r for r in decision.reasons if r.startswith("FAIL"))[:1000])
+        if not decision.promote:
+            registry.reject(version, actor=actor, reason="gate: " + "; ".join(
+                r for r in decision.reasons if r.startswith("FAIL"))[:900])
+            status = "rejected"
+        elif config.auto_promote and client is not None:
+            registry.promote(version, client, actor=actor)
+            status = "promoted"
+        else:
+            status = "candidate"
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        runs.update_run(sessions, run_id, status=status, adapter_version=version, timings=timings,
+                        finished_at=runs._utcnow())
+        log.info("training_finished", run=run_id, status=status, adapter=version)
+        return RunResult(run_id, status, version, decision)
+    except Exception as exc:
+        runs.update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                        finished_at=runs._utcnow(), timings=timings)
+        raise
+
+
+def _next_version(registry: Registry, adapter_dir: Path) -> str:
+    """The next `med-vNNNN` free in the registry and in the adapter directory (names are never reused)."""
+    number = len(registry.versions()) + 1
+    while True:
+        name = f"med-v{number:04d}"
+        if not (adapter_dir / name).exists():
+            try:
+                registry.get(name)
+            except RegistryError:
+                return name
+        number += 1
+
+
+def _write_card(path: Path, version: str, base: str, parent: str | None, snapshot: Snapshot, config: TrainConfig,
+                metrics: dict, decision: Decision) -> None:
+    manifest = snapshot.feedback_manifest or {}
+    lines = [f"# {version}", "", f"LoRA adapter for `{base}`, trained by careloop (SFT then DPO).", "",
+             f"- parent (live when trained): {parent or 'none (base model)'}",
+             f"- data snapshot: `{snapshot.sha256}`",
+             f"- feedback window: {manifest.get('window', {}).get('first_event')} .. "
+             f"{manifest.get('window', {}).get('last_event')}; annotators: {len(manifest.get('annotators', []))}",
+             f"- training rows: SFT {len(snapshot.data['sft'])}, DPO {len(snapshot.data['dpo'])}",
+             f"- leakage removed: {snapshot.leakage}", "", "## Gate", "",
+             f"Decision: {'promote' if decision.promote else 'reject'}", "",
+             *[f"- {reason}" for reason in decision.reasons], "", "## Metrics", "", "```json",
+             json.dumps(metrics, indent=2, default=str), "```", "", "## Config", "", "```json",
+             config.model_dump_json(indent=2), "```", ""]
+    path.write_text("\n".join(lines))

@@ -1,0 +1,134 @@
+"""Step 1: freeze the training and evaluation data of a run, hash it, and check for leakage.
+
+Training data: the seed SFT corpus (medical QA and safety refusals), the feedback export's train
+split (clinician corrections and preferred answers) and, optionally, general chats at a set ratio;
+preference pairs from the seed and the feedback export. Evaluation data: the seed reference QA,
+multiple-choice and safety sets, and the held-out share of preference pairs (split by prompt).
+Any evaluation prompt that also appears in the training data is removed from training and
+listed in the leakage report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from careloop.seed import load_seed
+from feedback.export import ExportConfig, export, in_eval
+from trainer.config import TrainConfig
+
+FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety")
+
+
+@dataclass
+class Snapshot:
+    directory: Path
+    sha256: str
+    data: dict[str, list[dict]]
+    leakage: dict = field(default_factory=dict)
+    feedback_manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path) -> Snapshot:
+        info = json.loads((directory / "snapshot.json").read_text())
+        data = {name: [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines()]
+                for name in FILES}
+        return cls(directory, info["sha256"], data, info["leakage"], info["feedback_manifest"])
+
+
+def normalize(prompt: str) -> str:
+    return re.sub(r"\s+", " ", prompt.strip().lower())
+
+
+def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
+                   sessions: sessionmaker[Session] | None) -> Snapshot:
+    rng = random.Random(config.seed)
+    fraction = config.eval.eval_fraction
+    pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "source": p.id}
+             for p in load_seed(seed_dir, "preferences")]
+    sft = [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
+           for name in ("sft", "safety_sft") for example in load_seed(seed_dir, name)]
+    rng.shuffle(sft)
+    if config.sft.max_examples:
+        sft = sft[:config.sft.max_examples]
+    manifest = {}
+    feedback_pairs: list[dict] = []
+    feedback_eval_pairs: list[dict] = []
+    if sessions is not None:
+        out = directory / "feedback"
+        manifest = _export(sessions, "sft", out / "sft", fraction)
+        sft += [{"messages": row["messages"], "source": "feedback"} for row in _read(out / "sft" / "train.jsonl")]
+        _export(sessions, "dpo", out / "dpo", fraction)
+        feedback_pairs = [_flat_pair(row) for row in _read(out / "dpo" / "train.jsonl")]
+        feedback_eval_pairs = [_flat_pair(row) for row in _read(out / "dpo" / "eval.jsonl")]
+    if config.sft.general_data and config.sft.general_ratio > 0:
+        general = _read(config.sft.general_data)
+        wanted = int(len(sft) * config.sft.general_ratio / (1 - config.sft.general_ratio + 1e-9))
+        sft += [{"messages": row["messages"], "source": "general"} for row in rng.sample(general, min(wanted, len(general)))]
+
+    seed_train = [p for p in pairs if not in_eval(p["prompt"], fraction)] if config.dpo.include_seed_pairs else []
+    train_pairs = seed_train + feedback_pairs
+    eval_pairs = [p for p in pairs if in_eval(p["prompt"], fraction)] + feedback_eval_pairs
+    rng.shuffle(train_pairs)
+    if config.dpo.max_pairs:
+        train_pairs = train_pairs[:config.dpo.max_pairs]
+    limit = config.eval.max_items
+    data = {
+        "sft": sft,
+        "dpo": train_pairs,
+        "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
+        "eval_pairs": eval_pairs[:limit],
+        "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
+                     for m in load_seed(seed_dir, "mcq")][:limit],
+        "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
+    }
+    data, leakage = _remove_leaks(data)
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    for name in FILES:
+        lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in data[name]]
+        (directory / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
+        digest.update(name.encode() + b"\n" + "\n".join(lines).encode())
+    snapshot = Snapshot(directory, digest.hexdigest(), data, leakage, manifest)
+    (directory / "snapshot.json").write_text(json.dumps(
+        {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "leakage": leakage,
+         "feedback_manifest": manifest}, indent=2, default=str) + "\n")
+    return snapshot
+
+
+def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict]:
+    evaluation = ({normalize(r["question"]) for r in data["eval_reference"]}
+                  | {normalize(r["prompt"]) for r in data["eval_pairs"]}
+                  | {normalize(r["question"]) for r in data["eval_mcq"]}
+                  | {normalize(r["prompt"]) for r in data["eval_safety"]})
+
+    def first_user(row: dict) -> str:
+        return next(m["content"] for m in row["messages"] if m["role"] == "user")
+
+    leaked_sft = [r for r in data["sft"] if normalize(first_user(r)) in evaluation]
+    leaked_dpo = [r for r in data["dpo"] if normalize(r["prompt"]) in evaluation]
+    data = {**data, "sft": [r for r in data["sft"] if r not in leaked_sft],
+            "dpo": [r for r in data["dpo"] if r not in leaked_dpo]}
+    examples = sorted({first_user(r) for r in leaked_sft} | {r["prompt"] for r in leaked_dpo})[:20]
+    return data, {"removed_sft": len(leaked_sft), "removed_dpo": len(leaked_dpo), "examples": examples}
+
+
+def _export(sessions: sessionmaker[Session], kind: str, out: Path, fraction: float) -> dict:
+    from dataclasses import asdict
+
+    return asdict(export(sessions, ExportConfig(kind, eval_fraction=fraction), out))
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _flat_pair(row: dict) -> dict:
+    return {"prompt": row["prompt"][0]["content"], "chosen": row["chosen"][0]["content"],
+            "rejected": row["rejected"][0]["content"], "source": row.get("source", "feedback")}
