@@ -25,6 +25,7 @@ from trainer.config import TrainConfig
 from trainer.dpo import run_dpo
 from trainer.evaluate import Models, compare, evaluate, meteor_variant
 from trainer.gate import Decision, Policy, decide
+from trainer.report import write_report
 from trainer.sft import run_sft
 from trainer.snapshot import Snapshot, build_snapshot
 
@@ -104,6 +105,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
 
         step("gate")
         decision = decide(policy, differences)
+        write_report(directory, report, decision.promote, decision.reasons)
         metrics = {**sft_metrics, **dpo_metrics, "candidate": candidate["summary"], "live": baseline["summary"]}
         runs.update_run(sessions, run_id, metrics=metrics, decision=asdict(decision))
 

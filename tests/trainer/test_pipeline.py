@@ -59,6 +59,12 @@ def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
                   "over_refusal_benign", "urgent_care_red_flags"):
         assert track in report["candidate"]["summary"] and track in report["differences"]
     assert "METEOR (nltk" in report["meteor"]
+    run_dir = settings.home / "runs" / str(result.run_id)
+    markdown = (run_dir / "report.md").read_text()
+    assert "Gate decision: **promote**" in markdown and "human preference (held-out pairs): better" in markdown
+    assert "| pair_accuracy |" in markdown and "| refusal_harmful |" in markdown
+    page = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<td>mcq_accuracy</td>" in page
     card = (settings.adapter_dir / live.name / "README.md").read_text()
     assert "Decision: promote" in card and run.snapshot_sha256 in card
     registry.retire(live.name, actor="test")

@@ -1,0 +1,105 @@
+"""The evaluation report: Markdown and a self-contained HTML page with plots, tracks side by side.
+
+Automatic metrics, preference-based metrics and judges have been seen to disagree in this domain,
+so the report says per track which way it points and whether the tracks agree; clinicians decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+TRACKS = {
+    "reference (BLEU, ROUGE, METEOR)": ("bleu", "rouge1", "rouge2", "rougeL", "meteor"),
+    "human preference (held-out pairs)": ("pair_accuracy",),
+    "multiple choice": ("mcq_accuracy",),
+    "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign"),
+}
+LOWER_IS_BETTER = {"over_refusal_benign"}
+
+
+def track_directions(differences: dict[str, dict]) -> dict[str, str]:
+    """Per track: 'better', 'worse', 'mixed' or 'no change', from the signs of the mean differences."""
+    directions = {}
+    for track, metrics in TRACKS.items():
+        signs = set()
+        for metric in metrics:
+            mean = differences.get(metric, {}).get("mean", 0.0)
+            mean = -mean if metric in LOWER_IS_BETTER else mean
+            if abs(mean) > 1e-9:
+                signs.add("better" if mean > 0 else "worse")
+        directions[track] = "no change" if not signs else signs.pop() if len(signs) == 1 else "mixed"
+    return directions
+
+
+def agreement(directions: dict[str, str]) -> str:
+    moved = {d for d in directions.values() if d != "no change"}
+    if not moved:
+        return "No track moved."
+    if moved == {"better"} or moved == {"worse"}:
+        return f"The tracks that moved agree: all {moved.pop()}."
+    return "The tracks DISAGREE: " + "; ".join(f"{t}: {d}" for t, d in directions.items()) + "."
+
+
+def write_report(directory: Path, report: dict, decision_promote: bool, reasons: list[str]) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidate, live = report["candidate"]["summary"], report["live_results"]["summary"]
+    differences = report["differences"]
+    metrics = [m for metrics in TRACKS.values() for m in metrics]
+    directions = track_directions(differences)
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    positions = range(len(metrics))
+    left.bar([p - 0.2 for p in positions], [live[m] for m in metrics], width=0.4, label=f"live ({report['live']})")
+    left.bar([p + 0.2 for p in positions], [candidate[m] for m in metrics], width=0.4, label="candidate")
+    left.set_xticks(list(positions), metrics, rotation=45, ha="right")
+    left.set_title("Scores (higher is better, except over_refusal_benign)")
+    left.legend()
+    means = [differences[m]["mean"] for m in metrics]
+    errors = [[differences[m]["mean"] - differences[m]["low"] for m in metrics],
+              [differences[m]["high"] - differences[m]["mean"] for m in metrics]]
+    right.errorbar(means, list(positions), xerr=errors, fmt="o")
+    right.axvline(0, color="grey", linewidth=1)
+    right.set_yticks(list(positions), metrics)
+    right.set_title(f"candidate - live, {differences[metrics[0]]['confidence']:.0%} paired bootstrap interval")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    png = buffer.getvalue()
+    (directory / "report.png").write_bytes(png)
+
+    rows = [f"| {m} | {live[m]:.3f} | {candidate[m]:.3f} | {differences[m]['mean']:+.3f} "
+            f"[{differences[m]['low']:+.3f}, {differences[m]['high']:+.3f}] | {differences[m]['n']} |" for m in metrics]
+    markdown = "\n".join([
+        f"# Evaluation of run {report['run']}", "",
+        f"Candidate against live `{report['live']}` on the same held-out items (snapshot `{report['snapshot'][:12]}`).",
+        f"Gate decision: **{'promote' if decision_promote else 'reject'}**.", "",
+        "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
+        agreement(directions), "",
+        "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
+        f"{report['meteor']}.", "", "## Gate", "", *[f"- {r}" for r in reasons], "",
+        "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
+    md_path = directory / "report.md"
+    md_path.write_text(markdown)
+    table = "".join(f"<tr><td>{html.escape(m)}</td><td>{live[m]:.3f}</td><td>{candidate[m]:.3f}</td>"
+                    f"<td>{differences[m]['mean']:+.3f} [{differences[m]['low']:+.3f}, {differences[m]['high']:+.3f}]"
+                    f"</td><td>{differences[m]['n']}</td></tr>" for m in metrics)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {report['run']}</title></head><body>"
+            f"<h1>Evaluation of run {report['run']}</h1><p>Gate decision: <b>{'promote' if decision_promote else 'reject'}"
+            f"</b>. {html.escape(agreement(directions))}</p><ul>"
+            + "".join(f"<li>{html.escape(t)}: {d}</li>" for t, d in directions.items())
+            + "</ul><table border='1' cellpadding='4'><tr><th>metric</th><th>live</th><th>candidate</th>"
+            f"<th>difference [interval]</th><th>items</th></tr>{table}</table>"
+            f"<p>{html.escape(report['meteor'])}.</p><h2>Gate</h2><ul>"
+            + "".join(f"<li>{html.escape(r)}</li>" for r in reasons)
+            + f"</ul><img alt='scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>")
+    html_path = directory / "report.html"
+    html_path.write_text(page)
+    return md_path, html_path
