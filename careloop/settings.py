@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     review_max_tokens: int = Field(200, ge=1, description="Length of the candidate answers generated for review.")
     review_fill_interval_seconds: float = Field(
         300, gt=0, description="How often `careloop beat` asks for new review items.")
+    train_min_new_pairs: int = Field(
+        50, ge=1, description="New accepted labels (A/B choices, corrections) that trigger a training run.")
+    train_max_interval_hours: float = Field(24.0, gt=0, description="Train at least this often once a run exists.")
+    train_check_interval_seconds: float = Field(300, gt=0, description="How often `careloop beat` checks.")
+    train_config: Path | None = Field(None, description="Training config YAML for scheduled runs (`careloop train --config`).")
     serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
     live_cache_seconds: float = Field(
         0.5, ge=0, description="How long clients cache the registry's live adapter version.")

@@ -13,7 +13,8 @@ from careloop.settings import Settings
 
 QUEUES = ("feedback", "generation", "training")
 
-app = Celery("careloop", include=["feedback.tasks"])
+# Task modules by name: the worker imports them; this module imports none of them.
+app = Celery("careloop", include=["feedback.tasks", "trainer.tasks"])
 
 
 def configure(settings: Settings) -> Celery:
@@ -63,5 +64,7 @@ def _config(settings: Settings) -> dict:
             "fill-review-queue": {"task": "generation.fill_review_queue",
                                   "schedule": settings.review_fill_interval_seconds,
                                   "options": {"queue": "generation", "expires": settings.review_fill_interval_seconds}},
+            "check-training": {"task": "training.check", "schedule": settings.train_check_interval_seconds,
+                               "options": {"queue": "training", "expires": settings.train_check_interval_seconds}},
         },
     )

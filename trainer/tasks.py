@@ -1,0 +1,53 @@
+"""Celery tasks of the `training` queue: the scheduled check and the run itself."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from careloop.db import make_engine, session_factory
+from careloop.log import get_logger
+from careloop.settings import get_settings
+from feedback.celery_app import app
+from trainer.schedule import Busy, is_due, training_lock
+
+log = get_logger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _sessions() -> sessionmaker[Session]:
+    return session_factory(make_engine(get_settings().resolved_database_url))
+
+
+@app.task(name="training.check")
+def check() -> dict:
+    """Enqueue a training run when enough new labels arrived or the interval passed."""
+    settings = get_settings()
+    due = is_due(_sessions(), settings.train_min_new_pairs, timedelta(hours=settings.train_max_interval_hours))
+    log.info("training_check", due=due.due, reason=due.reason)
+    if due.due:
+        run.apply_async(queue="training")
+    return {"due": due.due, "reason": due.reason}
+
+
+# Not acks_late: a run killed midway must not be redelivered and restarted by itself; the next
+# check starts a fresh run (the killed one is marked interrupted and never promotes).
+@app.task(name="training.run")
+def run(config_path: str | None = None) -> dict:
+    from serving.client import ServingClient
+    from serving.registry import open_registry
+    from trainer.config import TrainConfig
+    from trainer.pipeline import run_training
+
+    settings = get_settings()
+    config = TrainConfig.from_yaml(config_path or settings.train_config)
+    try:
+        with training_lock(settings.redis_url):
+            client = ServingClient.from_settings(settings) if config.auto_promote else None
+            result = run_training(settings, config, _sessions(), open_registry(settings), client, actor="schedule")
+    except Busy as exc:
+        log.info("training_skipped", reason=str(exc))
+        return {"status": "skipped", "reason": str(exc)}
+    return {"status": result.status, "run": result.run_id, "adapter": result.adapter_version}
