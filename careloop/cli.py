@@ -164,6 +164,69 @@ def train(
         console.print(f"  {reason}", markup=False)
 
 
+@app.command("eval")
+def eval_cmd(
+    adapter: Annotated[str, typer.Option(help="The adapter version to evaluate.")],
+    against: Annotated[str, typer.Option(help="`live`, `base`, or another version.")] = "live",
+    data: Annotated[Path | None, typer.Option(help="JSONL of the seed formats [default: the seed evaluation sets].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory [default: $CARELOOP_HOME/evals/<time>].")] = None,
+    max_items: Annotated[int, typer.Option(min=1, help="Items per set from the seed sets.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Evaluate one adapter against live (or another version) on the same items; write the report."""
+    import json as json_module
+    from datetime import UTC
+
+    from careloop.base_model import resolve_base_model
+    from serving.registry import open_registry
+    from trainer.evaluate import Models, compare, evaluate, meteor_variant
+    from trainer.gate import Policy, decide
+    from trainer.report import write_report
+    from trainer.snapshot import read_evaluation_file, seed_evaluation_sets
+
+    settings = get_settings()
+    registry = open_registry(settings)
+    with _serving_errors():
+        candidate = registry.get(adapter)
+        if against == "live":
+            live = registry.live()
+            baseline = {"name": live.name, "path": live.path} if live else None
+        elif against == "base":
+            baseline = None
+        else:
+            other = registry.get(against)
+            baseline = {"name": other.name, "path": other.path}
+    if data is not None:
+        sets = read_evaluation_file(data)
+    else:
+        from feedback.export import in_eval
+        from careloop.seed import load_seed
+
+        pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                 for p in load_seed(settings.seed_data_dir, "preferences") if in_eval(p.prompt, 0.1)]
+        sets = seed_evaluation_sets(settings.seed_data_dir, pairs, max_items)
+    base = resolve_base_model(settings)
+    adapters = {"candidate": Path(candidate.path)} | ({"live": Path(baseline["path"])} if baseline else {})
+    models = Models.load(base.source, adapters)
+    policy = Policy.load(None)
+    ours = evaluate(models, "candidate", sets, max_new_tokens)
+    theirs = evaluate(models, "live" if baseline else "base", sets, max_new_tokens)
+    differences = compare(ours, theirs, policy.confidence)
+    decision = decide(policy, differences)
+    out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"run": f"eval {adapter}", "snapshot": str(data or "seed evaluation sets"),
+              "live": baseline["name"] if baseline else base.name, "meteor": meteor_variant()[1],
+              "candidate": ours, "live_results": theirs, "differences": differences, "leakage": "not checked"}
+    (out / "report.json").write_text(json_module.dumps(report, indent=2, default=str))
+    write_report(out, report, decision.promote, decision.reasons)
+    console.print(f"{adapter} vs {report['live']}: report in {out}")
+    for metric, difference in differences.items():
+        console.print(f"  {metric}: {ours['summary'][metric]:.3f} vs {theirs['summary'][metric]:.3f} "
+                      f"({difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}], "
+                      f"n={difference['n']})", markup=False)
+
+
 @model_app.command("build-demo")
 def build_demo(
     size: Annotated[Literal["tiny", "demo"] | None, typer.Option(help="tiny (~1M params, tests) or demo (~10M, default).")] = None,

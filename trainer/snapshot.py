@@ -78,16 +78,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     rng.shuffle(train_pairs)
     if config.dpo.max_pairs:
         train_pairs = train_pairs[:config.dpo.max_pairs]
-    limit = config.eval.max_items
-    data = {
-        "sft": sft,
-        "dpo": train_pairs,
-        "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
-        "eval_pairs": eval_pairs[:limit],
-        "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
-                     for m in load_seed(seed_dir, "mcq")][:limit],
-        "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
-    }
+    data = {"sft": sft, "dpo": train_pairs,
+            **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items)}
     data, leakage = _remove_leaks(data)
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -100,6 +92,46 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "leakage": leakage,
          "feedback_manifest": manifest}, indent=2, default=str) + "\n")
     return snapshot
+
+
+def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int) -> dict[str, list[dict]]:
+    return {
+        "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
+        "eval_pairs": pairs[:limit],
+        "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
+                     for m in load_seed(seed_dir, "mcq")][:limit],
+        "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
+    }
+
+
+def read_evaluation_file(path: Path) -> dict[str, list[dict]]:
+    """Any JSONL of the seed formats, record by record: reference QA, preference pairs, multiple
+    choice or safety prompts. Bad lines raise SeedDataError naming the line."""
+    from pydantic import ValidationError
+
+    from careloop.seed import MultipleChoice, PreferencePair, ReferenceQA, SafetyItem, SeedDataError
+
+    sets: dict[str, list[dict]] = {"eval_reference": [], "eval_pairs": [], "eval_mcq": [], "eval_safety": []}
+    shapes = [("eval_pairs", PreferencePair, ("prompt", "chosen", "rejected")),
+              ("eval_mcq", MultipleChoice, ("question", "options", "answer")),
+              ("eval_safety", SafetyItem, ("prompt", "category")),
+              ("eval_reference", ReferenceQA, ("question", "reference"))]
+    problems = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            name, model, fields = next((shape for shape in shapes if set(shape[2]) <= set(raw)), (None, None, None))
+            if name is None:
+                raise ValueError("not a reference QA, preference pair, multiple-choice or safety record")
+            record = model.model_validate({"id": f"line-{number}", **raw})
+            sets[name].append({field: getattr(record, field) for field in fields})
+        except (ValueError, ValidationError) as exc:
+            problems.append(f"{Path(path).name}:{number}: {str(exc).splitlines()[0]}")
+    if problems:
+        raise SeedDataError("bad evaluation records:\n  " + "\n  ".join(problems[:20]))
+    return sets
 
 
 def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict]:
