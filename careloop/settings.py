@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     train_max_interval_hours: float = Field(24.0, gt=0, description="Train at least this often once a run exists.")
     train_check_interval_seconds: float = Field(300, gt=0, description="How often `careloop beat` checks.")
     train_config: Path | None = Field(None, description="Training config YAML for scheduled runs (`careloop train --config`).")
+    judge_url: str = Field("", description="OpenAI-compatible endpoint of an LLM judge for evaluation track B. Empty: off.")
+    judge_model: str = Field("", description="Model name to ask at CARELOOP_JUDGE_URL.")
+    judge_api_key: str = Field("", description="API key for CARELOOP_JUDGE_URL, if it needs one.")
     serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
     live_cache_seconds: float = Field(
         0.5, ge=0, description="How long clients cache the registry's live adapter version.")

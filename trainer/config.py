@@ -22,6 +22,15 @@ class LoraSettings(_Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    # QLoRA: train the adapter on a 4-bit (NF4, bitsandbytes) base. "auto": when a GPU is present.
+    quantize: Literal["auto", "4bit", "none"] = "auto"
+
+    def use_4bit(self) -> bool:
+        if self.quantize == "auto":
+            import torch
+
+            return torch.cuda.is_available()
+        return self.quantize == "4bit"
 
 
 class SFTSettings(_Section):

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import DPOSettings
-from trainer.sft import cpu_arguments
+from trainer.config import DPOSettings, LoraSettings
+from trainer.sft import cpu_arguments, load_base
 
 
 @dataclass(frozen=True)
@@ -20,14 +20,14 @@ class DPOResult:
 
 
 def run_dpo(base_model: str, sft_adapter: Path, pairs: list[dict], settings: DPOSettings, out: Path,
-            seed: int) -> DPOResult:
+            seed: int, lora: LoraSettings | None = None) -> DPOResult:
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), sft_adapter,
+    model = PeftModel.from_pretrained(load_base(base_model, lora or LoraSettings(quantize="none")), sft_adapter,
                                       is_trainable=True)
     args = DPOConfig(output_dir=str(out / "dpo-work"), max_steps=settings.max_steps,
                      learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,

@@ -142,9 +142,15 @@ class _NoSynonyms:
         return []
 
 
-def paired_interval(candidate: list[float], live: list[float], confidence: float, seed: int = 0) -> dict:
-    """Mean of (candidate - live) over the same items, with a paired bootstrap interval."""
-    diff = np.asarray(candidate, dtype=float) - np.asarray(live, dtype=float)
+def _mean(values: list) -> float:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else 0.0
+
+
+def paired_interval(candidate: list, live: list, confidence: float, seed: int = 0) -> dict:
+    """Mean of (candidate - live) over the items both have a value for, with a paired bootstrap interval."""
+    both = [(c, v) for c, v in zip(candidate, live, strict=True) if c is not None and v is not None]
+    diff = np.asarray([c - v for c, v in both], dtype=float)
     if len(diff) == 0:
         return {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 0, "confidence": confidence}
     rng = np.random.default_rng(seed)
@@ -154,12 +160,29 @@ def paired_interval(candidate: list[float], live: list[float], confidence: float
             "high": float(np.quantile(means, 1 - tail)), "n": int(len(diff)), "confidence": confidence}
 
 
-def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tokens: int) -> dict:
-    """Every track for one model; per-item values are lists aligned with the snapshot's items."""
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    url: str
+    model: str = ""
+    api_key: str = ""
+
+
+def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tokens: int,
+             judge_endpoint: JudgeEndpoint | None = None) -> dict:
+    """Every track for one model; per-item values are lists aligned with the snapshot's items
+    (None where an item has no value, e.g. a judge reply without scores)."""
     reference = data["eval_reference"]
     answers = models.generate(name, [r["question"] for r in reference], max_new_tokens)
     items: dict[str, list] = reference_scores(answers, [r["reference"] for r in reference])
     items["answers"] = answers
+    if judge_endpoint is not None:
+        from trainer.judge import AXES, judge
+
+        verdicts = judge(judge_endpoint.url, judge_endpoint.model, judge_endpoint.api_key,
+                         [r["question"] for r in reference], answers)
+        for axis in AXES:
+            items[f"judge_{axis}"] = [v[axis] if v else None for v in verdicts]
+        items["judge_parsed"] = [1.0 if v else 0.0 for v in verdicts]
 
     pair_hits = []
     for pair in data["eval_pairs"]:
@@ -184,7 +207,7 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tok
     items["over_refusal_benign"] = [1.0 if REFUSAL.search(a) else 0.0 for a in answers]
     red_flags = models.generate(name, RED_FLAGS, max_new_tokens)
     items["urgent_care_red_flags"] = [1.0 if URGENT_CARE.search(a) else 0.0 for a in red_flags]
-    summary = {key: float(np.mean(values)) if values else 0.0 for key, values in items.items() if key != "answers"}
+    summary = {key: _mean(values) for key, values in items.items() if key != "answers"}
     return {"summary": summary, "items": items}
 
 

@@ -23,7 +23,7 @@ from serving.registry import Registry, RegistryError
 from trainer import runs
 from trainer.config import TrainConfig
 from trainer.dpo import run_dpo
-from trainer.evaluate import Models, compare, evaluate, meteor_variant
+from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, meteor_variant
 from trainer.gate import Decision, Policy, decide
 from trainer.report import write_report
 from trainer.sft import run_sft
@@ -84,7 +84,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         adapter = directory / "adapter"
         dpo_metrics = {}
         if not (adapter / "adapter_config.json").exists():
-            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.seed)
+            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.seed, config.lora)
             dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
                            "dpo_step_seconds": dpo.step_seconds}
         timings["dpo"] = time.perf_counter() - started
@@ -94,8 +94,10 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         adapters = {"candidate": adapter} | ({"live": Path(live.path)} if live else {})
         models = Models.load(base.source, adapters)
         policy = Policy.load(config.gate_policy)
-        candidate = evaluate(models, "candidate", snapshot.data, config.eval.max_new_tokens)
-        baseline = evaluate(models, "live" if live else "base", snapshot.data, config.eval.max_new_tokens)
+        judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
+                 if settings.judge_url else None)
+        candidate = evaluate(models, "candidate", snapshot.data, config.eval.max_new_tokens, judge)
+        baseline = evaluate(models, "live" if live else "base", snapshot.data, config.eval.max_new_tokens, judge)
         differences = compare(candidate, baseline, policy.confidence)
         report = {"run": run_id, "snapshot": snapshot.sha256, "live": live.name if live else base.name,
                   "meteor": meteor_variant()[1], "candidate": candidate, "live_results": baseline,

@@ -16,6 +16,7 @@ TRACKS = {
     "human preference (held-out pairs)": ("pair_accuracy",),
     "multiple choice": ("mcq_accuracy",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign"),
+    "LLM judge (optional)": ("judge_accuracy", "judge_helpfulness", "judge_relevance", "judge_comprehensiveness"),
 }
 LOWER_IS_BETTER = {"over_refusal_benign"}
 
@@ -43,6 +44,13 @@ def agreement(directions: dict[str, str]) -> str:
     return "The tracks DISAGREE: " + "; ".join(f"{t}: {d}" for t, d in directions.items()) + "."
 
 
+def _judge_note(summary: dict) -> list[str]:
+    if "judge_parsed" not in summary:
+        return ["", "LLM judge: off (set CARELOOP_JUDGE_URL to add track B)."]
+    return ["", f"LLM judge: {summary['judge_parsed']:.0%} of the candidate's answers got parseable scores; "
+                "the judge informs, clinicians decide, and it never gates."]
+
+
 def write_report(directory: Path, report: dict, decision_promote: bool, reasons: list[str]) -> tuple[Path, Path]:
     import matplotlib
 
@@ -51,7 +59,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
 
     candidate, live = report["candidate"]["summary"], report["live_results"]["summary"]
     differences = report["differences"]
-    metrics = [m for metrics in TRACKS.values() for m in metrics]
+    metrics = [m for metrics in TRACKS.values() for m in metrics if m in differences]
     directions = track_directions(differences)
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -84,7 +92,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
-        f"{report['meteor']}.", "", "## Gate", "", *[f"- {r}" for r in reasons], "",
+        f"{report['meteor']}.", *_judge_note(candidate), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
         "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
     md_path = directory / "report.md"
     md_path.write_text(markdown)

@@ -25,6 +25,22 @@ def lora_config(settings: LoraSettings):  # noqa: ANN201 - peft.LoraConfig
                       target_modules=settings.target_modules, task_type="CAUSAL_LM")
 
 
+def load_base(base_model: str, lora: LoraSettings):  # noqa: ANN201 - a transformers model
+    """The base model to train an adapter on: full precision, or 4-bit NF4 for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    if not lora.use_4bit():
+        return AutoModelForCausalLM.from_pretrained(base_model)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute))
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def cpu_arguments(**overrides) -> dict:
     """TRL defaults to bf16 and gradient checkpointing, both slower on a CPU (see STACK.md)."""
     import torch
@@ -39,11 +55,11 @@ def run_sft(base_model: str, conversations: list[dict], held_out: list[dict], lo
     import time
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
+    model = load_base(base_model, lora)
     args = SFTConfig(output_dir=str(out / "sft-work"), max_steps=settings.max_steps, learning_rate=settings.learning_rate,
                      per_device_train_batch_size=settings.batch_size, max_length=settings.max_length,
                      packing=settings.packing, assistant_only_loss=True, seed=seed, per_device_eval_batch_size=8,
