@@ -35,6 +35,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.table import print_table  # noqa: E402
 from careloop import db  # noqa: E402
 from careloop.log import configure_logging  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
@@ -331,10 +332,7 @@ def main() -> None:
         ("promote returned -> first answer by new version (s)", f"{switch:.3f}", "", "< 1 s"),
         (f"failed requests in {args.cycles} promote+rollback cycles", f"{failed} of {answered + failed}", "", "0"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>16}  {'ratio':>7}  target")
-    for name, value, ratio, target in rows:
-        print(f"{name:<{width}}  {value:>16}  {ratio:>7}  {target}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

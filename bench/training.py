@@ -22,6 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.table import print_table  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.dpo import run_dpo  # noqa: E402
 from trainer.sft import _TokenCounter, cpu_arguments, lora_config, run_sft  # noqa: E402
@@ -103,10 +104,7 @@ def main() -> None:
         ("DPO total s (incl. precomputation): precomputed / each step",
          f"{timings[True].seconds:.1f} / {timings[False].seconds:.1f}", "", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>20}  {'ratio':>7}  target")
-    for name, value, ratio, target in rows:
-        print(f"{name:<{width}}  {value:>20}  {ratio:>7}  {target}")
+    print_table(rows)
 
 
 if __name__ == "__main__":
