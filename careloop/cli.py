@@ -156,12 +156,34 @@ def train(
         raise CommandError(str(exc)) from None
     sessions = session_factory(make_engine(settings.resolved_database_url))
     client = ServingClient.from_settings(settings) if train_config.auto_promote else None
-    with _serving_errors():
-        result = run_training(settings, train_config, sessions, open_registry(settings), client,
-                              actor=_actor(actor), resume=resume)
+    try:
+        with _serving_errors():
+            result = run_training(settings, train_config, sessions, open_registry(settings), client,
+                                  actor=_actor(actor), resume=resume)
+    except ConfigError as exc:  # e.g. the gate policy file, read when the run gets to the gate
+        raise CommandError(str(exc)) from None
     console.print(f"run {result.run_id}: {result.status} ({result.adapter_version})")
     for reason in result.decision.reasons:
         console.print(f"  {reason}", markup=False)
+
+
+@app.command("runs")
+def runs_cmd(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
+    """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
+    from careloop.db import make_engine, session_factory
+    from trainer.runs import recent_runs
+    from trainer.schedule import progress
+
+    sessions = session_factory(make_engine(get_settings().resolved_database_url))
+    table = Table(title="training runs")
+    for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
+        table.add_column(column, overflow="fold")
+    for run in recent_runs(sessions, limit):
+        now = progress(sessions, run)
+        eta = "" if now.eta_seconds is None or run.status != "running" else f"{now.eta_seconds:.0f} s"
+        table.add_row(str(run.id), run.status, run.step, f"{now.percent:.0f}%", eta, run.adapter_version or "",
+                      f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, run.error[:80])
+    console.print(table)
 
 
 @app.command("eval")
@@ -215,12 +237,20 @@ def eval_cmd(
     decision = decide(policy, differences)
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    from careloop.db import make_engine, session_factory
+    from feedback.quality import win_rate
+
+    against_name = baseline["name"] if baseline else base.name
+    win = win_rate(session_factory(make_engine(settings.resolved_database_url)), adapter, against_name)
     report = {"run": f"eval {adapter}", "snapshot": str(data or "seed evaluation sets"),
-              "live": baseline["name"] if baseline else base.name, "meteor": meteor_variant()[1],
-              "candidate": ours, "live_results": theirs, "differences": differences, "leakage": "not checked"}
+              "live": against_name, "meteor": meteor_variant()[1], "candidate": ours, "live_results": theirs,
+              "differences": differences, "leakage": "not checked",
+              "win_rate": {"rate": win.rate, "judgments": win.judgments}}
     (out / "report.json").write_text(json_module.dumps(report, indent=2, default=str))
     write_report(out, report, decision.promote, decision.reasons)
     console.print(f"{adapter} vs {report['live']}: report in {out}")
+    console.print("  clinician win rate: " + (f"{win.rate:.0%} over {win.judgments} judgments" if win.judgments
+                                                 else "no side-by-side judgments yet"))
     for metric, difference in differences.items():
         console.print(f"  {metric}: {ours['summary'][metric]:.3f} vs {theirs['summary'][metric]:.3f} "
                       f"({difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}], "

@@ -36,21 +36,31 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=_SHARED_PROCESSORS,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                renderer,
-            ],
-        )
-    )
+    handler.setFormatter(line_formatter(renderer))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for chatty in ("alembic", "httpx", "httpcore", "urllib3"):
+    for chatty in ("alembic", "httpx", "httpx2", "httpcore", "urllib3", "absl"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+
+
+def ensure_logging(level: str = "INFO", json: bool = False) -> None:
+    """Configure logging unless an entry point (the CLI, a worker) already did."""
+    if not structlog.is_configured():
+        configure_logging(level, json)
+
+
+def line_formatter(renderer=None) -> logging.Formatter:  # noqa: ANN001 - a structlog renderer
+    """One ``key=value`` line per event (or ``renderer``'s format), for any logging handler."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED_PROCESSORS,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer or structlog.processors.KeyValueRenderer(
+                key_order=["timestamp", "level", "logger", "event"], drop_missing=True),
+        ],
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -96,3 +96,32 @@ def annotator_quality(sessions: sessionmaker[Session]) -> QualityReport:
             kappa = float(cohen_kappa_score(left, right, labels=list(CHOICES)))
         kappas[(first, second)] = (None if math.isnan(kappa) else kappa, len(both))
     return QualityReport(stats, len(shared), alpha, kappas)
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: float  # ties count half
+    judgments: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.wins / self.judgments if self.judgments else None
+
+
+def win_rate(sessions: sessionmaker[Session], version: str, other: str) -> WinRate:
+    """How often clinicians preferred ``version``'s answer over ``other``'s when shown both
+    (ties count half; "both bad" says nothing about which is better and is left out)."""
+    with sessions() as session:
+        rows = session.execute(select(Comparison.source_a, Comparison.source_b, Comparison.choice).where(
+            ((Comparison.source_a == version) & (Comparison.source_b == other))
+            | ((Comparison.source_a == other) & (Comparison.source_b == version)))).all()
+    wins, judged = 0.0, 0
+    for source_a, _, choice in rows:
+        if choice == "both_bad":
+            continue
+        judged += 1
+        if choice == "tie":
+            wins += 0.5
+        elif (choice == "a") == (source_a == version):
+            wins += 1
+    return WinRate(wins, judged)

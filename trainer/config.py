@@ -41,7 +41,7 @@ class SFTSettings(_Section):
     packing: bool = True  # best-fit packing: almost no compute spent on padding
     max_examples: int | None = Field(None, ge=1, description="cap on training conversations (tests, quick runs)")
     general_data: Path | None = Field(None, description="JSONL of general instruction chats (`messages`) to mix in")
-    general_ratio: float = Field(0.0, ge=0, le=1, description="share of the SFT mix drawn from general_data")
+    general_ratio: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix drawn from general_data")
 
 
 class DPOSettings(_Section):

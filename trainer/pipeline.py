@@ -8,6 +8,7 @@ a run that dies midway leaves the live version as it was.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.base_model import resolve_base_model
-from careloop.log import get_logger
+from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
 from serving.client import ServingClient
 from serving.registry import Registry, RegistryError
@@ -46,6 +47,9 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     if resume:
         runs.update_run(sessions, run_id, status="running", error="")
     directory = settings.home / "runs" / str(run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    ensure_logging(settings.log_level, settings.log_json)
+    run_log = _log_to(directory / "train.log")
     timings: dict[str, float] = dict(runs.get_run(sessions, run_id).timings or {})
 
     def step(name: str) -> None:
@@ -135,9 +139,24 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         log.info("training_finished", run=run_id, status=status, adapter=version)
         return RunResult(run_id, status, version, decision)
     except Exception as exc:
+        log.exception("training_failed", run=run_id)
         runs.update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
                         finished_at=runs._utcnow(), timings=timings)
         raise
+    finally:
+        logging.getLogger().removeHandler(run_log)
+        run_log.close()
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """Everything logged during the run (careloop's steps, TRL's progress) also goes to the run's log."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(line_formatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
 
 
 def _next_version(registry: Registry, adapter_dir: Path) -> str:

@@ -44,6 +44,14 @@ def agreement(directions: dict[str, str]) -> str:
     return "The tracks DISAGREE: " + "; ".join(f"{t}: {d}" for t, d in directions.items()) + "."
 
 
+def _win_note(report: dict) -> str:
+    win = report.get("win_rate") or {}
+    if not win.get("judgments"):
+        return f"Clinician win rate against `{report['live']}`: no side-by-side judgments of these two yet."
+    return (f"Clinician win rate against `{report['live']}`: {win['rate']:.0%} over {win['judgments']} "
+            "side-by-side judgments (ties count half).")
+
+
 def _judge_note(summary: dict) -> list[str]:
     if "judge_parsed" not in summary:
         return ["", "LLM judge: off (set CARELOOP_JUDGE_URL to add track B)."]
@@ -92,7 +100,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
-        f"{report['meteor']}.", *_judge_note(candidate), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
+        f"{report['meteor']}.", *_judge_note(candidate), "", _win_note(report), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
         "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
     md_path = directory / "report.md"
     md_path.write_text(markdown)
@@ -105,7 +113,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
             + "".join(f"<li>{html.escape(t)}: {d}</li>" for t, d in directions.items())
             + "</ul><table border='1' cellpadding='4'><tr><th>metric</th><th>live</th><th>candidate</th>"
             f"<th>difference [interval]</th><th>items</th></tr>{table}</table>"
-            f"<p>{html.escape(report['meteor'])}.</p><h2>Gate</h2><ul>"
+            f"<p>{html.escape(report['meteor'])}.</p><p>{html.escape(_win_note(report))}</p><h2>Gate</h2><ul>"
             + "".join(f"<li>{html.escape(r)}</li>" for r in reasons)
             + f"</ul><img alt='scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>")
     html_path = directory / "report.html"

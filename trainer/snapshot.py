@@ -69,7 +69,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         feedback_eval_pairs = [_flat_pair(row) for row in _read(out / "dpo" / "eval.jsonl")]
     if config.sft.general_data and config.sft.general_ratio > 0:
         general = _read(config.sft.general_data)
-        wanted = int(len(sft) * config.sft.general_ratio / (1 - config.sft.general_ratio + 1e-9))
+        wanted = round(len(sft) * config.sft.general_ratio / (1 - config.sft.general_ratio))
         sft += [{"messages": row["messages"], "source": "general"} for row in rng.sample(general, min(wanted, len(general)))]
 
     seed_train = [p for p in pairs if not in_eval(p["prompt"], fraction)] if config.dpo.include_seed_pairs else []

@@ -47,3 +47,15 @@ def test_perfect_and_absent_agreement(sessions):
     report = annotator_quality(sessions)
     assert report.alpha == pytest.approx(1.0)
     assert all(kappa == pytest.approx(1.0) for kappa, _ in report.kappas.values()) and len(report.kappas) == 3
+
+
+def test_win_rate_of_one_version_over_another(sessions):
+    from feedback.quality import win_rate
+
+    for source_a, source_b, choice in [("med-v0002", "med-v0001", "a"), ("med-v0001", "med-v0002", "b"),
+                                       ("med-v0001", "med-v0002", "a"), ("med-v0002", "med-v0001", "tie"),
+                                       ("med-v0002", "med-v0001", "both_bad"), ("med-v0003", "med-v0001", "a")]:
+        label(sessions, None, "dr.x", choice, source_a=source_a, source_b=source_b)
+    result = win_rate(sessions, "med-v0002", "med-v0001")
+    assert (result.wins, result.judgments, result.rate) == (2.5, 4, 0.625)
+    assert win_rate(sessions, "med-v0002", "med-v0009").rate is None

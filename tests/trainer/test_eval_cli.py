@@ -23,6 +23,7 @@ def test_eval_on_a_custom_file_writes_the_report(cli, tmp_path, tiny_model_dir, 
                "--max-new-tokens", "8", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ev-v0001 vs careloop-demo-tiny" in done.stdout and "pair_accuracy:" in done.stdout
+    assert "clinician win rate: no side-by-side judgments yet" in done.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["differences"]["rougeL"]["n"] == 2 and report["differences"]["mcq_accuracy"]["n"] == 1
     assert (out / "report.md").exists() and (out / "report.html").exists()

@@ -60,6 +60,7 @@ def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
         assert track in report["candidate"]["summary"] and track in report["differences"]
     assert "METEOR (nltk" in report["meteor"]
     run_dir = settings.home / "runs" / str(result.run_id)
+    assert "event='training_step' run=" in (run_dir / "train.log").read_text() and "step='dpo'" in (run_dir / "train.log").read_text()
     markdown = (run_dir / "report.md").read_text()
     assert "Gate decision: **promote**" in markdown and "human preference (held-out pairs): better" in markdown
     assert "| pair_accuracy |" in markdown and "| refusal_harmful |" in markdown
@@ -134,4 +135,21 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run {killed.id + 1}: candidate" in done.stdout or f"run {killed.id + 1}: rejected" in done.stdout
     assert runs.get_run(sessions, killed.id).status == "interrupted"
+    listing = subprocess.run([sys.executable, "-m", "careloop", "runs"], env={**env, "COLUMNS": "200"},
+                             capture_output=True, text=True, timeout=60).stdout
+    assert "interrupted" in listing and f"│ {killed.id + 1} " in listing
     assert registry.live() is None  # auto-promote is off: a passing candidate waits for an admin
+
+
+def test_general_chats_are_mixed_in_at_the_set_ratio(tmp_path):
+    from careloop.settings import REPO_ROOT
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Write a haiku {i}"},
+                                                        {"role": "assistant", "content": "An old pond."}]}) + "\n"
+                               for i in range(100)))
+    config = TrainConfig.model_validate({"sft": {"max_examples": 100, "general_data": str(general),
+                                                 "general_ratio": 0.2}})
+    snapshot = build_snapshot(tmp_path / "snapshot", config, REPO_ROOT / "data" / "seed", None)
+    sources = [row["source"] for row in snapshot.data["sft"]]
+    assert sources.count("general") == 25 and len(sources) == 125  # 20% of the mix
