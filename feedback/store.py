@@ -1,4 +1,4 @@
-"""The durable store of what people said: users, chat turns, ratings, corrections, comparisons,
+"""The durable store of what people said: chat turns, ratings, corrections, comparisons, the review queue,
 and dead letters for events that failed validation. Tables change only through Alembic.
 
 ``store_event`` is idempotent: each table has a unique ``event_id``, so a redelivered Celery task
@@ -20,22 +20,8 @@ from careloop.db import Base, transaction
 from feedback import schemas
 from feedback.phi import scrub
 
-ROLES = ("student", "nurse", "physician", "admin")
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(128), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(16))
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class Message(Base):

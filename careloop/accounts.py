@@ -1,0 +1,128 @@
+"""Accounts and roles: who may chat (student), review (nurse, physician) and administer (admin).
+
+Passwords are hashed with Argon2id (argon2-cffi); the hash parameters travel inside each hash,
+so stronger settings later rehash old passwords at the next login. Role changes, disabling and
+new accounts are written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Boolean, DateTime, Integer, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from careloop import audit
+from careloop.db import Base, transaction
+
+ROLES = ("student", "nurse", "physician", "admin")
+REVIEWERS = ("nurse", "physician")
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+MIN_PASSWORD = 10
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so a wrong name takes as long as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(Exception):
+    """A bad username, role or password, or an unknown account; the message says which."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def add_user(sessions: sessionmaker[Session], username: str, role: str, password: str, *, actor: str) -> User:
+    _check_username(username)
+    _check_role(role)
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+    user = User(username=username, role=role, password_hash=_hasher.hash(password))
+    try:
+        with transaction(sessions) as session:
+            session.add(user)
+            session.flush()
+            audit.record(session, actor, "user.add", username, role=role)
+    except IntegrityError:
+        raise AccountError(f"the username {username!r} is taken") from None
+    return user
+
+
+def authenticate(sessions: sessionmaker[Session], username: str, password: str) -> User | None:
+    """The enabled account with this username and password, or None (never says which was wrong)."""
+    with sessions() as session:
+        user = session.scalar(select(User).where(User.username == username))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or user.disabled:
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        with transaction(sessions) as session:
+            session.get(User, user.id).password_hash = _hasher.hash(password)
+    return user
+
+
+def set_role(sessions: sessionmaker[Session], username: str, role: str, *, actor: str) -> None:
+    _check_role(role)
+    with transaction(sessions) as session:
+        user = _get(session, username)
+        audit.record(session, actor, "user.set_role", username, before=user.role, after=role)
+        user.role = role
+
+
+def set_disabled(sessions: sessionmaker[Session], username: str, disabled: bool, *, actor: str) -> None:
+    with transaction(sessions) as session:
+        _get(session, username).disabled = disabled
+        audit.record(session, actor, "user.disable" if disabled else "user.enable", username)
+
+
+def set_password(sessions: sessionmaker[Session], username: str, password: str, *, actor: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+    with transaction(sessions) as session:
+        _get(session, username).password_hash = _hasher.hash(password)
+        audit.record(session, actor, "user.set_password", username)
+
+
+def users(sessions: sessionmaker[Session]) -> list[User]:
+    with sessions() as session:
+        return list(session.scalars(select(User).order_by(User.username)))
+
+
+def _get(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username).with_for_update())
+    if user is None:
+        raise AccountError(f"no account named {username!r} (see `careloop users list`)")
+    return user
+
+
+def _check_username(username: str) -> None:
+    if not USERNAME.match(username):
+        raise AccountError(f"username {username!r} is invalid: 3-64 of a-z 0-9 . _ -, starting with a letter or digit")
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise AccountError(f"role {role!r} is unknown; choose from {', '.join(ROLES)}")

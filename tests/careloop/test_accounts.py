@@ -1,0 +1,71 @@
+"""Accounts: Argon2 password hashing, login, roles, disabling, and the `careloop users` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from careloop import accounts, audit
+
+
+def test_passwords_are_hashed_and_checked(sessions):
+    user = accounts.add_user(sessions, "nurse.kim", "nurse", "correct horse battery", actor="admin")
+    assert user.password_hash.startswith("$argon2id$") and "correct horse" not in user.password_hash
+    assert accounts.authenticate(sessions, "nurse.kim", "correct horse battery").role == "nurse"
+    assert accounts.authenticate(sessions, "nurse.kim", "wrong password!!") is None
+    assert accounts.authenticate(sessions, "nobody", "correct horse battery") is None
+    accounts.set_disabled(sessions, "nurse.kim", True, actor="admin")
+    assert accounts.authenticate(sessions, "nurse.kim", "correct horse battery") is None
+    accounts.set_disabled(sessions, "nurse.kim", False, actor="admin")
+    accounts.set_role(sessions, "nurse.kim", "physician", actor="admin")
+    assert accounts.authenticate(sessions, "nurse.kim", "correct horse battery").role == "physician"
+    with sessions() as session:
+        actions = [(e.action, e.details) for e in reversed(audit.recent(session))]
+    assert actions == [("user.add", {"role": "nurse"}), ("user.disable", {}), ("user.enable", {}),
+                       ("user.set_role", {"before": "nurse", "after": "physician"})]
+
+
+@pytest.mark.parametrize("username, role, password, message", [
+    ("ab", "student", "long enough pw", "username 'ab' is invalid"),
+    ("Bad Name", "student", "long enough pw", "is invalid"),
+    ("student.ok", "doctor", "long enough pw", "role 'doctor' is unknown"),
+    ("student.ok", "student", "short", "at least 10 characters"),
+])
+def test_bad_account_input(sessions, username, role, password, message):
+    with pytest.raises(accounts.AccountError, match=message):
+        accounts.add_user(sessions, username, role, password, actor="admin")
+
+
+def test_usernames_are_unique(sessions):
+    accounts.add_user(sessions, "student.lee", "student", "first password", actor="admin")
+    with pytest.raises(accounts.AccountError, match="taken"):
+        accounts.add_user(sessions, "student.lee", "admin", "second password", actor="admin")
+    with pytest.raises(accounts.AccountError, match="no account named 'ghost'"):
+        accounts.set_role(sessions, "ghost", "admin", actor="admin")
+
+
+def test_users_commands(cli, tmp_path):
+    env = {"CARELOOP_HOME": str(tmp_path / "home")}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    added = cli("users", "add", "dr.osei", "--role", "physician", env=env)
+    assert added.returncode == 0 and "one-time password: " in added.stdout
+    password = added.stdout.split("one-time password: ")[1].split()[0]
+    stdin = subprocess.run([sys.executable, "-m", "careloop", "users", "add", "admin.ana", "--role", "admin",
+                            "--password-stdin"], input="a very good password\n", capture_output=True, text=True,
+                           env={**os.environ, **env})
+    assert stdin.returncode == 0 and "one-time password" not in stdin.stdout
+    assert cli("users", "set-role", "dr.osei", "nurse", env=env).returncode == 0
+    assert cli("users", "disable", "admin.ana", env=env).returncode == 0
+    listing = cli("users", "list", env=env).stdout
+    assert "dr.osei" in listing and "nurse" in listing and "admin.ana" in listing and "yes" in listing
+    bad = cli("users", "set-role", "dr.osei", "superuser", env=env)
+    assert bad.returncode == 1 and "role 'superuser' is unknown" in bad.stderr and "Traceback" not in bad.stderr
+
+    from careloop import db
+
+    sessions = db.session_factory(db.make_engine(f"sqlite:///{(tmp_path / 'home' / 'careloop.db').resolve()}"))
+    assert accounts.authenticate(sessions, "dr.osei", password).role == "nurse"
+    assert accounts.authenticate(sessions, "admin.ana", "a very good password") is None  # disabled
