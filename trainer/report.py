@@ -25,6 +25,8 @@ def track_directions(differences: dict[str, dict]) -> dict[str, str]:
     """Per track: 'better', 'worse', 'mixed' or 'no change', from the signs of the mean differences."""
     directions = {}
     for track, metrics in TRACKS.items():
+        if not any(metric in differences for metric in metrics):
+            continue  # a track that was not run (the optional judge)
         signs = set()
         for metric in metrics:
             mean = differences.get(metric, {}).get("mean", 0.0)
