@@ -121,13 +121,13 @@ def export_cmd(
     from datetime import UTC
 
     from careloop import audit
-    from careloop.db import make_engine, session_factory, transaction
+    from careloop.db import sessions_for, transaction
     from feedback.export import ExportConfig, export
 
     def utc(moment: datetime | None) -> datetime | None:
         return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
-    sessions = session_factory(make_engine(get_settings().resolved_database_url))
+    sessions = sessions_for(get_settings().resolved_database_url)
     config = ExportConfig(kind, utc(since), utc(until), eval_fraction, min_gold_accuracy)
     manifest = export(sessions, config, out, format)
     with transaction(sessions) as session:
@@ -145,7 +145,7 @@ def train(
     actor: ActorOption = None,
 ) -> None:
     """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
-    from careloop.db import make_engine, session_factory
+    from careloop.db import sessions_for
     from serving.client import ServingClient
     from serving.registry import open_registry
     from trainer.config import ConfigError, TrainConfig
@@ -156,7 +156,7 @@ def train(
         train_config = TrainConfig.from_yaml(config)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    sessions = session_factory(make_engine(settings.resolved_database_url))
+    sessions = sessions_for(settings.resolved_database_url)
     client = ServingClient.from_settings(settings) if train_config.auto_promote else None
     try:
         with _serving_errors():
@@ -172,11 +172,11 @@ def train(
 @app.command("runs")
 def runs_cmd(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
     """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
-    from careloop.db import make_engine, session_factory
+    from careloop.db import sessions_for
     from trainer.runs import recent_runs
     from trainer.schedule import progress
 
-    sessions = session_factory(make_engine(get_settings().resolved_database_url))
+    sessions = sessions_for(get_settings().resolved_database_url)
     table = Table(title="training runs")
     for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
         table.add_column(column, overflow="fold")
@@ -239,11 +239,11 @@ def eval_cmd(
     decision = decide(policy, differences)
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    from careloop.db import make_engine, session_factory
+    from careloop.db import sessions_for
     from feedback.quality import win_rate
 
     against_name = baseline["name"] if baseline else base.name
-    win = win_rate(session_factory(make_engine(settings.resolved_database_url)), adapter, against_name)
+    win = win_rate(sessions_for(settings.resolved_database_url), adapter, against_name)
     report = {"run": f"eval {adapter}", "snapshot": str(data or "seed evaluation sets"),
               "live": against_name, "meteor": meteor_variant()[1], "candidate": ours, "live_results": theirs,
               "differences": differences, "leakage": "not checked",
@@ -337,9 +337,9 @@ def _account_errors() -> Iterator[None]:
 
 
 def _account_sessions():  # noqa: ANN202
-    from careloop.db import make_engine, session_factory
+    from careloop.db import sessions_for
 
-    return session_factory(make_engine(get_settings().resolved_database_url))
+    return sessions_for(get_settings().resolved_database_url)
 
 
 PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin instead of "

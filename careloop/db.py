@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from alembic import command
@@ -54,6 +55,12 @@ def make_engine(url: str) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@lru_cache(maxsize=8)
+def sessions_for(url: str) -> sessionmaker[Session]:
+    """One engine and session factory per database URL in this process (workers, CLI commands)."""
+    return session_factory(make_engine(url))
 
 
 @contextmanager

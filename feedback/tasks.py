@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from careloop.db import make_engine, session_factory
+from careloop.db import sessions_for
 from careloop.log import get_logger
 from careloop.settings import get_settings
 from feedback import schemas
@@ -18,9 +17,8 @@ from feedback.store import store_events
 log = get_logger(__name__)
 
 
-@lru_cache(maxsize=1)
 def _sessions() -> sessionmaker[Session]:
-    return session_factory(make_engine(get_settings().resolved_database_url))
+    return sessions_for(get_settings().resolved_database_url)
 
 
 INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=(OperationalError,),

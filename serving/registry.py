@@ -81,12 +81,6 @@ class AdapterVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "base_model": self.base_model,
-                "parent": self.parent, "replaced": self.replaced, "path": self.path,
-                "training_run_id": self.training_run_id, "metrics": self.metrics, "note": self.note,
-                "created_at": self.created_at, "promoted_at": self.promoted_at}
-
 
 @dataclass(frozen=True)
 class Promotion:
@@ -151,11 +145,6 @@ class Registry:
                                 "register the new adapter under a new version name") from None
         log.info("adapter_registered", adapter=name, actor=actor)
         return version
-
-    def update_metrics(self, name: str, metrics: dict[str, Any]) -> None:
-        with transaction(self.sessions) as session:
-            version = self._locked(session, name)
-            version.metrics = {**version.metrics, **metrics}
 
     def reject(self, name: str, *, actor: str, reason: str) -> None:
         """A candidate that must never go live (failed the gate, or an admin said no)."""

@@ -134,14 +134,13 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         else:
             status = "candidate"
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        runs.update_run(sessions, run_id, status=status, adapter_version=version, timings=timings,
-                        finished_at=runs._utcnow())
+        runs.finish_run(sessions, run_id, status=status, adapter_version=version, timings=timings)
         log.info("training_finished", run=run_id, status=status, adapter=version)
         return RunResult(run_id, status, version, decision)
     except Exception as exc:
         log.exception("training_failed", run=run_id)
-        runs.update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                        finished_at=runs._utcnow(), timings=timings)
+        runs.finish_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                        timings=timings)
         raise
     finally:
         logging.getLogger().removeHandler(run_log)

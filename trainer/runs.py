@@ -55,6 +55,10 @@ def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> N
             setattr(run, key, value)
 
 
+def finish_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
+    update_run(sessions, run_id, finished_at=_utcnow(), **values)
+
+
 def get_run(sessions: sessionmaker[Session], run_id: int) -> TrainingRun:
     with sessions() as session:
         return session.get(TrainingRun, run_id)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import lru_cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from careloop.db import make_engine, session_factory
+from careloop.db import sessions_for
 from careloop.log import get_logger
 from careloop.settings import get_settings
 from feedback.celery_app import app
@@ -16,9 +15,8 @@ from trainer.schedule import Busy, is_due, training_lock
 log = get_logger(__name__)
 
 
-@lru_cache(maxsize=1)
 def _sessions() -> sessionmaker[Session]:
-    return session_factory(make_engine(get_settings().resolved_database_url))
+    return sessions_for(get_settings().resolved_database_url)
 
 
 @app.task(name="training.check")
