@@ -10,6 +10,8 @@ Prints, all measured on the same model and machine in this one run:
   3. time from `promote` returning to the first answer from the new version (target < 1 s),
   4. failed requests during N promote/rollback cycles under load (target 0).
 
+Set BENCH_KEEP=1 to keep the working directory (server log, adapters) for a look afterwards.
+
 Both servers get the same requests (whole answers of exactly --tokens tokens, greedy) from the
 same pooled HTTP client. Adapters are random-initialised LoRA weights: throughput does not
 depend on what they learned.
