@@ -80,6 +80,17 @@ def serve(
 
 
 @app.command()
+def bot(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_BOT_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_BOT_PORT].")] = None,
+) -> None:
+    """Run the web app: chat (students), review (nurses, physicians), admin. Sign-in required."""
+    from bot.app import main as bot_main
+
+    bot_main(get_settings(), host, port)
+
+
+@app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "feedback,generation,training",
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
@@ -97,7 +108,7 @@ def worker(
 
 @app.command()
 def beat() -> None:
-    """Run Celery beat: the periodic jobs (filling the review queue; training checks come with the trainer)."""
+    """Run Celery beat: the periodic jobs (filling the review queue, checking whether training is due)."""
     from feedback.celery_app import configure
 
     settings = get_settings()
@@ -120,8 +131,7 @@ def export_cmd(
     """Export TRL-ready feedback datasets, split by prompt, with a snapshot manifest."""
     from datetime import UTC
 
-    from careloop import audit
-    from careloop.db import sessions_for, transaction
+    from careloop.db import sessions_for
     from feedback.export import ExportConfig, export
 
     def utc(moment: datetime | None) -> datetime | None:
@@ -129,10 +139,7 @@ def export_cmd(
 
     sessions = sessions_for(get_settings().resolved_database_url)
     config = ExportConfig(kind, utc(since), utc(until), eval_fraction, min_gold_accuracy)
-    manifest = export(sessions, config, out, format)
-    with transaction(sessions) as session:
-        audit.record(session, _actor(actor), "feedback.export", str(out), kind=kind,
-                     snapshot=manifest.snapshot_sha256, counts=manifest.counts)
+    manifest = export(sessions, config, out, format, actor=_actor(actor))
     console.print(f"{kind}: {manifest.counts['train']} train / {manifest.counts['eval']} eval rows in {out} "
                   f"(snapshot {manifest.snapshot_sha256[:12]}); dropped: "
                   + (", ".join(f"{k} {v}" for k, v in manifest.dropped.items()) or "nothing"))

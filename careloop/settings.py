@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond the batch; more get 429 + Retry-After.")
     context_length: int = Field(0, ge=0, description="Prompt + completion token limit. 0: the model's own.")
     default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets none.")
+    bot_host: str = Field("127.0.0.1", description="Address `careloop bot` binds to.")
+    bot_port: int = Field(7860, ge=1, le=65535, description="Port `careloop bot` listens on.")
+    bot_max_message_chars: int = Field(
+        4000, ge=1, le=20_000, description="Longest chat message a student may send, in characters.")
+    bot_login_attempts: int = Field(
+        5, ge=1, description="Failed logins per username before it is locked for CARELOOP_BOT_LOGIN_LOCKOUT_SECONDS.")
+    bot_login_lockout_seconds: float = Field(300, gt=0, description="How long a username stays locked after too many failed logins.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
 

@@ -26,6 +26,8 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from careloop import audit
+from careloop.db import transaction
 from feedback.quality import annotator_quality
 from feedback.store import Comparison, Correction, Message, Rating, ReviewItem
 
@@ -56,7 +58,9 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt: Format = "jsonl") -> Manifest:
+def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt: Format = "jsonl", *,
+           actor: str) -> Manifest:
+    """Write the datasets and ``manifest.json`` to ``out``; the export is recorded in the audit log."""
     rows, dropped, annotators, excluded, window = build_rows(sessions, config)
     splits: dict[str, list[dict]] = {"train": [], "eval": []}
     for row in rows:
@@ -78,6 +82,9 @@ def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt
         annotators=sorted(annotators), excluded_annotators=excluded,
         config={**asdict(config), "since": _iso(config.since), "until": _iso(config.until), "format": fmt})
     (out / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    with transaction(sessions) as session:
+        audit.record(session, actor, "feedback.export", str(out), kind=config.kind,
+                     snapshot=manifest.snapshot_sha256, counts=manifest.counts)
     return manifest
 
 

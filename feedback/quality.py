@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 from sqlalchemy import select
@@ -25,6 +25,7 @@ class AnnotatorStats:
     gold_labels: int
     gold_correct: int
     median_seconds: float | None
+    agreement: float | None = None  # share of other annotators' labels on the same items that match theirs
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -72,6 +73,7 @@ def annotator_quality(sessions: sessionmaker[Session]) -> QualityReport:
                                     seconds[len(seconds) // 2] if seconds else None))
 
     shared = {item: votes for item, votes in per_item.items() if len(votes) >= 2}
+    stats = [replace(s, agreement=_agreement(s.annotator, shared)) for s in stats]
     coders = sorted({a for votes in shared.values() for a in votes})
     alpha = None
     if shared:
@@ -96,6 +98,12 @@ def annotator_quality(sessions: sessionmaker[Session]) -> QualityReport:
             kappa = float(cohen_kappa_score(left, right, labels=list(CHOICES)))
         kappas[(first, second)] = (None if math.isnan(kappa) else kappa, len(both))
     return QualityReport(stats, len(shared), alpha, kappas)
+
+
+def _agreement(annotator: str, shared: dict[int, dict[str, str]]) -> float | None:
+    pairs = [mine == theirs for votes in shared.values() if (mine := votes.get(annotator)) is not None
+             for other, theirs in votes.items() if other != annotator]
+    return sum(pairs) / len(pairs) if pairs else None
 
 
 @dataclass(frozen=True)

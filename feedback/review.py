@@ -8,6 +8,7 @@ not both take the last slot. An annotator who comes back gets their open item ag
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,19 +63,27 @@ def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, resp
         return None
 
 
-def next_item(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> QueueItem | None:
-    """The item ``annotator`` should label now (their open one, or a new reservation), or None."""
+def next_item(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION,
+              exclude: Collection[int] = ()) -> QueueItem | None:
+    """The item ``annotator`` should label now (their open one, or a new reservation), or None.
+
+    ``exclude``: items the caller already submitted whose labels the worker has not stored yet
+    (their assignments still look open), so the page moves on at once.
+    """
     now = _utcnow()
+    exclude = list(exclude)
     for _ in range(3):  # another annotator may take the same slot between our read and our write
         with sessions() as session:
             open_item = session.scalar(
                 select(ReviewItem).join(ReviewAssignment).where(
                     ReviewAssignment.annotator == annotator, ReviewAssignment.completed_at.is_(None),
-                    ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > now - reservation)
+                    ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > now - reservation,
+                    ReviewItem.id.not_in(exclude))
                 .order_by(ReviewAssignment.assigned_at).limit(1))
             if open_item is not None:
                 return _queue_item(open_item)
-            candidate = session.scalar(_open_items(annotator, now - reservation).limit(1))
+            candidate = session.scalar(_open_items(annotator, now - reservation)
+                                       .where(ReviewItem.id.not_in(exclude)).limit(1))
             if candidate is None:
                 return None
         try:

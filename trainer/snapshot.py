@@ -154,7 +154,7 @@ def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], d
 def _export(sessions: sessionmaker[Session], kind: str, out: Path, fraction: float) -> dict:
     from dataclasses import asdict
 
-    return asdict(export(sessions, ExportConfig(kind, eval_fraction=fraction), out))
+    return asdict(export(sessions, ExportConfig(kind, eval_fraction=fraction), out, actor="trainer.snapshot"))
 
 
 def _read(path: Path) -> list[dict]:

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from careloop import audit
 from feedback import review, schemas
 from feedback.export import ExportConfig, export, in_eval
 from feedback.store import store_event
@@ -49,7 +50,7 @@ def _rows(out, split="train") -> list[dict]:
 
 
 def test_dpo_pairs_follow_the_majority_and_corrections(feedback, tmp_path):
-    manifest = export(feedback, ExportConfig("dpo", eval_fraction=0), tmp_path / "dpo")
+    manifest = export(feedback, ExportConfig("dpo", eval_fraction=0), tmp_path / "dpo", actor="test")
     rows = _rows(tmp_path / "dpo")
     pairs = {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows}
     assert pairs == {
@@ -65,15 +66,18 @@ def test_dpo_pairs_follow_the_majority_and_corrections(feedback, tmp_path):
                                 "rating (used by kto only)": 1, "split vote": 1, "tie: no preference": 1}
     assert manifest.excluded_annotators == {"careless": "gold accuracy 0.00 < 0.60 over 3 gold items"}
     assert manifest.counts == {"train": 4, "eval": 0} and "careless" not in manifest.annotators
+    with feedback() as session:
+        (event,) = [e for e in audit.recent(session) if e.action == "feedback.export"]
+    assert (event.actor, event.target) == ("test", str(tmp_path / "dpo"))
 
 
 def test_sft_and_kto_shapes(feedback, tmp_path):
-    export(feedback, ExportConfig("sft", eval_fraction=0), tmp_path / "sft")
+    export(feedback, ExportConfig("sft", eval_fraction=0), tmp_path / "sft", actor="test")
     sft = _rows(tmp_path / "sft")
     assert sorted(r["messages"][1]["content"] for r in sft) == sorted([
         "good answer to Q majority?", "the corrected answer", "Adults: 500 mg-1 g every 4-6 h, at most 4 g a day."])
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in sft)
-    export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "kto")
+    export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
     kto = {(r["prompt"][0]["content"], r["completion"][0]["content"]): r["label"] for r in _rows(tmp_path / "kto")}
     assert kto[("What is BMI?", "Weight divided by height squared.")] is True  # the student's thumbs up
     assert kto[("Q both bad?", "the corrected answer")] is True
@@ -85,8 +89,8 @@ def test_split_keeps_each_prompt_on_one_side_and_the_hash_is_reproducible(sessio
     for index in range(40):
         store_event(sessions, schemas.Correction(annotator="dr.o", prompt=f"Question number {index % 20}?",
                                                  original="wrong", corrected=f"right {index}"))
-    first = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "one")
-    again = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "two", fmt="parquet")
+    first = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "one", actor="test")
+    again = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "two", fmt="parquet", actor="test")
     train = {r["prompt"][0]["content"] for r in _rows(tmp_path / "one", "train")}
     held_out = {r["prompt"][0]["content"] for r in _rows(tmp_path / "one", "eval")}
     assert train and held_out and not train & held_out
@@ -98,10 +102,10 @@ def test_split_keeps_each_prompt_on_one_side_and_the_hash_is_reproducible(sessio
 def test_formats_load_as_datasets(feedback, tmp_path):
     from datasets import load_dataset, load_from_disk
 
-    export(feedback, ExportConfig("dpo", eval_fraction=0), tmp_path / "pq", fmt="parquet")
+    export(feedback, ExportConfig("dpo", eval_fraction=0), tmp_path / "pq", fmt="parquet", actor="test")
     parquet = load_dataset("parquet", data_files=str(tmp_path / "pq" / "train.parquet"), split="train")
     assert {"prompt", "chosen", "rejected"} <= set(parquet.column_names) and len(parquet) == 4
-    export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "hf", fmt="hf")
+    export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "hf", fmt="hf", actor="test")
     saved = load_from_disk(str(tmp_path / "hf" / "dataset"))
     assert {"prompt", "completion", "label"} <= set(saved["train"].column_names)
 
@@ -110,5 +114,5 @@ def test_time_window(feedback, tmp_path):
     from datetime import UTC, datetime, timedelta
 
     future = datetime.now(UTC) + timedelta(days=1)
-    manifest = export(feedback, ExportConfig("dpo", since=future), tmp_path / "none")
+    manifest = export(feedback, ExportConfig("dpo", since=future), tmp_path / "none", actor="test")
     assert manifest.counts == {"train": 0, "eval": 0} and manifest.window["since"] == future.isoformat()

@@ -20,7 +20,8 @@ def exported(tmp_path, tiny_model_dir):
         store_event(sessions, schemas.Correction(
             annotator="dr.o", prompt=f"How is hypertension {index} treated?", original="Ignore it.",
             corrected="Lifestyle changes first, then thiazides, ACE inhibitors, ARBs or calcium channel blockers."))
-    return {kind: export(sessions, ExportConfig(kind, eval_fraction=0), tmp_path / kind) and tmp_path / kind
+    return {kind: export(sessions, ExportConfig(kind, eval_fraction=0), tmp_path / kind,
+                         actor="test") and tmp_path / kind
             for kind in ("sft", "dpo")}
 
 

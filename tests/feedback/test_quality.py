@@ -36,6 +36,8 @@ def test_counts_gold_accuracy_and_pairwise_kappa(sessions):
     kappa, shared = report.kappas[("nurse.a", "nurse.b")]
     assert shared == 4 and kappa == pytest.approx(0.63636, abs=1e-4)
     assert report.alpha is not None and 0.5 < report.alpha < 0.75
+    # Each agreed with the other on 3 of the 4 shared items; gold items do not count.
+    assert stats["nurse.a"].agreement == pytest.approx(0.75) and stats["nurse.b"].agreement == pytest.approx(0.75)
 
 
 def test_perfect_and_absent_agreement(sessions):

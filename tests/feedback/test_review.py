@@ -37,6 +37,14 @@ def test_a_skipped_item_goes_to_others_and_never_back(sessions):
     assert review.progress(sessions, "nurse.a").skipped == 1
 
 
+def test_submitted_but_not_yet_stored_items_can_be_excluded(sessions):
+    first, second = _items(sessions, 2)
+    assert review.next_item(sessions, "nurse.a").id == first
+    # The page has sent a label for `first`; until the worker stores it, the assignment looks open.
+    assert review.next_item(sessions, "nurse.a", exclude=[first]).id == second
+    assert review.next_item(sessions, "nurse.a", exclude=[first, second]) is None
+
+
 def test_a_lapsed_reservation_frees_the_slot(sessions):
     (only,) = _items(sessions, 1, labels_needed=1)
     assert review.next_item(sessions, "nurse.a").id == only

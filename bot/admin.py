@@ -1,0 +1,202 @@
+"""The admin page's logic, apart from Gradio: adapter versions and their reports, promote / reject /
+roll back (confirmed first), training runs, feedback volume and agreement, dataset exports.
+
+Every action goes through the same registry, Celery task or export function as the CLI, so it is
+audited the same way, with the admin's username as the actor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.access import Viewer
+from bot.chat import UserError
+from careloop.log import get_logger
+from careloop.settings import Settings
+from feedback.celery_app import producer
+from feedback.export import ExportConfig, export
+from feedback.quality import annotator_quality
+from feedback.store import Comparison, Correction, Message, Rating
+from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
+from serving.registry import Registry, RegistryError, Status
+from trainer.runs import recent_runs
+from trainer.schedule import progress
+
+log = get_logger(__name__)
+
+ACTIONS = ("promote", "reject", "retire", "rollback")
+VOLUME_DAYS = 30
+
+
+class Admin:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], registry: Registry,
+                 client: ServingClient):
+        self.settings = settings
+        self.sessions = sessions
+        self.registry = registry
+        self.client = client
+
+    # ----- adapter versions -----
+
+    def versions(self) -> pd.DataFrame:
+        try:
+            loaded = set(self.client.loaded_adapters())
+        except ServingUnavailable:
+            loaded = set()
+        rows = [{"version": v.name, "status": v.status, "loaded": "yes" if v.name in loaded else "",
+                 "parent": v.parent or "", "run": v.training_run_id or "",
+                 "created": f"{v.created_at:%Y-%m-%d %H:%M}", "note": v.note}
+                for v in reversed(self.registry.versions())]
+        return pd.DataFrame(rows, columns=["version", "status", "loaded", "parent", "run", "created", "note"])
+
+    def version_names(self) -> list[str]:
+        return [v.name for v in reversed(self.registry.versions())]
+
+    def report(self, name: str | None) -> tuple[str, str | None]:
+        """(Markdown, path of the report's figure or None) for version ``name``."""
+        if not name:
+            return "Choose a version to see its evaluation report.", None
+        try:
+            version = self.registry.get(name)
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        run_dir = self.settings.home / "runs" / str(version.training_run_id) if version.training_run_id else None
+        if run_dir and (run_dir / "report.md").is_file():
+            figure = run_dir / "report.png"
+            return (run_dir / "report.md").read_text(), str(figure) if figure.is_file() else None
+        card = Path(version.path) / "README.md"
+        if card.is_file():
+            return card.read_text(), None
+        return f"No evaluation report for `{name}` (registered by hand, without a training run).", None
+
+    def confirmation(self, action: str, name: str | None) -> str:
+        """What ``action`` would do, for the admin to confirm; raises UserError if it cannot be done."""
+        live = self.registry.live()
+        if action == "rollback":
+            if live is None or live.replaced is None:
+                raise UserError("Nothing to roll back: no live version, or the live one replaced none.")
+            return f"Roll back: `{live.replaced}` becomes live again and `{live.name}` is rejected."
+        if action not in ACTIONS:
+            raise UserError(f"Unknown action {action!r}.")
+        if not name:
+            raise UserError(f"Choose the version to {action}.")
+        try:
+            status = self.registry.get(name).status
+        except RegistryError as exc:
+            raise UserError(str(exc)) from None
+        if action == "promote":
+            if status not in (Status.CANDIDATE, Status.RETIRED):
+                raise UserError(f"`{name}` is {status}; only candidate or retired versions can be promoted.")
+            return f"Promote `{name}`: it is loaded, smoke-tested, then replaces `{live.name if live else 'the base model'}`."
+        if action == "reject" and status == Status.LIVE:
+            raise UserError(f"`{name}` is live: roll it back (or promote another) instead of rejecting it.")
+        if action == "retire" and status == Status.LIVE:
+            return f"Retire `{name}`: the base model answers until another version is promoted."
+        return f"{action.capitalize()} `{name}` (now {status})."
+
+    def act(self, viewer: Viewer, action: str, name: str | None, reason: str = "") -> str:
+        self.confirmation(action, name)  # re-checked: the state may have changed since the dialog
+        actor = f"bot:{viewer.username}"
+        try:
+            if action == "promote":
+                done = self.registry.promote(name, self.client, actor=actor)
+                message = f"`{done.live}` is live (replaced {done.previous or 'the base model'})."
+            elif action == "rollback":
+                done = self.registry.rollback(self.client, actor=actor, reason=reason or f"rolled back by {viewer.username}")
+                message = f"Rolled back: `{done.live}` is live again; `{done.previous}` is rejected."
+            elif action == "reject":
+                self.registry.reject(name, actor=actor, reason=reason or f"rejected by {viewer.username}")
+                message = f"`{name}` is rejected."
+            else:
+                self.registry.retire(name, actor=actor)
+                message = f"`{name}` is retired."
+        except (RegistryError, ServingRejected, ServingUnavailable, ControlUnsupported) as exc:
+            raise UserError(f"{action} failed: {exc}") from None
+        self._unload_replaced_later()
+        return message
+
+    def _unload_replaced_later(self) -> None:
+        def unload() -> None:
+            try:
+                self.registry.unload_stale(self.client, self.settings.promotion_grace_seconds)
+            except Exception:  # noqa: BLE001 - best effort; `careloop adapters` can unload by hand
+                log.exception("unload_stale_failed")
+
+        threading.Thread(target=unload, name="careloop-unload-stale", daemon=True).start()
+
+    # ----- training -----
+
+    def runs(self) -> pd.DataFrame:
+        rows = []
+        for run in recent_runs(self.sessions, limit=20):
+            done = progress(self.sessions, run)
+            eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
+            reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
+            rows.append({"run": run.id, "status": run.status, "step": run.step, "progress": f"{done.percent:.0f}%",
+                         "eta": eta, "started": f"{run.started_at:%Y-%m-%d %H:%M}", "by": run.actor,
+                         "version": run.adapter_version or "", "why not promoted": "; ".join(reasons)[:300]})
+        return pd.DataFrame(rows, columns=["run", "status", "step", "progress", "eta", "started", "by", "version",
+                                           "why not promoted"])
+
+    def start_training(self, viewer: Viewer) -> str:
+        try:
+            task = producer(self.settings).send_task(
+                "training.run", args=(str(self.settings.train_config) if self.settings.train_config else None,),
+                queue="training", retry=False)
+        except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
+            raise UserError(f"Could not queue a training run: the broker is unreachable ({exc.__class__.__name__}).") from None
+        log.info("training_requested", actor=viewer.username, task=task.id)
+        return "A training run is queued; the training worker starts it when it is free. It shows below."
+
+    # ----- feedback -----
+
+    def volume(self) -> pd.DataFrame:
+        """Events per day over the last VOLUME_DAYS days, by kind."""
+        since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
+        counts: Counter[tuple[str, str]] = Counter()
+        with self.sessions() as session:
+            for kind, table, extra in (("questions", Message, Message.role == "user"), ("ratings", Rating, True),
+                                       ("judgments", Comparison, True), ("corrections", Correction, True)):
+                for moment in session.scalars(select(table.created_at).where(table.created_at >= since, extra)):
+                    counts[(f"{moment:%Y-%m-%d}", kind)] += 1
+        rows = [{"day": day, "kind": kind, "count": count} for (day, kind), count in sorted(counts.items())]
+        return pd.DataFrame(rows, columns=["day", "kind", "count"])
+
+    def annotators(self) -> tuple[pd.DataFrame, str]:
+        report = annotator_quality(self.sessions)
+        rows = [{"annotator": s.annotator, "judgments": s.labels, "skipped": s.skipped,
+                 "gold accuracy": _percent(s.gold_accuracy), "agreement": _percent(s.agreement),
+                 "median seconds": s.median_seconds if s.median_seconds is not None else ""}
+                for s in report.annotators]
+        frame = pd.DataFrame(rows, columns=["annotator", "judgments", "skipped", "gold accuracy", "agreement",
+                                            "median seconds"])
+        alpha = f"{report.alpha:.2f}" if report.alpha is not None else "n/a (no item has two labels yet)"
+        kappas = ", ".join(f"{a} / {b}: {k:.2f} over {n}" for (a, b), (k, n) in report.kappas.items()
+                           if k is not None) or "none yet"
+        summary = (f"Krippendorff's alpha over {report.overlapping_items} items judged by two or more: **{alpha}**. "
+                   f"Cohen's kappa per pair: {kappas}.")
+        return frame, summary
+
+    def export(self, viewer: Viewer, kind: str, fmt: str) -> str:
+        """Export a dataset; returns the path of a zip with the files and the manifest."""
+        if kind not in ("sft", "dpo", "kto") or fmt not in ("jsonl", "parquet", "hf"):
+            raise UserError(f"Unknown export {kind!r} / {fmt!r}: choose sft, dpo or kto as jsonl, parquet or hf.")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        out = self.settings.home / "exports" / f"{stamp}-{kind}"
+        try:
+            export(self.sessions, ExportConfig(kind), out, fmt, actor=f"bot:{viewer.username}")
+        except ValueError as exc:
+            raise UserError(f"Export failed: {exc}") from None
+        return shutil.make_archive(str(out), "zip", out)
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else ""

@@ -1,0 +1,198 @@
+"""The chat page's logic, apart from Gradio: conversations, streamed answers, ratings, history.
+
+Turns are logged through ``feedback.api`` (outbox first), so chat keeps working while the broker
+is down. A question whose answer never started (serving down, or the request refused) is not
+logged; the page keeps it in the input box to send again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.access import Viewer
+from bot.safety import answer_footer, urgent_notice
+from careloop.log import get_logger
+from feedback import history
+from feedback.api import FeedbackAPI, InvalidFeedback
+from serving.client import ServingClient, ServingRejected, ServingUnavailable
+
+log = get_logger(__name__)
+
+DOWN_REASONS = ("inaccurate", "unsafe", "missed an emergency", "unhelpful", "incomplete", "off topic", "other")
+UP_REASONS = ("accurate", "clear", "helpful", "other")
+DEMO_CACHE_SECONDS = 30.0
+
+
+class UserError(Exception):
+    """Something the user can fix or should know; the message is shown on the page."""
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    model: str = ""  # the version that answered (assistant turns)
+    demo: bool = False
+    notice: str | None = None  # the urgent-care pointer shown above an answer
+    logged: bool = False
+    interrupted: str = ""  # why an answer stopped early, if it did
+
+
+@dataclass
+class Conversation:
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    turns: list[Turn] = field(default_factory=list)
+
+    def for_model(self) -> list[dict[str, str]]:
+        return [{"role": t.role, "content": t.content} for t in self.turns if t.content]
+
+    def display(self) -> list[dict[str, str]]:
+        """Messages for ``gr.Chatbot``: each answer with its urgent-care pointer and footer."""
+        shown = []
+        for turn in self.turns:
+            if turn.role == "user":
+                shown.append({"role": "user", "content": turn.content})
+                continue
+            parts = [turn.notice] if turn.notice else []
+            parts.append(turn.content or "…")
+            if turn.interrupted:
+                parts.append(f"_({turn.interrupted})_")
+            if turn.model:
+                parts.append(answer_footer(turn.model, turn.demo))
+            shown.append({"role": "assistant", "content": "\n\n".join(parts)})
+        return shown
+
+
+class Chat:
+    def __init__(self, client: ServingClient, feedback: FeedbackAPI, sessions: sessionmaker[Session],
+                 max_chars: int):
+        self.client = client
+        self.feedback = feedback
+        self.sessions = sessions
+        self.max_chars = max_chars
+        self._demo: tuple[float, bool] | None = None
+
+    def check_message(self, text: str) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise UserError("Type a question first.")
+        if len(text) > self.max_chars:
+            raise UserError(f"Your message has {len(text):,} characters; the limit is {self.max_chars:,}. "
+                            "Please shorten it.")
+        return text
+
+    def answer(self, viewer: Viewer, conversation: Conversation, text: str | None = None) -> Iterator[Conversation]:
+        """Stream an answer to ``text`` (or, with None, a new answer to the last question),
+        yielding the conversation as it grows. Closing the iterator stops the answer (Stop button)."""
+        if text is not None:
+            conversation.turns.append(Turn("user", self.check_message(text)))
+        elif not conversation.turns or conversation.turns[-1].role != "user":
+            raise UserError("There is no question to answer again yet.")
+        question = conversation.turns[-1]
+        reply = Turn("assistant", "", notice=urgent_notice(question.content))
+        started = time.perf_counter()
+        deltas = self.client.stream_chat(conversation.for_model())
+        try:
+            first = next(deltas, None)
+        except (ServingUnavailable, ServingRejected) as exc:
+            if text is not None:
+                conversation.turns.pop()
+            raise UserError(_serving_message(exc)) from None
+        conversation.turns.append(reply)
+        try:
+            for delta in ([first] if first else []):
+                reply.content += delta.text
+                reply.model = delta.model
+            reply.demo = self.is_demo()
+            yield conversation
+            for delta in deltas:
+                reply.content += delta.text
+                reply.model = delta.model
+                yield conversation
+        except (ServingUnavailable, ServingRejected) as exc:
+            reply.interrupted = f"the answer stopped early: {_serving_message(exc)}"
+            yield conversation
+        finally:
+            deltas.close()
+            self._log(viewer, conversation, question, reply, time.perf_counter() - started)
+
+    def regenerate(self, viewer: Viewer, conversation: Conversation) -> Iterator[Conversation]:
+        """Drop the last answer from the conversation and answer its question again."""
+        if conversation.turns and conversation.turns[-1].role == "assistant":
+            conversation.turns.pop()
+        return self.answer(viewer, conversation)
+
+    def rate(self, viewer: Viewer, conversation: Conversation, index: int, thumbs: str, reason: str = "",
+             comment: str = "", event_id: uuid.UUID | None = None) -> uuid.UUID:
+        """Record a thumbs up/down on the answer at ``index``; ``event_id`` makes a resend harmless."""
+        if not 0 <= index < len(conversation.turns) or conversation.turns[index].role != "assistant":
+            raise UserError("Choose an answer to rate (the thumbs under an answer).")
+        turn = conversation.turns[index]
+        if not turn.logged:
+            raise UserError("This answer is still being written; rate it when it has finished.")
+        try:
+            return self.feedback.submit_rating(event_id=event_id or uuid.uuid4(), message_id=turn.event_id,
+                                               user=viewer.username, thumbs=thumbs, reason=reason or "",
+                                               comment=(comment or "").strip())
+        except InvalidFeedback as exc:
+            raise UserError(f"The rating was not sent: {exc}") from None
+
+    def conversations(self, viewer: Viewer) -> list[tuple[str, str]]:
+        """(label, id) of the viewer's own conversations, the most recent first."""
+        return [(f"{c.title} · {c.last_at:%Y-%m-%d %H:%M}", str(c.id))
+                for c in history.conversations(self.sessions, viewer.username)]
+
+    def reopen(self, viewer: Viewer, conversation_id: str) -> Conversation:
+        try:
+            wanted = uuid.UUID(conversation_id)
+        except (TypeError, ValueError):
+            raise UserError("Choose one of your conversations.") from None
+        rows = history.messages(self.sessions, viewer.username, wanted)
+        if not rows:
+            raise UserError("That conversation is not among yours (or has not been saved yet).")
+        return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True)
+                                     for m in rows])
+
+    def is_demo(self) -> bool:
+        now = time.monotonic()
+        if self._demo is None or now - self._demo[0] > DEMO_CACHE_SECONDS:
+            self._demo = (now, self.client.is_demo())
+        return self._demo[1]
+
+    def status(self) -> str:
+        """One line on whether serving answers, and which version."""
+        if not self.client.health():
+            return ("**The model server is unreachable.** Your messages are not lost: keep this page open, "
+                    "chat comes back by itself when the server does.")
+        try:
+            model = self.client.resolve_model()
+            demo = self.is_demo()
+        except (ServingUnavailable, ServingRejected) as exc:
+            return f"**The model server is not ready:** {_serving_message(exc)}"
+        return f"Model server up · answering with `{model}`" + (" · **demo model**" if demo else "")
+
+    def _log(self, viewer: Viewer, conversation: Conversation, question: Turn, reply: Turn, seconds: float) -> None:
+        if not reply.content:
+            return
+        if not question.logged:
+            self.feedback.log_turn(event_id=question.event_id, conversation_id=conversation.id,
+                                   user=viewer.username, role="user", content=question.content)
+            question.logged = True
+        self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
+                               role="assistant", content=reply.content, adapter_version=reply.model,
+                               demo_model=reply.demo, latency_ms=int(seconds * 1000))
+        reply.logged = True
+
+
+def _serving_message(exc: Exception) -> str:
+    if isinstance(exc, ServingRejected):
+        if "context" in str(exc).lower() or "too long" in str(exc).lower():
+            return f"{exc} Start a new conversation to continue."
+        return str(exc)
+    return "the model server is unreachable right now; try again in a moment (the page retries by itself)."

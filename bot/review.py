@@ -1,0 +1,118 @@
+"""The review page's logic, apart from Gradio: the next blind pair, a judgment, skip, and the
+reviewer's own figures.
+
+Which answer shows on the left is random per item and recorded (``shown_order``); the reviewer
+chooses left or right and the judgment is stored in terms of the item's own A and B. Judgments go
+through ``feedback.api`` (outbox first): nothing a clinician submits is lost, and a resend of the
+same judgment (a double click) is stored once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.access import Viewer
+from bot.chat import UserError
+from feedback import review
+from feedback.api import FeedbackAPI, InvalidFeedback
+from feedback.quality import annotator_quality
+from feedback.schemas import SAFETY_CATEGORIES
+
+CHOICES = {"left": "A is better (left)", "right": "B is better (right)", "tie": "tie", "both_bad": "both bad"}
+AXES = ("accuracy", "helpfulness", "relevance", "comprehensiveness")
+
+
+@dataclass
+class Shown:
+    """One item as this reviewer sees it."""
+
+    item: review.QueueItem
+    order: str  # "ab": the item's A on the left; "ba": B on the left
+    shown_at: float = field(default_factory=time.monotonic)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)  # one per showing: a double submit is one row
+
+    @property
+    def left(self) -> str:
+        return self.item.response_a if self.order == "ab" else self.item.response_b
+
+    @property
+    def right(self) -> str:
+        return self.item.response_b if self.order == "ab" else self.item.response_a
+
+
+@dataclass
+class ReviewState:
+    """What one browser tab remembers between clicks."""
+
+    shown: Shown | None = None
+    submitted: list[int] = field(default_factory=list)  # sent, perhaps not stored yet
+
+
+class Review:
+    def __init__(self, feedback: FeedbackAPI, sessions: sessionmaker[Session], rng: random.Random | None = None):
+        self.feedback = feedback
+        self.sessions = sessions
+        self.rng = rng or random.Random()
+
+    def next(self, viewer: Viewer, state: ReviewState) -> Shown | None:
+        item = review.next_item(self.sessions, viewer.username, exclude=state.submitted)
+        state.shown = Shown(item, self.rng.choice(("ab", "ba"))) if item else None
+        return state.shown
+
+    def submit(self, viewer: Viewer, state: ReviewState, choice: str | None, left_scores: dict[str, int | None],
+               right_scores: dict[str, int | None], safety_flag: bool = False, safety_category: str | None = None,
+               corrected: str = "") -> uuid.UUID:
+        shown = state.shown
+        if shown is None:
+            raise UserError("There is no item to judge; the queue may be empty.")
+        if choice not in CHOICES:
+            raise UserError("Choose which answer is better (1 A, 2 B, 3 tie, 4 both bad) before submitting.")
+        missing = [f"{side} {axis}" for side, scores in (("A", left_scores), ("B", right_scores))
+                   for axis in AXES if scores.get(axis) is None]
+        if missing:
+            raise UserError("Score every axis from 1 to 5; missing: " + ", ".join(missing) + ".")
+        if safety_flag and not safety_category:
+            raise UserError("You flagged a safety problem: choose its category.")
+        if safety_category and safety_category not in SAFETY_CATEGORIES:
+            raise UserError(f"Unknown safety category {safety_category!r}.")
+        flipped = shown.order == "ba"
+        as_item = {"left": "b" if flipped else "a", "right": "a" if flipped else "b"}.get(choice, choice)
+        scores_a, scores_b = (right_scores, left_scores) if flipped else (left_scores, right_scores)
+        item = shown.item
+        try:
+            event_id = self.feedback.submit_comparison(
+                event_id=shown.event_id, review_item_id=item.id, annotator=viewer.username, prompt=item.prompt,
+                response_a=item.response_a, response_b=item.response_b, source_a=item.source_a,
+                source_b=item.source_b, shown_order=shown.order, choice=as_item, scores_a=scores_a,
+                scores_b=scores_b, safety_flag=bool(safety_flag), safety_category=safety_category or None,
+                corrected_answer=(corrected or "").strip() or None,
+                seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))
+        except InvalidFeedback as exc:
+            raise UserError(f"The judgment was not sent: {exc}") from None
+        state.submitted.append(item.id)
+        state.shown = None
+        return event_id
+
+    def skip(self, viewer: Viewer, state: ReviewState) -> None:
+        if state.shown is not None:
+            review.skip(self.sessions, state.shown.item.id, viewer.username)
+            state.shown = None
+
+    def figures(self, viewer: Viewer, state: ReviewState) -> str:
+        """Progress and the reviewer's own agreement and gold score, as one Markdown line."""
+        progress = review.progress(self.sessions, viewer.username)
+        stats = annotator_quality(self.sessions).by_annotator().get(viewer.username)
+        parts = [f"**{len(state.submitted)}** judged this session", f"{progress.labelled} stored in all",
+                 f"{progress.skipped} skipped", f"{progress.available} open in the queue"]
+        agreement = stats.agreement if stats else None
+        gold = stats.gold_accuracy if stats else None
+        parts.append(f"agreement with colleagues {agreement:.0%}" if agreement is not None
+                     else "agreement: not enough shared items yet")
+        parts.append(f"gold score {gold:.0%} ({stats.gold_labels} items)" if gold is not None
+                     else "gold score: no gold items yet")
+        return " · ".join(parts)
