@@ -76,6 +76,10 @@ class Review:
                    for axis in AXES if scores.get(axis) is None]
         if missing:
             raise UserError("Score every axis from 1 to 5; missing: " + ", ".join(missing) + ".")
+        wrong = [f"{side} {axis} is {scores[axis]!r}" for side, scores in (("A", left_scores), ("B", right_scores))
+                 for axis in AXES if scores[axis] not in range(1, 6)]
+        if wrong:
+            raise UserError("Scores go from 1 to 5: " + ", ".join(wrong) + ".")
         if safety_flag and not safety_category:
             raise UserError("You flagged a safety problem: choose its category.")
         if safety_category and safety_category not in SAFETY_CATEGORIES:

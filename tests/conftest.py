@@ -205,7 +205,7 @@ class Server:
 def start_server(home: Path, model_dir: Path, adapter_dir: Path, **settings: str) -> Server:
     from careloop.redis_server import free_port
 
-    port = free_port()
+    port = int(settings.pop("serving_port", 0)) or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
     env.update({"CARELOOP_HOME": str(home), "CARELOOP_BASE_MODEL": str(model_dir),
                 "CARELOOP_ADAPTER_DIR": str(adapter_dir), "CARELOOP_CONTROL_TOKEN": TOKEN,
@@ -256,3 +256,61 @@ def server(tmp_path_factory, tiny_model_dir, adapter_dir):
     running = start_server(tmp_path_factory.mktemp("serve"), tiny_model_dir, adapter_dir)
     yield running
     stop_server(running)
+
+
+# ----- the whole bot: serving, a worker and `careloop bot` on one database and a private Redis -----
+
+PASSWORD = "correct-horse-battery"
+ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
+
+
+@dataclass
+class BotStack:
+    url: str
+    database_url: str
+    redis_url: str
+    home: Path
+    server: Server
+    model_dir: Path
+    sessions: object  # sessionmaker on database_url
+    bot: object  # processes.Bot
+    worker: object  # processes.Worker
+
+    def settings(self, **overrides):
+        """Settings for code in the test process that talks to the same system."""
+        from careloop.settings import load_settings
+
+        return load_settings(**{"home": self.home / "tests", "database_url": self.database_url,
+                                "redis_url": self.redis_url, "serving_url": self.server.url, "control_token": TOKEN,
+                                "base_model": str(self.model_dir), "adapter_dir": self.server.adapter_dir,
+                                **overrides})
+
+
+@pytest.fixture(scope="session")
+def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
+    """Real serving (tiny model), a real feedback + generation worker, and `careloop bot`, sharing a
+    SQLite database and a private Redis; the accounts of ACCOUNTS exist."""
+    from careloop import accounts, db
+    from careloop.redis_server import free_port, start_local_redis
+    from processes import start_bot, start_worker
+
+    home = tmp_path_factory.mktemp("bot-stack")
+    database_url = f"sqlite:///{home / 'careloop.db'}"
+    db.upgrade(database_url)
+    sessions = db.sessions_for(database_url)
+    for username, role in ACCOUNTS.items():
+        accounts.add_user(sessions, username, role, PASSWORD, actor="test")
+    redis = start_local_redis(home / "redis")
+    server = start_server(home / "serve", tiny_model_dir, adapter_dir, database_url=database_url)
+    worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
+                          serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
+                          adapter_dir=str(adapter_dir), review_max_tokens="24")
+    bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
+                    serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
+                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0")
+    stack = BotStack(bot.url, database_url, redis.url, home, server, tiny_model_dir, sessions, bot, worker)
+    yield stack
+    bot.stop()
+    worker.stop()
+    stop_server(server)
+    redis.stop()

@@ -2,52 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select
 
 from careloop import db
 from careloop.redis_server import start_local_redis
 from careloop.settings import load_settings
-
-
-@dataclass
-class Worker:
-    process: subprocess.Popen
-    log: Path
-    env: dict[str, str]
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once, as a crash or an OOM kill would."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-
-
-def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "feedback", **settings: str) -> Worker:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
-    env.update({"CARELOOP_HOME": str(home), "CARELOOP_DATABASE_URL": database_url,
-                "CARELOOP_REDIS_URL": redis_url, "CARELOOP_CELERY_VISIBILITY_TIMEOUT": "10"})
-    env.update({f"CARELOOP_{key.upper()}": value for key, value in settings.items()})
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "worker.log"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", queues],
-                               env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"careloop worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if " ready." in log.read_text():
-            return Worker(process, log, env)
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"careloop worker was not ready in 60 s:\n{log.read_text()[-3000:]}")
+from processes import Worker, start_worker, wait_for  # noqa: F401 - the feedback tests import them from here
 
 
 @pytest.fixture
@@ -94,15 +55,6 @@ def worker(tmp_path, store, broker):
 @pytest.fixture
 def settings(tmp_path, store, broker):
     return load_settings(home=tmp_path / "bot", database_url=store.database_url, redis_url=broker.url)
-
-
-def wait_for(condition, timeout: float = 30, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {message}")
 
 
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}

@@ -1,0 +1,163 @@
+"""The chat page against real serving, a real worker and the store: streamed, labelled answers,
+the urgent-care steer, ratings, history, and what each bad input or outage gets."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from bot.access import Viewer
+from bot.chat import Chat, Conversation, UserError
+from bot.safety import DEMO_LABEL, EDUCATIONAL_NOTICE, urgent_notice
+from careloop.redis_server import free_port
+from conftest import start_server, stop_server
+from feedback.api import FeedbackAPI
+from feedback.store import Message, Rating
+from processes import wait_for
+from serving.client import ServingClient
+
+STUDENT = Viewer("stu.dent", "student")
+
+
+@pytest.fixture
+def feedback(bot_stack, tmp_path):
+    api = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def chat(bot_stack, feedback):
+    client = ServingClient.from_settings(bot_stack.settings())
+    yield Chat(client, feedback, bot_stack.sessions, max_chars=4000)
+    client.close()
+
+
+def _rows(stack, table, **where):
+    with stack.sessions() as session:
+        return list(session.scalars(select(table).filter_by(**where).order_by(table.id)))
+
+
+def test_an_answer_streams_with_its_version_demo_label_and_notice_and_is_stored(bot_stack, chat):
+    conversation = Conversation()
+    updates = [c.display()[-1]["content"] for c in chat.answer(STUDENT, conversation, "What is hypertension?")]
+    assert len(updates) > 2, "the answer should arrive in several pieces"
+    final = updates[-1]
+    assert "Answered by `careloop-demo-tiny`" in final and DEMO_LABEL in final and EDUCATIONAL_NOTICE in final
+    question, answer = conversation.turns
+    assert answer.model == "careloop-demo-tiny" and answer.demo and answer.logged
+
+    wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
+    stored_question, stored_answer = _rows(bot_stack, Message, conversation_id=conversation.id)
+    assert (stored_question.role, stored_question.content, stored_question.user) == ("user", "What is hypertension?",
+                                                                                     "stu.dent")
+    assert (stored_answer.adapter_version, stored_answer.demo_model) == ("careloop-demo-tiny", True)
+    assert stored_answer.content == answer.content and stored_answer.latency_ms is not None
+
+    # The history lists it, and it reopens with the same turns; the next question continues it.
+    assert str(conversation.id) in [value for _, value in chat.conversations(STUDENT)]
+    reopened = chat.reopen(STUDENT, str(conversation.id))
+    assert [(t.role, t.content) for t in reopened.turns] == [(t.role, t.content) for t in conversation.turns]
+    with pytest.raises(UserError, match="not among yours"):
+        chat.reopen(Viewer("someone.else", "student"), str(conversation.id))
+    with pytest.raises(UserError, match="Choose one of your conversations"):
+        chat.reopen(STUDENT, "not-a-uuid")
+
+
+def test_emergency_wording_always_gets_the_urgent_care_steer(chat):
+    from trainer.evaluate import RED_FLAGS
+
+    assert all(urgent_notice(flag) for flag in RED_FLAGS), [f for f in RED_FLAGS if not urgent_notice(f)]
+    assert "crisis line" in urgent_notice("I've been thinking about ending my life tonight.")
+    for ordinary in ("What is hypertension?", "How does metformin work?", "What is a normal heart rate?"):
+        assert urgent_notice(ordinary) is None
+    conversation = Conversation()
+    for _ in chat.answer(STUDENT, conversation, "My throat is swelling and I can't breathe after a bee sting"):
+        pass
+    shown = conversation.display()[-1]["content"]
+    assert shown.startswith("**If this is happening now, it may be an emergency.**")
+    assert "If this is happening now" not in conversation.turns[-1].content  # the model's own text is what is stored
+
+
+def test_regenerate_replaces_the_last_answer_and_ratings_reach_the_store(bot_stack, chat):
+    conversation = Conversation()
+    for _ in chat.answer(STUDENT, conversation, "What lowers blood pressure?"):
+        pass
+    first = conversation.turns[-1]
+    for _ in chat.regenerate(STUDENT, conversation):
+        pass
+    assert len(conversation.turns) == 2 and conversation.turns[-1].event_id != first.event_id
+
+    event_id = uuid.uuid4()
+    for _ in range(2):  # a double click on "Send rating": one row
+        chat.rate(STUDENT, conversation, 1, "down", "inaccurate", "  Wrong drug class.  ", event_id)
+    wait_for(lambda: _rows(bot_stack, Rating, event_id=event_id), message="the rating stored")
+    (rating,) = _rows(bot_stack, Rating, event_id=event_id)
+    assert (rating.message_id, rating.thumbs, rating.reason, rating.comment) == (
+        conversation.turns[1].event_id, "down", "inaccurate", "Wrong drug class.")
+
+
+def test_bad_input_gets_a_message_and_sends_nothing(bot_stack, chat):
+    conversation = Conversation()
+    with pytest.raises(UserError, match="Type a question first"):
+        list(chat.answer(STUDENT, conversation, "   "))
+    with pytest.raises(UserError, match="4,001 characters; the limit is 4,000"):
+        list(chat.answer(STUDENT, conversation, "x" * 4001))
+    with pytest.raises(UserError, match="no question to answer again"):
+        list(chat.regenerate(STUDENT, conversation))
+    assert conversation.turns == []
+    # Within the character limit but beyond the tiny model's 512-token context: serving's reason.
+    with pytest.raises(UserError, match="context.*Start a new conversation"):
+        list(chat.answer(STUDENT, conversation, "blood pressure " * 260))
+    assert conversation.turns == [], "an unanswered question stays in the input box, not the conversation"
+
+    for _ in chat.answer(STUDENT, conversation, "What is anaemia?"):
+        pass
+    with pytest.raises(UserError, match="Choose an answer to rate"):
+        chat.rate(STUDENT, conversation, 0, "up")  # the question, not an answer
+    with pytest.raises(UserError, match="Choose an answer to rate"):
+        chat.rate(STUDENT, conversation, 7, "up")
+    with pytest.raises(UserError, match="rating was not sent: thumbs"):
+        chat.rate(STUDENT, conversation, 1, "sideways")
+    with pytest.raises(UserError, match="rating was not sent: comment"):
+        chat.rate(STUDENT, conversation, 1, "up", comment="x" * 5001)
+
+
+def test_serving_down_says_so_and_chat_recovers_by_itself(bot_stack, feedback, tmp_path):
+    port = free_port()
+    client = ServingClient.from_settings(bot_stack.settings(serving_url=f"http://127.0.0.1:{port}"))
+    chat = Chat(client, feedback, bot_stack.sessions, max_chars=4000)
+    conversation = Conversation()
+    with pytest.raises(UserError, match="unreachable"):
+        list(chat.answer(STUDENT, conversation, "What is hypertension?"))
+    assert conversation.turns == []
+    assert "unreachable" in chat.status()
+
+    server = start_server(tmp_path / "serve", bot_stack.model_dir, bot_stack.server.adapter_dir,
+                          database_url=bot_stack.database_url, serving_port=str(port))
+    try:
+        assert "Model server up" in chat.status()
+        for _ in chat.answer(STUDENT, conversation, "What is hypertension?"):
+            pass
+        assert conversation.turns[-1].content and conversation.turns[-1].model == "careloop-demo-tiny"
+    finally:
+        stop_server(server)
+        client.close()
+
+
+def test_chat_works_while_the_broker_is_down(bot_stack, tmp_path):
+    down = FeedbackAPI(bot_stack.settings(home=tmp_path / "offline", redis_url=f"redis://127.0.0.1:{free_port()}/0"),
+                       flush_interval=0.1)
+    client = ServingClient.from_settings(bot_stack.settings())
+    try:
+        chat = Chat(client, down, bot_stack.sessions, max_chars=4000)
+        conversation = Conversation()
+        for _ in chat.answer(STUDENT, conversation, "What is hypertension?"):
+            pass
+        assert conversation.turns[-1].content
+        assert len(down.outbox) == 2, "both turns wait in the outbox for the broker"
+    finally:
+        down.close()
+        client.close()

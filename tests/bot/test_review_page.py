@@ -1,0 +1,120 @@
+"""The review page's logic against the real worker and store: blind order is undone correctly,
+a resent judgment is stored once, the page moves on before the worker has stored the label, and
+each bad input gets a message."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import select
+
+from bot.access import Viewer
+from bot.chat import UserError
+from bot.review import AXES, Review, ReviewState
+from feedback import review as queue
+from feedback.api import FeedbackAPI
+from feedback.store import Comparison
+from processes import wait_for
+
+LEFT = {"accuracy": 5, "helpfulness": 4, "relevance": 5, "comprehensiveness": 4}
+RIGHT = {"accuracy": 1, "helpfulness": 2, "relevance": 2, "comprehensiveness": 1}
+
+
+@pytest.fixture
+def page(bot_stack, tmp_path):
+    feedback = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
+    yield Review(feedback, bot_stack.sessions, random.Random(7))
+    feedback.close()
+
+
+def _items(stack, count: int, tag: str, annotator: str) -> list[int]:
+    """Fresh items; whatever else the shared queue holds is skipped by ``annotator`` first."""
+    while (other := queue.next_item(stack.sessions, annotator)) is not None:
+        queue.skip(stack.sessions, other.id, annotator)
+    return [queue.add_item(stack.sessions, f"{tag} question {i}?", f"answer A{i}", f"answer B{i}", "med-v0002",
+                           "med-v0001", labels_needed=1, prompt_source="seed") for i in range(count)]
+
+
+def _stored(stack, annotator: str) -> list[Comparison]:
+    with stack.sessions() as session:
+        return list(session.scalars(select(Comparison).where(Comparison.annotator == annotator)))
+
+
+def test_left_and_right_map_back_to_the_items_a_and_b(bot_stack, page):
+    viewer = Viewer("dr.order", "physician")
+    _items(bot_stack, 2, "order", "dr.order")
+    state = ReviewState()
+    seen = {}
+    for _ in range(2):
+        shown = page.next(viewer, state)
+        assert {shown.left, shown.right} == {shown.item.response_a, shown.item.response_b}
+        seen[shown.item.id] = shown.order
+        page.submit(viewer, state, "left", LEFT, RIGHT)
+    assert set(seen.values()) == {"ab", "ba"}, "this seed shows one item each way"
+    assert page.next(viewer, state) is None, "submitted items are not offered again before the worker stores them"
+
+    wait_for(lambda: len(_stored(bot_stack, "dr.order")) == 2, message="two judgments stored")
+    for stored in _stored(bot_stack, "dr.order"):
+        order = seen[stored.review_item_id]
+        assert stored.shown_order == order
+        assert stored.choice == ("a" if order == "ab" else "b"), "the left answer won"
+        assert (stored.scores_a if order == "ab" else stored.scores_b) == LEFT
+        assert stored.seconds_spent is not None
+
+
+def test_a_resent_judgment_is_stored_once(bot_stack, page):
+    viewer = Viewer("nurse.resend", "nurse")
+    _items(bot_stack, 1, "resend", "nurse.resend")
+    state = ReviewState()
+    shown = page.next(viewer, state)
+    page.submit(viewer, state, "tie", LEFT, LEFT)
+    state.shown = shown  # the same showing submitted again (a double click racing the first)
+    page.submit(viewer, state, "tie", LEFT, LEFT)
+    wait_for(lambda: _stored(bot_stack, "nurse.resend"), message="the judgment stored")
+    page.feedback.flush()
+    assert len(_stored(bot_stack, "nurse.resend")) == 1
+
+
+def test_each_bad_input_gets_a_message(bot_stack, page):
+    viewer = Viewer("nurse.bad", "nurse")
+    state = ReviewState()
+    with pytest.raises(UserError, match="no item to judge"):
+        page.submit(viewer, state, "left", LEFT, RIGHT)
+    _items(bot_stack, 1, "bad", "nurse.bad")
+    page.next(viewer, state)
+    with pytest.raises(UserError, match=r"Choose which answer is better \(1 A, 2 B, 3 tie, 4 both bad\)"):
+        page.submit(viewer, state, None, LEFT, RIGHT)
+    with pytest.raises(UserError, match="missing: B relevance"):
+        page.submit(viewer, state, "left", LEFT, {**RIGHT, "relevance": None})
+    with pytest.raises(UserError, match="choose its category"):
+        page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True)
+    with pytest.raises(UserError, match="Unknown safety category"):
+        page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True, safety_category="vibes")
+    with pytest.raises(UserError, match="Scores go from 1 to 5: A accuracy is 9"):
+        page.submit(viewer, state, "left", {**LEFT, "accuracy": 9}, RIGHT)
+    with pytest.raises(UserError, match="judgment was not sent: corrected_answer"):
+        page.submit(viewer, state, "both_bad", LEFT, RIGHT, corrected="x" * 20_001)
+    assert state.shown is not None, "after a refused submit the same item stays on screen"
+    page.submit(viewer, state, "both_bad", LEFT, RIGHT, safety_flag=True, safety_category="wrong_dose",
+                corrected="  Take 500 mg.  ")
+    wait_for(lambda: _stored(bot_stack, "nurse.bad"), message="the judgment stored")
+    (stored,) = _stored(bot_stack, "nurse.bad")
+    assert (stored.safety_category, stored.corrected_answer) == ("wrong_dose", "Take 500 mg.")
+
+
+def test_skip_and_the_reviewers_own_figures(bot_stack, page):
+    viewer = Viewer("nurse.figures", "nurse")
+    _items(bot_stack, 2, "figures", "nurse.figures")
+    state = ReviewState()
+    first = page.next(viewer, state)
+    page.skip(viewer, state)
+    assert page.next(viewer, state).item.id != first.item.id
+    page.submit(viewer, state, "right", LEFT, RIGHT)
+    wait_for(lambda: _stored(bot_stack, "nurse.figures"), message="the judgment stored")
+    figures = page.figures(viewer, state)
+    skipped_before = queue.progress(bot_stack.sessions, "nurse.figures").skipped - 1
+    assert "**1** judged this session" in figures and "1 stored in all" in figures
+    assert f"{skipped_before + 1} skipped" in figures
+    assert "gold score: no gold items yet" in figures
+    assert set(AXES) == set(LEFT)
