@@ -192,7 +192,7 @@ def build(services: Services) -> gr.Blocks:
                             confirm = gr.Button("Confirm", variant="stop", size="sm", elem_id="action-confirm")
                             cancel = gr.Button("Cancel", size="sm", elem_id="action-cancel")
                     report = gr.Markdown(elem_id="version-report")
-                    report_figure = gr.Image(label="Evaluation tracks", type="filepath", interactive=False)
+                    report_figure = gr.Image(label="Evaluation tracks", type="filepath", interactive=False, visible=False)
                 with gr.Tab("Training runs"):
                     runs = gr.Dataframe(interactive=False, elem_id="runs", wrap=True)
                     with gr.Row():
@@ -255,7 +255,10 @@ def build(services: Services) -> gr.Blocks:
         regenerated = regenerate.click(again, [conversation], [conversation, chatbot], api_name="regenerate")
         for event in asked:
             event.then(history_choices, None, [past], api_name=False)
-        stop.click(None, None, None, cancels=[*asked, regenerated])
+        def stopped(state: Conversation | None) -> list:
+            return state.display() if state else []
+
+        stop.click(stopped, [conversation], [chatbot], cancels=[*asked, regenerated], api_name=False)
 
         def fresh(request: gr.Request) -> tuple[Conversation, list]:
             require(request, "chat")
@@ -322,7 +325,8 @@ def build(services: Services) -> gr.Blocks:
             state = state or ReviewState()
             return [state, *show(viewer, state)]
 
-        review_tab.select(open_review, [review_state], [review_state, *review_outputs], api_name="review_next")
+        review_tab.select(open_review, [review_state], [review_state, *review_outputs], api_name="review_next",
+                          show_progress="hidden")
 
         judged_inputs = {review_state, *score_inputs, choice, safety_flag, safety_category, corrected}
 
@@ -339,7 +343,8 @@ def build(services: Services) -> gr.Blocks:
                 raise gr.Error(str(exc)) from None
             return [state, *show(viewer, state)]
 
-        submit.click(judge, judged_inputs, [review_state, *review_outputs], api_name="review_submit")
+        submit.click(judge, judged_inputs, [review_state, *review_outputs], api_name="review_submit",
+                     show_progress="hidden")
 
         def pass_item(state: ReviewState | None, request: gr.Request) -> list[Any]:
             viewer = require(request, "review")
@@ -347,7 +352,8 @@ def build(services: Services) -> gr.Blocks:
             review.skip(viewer, state)
             return [state, *show(viewer, state)]
 
-        skip.click(pass_item, [review_state], [review_state, *review_outputs], api_name="review_skip")
+        skip.click(pass_item, [review_state], [review_state, *review_outputs], api_name="review_skip",
+                   show_progress="hidden")
 
         # ----- admin -----
         def overview(request: gr.Request) -> list[Any]:
@@ -364,12 +370,13 @@ def build(services: Services) -> gr.Blocks:
 
         refresh_runs.click(refreshed_runs, None, [runs], api_name="admin_runs")
 
-        def show_report(name: str | None, request: gr.Request) -> tuple[str, str | None]:
+        def show_report(name: str | None, request: gr.Request) -> tuple[str, gr.Image]:
             require(request, "admin")
             try:
-                return admin.report(name)
+                text, figure = admin.report(name)
             except UserError as exc:
                 raise gr.Error(str(exc)) from None
+            return text, gr.Image(value=figure, visible=figure is not None)
 
         version.change(show_report, [version], [report, report_figure], api_name="admin_report")
 

@@ -41,6 +41,7 @@ class Turn:
     demo: bool = False
     notice: str | None = None  # the urgent-care pointer shown above an answer
     logged: bool = False
+    done: bool = True  # False while the answer is still streaming
     interrupted: str = ""  # why an answer stopped early, if it did
 
 
@@ -60,11 +61,14 @@ class Conversation:
                 shown.append({"role": "user", "content": turn.content})
                 continue
             parts = [turn.notice] if turn.notice else []
-            parts.append(turn.content or "…")
-            if turn.interrupted:
-                parts.append(f"_({turn.interrupted})_")
-            if turn.model:
-                parts.append(answer_footer(turn.model, turn.demo))
+            if not turn.done:
+                parts.append(f"{turn.content} ▌")  # still writing
+            else:
+                parts.append(turn.content or "_(The model gave no answer; press Regenerate.)_")
+                if turn.interrupted:
+                    parts.append(f"_({turn.interrupted})_")
+                if turn.model:
+                    parts.append(answer_footer(turn.model, turn.demo))
             shown.append({"role": "assistant", "content": "\n\n".join(parts)})
         return shown
 
@@ -95,7 +99,7 @@ class Chat:
         elif not conversation.turns or conversation.turns[-1].role != "user":
             raise UserError("There is no question to answer again yet.")
         question = conversation.turns[-1]
-        reply = Turn("assistant", "", notice=urgent_notice(question.content))
+        reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
         deltas = self.client.stream_chat(conversation.for_model())
         try:
@@ -117,10 +121,11 @@ class Chat:
                 yield conversation
         except (ServingUnavailable, ServingRejected) as exc:
             reply.interrupted = f"the answer stopped early: {_serving_message(exc)}"
-            yield conversation
-        finally:
+        finally:  # also when the Stop button closes this generator
+            reply.done = True
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
+        yield conversation  # the finished answer, with its footer
 
     def regenerate(self, viewer: Viewer, conversation: Conversation) -> Iterator[Conversation]:
         """Drop the last answer from the conversation and answer its question again."""
