@@ -38,7 +38,7 @@ def test_dependencies_point_one_way(package):
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("module", ["bot", "feedback", "feedback.api", "serving.client", "serving.registry", "careloop.settings",
+@pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry", "careloop.settings",
                                     "careloop.db", "careloop.cli"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"

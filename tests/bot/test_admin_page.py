@@ -1,0 +1,101 @@
+"""The admin page's logic on a fresh database, the real server and the real broker: confirmations
+that say what will happen (and refuse what cannot), training requests, runs with progress,
+feedback figures and audited exports."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import redis
+
+from bot.access import Viewer
+from bot.admin import Admin
+from bot.chat import UserError
+from careloop import audit
+from careloop.redis_server import free_port
+from feedback import schemas
+from feedback.store import store_event
+from serving.client import ServingClient
+from serving.registry import Registry
+from trainer import runs
+
+ADMIN = Viewer("ad.min", "admin")
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def admin(bot_stack, sessions, tmp_path):
+    settings = bot_stack.settings(home=tmp_path / "bot")
+    client = ServingClient(bot_stack.server.url, token=settings.resolved_control_token())
+    yield Admin(settings, sessions, Registry(sessions, "careloop-demo-tiny"), client)
+    client.close()
+
+
+@SQLITE_ONLY
+def test_confirmations_say_what_happens_and_refuse_the_impossible(admin, bot_stack):
+    with pytest.raises(UserError, match="Nothing to roll back"):
+        admin.confirmation("rollback", None)
+    with pytest.raises(UserError, match="Choose the version to promote"):
+        admin.confirmation("promote", "")
+    with pytest.raises(UserError, match="no adapter version named 'med-v9999'"):
+        admin.confirmation("promote", "med-v9999")
+    with pytest.raises(UserError, match="Unknown action"):
+        admin.confirmation("delete", "med-v0001")
+    admin.registry.register("med-v0001", bot_stack.server.adapter_dir / "med-v0001", actor="test")
+    assert "replaces `the base model`" in admin.confirmation("promote", "med-v0001")
+    assert admin.act(ADMIN, "promote", "med-v0001") == "`med-v0001` is live (replaced the base model)."
+    assert admin.registry.live().name == "med-v0001"
+    with pytest.raises(UserError, match="is live; only candidate or retired"):
+        admin.confirmation("promote", "med-v0001")
+    with pytest.raises(UserError, match="roll it back"):
+        admin.act(ADMIN, "reject", "med-v0001")
+    assert "the base model answers" in admin.confirmation("retire", "med-v0001")
+    with admin.sessions() as session:
+        (event,) = [e for e in audit.recent(session) if e.action == "adapter.promote"]
+    assert event.actor == "bot:ad.min"
+    assert list(admin.versions()["status"]) == ["live"]
+
+
+@SQLITE_ONLY
+def test_runs_show_progress_and_a_training_request_reaches_the_queue(admin, bot_stack):
+    run_id = runs.start_run(admin.sessions, "beat", {})
+    runs.update_run(admin.sessions, run_id, step="dpo")
+    row = admin.runs().iloc[0]
+    assert (row["run"], row["status"], row["step"]) == (run_id, "running", "dpo")
+    assert row["progress"] == "33%"  # dpo comes after two of the six steps; no earlier run to time it by
+
+    broker = redis.Redis.from_url(bot_stack.redis_url)
+    before = broker.llen("training")
+    assert "queued" in admin.start_training(ADMIN)
+    assert broker.llen("training") == before + 1
+    broker.delete("training")  # no training worker runs in this stack
+
+    admin.settings = admin.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with pytest.raises(UserError, match="broker is unreachable"):
+        admin.start_training(ADMIN)
+
+
+@SQLITE_ONLY
+def test_feedback_figures_and_an_audited_export(admin):
+    comparison = {"prompt": "What lowers blood pressure?", "response_a": "Exercise and less salt.",
+                  "response_b": "Nothing.", "source_a": "x", "source_b": "y", "shown_order": "ab",
+                  "scores_a": {"accuracy": 5, "helpfulness": 5, "relevance": 5, "comprehensiveness": 4},
+                  "scores_b": {"accuracy": 1, "helpfulness": 1, "relevance": 2, "comprehensiveness": 1}}
+    for annotator in ("nurse.a", "dr.p"):
+        store_event(admin.sessions, schemas.Comparison(annotator=annotator, choice="a", **comparison))
+    volume = admin.volume()
+    assert volume.groupby("kind")["count"].sum().to_dict() == {"judgments": 2}
+    frame, summary = admin.annotators()
+    assert sorted(frame["annotator"]) == ["dr.p", "nurse.a"] and "Krippendorff's alpha" in summary
+
+    archive = admin.export(ADMIN, "dpo", "jsonl")
+    with zipfile.ZipFile(archive) as opened:
+        assert {"manifest.json", "train.jsonl"} <= set(opened.namelist())
+    with admin.sessions() as session:
+        (event,) = [e for e in audit.recent(session) if e.action == "feedback.export"]
+    assert event.actor == "bot:ad.min"
+    with pytest.raises(UserError, match="Unknown export"):
+        admin.export(ADMIN, "rlhf", "jsonl")
+    with pytest.raises(UserError, match="Unknown export"):
+        admin.export(ADMIN, "dpo", "csv")
