@@ -7,7 +7,7 @@ CARELOOP := $(VENV)/bin/careloop
 # build. If .venv already has torch (say a CUDA build of the same release), it is kept.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: up test install clean
+.PHONY: up test install browser clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,7 +25,14 @@ up: install
 	$(CARELOOP) model build-demo
 	$(CARELOOP) doctor
 
-test: install
+# The browser tests drive Debian's chromium with Playwright (Playwright's own download is not
+# reachable here). As root, install it when missing; otherwise the tests fail saying what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; } \
+		|| echo "chromium is missing: run 'sudo apt-get install chromium' for the browser tests"
+
+test: install browser
 	$(PY) -m pytest
 
 clean:

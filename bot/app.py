@@ -236,7 +236,8 @@ def build(services: Services) -> gr.Blocks:
                 for current in chat.answer(viewer, state, text):
                     yield current, current.display(), ""
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                yield state, state.display(), text
 
         def again(state: Conversation, request: gr.Request):
             viewer = require(request, "chat")
@@ -245,7 +246,8 @@ def build(services: Services) -> gr.Blocks:
                 for current in chat.regenerate(viewer, state):
                     yield current, current.display()
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                yield state, state.display()
 
         def history_choices(request: gr.Request) -> gr.Dropdown:
             return gr.Dropdown(choices=chat.conversations(require(request, "chat")))
@@ -270,7 +272,8 @@ def build(services: Services) -> gr.Blocks:
             try:
                 state = chat.reopen(require(request, "chat"), conversation_id)
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return gr.skip(), gr.skip()
             return state, state.display()
 
         open_past.click(reopen, [past], [conversation, chatbot], api_name="open_conversation")
@@ -292,8 +295,9 @@ def build(services: Services) -> gr.Blocks:
             state = state or Conversation()
             try:
                 chat.rate(viewer, state, int(index), thumb, why or "", text, uuid.UUID(event_id) if event_id else None)
-            except (UserError, ValueError) as exc:
-                raise gr.Error(str(exc)) from None
+            except UserError as exc:
+                gr.Warning(str(exc))
+                return gr.skip()
             gr.Info("Thank you: your rating was recorded.")
             return gr.Group(visible=False)
 
@@ -340,7 +344,8 @@ def build(services: Services) -> gr.Blocks:
                               dict(zip(AXES, scores[half:], strict=True)), values[safety_flag],
                               values[safety_category], values[corrected])
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return [gr.skip()] * (1 + len(review_outputs))
             return [state, *show(viewer, state)]
 
         submit.click(judge, judged_inputs, [review_state, *review_outputs], api_name="review_submit",
@@ -375,7 +380,8 @@ def build(services: Services) -> gr.Blocks:
             try:
                 text, figure = admin.report(name)
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return gr.skip(), gr.skip()
             return text, gr.Image(value=figure, visible=figure is not None)
 
         version.change(show_report, [version], [report, report_figure], api_name="admin_report")
@@ -386,7 +392,8 @@ def build(services: Services) -> gr.Blocks:
                 try:
                     text = admin.confirmation(action, name)
                 except UserError as exc:
-                    raise gr.Error(str(exc)) from None
+                    gr.Warning(str(exc))
+                    return [gr.skip()] * 3
                 return [action, gr.Group(visible=True), f"**Confirm:** {text}"]
             return handler
 
@@ -399,7 +406,8 @@ def build(services: Services) -> gr.Blocks:
             try:
                 done = admin.act(viewer, action, name, why)
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return [gr.skip()] * 5
             return ["", gr.Group(visible=False), done, admin.versions(), gr.Dropdown(choices=admin.version_names())]
 
         confirm.click(confirmed, [pending_action, version, action_reason],
@@ -411,7 +419,8 @@ def build(services: Services) -> gr.Blocks:
             try:
                 return [admin.start_training(viewer), admin.runs()]
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return [gr.skip()] * 2
 
         train.click(start_training, None, [admin_message, runs], api_name="admin_train")
 
@@ -420,7 +429,8 @@ def build(services: Services) -> gr.Blocks:
             try:
                 return admin.export(viewer, kind, fmt)
             except UserError as exc:
-                raise gr.Error(str(exc)) from None
+                gr.Warning(str(exc))
+                return gr.skip()
 
         export_button.click(export, [export_kind, export_format], [export_file], api_name="admin_export")
     return app

@@ -113,10 +113,12 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit):
                            timeout=60_000)
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text()
 
+    _shot(page, "chat")
     page.locator("#chat-input textarea").fill("x" * 4001)
     page.locator("#chat-send").click()
     page.wait_for_selector("text=the limit is 4,000", timeout=15_000)
-    _shot(page, "chat")
+    assert page.locator("#chat-input textarea").input_value() == "x" * 4001, "the text stays to be shortened"
+    assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text(), "the chat stays on screen"
     _only_local(page)
 
 
