@@ -267,6 +267,7 @@ def build(services: Services) -> gr.Blocks:
             return Conversation(), []
 
         new_chat.click(fresh, None, [conversation, chatbot], api_name="new_conversation")
+        chatbot.clear(fresh, None, [conversation, chatbot], api_name=False)  # the chat's own bin icon
 
         def reopen(conversation_id: str, request: gr.Request) -> tuple[Conversation, list]:
             try:

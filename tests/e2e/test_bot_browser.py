@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from conftest import PASSWORD
 from feedback import review as queue
-from feedback.store import Comparison
+from feedback.store import Comparison, Rating
 from processes import wait_for
 from serving.client import ServingClient
 from serving.registry import Registry
@@ -85,7 +85,12 @@ def test_a_wrong_password_is_refused_on_the_login_page(visit):
     _shot(page, "login")
 
 
-def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit):
+def _ratings(stack, comment: str) -> list[Rating]:
+    with stack.sessions() as session:
+        return list(session.scalars(select(Rating).where(Rating.comment == comment)))
+
+
+def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page = visit("stu.dent")
     assert _tabs(page) == {"Chat"}, "a student sees neither review nor admin"
     page.wait_for_selector("#serving-status >> text=Model server up", timeout=15_000)
@@ -105,6 +110,17 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit):
     assert "For medical education only" in final
     assert any(text.endswith("▌") for text in seen), "the answer shows while it is being written"
     assert page.locator("#chat-input textarea").input_value() == ""
+
+    # Thumbs down under the answer opens the rating form; the rating reaches the store.
+    page.locator("#chatbot").get_by_label("Dislike").last.click()
+    send = page.locator("#rating-send").filter(visible=True)
+    send.wait_for(timeout=15_000)
+    page.locator("#rating-comment textarea").filter(visible=True).fill("Not an answer to the question.")
+    send.click()
+    wait_for(lambda: send.count() == 0, timeout=15, message="the rating form to close")
+    wait_for(lambda: _ratings(bot_stack, "Not an answer to the question."), message="the rating stored")
+    (rating,) = _ratings(bot_stack, "Not an answer to the question.")
+    assert rating.thumbs == "down" and rating.user == "stu.dent"
 
     page.locator("#chat-input textarea").fill("My father's face is drooping and his speech is slurred")
     page.locator("#chat-send").click()
