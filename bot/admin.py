@@ -81,9 +81,10 @@ class Admin:
         """What ``action`` would do, for the admin to confirm; raises UserError if it cannot be done."""
         live = self.registry.live()
         if action == "rollback":
-            if live is None or live.replaced is None:
-                raise UserError("Nothing to roll back: no live version, or the live one replaced none.")
-            return f"Roll back: `{live.replaced}` becomes live again and `{live.name}` is rejected."
+            if live is None:
+                raise UserError("Nothing to roll back: no version is live (the base model answers).")
+            back = f"`{live.replaced}` becomes live again" if live.replaced else "the base model answers again"
+            return f"Roll back: {back} and `{live.name}` is rejected."
         if action not in ACTIONS:
             raise UserError(f"Unknown action {action!r}.")
         if not name:
@@ -111,7 +112,7 @@ class Admin:
                 message = f"`{done.live}` is live (replaced {done.previous or 'the base model'})."
             elif action == "rollback":
                 done = self.registry.rollback(self.client, actor=actor, reason=reason or f"rolled back by {viewer.username}")
-                message = f"Rolled back: `{done.live}` is live again; `{done.previous}` is rejected."
+                message = f"Rolled back: `{done.live}` answers again; `{done.previous}` is rejected."
             elif action == "reject":
                 self.registry.reject(name, actor=actor, reason=reason or f"rejected by {viewer.username}")
                 message = f"`{name}` is rejected."

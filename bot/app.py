@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 from bot.access import PAGES, Access, Refused, Viewer  # noqa: E402
 from bot.admin import Admin  # noqa: E402
 from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation, UserError  # noqa: E402
-from bot.review import AXES, ReviewState, Review  # noqa: E402
+from bot.review import AXES, Review, ReviewState  # noqa: E402
 from bot.safety import EDUCATIONAL_NOTICE, URGENT_CARE  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
 from careloop.db import sessions_for  # noqa: E402

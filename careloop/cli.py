@@ -80,6 +80,32 @@ def serve(
 
 
 @app.command()
+def up(
+    status: Annotated[bool, typer.Option("--status", help="Show what a running `careloop up` runs, and exit.")] = False,
+) -> None:
+    """Run everything on this machine: Redis (if none answers), serving, workers, beat and the web app."""
+    from careloop import up as supervisor
+
+    settings = get_settings()
+    if status:
+        try:
+            rows = supervisor.status(settings)
+        except supervisor.UpError as exc:
+            raise CommandError(str(exc)) from None
+        table = Table("part", "state", "pid", "restarts", "since", "log")
+        for row in rows:
+            table.add_row(row["name"], row["state"], str(row["pid"]), str(row["restarts"]), row["since"], row["log"])
+        console.print(table)
+        if any(row["state"] != "up" for row in rows):
+            raise CommandError("some parts are not up: " + ", ".join(r["name"] for r in rows if r["state"] != "up"))
+        return
+    try:
+        supervisor.run(settings, lambda line: console.print(line, highlight=False, soft_wrap=True))
+    except supervisor.UpError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@app.command()
 def bot(
     host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_BOT_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_BOT_PORT].")] = None,
@@ -529,7 +555,7 @@ def adapters_rollback(
     registry, client = _registry_and_client()
     with _serving_errors():
         promotion = registry.rollback(client, actor=_actor(actor), reason=reason)
-        console.print(f"rolled back {promotion.previous}: {promotion.live} is live again")
+        console.print(f"rolled back {promotion.previous}: {promotion.live} answers again")
         _unload_replaced(registry, client, wait)
 
 

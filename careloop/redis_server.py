@@ -54,17 +54,24 @@ class LocalRedis:
                 self.process.wait()
 
 
+def redis_server_args(directory: Path, port: int, appendonly: bool = True) -> list[str]:
+    """A redis-server command line: 127.0.0.1 only, data in ``directory``. AOF with fsync every
+    second survives a killed redis-server process (the kernel keeps what it wrote); only a crash of
+    the whole machine can cost the last second."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
+            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
+            "--logfile", str(directory / "redis.log")]
+
+
 def start_local_redis(directory: Path, port: int | None = None, appendonly: bool = True,
                       timeout: float = 15.0) -> LocalRedis:
     """Start redis-server on 127.0.0.1 with AOF (fsync every second) in ``directory``; wait until it answers."""
     import redis
 
-    directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-            "--logfile", str(directory / "redis.log")]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(redis_server_args(directory, port, appendonly), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     server = LocalRedis(process, port, directory)
     deadline = time.monotonic() + timeout
     client = redis.Redis(port=port, socket_connect_timeout=0.5)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     review_labels_needed: int = Field(2, ge=1, le=10, description="Labels from different annotators each review item needs.")
     review_gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
     review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")
+    review_queue_target: int = Field(
+        40, ge=1, description="Items waiting for labels that `generation.fill_review_queue` tops the queue up to; "
+        "it generates nothing while that many wait.")
     review_max_tokens: int = Field(200, ge=1, description="Length of the candidate answers generated for review.")
     review_fill_interval_seconds: float = Field(
         300, gt=0, description="How often `careloop beat` asks for new review items.")
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
     bot_login_attempts: int = Field(
         5, ge=1, description="Failed logins per username before it is locked for CARELOOP_BOT_LOGIN_LOCKOUT_SECONDS.")
     bot_login_lockout_seconds: float = Field(300, gt=0, description="How long a username stays locked after too many failed logins.")
+    admin_password: str = Field(
+        "", description="Password of the `admin` account `careloop up` creates when there is no admin. "
+        "Empty: a generated one, printed once.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
 

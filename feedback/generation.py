@@ -36,6 +36,9 @@ class FillResult:
 def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], client: ServingClient,
                       count: int, rng: random.Random | None = None) -> FillResult:
     rng = rng or random.Random()
+    count = min(count, max(settings.review_queue_target - review.unfinished(sessions), 0))
+    if count == 0:  # enough items wait for labels: generating more would only burn compute
+        return FillResult(0, 0, 0, 0)
     models = _models_to_compare(settings, client)
     gold_target = round(count * settings.review_gold_fraction)
     made = {"student": 0, "seed": 0, "gold": 0, "skipped": 0}

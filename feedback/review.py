@@ -121,6 +121,15 @@ def progress(sessions: sessionmaker[Session], annotator: str, reservation: timed
     return Progress(labelled, skipped, available)
 
 
+def unfinished(sessions: sessionmaker[Session]) -> int:
+    """Items that still need labels."""
+    done = (select(func.count()).where(ReviewAssignment.item_id == ReviewItem.id,
+                                       ReviewAssignment.completed_at.is_not(None))
+            .correlate(ReviewItem).scalar_subquery())
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(ReviewItem).where(done < ReviewItem.labels_needed))
+
+
 def _open_items(annotator: str, reserved_since: datetime):  # noqa: ANN202 - a Select
     """Items the annotator has not labelled or skipped, with a free slot; nearest to done first."""
     taken = (select(func.count()).where(

@@ -189,14 +189,22 @@ class Registry:
         return result
 
     def rollback(self, client: ServingClient, *, actor: str, reason: str = "rolled back") -> Promotion:
-        """Make the version the live one replaced live again; the rolled-back one becomes rejected."""
+        """Make the version the live one replaced live again (the base model, if it replaced none);
+        the rolled-back one becomes rejected."""
         started = time.perf_counter()
         current = self.live()
         if current is None:
             raise RegistryError("no version is live: nothing to roll back")
         if current.replaced is None:
-            raise RegistryError(f"{current.name} was the first live version: nothing to roll back to; "
-                                f"`careloop adapters retire {current.name}` leaves the base model answering")
+            with transaction(self.sessions) as session:
+                current = self._locked(session, current.name)
+                if current.status != Status.LIVE:
+                    raise RegistryError(f"{current.name} stopped being live while rolling back; nothing changed")
+                self._set_status(current, Status.REJECTED, note=reason)
+                audit.record(session, actor, "adapter.rollback", self.base_model, rolled_back=current.name,
+                             reason=reason)
+            log.info("adapter_rolled_back", adapter=self.base_model, rolled_back=current.name, actor=actor)
+            return Promotion(self.base_model, current.name, time.perf_counter() - started)
         target = self.get(current.replaced)
         self._ensure_serving(target, client)
         with transaction(self.sessions) as session:

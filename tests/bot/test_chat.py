@@ -6,16 +6,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from conftest import start_server, stop_server
+from processes import wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
 from bot.chat import Chat, Conversation, UserError
 from bot.safety import DEMO_LABEL, EDUCATIONAL_NOTICE, urgent_notice
 from careloop.redis_server import free_port
-from conftest import start_server, stop_server
 from feedback.api import FeedbackAPI
 from feedback.store import Message, Rating
-from processes import wait_for
 from serving.client import ServingClient
 
 STUDENT = Viewer("stu.dent", "student")

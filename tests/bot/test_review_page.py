@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from processes import wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
@@ -15,7 +16,6 @@ from bot.review import AXES, Review, ReviewState
 from feedback import review as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
-from processes import wait_for
 
 LEFT = {"accuracy": 5, "helpfulness": 4, "relevance": 5, "comprehensiveness": 4}
 RIGHT = {"accuracy": 1, "helpfulness": 2, "relevance": 2, "comprehensiveness": 1}

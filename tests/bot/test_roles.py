@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import ACCOUNTS, PASSWORD
 from gradio_client import Client
 
 from careloop import accounts
-from conftest import ACCOUNTS, PASSWORD
 
 PAGE_OF = {"chat": "chat", "regenerate": "chat", "new_conversation": "chat", "open_conversation": "chat",
            "rate": "chat", "review_next": "review", "review_submit": "review", "review_skip": "review",

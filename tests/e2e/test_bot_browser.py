@@ -4,85 +4,24 @@ tests/artifacts/screenshots/ (the README shows them)."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
-from urllib.parse import urlparse
 
-import pytest
+from e2e_browser import judge_with_keys, only_local, open_review, shot, tabs
+from processes import wait_for
 from sqlalchemy import func, select
 
-from conftest import PASSWORD
 from feedback import review as queue
 from feedback.store import Comparison, Rating
-from processes import wait_for
 from serving.client import ServingClient
 from serving.registry import Registry
 from trainer import runs
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists() or shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is missing: `apt-get install chromium` (`make test` installs it when run "
-                    "as root); the browser tests drive it with Playwright.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def visit(browser, bot_stack):
-    """Open the bot signed in as a user; every request the page makes is recorded."""
-    contexts = []
-
-    def open_as(username: str, password: str = PASSWORD):
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.requests = []
-        page.on("request", lambda request: page.requests.append(request.url))
-        page.goto(bot_stack.url)
-        page.get_by_label("username").fill(username)
-        page.get_by_label("password").fill(password)
-        page.get_by_role("button", name="Login").click()
-        if password == PASSWORD:
-            page.wait_for_selector("#header >> text=signed in as", timeout=30_000)
-        return page
-
-    yield open_as
-    for context in contexts:
-        context.close()
-
-
-def _shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def _tabs(page) -> set[str]:
-    return {name.strip() for name in page.get_by_role("tab").all_inner_texts()}
-
-
-def _only_local(page) -> None:
-    outside = [url for url in page.requests if urlparse(url).hostname not in ("127.0.0.1", "localhost", None)
-               and not url.startswith(("data:", "blob:"))]
-    assert outside == [], f"the page fetched from outside the machine: {outside}"
 
 
 def test_a_wrong_password_is_refused_on_the_login_page(visit):
     page = visit("stu.dent", "not-the-password")
     page.wait_for_selector("text=Incorrect Credentials", timeout=15_000)
     assert page.locator("#header").count() == 0
-    _shot(page, "login")
+    shot(page, "login")
 
 
 def _ratings(stack, comment: str) -> list[Rating]:
@@ -92,7 +31,7 @@ def _ratings(stack, comment: str) -> list[Rating]:
 
 def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page = visit("stu.dent")
-    assert _tabs(page) == {"Chat"}, "a student sees neither review nor admin"
+    assert tabs(page) == {"Chat"}, "a student sees neither review nor admin"
     page.wait_for_selector("#serving-status >> text=Model server up", timeout=15_000)
     page.locator("#chat-input textarea").fill("What is hypertension?")
     page.locator("#chat-send").click()
@@ -129,13 +68,13 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
                            timeout=60_000)
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text()
 
-    _shot(page, "chat")
+    shot(page, "chat")
     page.locator("#chat-input textarea").fill("x" * 4001)
     page.locator("#chat-send").click()
     page.wait_for_selector("text=the limit is 4,000", timeout=15_000)
     assert page.locator("#chat-input textarea").input_value() == "x" * 4001, "the text stays to be shortened"
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text(), "the chat stays on screen"
-    _only_local(page)
+    only_local(page)
 
 
 def test_a_nurse_labels_three_items_with_the_keyboard(visit, bot_stack):
@@ -150,27 +89,19 @@ def test_a_nurse_labels_three_items_with_the_keyboard(visit, bot_stack):
 
     before = stored()
     page = visit("nurse.a")
-    assert _tabs(page) == {"Chat", "Review"}
-    page.get_by_role("tab", name="Review").click()
-    prompt = page.locator("#review-prompt")
-    prompt.get_by_role("heading", name="Question").wait_for(timeout=30_000)
+    assert tabs(page) == {"Chat", "Review"}
+    open_review(page)
     for key in ("1", "2", "3"):
-        shown = prompt.inner_text()
-        page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text field
-        page.keyboard.press(key)
-        assert page.locator("#review-choice input:checked").count() == 1, f"key {key} chose an answer"
-        if key == "1":
-            _shot(page, "review")
-        page.keyboard.press("Enter")
-        page.wait_for_function("(before) => document.querySelector('#review-prompt').innerText !== before", arg=shown,
-                               timeout=30_000)
+        if key == "2":
+            shot(page, "review")
+        judge_with_keys(page, key)
     wait_for(lambda: stored() == before + 3, message="three judgments in the store")
     with bot_stack.sessions() as session:
         choices = list(session.scalars(select(Comparison.choice).where(Comparison.annotator == "nurse.a")
                                        .order_by(Comparison.id.desc()).limit(3)))
     assert "tie" in choices and len(set(choices) - {"a", "b", "tie"}) == 0
     page.locator("#review-figures").get_by_text("3 judged this session").wait_for(timeout=15_000)
-    _only_local(page)
+    only_local(page)
 
 
 def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
@@ -184,7 +115,7 @@ def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
     runs.finish_run(bot_stack.sessions, run_id, status="promoted", step="publish", adapter_version="med-v0002")
 
     page = visit("ad.min")
-    assert _tabs(page) >= {"Chat", "Admin"} and "Review" not in _tabs(page)
+    assert tabs(page) >= {"Chat", "Admin"} and "Review" not in tabs(page)
     page.get_by_role("tab", name="Admin").click()
     page.get_by_role("tab", name="Training runs").click()
     runs_table = page.locator("#runs")
@@ -193,10 +124,10 @@ def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
     page.get_by_role("tab", name="Adapter versions").click()
     page.locator("#versions").get_by_text("live", exact=True).filter(visible=True).first.wait_for(timeout=30_000)
 
-    _shot(page, "admin-versions")
+    shot(page, "admin-versions")
     page.locator("#action-rollback").click()
-    page.locator("#confirm-panel").get_by_text("med-v0001 becomes live again").wait_for(timeout=15_000)
-    _shot(page, "admin")
+    page.locator("#confirm-panel").get_by_text("med-v0001 becomes live again").filter(visible=True).wait_for(timeout=15_000)
+    shot(page, "admin")
     assert registry.live().name == "med-v0002", "nothing happens before the confirmation"
     page.locator("#action-confirm").click()
     page.locator("#admin-message").get_by_text("Rolled back").wait_for(timeout=60_000)
@@ -204,4 +135,4 @@ def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
     answer = client.chat([{"role": "user", "content": "What is hypertension?"}], max_tokens=4)
     assert answer.model == "med-v0001", "students are answered by the restored version"
     client.close()
-    _only_local(page)
+    only_local(page)

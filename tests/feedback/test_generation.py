@@ -10,7 +10,7 @@ from feedback.store import ReviewItem, store_event
 from serving.client import ServingClient
 from serving.registry import open_registry
 
-from .conftest import start_worker, wait_for
+from .conftest import label, start_worker, wait_for
 
 
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
@@ -78,3 +78,21 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
             process.terminate()
             process.wait(30)
     assert os.path.exists(tmp_path / "beat" / "celerybeat-schedule") or any((tmp_path / "beat").glob("celerybeat-schedule*"))
+
+
+def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny_model_dir, settings):
+    from careloop.db import make_engine, session_factory
+    from feedback.generation import FillResult, fill_review_queue
+
+    sessions = session_factory(make_engine(store.database_url))
+    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                       "base_model": str(tiny_model_dir), "review_queue_target": 3,
+                                       "review_gold_fraction": 0.0, "review_max_tokens": 4})
+    client = ServingClient.from_settings(full)
+    assert fill_review_queue(full, sessions, client, 5).seed == 3
+    assert fill_review_queue(full, sessions, client, 5) == FillResult(0, 0, 0, 0)  # three wait: nothing to do
+    first = store.rows(ReviewItem)[0].id
+    label(sessions, first, "nurse.a", "a")
+    label(sessions, first, "nurse.b", "a")  # the first item has its two labels
+    assert fill_review_queue(full, sessions, client, 5).seed == 1
+    client.close()

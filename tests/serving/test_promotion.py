@@ -73,12 +73,16 @@ def test_promote_then_rollback(server, registry):
     assert actions[-3:] == [("adapter.promote", "pr-v0001", "admin"), ("adapter.promote", "pr-v0002", "admin"),
                             ("adapter.rollback", "pr-v0001", "admin")]
 
-    with pytest.raises(RegistryError, match="first live version: nothing to roll back to"):
-        registry.rollback(client, actor="admin")
     with pytest.raises(RegistryError, match="pr-v0002 is rejected"):
         registry.promote("pr-v0002", client, actor="admin")
     registry.retire("pr-v0001", actor="admin")  # retiring the live version: the base model answers
     assert registry.live() is None and client.chat(QUESTION, max_tokens=4).model == BASE
+    registry.promote("pr-v0001", client, actor="admin")  # a retired version may come back
+    # It replaced no version: rolling it back leaves the base model answering.
+    back = registry.rollback(client, actor="admin", reason="back to base")
+    assert (back.live, back.previous) == (BASE, "pr-v0001")
+    assert registry.live() is None and registry.get("pr-v0001").status == Status.REJECTED
+    assert client.chat(QUESTION, max_tokens=4).model == BASE
 
 
 def test_a_broken_adapter_is_never_made_live(server, registry, tmp_path_factory):
@@ -184,7 +188,7 @@ def test_adapters_cli(cli, server, database_url, tiny_model_dir):
             for line in listing.splitlines() if "cli-v" in line}
     assert rows == {"cli-v0001": ["retired", "no"], "cli-v0002": ["live", "yes"]}
     rolled = cli("adapters", "rollback", "--reason", "worse answers", env=env)
-    assert rolled.returncode == 0 and "cli-v0001 is live again" in rolled.stdout
+    assert rolled.returncode == 0 and "cli-v0001 answers again" in rolled.stdout
 
     # Bad input: a clear message and exit 1, never a traceback.
     for args, message in [(("promote", "nope"), "no adapter version named 'nope'"),

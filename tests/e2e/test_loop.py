@@ -1,0 +1,157 @@
+"""The whole loop on the system `careloop up` starts (tiny model, small thresholds), driven through
+the browser: a student asks; beat fills the review queue; nurses label with the keyboard while the
+feedback worker and then Redis are SIGKILLed (`careloop up` restarts them) and nothing is lost or
+doubled; beat trains; the gate promotes; the student's next answer comes from the new version; the
+admin sees the run and its report and rolls back; the base model answers again; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from e2e_browser import ask, judge_with_keys, open_browser, open_review, shot, sign_in
+from processes import careloop_env, wait_for
+from sqlalchemy import func, select
+
+from careloop import db
+from careloop.redis_server import free_port
+from feedback.store import Comparison, ReviewItem
+from serving.registry import AdapterVersion
+from trainer.runs import TrainingRun
+
+PASSWORD = "correct-horse-battery"
+ADMIN_PASSWORD = "admin-horse-battery"
+QUICK = {"sft": {"max_steps": 20, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
+         "dpo": {"max_steps": 40, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
+         "eval": {"max_items": 40, "max_new_tokens": 16}, "auto_promote": True}
+LABELS = 5  # nurse.a 3 (one a tie), nurse.b 2: four preferences, CARELOOP_TRAIN_MIN_NEW_PAIRS
+
+
+@pytest.fixture
+def system(tmp_path, tiny_model_dir):
+    """`careloop up` on fresh ports and a fresh data directory; stopped with SIGINT (Ctrl-C)."""
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(QUICK))
+    home = tmp_path / "home"
+    env = careloop_env(home, base_model=str(tiny_model_dir), redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                       serving_port=str(free_port()), bot_port=str(free_port()), admin_password=ADMIN_PASSWORD,
+                       review_fill_interval_seconds="2", review_batch_size="4", review_labels_needed="1",
+                       review_gold_fraction="0", review_max_tokens="24", review_queue_target="8", train_min_new_pairs="4",
+                       train_check_interval_seconds="2", train_config=str(config), celery_visibility_timeout="10",
+                       promotion_grace_seconds="1")
+    output = tmp_path / "up.out"
+    process = subprocess.Popen([sys.executable, "-m", "careloop", "up"], env=env, stdout=output.open("w"),
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "careloop is up" in output.read_text() or process.poll() is not None, timeout=300,
+                 message="careloop up to say it is up")
+        assert process.poll() is None, output.read_text()[-3000:]
+        line = next(x for x in output.read_text().splitlines() if x.startswith("careloop is up"))
+        url = line.split("open ")[1].split(" ")[0].rstrip("/")
+        sessions = db.sessions_for(f"sqlite:///{home / 'careloop.db'}")
+        yield {"url": url, "env": env, "home": home, "process": process, "output": output, "sessions": sessions}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _cli(system, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "careloop", *args], env={**system["env"], "COLUMNS": "200"},
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def _count(sessions, table, *where) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(table).where(*where))
+
+
+def _child(system, name: str) -> dict:
+    return json.loads((system["home"] / "up.json").read_text())["children"][name]
+
+
+def _kill(system, name: str) -> None:
+    """SIGKILL a child's whole process group (a worker's pool too), as a crash would."""
+    old = _child(system, name)["pid"]
+    os.killpg(old, signal.SIGKILL)
+    wait_for(lambda: _child(system, name)["pid"] != old, timeout=60, message=f"careloop up to restart {name}")
+
+
+def test_the_whole_loop_through_the_browser(system):
+    sessions = system["sessions"]
+    for username, role in (("stu.dent", "student"), ("nurse.a", "nurse"), ("nurse.b", "nurse")):
+        added = _cli(system, "users", "add", username, "--role", role, "--password-stdin", stdin=PASSWORD)
+        assert added.returncode == 0, added.stderr
+    status = _cli(system, "up", "--status")
+    assert status.returncode == 0 and status.stdout.count(" up ") >= 6, status.stdout
+
+    with open_browser() as browser:
+        student = sign_in(browser, system["url"], "stu.dent", PASSWORD)
+        first = ask(student, "What is hypertension?")
+        assert "Answered by careloop-demo-tiny" in first and "demo model" in first
+
+        wait_for(lambda: _count(sessions, ReviewItem) >= LABELS + 1, timeout=120, message="beat to fill the review queue")
+        nurse_a = sign_in(browser, system["url"], "nurse.a", PASSWORD)
+        open_review(nurse_a)
+        judge_with_keys(nurse_a, "1")
+        wait_for(lambda: _count(sessions, Comparison) == 1, message="the first judgment stored")
+        _kill(system, "feedback-worker")
+        judge_with_keys(nurse_a, "1")
+        judge_with_keys(nurse_a, "3")
+        _kill(system, "redis")
+        nurse_b = sign_in(browser, system["url"], "nurse.b", PASSWORD)
+        open_review(nurse_b)
+        judge_with_keys(nurse_b, "1")
+        judge_with_keys(nurse_b, "2")
+        wait_for(lambda: _count(sessions, Comparison) >= LABELS, timeout=120, message="every judgment stored")
+        time.sleep(3)  # anything sent twice would arrive by now
+        assert _count(sessions, Comparison, Comparison.annotator == "nurse.a") == 3
+        assert _count(sessions, Comparison, Comparison.annotator == "nurse.b") == 2
+
+        wait_for(lambda: _count(sessions, TrainingRun, TrainingRun.status != "running") >= 1, timeout=400,
+                 message="beat to start a training run and the run to finish")
+        with sessions() as session:
+            run = session.scalar(select(TrainingRun).order_by(TrainingRun.id))
+            live = session.scalar(select(AdapterVersion).where(AdapterVersion.status == "live"))
+        assert run.status == "promoted", (run.status, run.error, run.decision)
+        assert (run.actor, run.adapter_version) == ("schedule", live.name)
+
+        second = ask(student, "What is asthma?")
+        assert f"Answered by {live.name}" in second, second
+        shot(student, "loop-student")
+
+        admin = sign_in(browser, system["url"], "admin", ADMIN_PASSWORD)
+        admin.get_by_role("tab", name="Admin").click()
+        admin.get_by_role("tab", name="Training runs").click()
+        admin.locator("#runs").get_by_text("promoted").filter(visible=True).first.wait_for(timeout=30_000)
+        admin.get_by_role("tab", name="Adapter versions").click()
+        admin.locator("#version-select input").click()
+        admin.get_by_role("option", name=live.name).click()
+        admin.locator("#version-report").get_by_text("Gate decision").first.wait_for(timeout=30_000)
+        shot(admin, "loop-admin")
+        admin.locator("#action-rollback").click()
+        admin.locator("#action-confirm").filter(visible=True).click()
+        admin.locator("#admin-message").get_by_text("Rolled back").wait_for(timeout=60_000)
+        third = ask(student, "What is anaemia?")
+        assert "Answered by careloop-demo-tiny" in third, "the version before it answers again: the base model"
+
+    restarted = _cli(system, "up", "--status").stdout
+    assert restarted.count(" up ") >= 6, restarted
+    assert _child(system, "feedback-worker")["restarts"] >= 1 and _child(system, "redis")["restarts"] == 1
+    pids = [child["pid"] for child in json.loads((system["home"] / "up.json").read_text())["children"].values()]
+    system["process"].send_signal(signal.SIGINT)
+    assert system["process"].wait(90) == 0, system["output"].read_text()[-2000:]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (system["home"] / "up.json").exists()
+    assert _cli(system, "up", "--status").returncode == 1
