@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     celery_visibility_timeout: int = Field(
         3600, ge=1, description="Seconds before Redis hands a task whose worker died to another worker.")
+    feedback_resend_seconds: float = Field(
+        60.0, gt=0, description="Seconds after publishing before an event the store still lacks is sent again "
+        "(the broker lost it); resends are harmless, storing is idempotent.")
     review_labels_needed: int = Field(2, ge=1, le=10, description="Labels from different annotators each review item needs.")
     review_gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
     review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")

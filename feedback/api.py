@@ -1,9 +1,11 @@
 """What the bot calls to record feedback: validated, sent to the `feedback` queue, never lost.
 
 Each call validates its event (``InvalidFeedback`` names the bad fields, for the UI), gives it a
-client-made UUID and publishes it to Celery. When Redis is unreachable the event goes to a local
-SQLite outbox and the call still returns at once; a background flusher delivers the outbox, in
-order, when the broker is back. Storing is idempotent on the UUID, so a resend never duplicates.
+client-made UUID and writes it to a local SQLite outbox, then returns. A background sender
+publishes the outbox, oldest first, to Celery; while Redis is unreachable events simply wait.
+An event leaves the outbox only when the store has it: a broker that accepted an event and then
+lost it (a crash before its AOF write, a flushed or replaced Redis) gets it again after
+``resend_after`` seconds. Storing is idempotent on the UUID, so a resend never duplicates.
 Importing this module never imports torch.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from feedback.celery_app import producer
 log = get_logger(__name__)
 
 InvalidFeedback = schemas.InvalidFeedback
+CONFIRM_INTERVAL = 2.0  # seconds between checks of the store for sent events
 
 
 class Outbox:
@@ -40,21 +44,39 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "event_id TEXT UNIQUE NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)")
+                         "event_id TEXT UNIQUE NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL, sent_at REAL)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "sent_at" not in columns:  # an outbox written before sends were confirmed
+            self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
 
     def add(self, kind: str, payload: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO outbox (event_id, kind, payload) VALUES (?, ?, ?)",
                              (payload["event_id"], kind, json.dumps(payload)))
 
-    def oldest(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+    def unsent(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
-            rows = self._db.execute("SELECT seq, kind, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute("SELECT seq, kind, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+                                    (limit,)).fetchall()
         return [(seq, kind, json.loads(payload)) for seq, kind, payload in rows]
 
-    def remove_through(self, seq: int) -> None:
+    def mark_sent(self, seqs: list[int], when: float) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+            self._db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", [(when, seq) for seq in seqs])
+
+    def sent_before(self, moment: float) -> list[tuple[int, str, str, float]]:
+        """(seq, kind, event_id, sent_at) of events published before ``moment``."""
+        with self._lock:
+            return self._db.execute("SELECT seq, kind, event_id, sent_at FROM outbox WHERE sent_at < ? ORDER BY seq",
+                                    (moment,)).fetchall()
+
+    def remove(self, seqs: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+
+    def resend(self, seqs: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE outbox SET sent_at = NULL WHERE seq = ?", [(seq,) for seq in seqs])
 
     def __len__(self) -> int:
         with self._lock:
@@ -70,11 +92,15 @@ class FeedbackAPI:
     outbox holds to the `feedback` queue in batches (one task per batch, stored in one
     transaction), oldest first, and keeps retrying while Redis is down."""
 
-    def __init__(self, settings: Settings, flush_interval: float = 1.0, batch_size: int = 200):
+    def __init__(self, settings: Settings, flush_interval: float = 1.0, batch_size: int = 200,
+                 resend_after: float | None = None):
         self.celery = producer(settings)
         self.outbox = Outbox(settings.home / "outbox.db")
+        self.database_url = settings.resolved_database_url
         self.flush_interval = flush_interval
         self.batch_size = batch_size
+        self.resend_after = settings.feedback_resend_seconds if resend_after is None else resend_after
+        self._last_confirm = 0.0
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -108,11 +134,11 @@ class FeedbackAPI:
         return event.event_id
 
     def flush(self) -> int:
-        """Send what waits in the outbox, oldest first, until it is empty or Redis fails.
+        """Send what waits unsent in the outbox, oldest first, until none is left or Redis fails.
         Returns how many events went."""
         sent = 0
         with self._flush_lock:
-            while batch := self.outbox.oldest(self.batch_size):
+            while batch := self.outbox.unsent(self.batch_size):
                 events = [(kind, payload) for _, kind, payload in batch]
                 try:
                     self.celery.send_task("feedback.ingest_batch", args=(events,), queue="feedback", retry=False)
@@ -120,10 +146,30 @@ class FeedbackAPI:
                     log.warning("broker_unreachable_events_wait_in_outbox", waiting=len(self.outbox),
                                 error=exc.__class__.__name__)
                     break
-                # Removed after publishing: a crash in between resends them, and ingest ignores replays.
-                self.outbox.remove_through(batch[-1][0])
+                # Marked after publishing: a crash in between sends them twice, and ingest ignores replays.
+                self.outbox.mark_sent([seq for seq, _, _ in batch], time.time())
                 sent += len(batch)
         return sent
+
+    def confirm(self, now: float | None = None) -> tuple[int, int]:
+        """Drop from the outbox the sent events the store has; mark for resending those sent more
+        than ``resend_after`` seconds ago that it still lacks. Returns (confirmed, resent)."""
+        from careloop.db import sessions_for
+        from feedback.store import stored_event_ids
+
+        now = time.time() if now is None else now
+        pending = self.outbox.sent_before(now)
+        if not pending:
+            return 0, 0
+        stored = stored_event_ids(sessions_for(self.database_url), [(kind, event_id) for _, kind, event_id, _ in pending])
+        confirmed = [seq for seq, _, event_id, _ in pending if event_id in stored]
+        lost = [seq for seq, _, event_id, sent_at in pending
+                if event_id not in stored and now - sent_at > self.resend_after]
+        self.outbox.remove(confirmed)
+        if lost:
+            log.warning("events_not_stored_resending", events=len(lost), after_seconds=self.resend_after)
+            self.outbox.resend(lost)
+        return len(confirmed), len(lost)
 
     def close(self) -> None:
         """Stop the background sender after one last attempt; undelivered events stay in the outbox."""
@@ -138,5 +184,8 @@ class FeedbackAPI:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the sender must outlive any one failure
+                if time.monotonic() - self._last_confirm >= CONFIRM_INTERVAL:
+                    self._last_confirm = time.monotonic()
+                    self.confirm()
+            except Exception:  # noqa: BLE001 - the sender must outlive any one failure (the database may be down)
                 log.exception("outbox_flush_failed")

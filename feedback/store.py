@@ -7,6 +7,7 @@ or a replayed outbox entry finds its row already there and stores nothing twice.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,3 +211,25 @@ def _scrubbed(value: Any) -> Any:
     if isinstance(value, list):
         return [_scrubbed(v) for v in value]
     return value if value is None or isinstance(value, int | float | bool) else repr(value)
+
+
+EVENT_TABLES = {"turn": Message, "rating": Rating, "correction": Correction, "comparison": Comparison}
+
+
+def stored_event_ids(sessions: sessionmaker[Session], events: list[tuple[str, str]]) -> set[str]:
+    """Which of these (kind, event_id) the store holds, as a row or as a dead letter."""
+    wanted: dict[str, list[uuid.UUID]] = {}
+    for kind, event_id in events:
+        if kind in EVENT_TABLES:
+            wanted.setdefault(kind, []).append(uuid.UUID(event_id))
+    found: set[str] = set()
+    with sessions() as session:
+        for kind, ids in wanted.items():
+            table = EVENT_TABLES[kind]
+            for start in range(0, len(ids), 500):
+                found |= {str(x) for x in session.scalars(select(table.event_id).where(
+                    table.event_id.in_(ids[start:start + 500])))}
+        ids = [event_id for _, event_id in events]
+        for start in range(0, len(ids), 500):
+            found |= set(session.scalars(select(DeadLetter.event_id).where(DeadLetter.event_id.in_(ids[start:start + 500]))))
+    return found

@@ -44,7 +44,7 @@ def system(tmp_path, tiny_model_dir):
                        review_fill_interval_seconds="2", review_batch_size="4", review_labels_needed="1",
                        review_gold_fraction="0", review_max_tokens="24", review_queue_target="8", train_min_new_pairs="4",
                        train_check_interval_seconds="2", train_config=str(config), celery_visibility_timeout="10",
-                       promotion_grace_seconds="1")
+                       promotion_grace_seconds="1", feedback_resend_seconds="10")
     output = tmp_path / "up.out"
     process = subprocess.Popen([sys.executable, "-m", "careloop", "up"], env=env, stdout=output.open("w"),
                                stderr=subprocess.STDOUT)
@@ -112,7 +112,7 @@ def test_the_whole_loop_through_the_browser(system):
         open_review(nurse_b)
         judge_with_keys(nurse_b, "1")
         judge_with_keys(nurse_b, "2")
-        wait_for(lambda: _count(sessions, Comparison) >= LABELS, timeout=120, message="every judgment stored")
+        wait_for(lambda: _count(sessions, Comparison) >= LABELS, timeout=180, message="every judgment stored")
         time.sleep(3)  # anything sent twice would arrive by now
         assert _count(sessions, Comparison, Comparison.annotator == "nurse.a") == 3
         assert _count(sessions, Comparison, Comparison.annotator == "nurse.b") == 2

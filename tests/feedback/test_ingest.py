@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 
@@ -103,18 +104,43 @@ def test_events_wait_in_the_outbox_while_redis_is_down_and_arrive_once_in_order(
     started = time.perf_counter()
     waiting = [api.submit_comparison(**comparison(annotator=f"nurse.{i}")) for i in range(2, 7)]
     assert time.perf_counter() - started < 2, "the API must not hang while Redis is down"
-    assert len(api.outbox) == 5
+    assert len(api.outbox.unsent(100)) == 5
     time.sleep(1.5)  # the flusher tries and fails meanwhile; nothing is lost
-    assert len(api.outbox) == 5
+    assert len(api.outbox.unsent(100)) == 5
     restarted = start_local_redis(broker.directory, port=broker.port)  # same data dir and port
     try:
         wait_for(lambda: store.count(tables.Comparison) == 6, timeout=60, message="the outbox delivered")
         assert [c.event_id for c in store.rows(tables.Comparison)] == [first, *waiting]
-        assert len(api.outbox) == 0
+        wait_for(lambda: len(api.outbox) == 0, message="the outbox to see the events stored")
         time.sleep(1)
         assert store.count(tables.Comparison) == 6
     finally:
         restarted.stop()
+
+
+def test_events_a_broker_accepted_and_then_lost_are_sent_again(settings, store, broker, tmp_path):
+    """Redis takes the events, then loses them (killed before it wrote them down, or replaced by an
+    empty one): the outbox still holds them until the store has them, and sends them again."""
+    import redis
+
+    from .conftest import start_worker
+
+    api = FeedbackAPI(settings, flush_interval=0.1, resend_after=1.0)
+    sent = [api.submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up") for _ in range(3)]
+    wait_for(lambda: api.outbox.unsent(10) == [], message="the events published")
+    assert redis.Redis.from_url(broker.url).llen("feedback") >= 1  # in Redis, with no worker to take them
+    broker.stop()
+    shutil.rmtree(broker.directory)  # the broker comes back empty
+    restarted = start_local_redis(broker.directory, port=broker.port)
+    worker = start_worker(tmp_path / "worker", store.database_url, restarted.url)
+    try:
+        wait_for(lambda: store.count(tables.Rating) == 3, timeout=60, message="the lost events sent again")
+        assert sorted(r.event_id for r in store.rows(tables.Rating)) == sorted(sent)
+        wait_for(lambda: len(api.outbox) == 0, message="the outbox to see them stored")
+    finally:
+        worker.stop()
+        restarted.stop()
+        api.close()
 
 
 def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, worker, store, broker):
