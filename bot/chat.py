@@ -110,9 +110,8 @@ class Chat:
             raise UserError(_serving_message(exc)) from None
         conversation.turns.append(reply)
         try:
-            for delta in ([first] if first else []):
-                reply.content += delta.text
-                reply.model = delta.model
+            if first is not None:
+                reply.content, reply.model = first.text, first.model
             reply.demo = self.is_demo()
             yield conversation
             for delta in deltas:

@@ -11,33 +11,21 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from processes import careloop_env, wait_for
-from sqlalchemy import func, select
 
-from careloop import db
 from careloop.redis_server import free_port
 
 PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-horse-battery"
-QUICK = {"sft": {"max_steps": 20, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 40, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
-         "eval": {"max_items": 40, "max_new_tokens": 16}, "auto_promote": True}
-LABELS = 5  # nurse.a 3 (one a tie), nurse.b 2: four preferences, CARELOOP_TRAIN_MIN_NEW_PAIRS
 
 
 @pytest.fixture
 def system(tmp_path, tiny_model_dir):
     """`careloop up` on fresh ports and a fresh data directory; stopped with SIGINT (Ctrl-C)."""
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(QUICK))
     home = tmp_path / "home"
     env = careloop_env(home, base_model=str(tiny_model_dir), redis_url=f"redis://127.0.0.1:{free_port()}/0",
                        serving_port=str(free_port()), bot_port=str(free_port()), admin_password=ADMIN_PASSWORD,
-                       review_fill_interval_seconds="2", review_batch_size="4", review_labels_needed="1",
-                       review_gold_fraction="0", review_max_tokens="24", review_queue_target="8", train_min_new_pairs="4",
-                       train_check_interval_seconds="2", train_config=str(config), celery_visibility_timeout="10",
-                       promotion_grace_seconds="1", feedback_resend_seconds="10")
+                       review_max_tokens="24", review_queue_target="8", celery_visibility_timeout="10")
     output = tmp_path / "up.out"
     process = subprocess.Popen([sys.executable, "-m", "careloop", "up"], env=env, stdout=output.open("w"),
                                stderr=subprocess.STDOUT)
@@ -47,8 +35,7 @@ def system(tmp_path, tiny_model_dir):
         assert process.poll() is None, output.read_text()[-3000:]
         line = next(x for x in output.read_text().splitlines() if x.startswith("careloop is up"))
         url = line.split("open ")[1].split(" ")[0].rstrip("/")
-        sessions = db.sessions_for(f"sqlite:///{home / 'careloop.db'}")
-        yield {"url": url, "env": env, "home": home, "process": process, "output": output, "sessions": sessions}
+        yield {"url": url, "env": env, "home": home, "process": process, "output": output}
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -61,11 +48,6 @@ def system(tmp_path, tiny_model_dir):
 def _cli(system, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "careloop", *args], env={**system["env"], "COLUMNS": "200"},
                           input=stdin, capture_output=True, text=True, timeout=120)
-
-
-def _count(sessions, table, *where) -> int:
-    with sessions() as session:
-        return session.scalar(select(func.count()).select_from(table).where(*where))
 
 
 def _child(system, name: str) -> dict:
