@@ -349,8 +349,10 @@ def build(services: Services) -> gr.Blocks:
                 return [gr.skip()] * (1 + len(review_outputs))
             return [state, *show(viewer, state)]
 
+        # "always_last": a press that lands while the previous submit is finishing runs after it;
+        # Gradio's default ("once") silently drops it, and a fast reviewer's judgment with it.
         submit.click(judge, judged_inputs, [review_state, *review_outputs], api_name="review_submit",
-                     show_progress="hidden")
+                     show_progress="hidden", trigger_mode="always_last")
 
         def pass_item(state: ReviewState | None, request: gr.Request) -> list[Any]:
             viewer = require(request, "review")
@@ -359,7 +361,7 @@ def build(services: Services) -> gr.Blocks:
             return [state, *show(viewer, state)]
 
         skip.click(pass_item, [review_state], [review_state, *review_outputs], api_name="review_skip",
-                   show_progress="hidden")
+                   show_progress="hidden", trigger_mode="always_last")
 
         # ----- admin -----
         def overview(request: gr.Request) -> list[Any]:

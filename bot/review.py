@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.chat import UserError
+from careloop.log import get_logger
 from feedback import review
 from feedback.api import FeedbackAPI, InvalidFeedback
 from feedback.quality import annotator_quality
@@ -25,6 +26,8 @@ from feedback.schemas import SAFETY_CATEGORIES
 
 CHOICES = {"left": "A is better (left)", "right": "B is better (right)", "tie": "tie", "both_bad": "both bad"}
 AXES = ("accuracy", "helpfulness", "relevance", "comprehensiveness")
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Review:
                 seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))
         except InvalidFeedback as exc:
             raise UserError(f"The judgment was not sent: {exc}") from None
+        log.info("judgment_sent", user=viewer.username, item=item.id, event_id=str(event_id))
         state.submitted.append(item.id)
         state.shown = None
         return event_id

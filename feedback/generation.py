@@ -30,7 +30,7 @@ class FillResult:
     student: int
     seed: int
     gold: int
-    skipped: int  # prompts serving refused (e.g. longer than the model's context)
+    skipped: int  # prompts serving refused (e.g. longer than the model's context) or answered with nothing
 
 
 def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], client: ServingClient,
@@ -52,6 +52,11 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
                                    seed=rng.randrange(2**31)) for model in models]
         except ServingRejected as exc:  # e.g. longer than the model's context: skip this one prompt
             log.warning("review_prompt_skipped", reason=str(exc)[:200])
+            made["skipped"] += 1
+            continue
+        if any(not answer.text.strip() for answer in answers):
+            # An empty answer leaves a nurse nothing to judge, and a judgment of it is refused.
+            log.warning("review_pair_skipped", reason="empty answer", models=list(models))
             made["skipped"] += 1
             continue
         kind = "student" if message_id else "seed"

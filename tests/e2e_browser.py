@@ -81,12 +81,18 @@ def open_review(page) -> None:
 
 
 def judge_with_keys(page, key: str) -> None:
-    """Choose with ``key`` (1-4), submit with Enter, and wait for the next item to replace this one."""
-    prompt = page.locator("#review-prompt")
-    shown = prompt.inner_text()
+    """Choose with ``key`` (1-4), submit with Enter, and wait until the page counts the judgment as
+    sent (the figures line) and shows the next item."""
+    judged = page.locator("#review-figures")
+    before = int(judged.inner_text().split(" judged this session")[0].strip())
     page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text field
     page.keyboard.press(key)
     assert page.locator("#review-choice input:checked").count() == 1, f"key {key} chose an answer"
     page.keyboard.press("Enter")
-    page.wait_for_function("(before) => document.querySelector('#review-prompt').innerText !== before", arg=shown,
-                           timeout=30_000)
+    try:
+        page.wait_for_function("(n) => document.querySelector('#review-figures').innerText.startsWith(`${n} judged`)",
+                               arg=before + 1, timeout=30_000)
+    except Exception:
+        shot(page, "judge-failed")
+        warnings = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"judgment {before + 1} was not counted; warnings shown: {warnings}") from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 
 from feedback import schemas
 from feedback.api import FeedbackAPI
+from feedback.generation import fill_review_queue
 from feedback.store import ReviewItem, store_event
 from serving.client import ServingClient
 from serving.registry import open_registry
@@ -96,3 +98,23 @@ def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny
     label(sessions, first, "nurse.b", "a")  # the first item has its two labels
     assert fill_review_queue(full, sessions, client, 5).seed == 1
     client.close()
+
+
+def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_model_dir, settings):
+    """One-token answers are often empty (the model stops at once): a nurse cannot judge those, so
+    they never become review items."""
+    from careloop.db import make_engine, session_factory
+
+    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                       "base_model": str(tiny_model_dir), "review_max_tokens": 2,
+                                       "review_gold_fraction": 0.0})
+    sessions = session_factory(make_engine(store.database_url))
+    client = ServingClient.from_settings(full)
+    try:
+        result = fill_review_queue(full, sessions, client, 12, rng=random.Random(3))
+    finally:
+        client.close()
+    assert result.skipped >= 1, "this seed gives some empty answers: the test must exercise the skip"
+    items = store.rows(ReviewItem)
+    assert len(items) == result.seed + result.student == 12, "other questions were answered instead"
+    assert all(item.response_a.strip() and item.response_b.strip() for item in items)
