@@ -30,9 +30,11 @@ def check() -> dict:
     return {"due": due.due, "reason": due.reason}
 
 
-# Not acks_late: a run killed midway must not be redelivered and restarted by itself; the next
-# check starts a fresh run (the killed one is marked interrupted and never promotes).
-@app.task(name="training.run")
+# Acknowledged when it starts, unlike the app's default (acks_late): a run outlasts Redis's
+# visibility timeout, and an unacknowledged one would be handed out again and trained twice. A run
+# killed midway is not redelivered either; the next check starts a fresh run (the killed one is
+# marked interrupted and never promotes).
+@app.task(name="training.run", acks_late=False, reject_on_worker_lost=False)
 def run(config_path: str | None = None) -> dict:
     from serving.client import ServingClient
     from serving.registry import open_registry

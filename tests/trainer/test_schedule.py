@@ -82,7 +82,10 @@ def test_beat_and_a_worker_train_when_labels_arrive(tmp_path, redis_server, tiny
            "CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url,
            "CARELOOP_REDIS_URL": redis_server.url.replace("/0", "/3"), "CARELOOP_BASE_MODEL": str(tiny_model_dir),
            "CARELOOP_TRAIN_MIN_NEW_PAIRS": "1", "CARELOOP_TRAIN_CHECK_INTERVAL_SECONDS": "2",
-           "CARELOOP_REVIEW_FILL_INTERVAL_SECONDS": "3600", "CARELOOP_TRAIN_CONFIG": str(config)}
+           "CARELOOP_REVIEW_FILL_INTERVAL_SECONDS": "3600", "CARELOOP_TRAIN_CONFIG": str(config),
+           # A run outlasts Redis's visibility timeout (a GPU run outlasts the default hour): it must
+           # still run once, not again when the broker hands the unacknowledged task back.
+           "CARELOOP_CELERY_VISIBILITY_TIMEOUT": "2"}
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("worker", "beat")}
     worker = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", "training"], env=env,
                               stdout=logs["worker"], stderr=subprocess.STDOUT)
@@ -102,8 +105,8 @@ def test_beat_and_a_worker_train_when_labels_arrive(tmp_path, redis_server, tiny
             pytest.fail(f"no finished run in 240 s; worker log:\n{(tmp_path / 'worker.log').read_text()[-3000:]}")
         assert latest[0].status in ("candidate", "rejected") and latest[0].actor == "schedule"
         assert latest[0].adapter_version is not None
-        time.sleep(5)  # later checks find no new labels: no second run
-        assert len(runs.recent_runs(sessions)) == 1
+        time.sleep(8)  # later checks find no new labels, and no redelivered task: no second run
+        assert len(runs.recent_runs(sessions)) == 1, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
         for process in (beat, worker):
             process.terminate()
