@@ -48,7 +48,7 @@ class Admin:
 
     def versions(self) -> pd.DataFrame:
         try:
-            loaded = set(self.client.loaded_adapters())
+            loaded = self.client.loaded_everywhere()
         except ServingUnavailable:
             loaded = set()
         rows = [{"version": v.name, "status": v.status, "loaded": "yes" if v.name in loaded else "",

@@ -485,12 +485,12 @@ def _registry_and_client():
 
 @adapters_app.command("list")
 def adapters_list() -> None:
-    """Every adapter version with its status; `loaded` says whether serving has it in memory."""
+    """Every adapter version with its status; `loaded` says whether serving (every replica) has it in memory."""
     registry, client = _registry_and_client()
     with _serving_errors():
         versions = registry.versions()
     try:
-        loaded = set(client.loaded_adapters())
+        loaded = client.loaded_everywhere()
     except Exception:  # noqa: BLE001 - the list is still useful with serving down
         loaded = None
     table = Table(title=f"adapter versions of {registry.base_model}")
@@ -526,8 +526,9 @@ def adapters_load(
     registry, client = _registry_and_client()
     with _serving_errors():
         version = registry.get(name)
-        client.load_adapter(version.name, version.path)
-    console.print(f"{name}: loaded into serving at {client.url}")
+        for replica in client.replicas():
+            replica.load_adapter(version.name, version.path)
+            console.print(f"{name}: loaded into serving at {replica.url}")
 
 
 @adapters_app.command("promote")

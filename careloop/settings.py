@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         "embedded", description="What answers at CARELOOP_SERVING_URL: the embedded engine "
         "(`careloop serve`), or an external vLLM or TGI server."
     )
+    serving_replicas: str = Field(
+        "", description="Comma-separated base URLs of each serving replica, when CARELOOP_SERVING_URL is a load "
+        "balancer in front of several: promotion loads and smoke-tests a version on every one, and unloads from "
+        "every one. Empty: CARELOOP_SERVING_URL is the only server.")
     serving_host: str = Field("127.0.0.1", description="Address `careloop serve` binds to.")
     serving_port: int = Field(8000, ge=1, le=65535, description="Port `careloop serve` listens on.")
     control_token: str = Field(
@@ -65,6 +69,9 @@ class Settings(BaseSettings):
     feedback_resend_seconds: float = Field(
         60.0, gt=0, description="Seconds after publishing before an event the store still lacks is sent again "
         "(the broker lost it); resends are harmless, storing is idempotent.")
+    outbox_path: Path | None = Field(
+        None, description="SQLite outbox of unsent feedback events; empty: $CARELOOP_HOME/outbox.db. Keep it on "
+        "a local disk: one per bot replica host.")
     review_labels_needed: int = Field(2, ge=1, le=10, description="Labels from different annotators each review item needs.")
     review_gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
     review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")
@@ -134,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'careloop.db').resolve()}"
+
+    @property
+    def serving_replica_urls(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in self.serving_replicas.split(",") if url.strip()]
 
     @property
     def models_dir(self) -> Path:

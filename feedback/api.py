@@ -95,7 +95,7 @@ class FeedbackAPI:
     def __init__(self, settings: Settings, flush_interval: float = 1.0, batch_size: int = 200,
                  resend_after: float | None = None):
         self.celery = producer(settings)
-        self.outbox = Outbox(settings.home / "outbox.db")
+        self.outbox = Outbox(settings.outbox_path or settings.home / "outbox.db")
         self.database_url = settings.resolved_database_url
         self.flush_interval = flush_interval
         self.batch_size = batch_size

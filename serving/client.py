@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -70,12 +70,16 @@ class ServingClient:
 
     ``live_lookup`` returns the live adapter name (None: the base model answers); it is
     called at most every ``cache_seconds`` and its failures fall back to the last answer.
+    ``replicas``: the base URLs of each server behind ``url`` when it is a load balancer; adapter
+    control has to reach every one of them (see ``replicas()``).
     """
 
     def __init__(self, url: str, *, token: str | None = None, backend: str = "embedded",
                  live_lookup: Callable[[], str | None] | None = None, cache_seconds: float = 2.0,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, replicas: Sequence[str] = ()):
         self.url = url.rstrip("/")
+        self._replica_urls = list(replicas)
+        self._replicas: list[ServingClient] | None = None
         self.backend = backend
         self._token = token
         self._timeout = timeout
@@ -110,12 +114,27 @@ class ServingClient:
         base_model = kwargs.pop("base_model", None)
         client = cls(settings.serving_url, token=settings.resolved_control_token(),
                      backend=settings.serving_backend, cache_seconds=settings.live_cache_seconds,
-                     timeout=settings.serving_timeout, **kwargs)
+                     timeout=settings.serving_timeout, replicas=settings.serving_replica_urls, **kwargs)
         client._base_model = base_model
         return client
 
     def close(self) -> None:
         self._http.close()
+        for replica in self._replicas or []:
+            if replica is not self:
+                replica.close()
+
+    def replicas(self) -> list[ServingClient]:
+        """One client per serving replica, for loading, unloading and smoke-testing a version on
+        each; just this client when there is one server."""
+        if self._replicas is None:
+            self._replicas = [ServingClient(url, token=self._token, backend=self.backend, timeout=self._timeout)
+                              for url in self._replica_urls] or [self]
+        return self._replicas
+
+    def loaded_everywhere(self) -> set[str]:
+        """The adapters every serving replica has loaded."""
+        return set.intersection(*(set(replica.loaded_adapters()) for replica in self.replicas()))
 
     # ----- what answers -----
 

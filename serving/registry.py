@@ -225,24 +225,29 @@ class Registry:
     def unload_stale(self, client: ServingClient, grace_seconds: float) -> list[str]:
         """Unload from serving the retired and rejected versions, once ``grace_seconds`` have passed
         since they stopped being live (clients may still hold the old name in their cache)."""
-        loaded = set(client.loaded_adapters())
-        stale = [v for v in self.versions() if v.name in loaded and v.status in (Status.RETIRED, Status.REJECTED)]
+        loaded = {replica: set(replica.loaded_adapters()) for replica in client.replicas()}
+        stale = [v for v in self.versions() if v.status in (Status.RETIRED, Status.REJECTED)
+                 and any(v.name in names for names in loaded.values())]
         unloaded = []
         for version in stale:
             age = (_utcnow() - _aware(version.status_changed_at)).total_seconds()
             if age < grace_seconds:
                 time.sleep(grace_seconds - age)
             if self.get(version.name).status in (Status.RETIRED, Status.REJECTED):  # not re-promoted meanwhile
-                client.unload_adapter(version.name)
+                for replica, names in loaded.items():
+                    if version.name in names:
+                        replica.unload_adapter(version.name)
                 unloaded.append(version.name)
         return unloaded
 
     # ----- helpers -----
 
     def _ensure_serving(self, version: AdapterVersion, client: ServingClient) -> None:
-        if version.name not in client.loaded_adapters():
-            client.load_adapter(version.name, version.path)
-        client.smoke_test(version.name)
+        """Loaded and answering on every serving replica, or an exception before anything changes."""
+        for replica in client.replicas():
+            if version.name not in replica.loaded_adapters():
+                replica.load_adapter(version.name, version.path)
+            replica.smoke_test(version.name)
 
     def _current_live(self, session: Session) -> AdapterVersion | None:
         return session.scalar(select(AdapterVersion).where(

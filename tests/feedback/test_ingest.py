@@ -178,3 +178,28 @@ def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, se
     finally:
         restarted.process.terminate()
         restarted.process.wait(30)
+
+
+def test_events_kept_at_careloop_outbox_path_survive_a_bot_restart(settings, store, broker, tmp_path):
+    """With CARELOOP_OUTBOX_PATH on a local disk (one per bot host), events submitted while Redis is
+    down wait there, not in $CARELOOP_HOME, and a restarted bot sends them."""
+    from .conftest import start_worker
+
+    local = tmp_path / "local-disk" / "outbox.db"
+    own = settings.model_copy(update={"outbox_path": local})
+    broker.stop()
+    api = FeedbackAPI(own, flush_interval=0.2)
+    waiting = api.submit_comparison(**comparison(annotator="nurse.1"))
+    api.close()
+    assert local.exists() and not (settings.home / "outbox.db").exists()
+    restarted = start_local_redis(broker.directory, port=broker.port)
+    worker = start_worker(tmp_path / "worker", store.database_url, broker.url)
+    again = FeedbackAPI(own, flush_interval=0.2)
+    try:
+        wait_for(lambda: store.count(tables.Comparison) == 1, timeout=60, message="the restarted bot sent it")
+        assert [c.event_id for c in store.rows(tables.Comparison)] == [waiting]
+    finally:
+        again.close()
+        worker.process.terminate()
+        worker.process.wait(30)
+        restarted.stop()

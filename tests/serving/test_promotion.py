@@ -11,8 +11,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from conftest import stop_server
+
 from careloop import audit, db
-from serving.client import ServingClient, ServingRejected
+from serving.client import ServingClient, ServingRejected, ServingUnavailable
 from serving.registry import Registry, RegistryError, Status
 
 BASE = "careloop-demo-tiny"
@@ -202,3 +204,33 @@ def test_adapters_cli(cli, server, database_url, tiny_model_dir):
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     down = cli("adapters", "promote", "cli-v0009", env={**env, "CARELOOP_SERVING_URL": "http://127.0.0.1:9"})
     assert down.returncode == 1 and "unreachable" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_with_several_replicas_every_one_loads_answers_and_unloads_the_version(server, server_factory, registry):
+    """CARELOOP_SERVING_REPLICAS: behind a load balancer each replica must have the live version, so
+    promotion loads and smoke-tests it on every one, and nothing flips if one of them cannot."""
+    replica = server_factory()
+    client = _client(server, registry, replicas=[server.url, replica.url])
+    _register(registry, server, "rep-v0001", "med-v0001")
+    _register(registry, server, "rep-v0002", "med-v0002")
+    registry.promote("rep-v0001", client, actor="admin")
+    for each in client.replicas():
+        assert "rep-v0001" in each.loaded_adapters()
+        assert each.chat(QUESTION, model="rep-v0001", max_tokens=4).model == "rep-v0001", each.url
+    assert "rep-v0001" in client.loaded_everywhere()
+
+    stop_server(replica)
+    with pytest.raises(ServingUnavailable, match=replica.url):
+        registry.promote("rep-v0002", client, actor="admin")
+    assert registry.live().name == "rep-v0001", "a replica that cannot load it stops the promotion"
+    assert registry.get("rep-v0002").status == Status.CANDIDATE
+    client.close()
+
+    restarted = server_factory(serving_port=replica.url.rsplit(":", 1)[1])  # a new replica at the same address
+    client = _client(server, registry, replicas=[server.url, restarted.url])
+    registry.promote("rep-v0002", client, actor="admin")
+    assert {each.chat(QUESTION, model=client.resolve_model(), max_tokens=4).model
+            for each in client.replicas()} == {"rep-v0002"}
+    assert registry.unload_stale(client, grace_seconds=0) == ["rep-v0001"]
+    assert all("rep-v0001" not in each.loaded_adapters() for each in client.replicas())
+    client.close()
