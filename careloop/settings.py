@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond the batch; more get 429 + Retry-After.")
     context_length: int = Field(0, ge=0, description="Prompt + completion token limit. 0: the model's own.")
     default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets none.")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body serving "
+                                   "accepts; larger ones get 413 before they are parsed.")
     bot_host: str = Field("127.0.0.1", description="Address `careloop bot` binds to.")
     bot_port: int = Field(7860, ge=1, le=65535, description="Port `careloop bot` listens on.")
     bot_max_message_chars: int = Field(

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careloop.log import get_logger
@@ -98,13 +99,24 @@ async def _result_or_cancel(request: Request, handle: RequestHandle) -> Finished
         watcher.cancel()
 
 
-def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256) -> FastAPI:
+def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256,
+               max_request_bytes: int = 8 * 1024 * 1024) -> FastAPI:
     app = FastAPI(title="careloop serving", version="0.1.0",
                   description="OpenAI- and TGI-compatible API over careloop's embedded engine.")
     metrics = Metrics(engine)
     bearer = HTTPBearer(auto_error=False)
 
+    app.add_middleware(_BodyLimit, limit=max_request_bytes)
     app.add_middleware(_RequestMetrics, metrics=metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (an unparsable body: not UTF-8, nested too deeply; unknown routes)
+        # in the same error shapes as ours.
+        message = {400: "Request body could not be parsed: it must be UTF-8 JSON of sane depth."}.get(
+            exc.status_code, str(exc.detail))
+        return _error_response(request.url.path, exc.status_code, message, "BadRequestError"
+                               if exc.status_code == 400 else "HTTPError")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -308,6 +320,54 @@ def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256
 
 class _Unauthorized(Exception):
     pass
+
+
+class _BodyLimit:
+    """Refuses a request body over ``limit`` bytes with 413 before the app parses any of it.
+    Plain ASGI, like ``_RequestMetrics``."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        if declared.isdigit():  # servers stop reading at the declared length
+            await self.app(scope, receive, send)
+            return
+        # A chunked body declares no length: read it here, up to the limit, then hand it on.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error_response(scope["path"], 413, f"Request body is over {self.limit} bytes.",
+                                   "RequestTooLargeError")
+        await response(scope, receive, send)
 
 
 class _RequestMetrics:
