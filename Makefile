@@ -20,10 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
+# Everything on this machine: migrations, the demo model if needed, Redis if none answers, serving,
+# workers, beat and the bot, supervised until Ctrl-C (careloop/up.py).
 up: install
-	$(CARELOOP) db upgrade
-	$(CARELOOP) model build-demo
-	$(CARELOOP) doctor
+	$(CARELOOP) up
 
 # The browser tests drive Debian's chromium with Playwright (Playwright's own download is not
 # reachable here). As root, install it when missing; otherwise the tests fail saying what to install.
