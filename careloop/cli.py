@@ -127,7 +127,13 @@ def worker(
     unknown = set(queues.split(",")) - set(QUEUES)
     if unknown:
         raise CommandError(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
+    from celery.signals import worker_ready
+
+    from careloop.up import WORKER_READY
+
     settings = get_settings()
+    # Said on stdout whatever the log level: `careloop up` and scripts wait for this line.
+    worker_ready.connect(lambda **_: print(f"{WORKER_READY} ({queues})", flush=True), weak=False)
     configure(settings).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
                                      f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
 

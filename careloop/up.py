@@ -31,6 +31,7 @@ from careloop.settings import Settings
 log = get_logger(__name__)
 
 STATE_FILE = "up.json"
+WORKER_READY = "careloop worker ready"  # `careloop worker` prints it on stdout, whatever the log level
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
@@ -156,9 +157,9 @@ class Supervisor:
             children.append(Child("serving", [*careloop, "serve"], logs / "serving.log", url=f"{serving_url}/health"))
         children += [
             Child("feedback-worker", [*careloop, "worker", "--queues", "feedback,generation"],
-                  logs / "feedback-worker.log", ready_line=" ready."),
+                  logs / "feedback-worker.log", ready_line=WORKER_READY),
             Child("training-worker", [*careloop, "worker", "--queues", "training"], logs / "training-worker.log",
-                  ready_line=" ready."),
+                  ready_line=WORKER_READY),
             Child("beat", [*careloop, "beat"], logs / "beat.log"),
             Child("bot", [*careloop, "bot"], logs / "bot.log",
                   url=f"http://{_client_host(settings.bot_host)}:{settings.bot_port}/"),

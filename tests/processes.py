@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from careloop.up import WORKER_READY
 import pytest
 
 
@@ -47,7 +49,7 @@ def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "f
     log = home / "worker.log"
     process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", queues],
                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_until(process, log, lambda: " ready." in log.read_text(), "careloop worker", 60)
+    _wait_until(process, log, lambda: WORKER_READY in log.read_text(), "careloop worker", 60)
     return Worker(process, log, env)
 
 
