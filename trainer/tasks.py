@@ -26,7 +26,7 @@ def check() -> dict:
     due = is_due(_sessions(), settings.train_min_new_pairs, timedelta(hours=settings.train_max_interval_hours))
     log.info("training_check", due=due.due, reason=due.reason)
     if due.due:
-        run.apply_async(queue="training")
+        run.apply_async(kwargs={"scheduled": True}, queue="training")
     return {"due": due.due, "reason": due.reason}
 
 
@@ -35,7 +35,9 @@ def check() -> dict:
 # killed midway is not redelivered either; the next check starts a fresh run (the killed one is
 # marked interrupted and never promotes).
 @app.task(name="training.run", acks_late=False, reject_on_worker_lost=False)
-def run(config_path: str | None = None) -> dict:
+def run(config_path: str | None = None, scheduled: bool = False) -> dict:
+    """One training run. ``scheduled`` (queued by ``check``): asked again under the lock whether a
+    run is due, so runs queued twice (checks while the training worker was away) train once."""
     from serving.client import ServingClient
     from serving.registry import open_registry
     from trainer.config import TrainConfig
@@ -45,6 +47,12 @@ def run(config_path: str | None = None) -> dict:
     config = TrainConfig.from_yaml(config_path or settings.train_config)
     try:
         with training_lock(settings.redis_url):
+            if scheduled:
+                due = is_due(_sessions(), settings.train_min_new_pairs,
+                             timedelta(hours=settings.train_max_interval_hours))
+                if not due.due:
+                    log.info("training_skipped", reason=due.reason)
+                    return {"status": "skipped", "reason": due.reason}
             client = ServingClient.from_settings(settings) if config.auto_promote else None
             result = run_training(settings, config, _sessions(), open_registry(settings), client, actor="schedule")
     except Busy as exc:

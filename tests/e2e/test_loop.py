@@ -3,12 +3,16 @@ the browser: a student asks; beat fills the review queue; two nurses label with 
 the feedback worker and then Redis are SIGKILLed (`careloop up` restarts them) and nothing is lost
 or stored twice; beat trains; the gate promotes; the student's next answer comes from the new
 version; the admin sees the run and its report and rolls back; the base model answers again;
-`--status` tells what runs; Ctrl-C stops every child."""
+`--status` tells what runs; Ctrl-C stops every child. Along the way: every process listens on
+127.0.0.1 only, the bot SIGKILLed right after the last judgments loses none of them, and no log
+holds a password or what a student wrote."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +95,24 @@ def _kill(system, name: str) -> None:
     wait_for(lambda: _child(system, name)["pid"] != old, timeout=60, message=f"careloop up to restart {name}")
 
 
+def _listening(system) -> list[tuple[str, str]]:
+    """(child, local address) of every TCP socket a process of `careloop up` listens on."""
+    if shutil.which("ss") is None:
+        pytest.fail("`ss` (Debian's iproute2) is needed to list listening sockets: apt-get install iproute2")
+    groups = {child["pid"]: name for name, child in
+              json.loads((system["home"] / "up.json").read_text())["children"].items()}
+    found = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        for pid in re.findall(r"pid=(\d+)", line):
+            try:
+                group = os.getpgid(int(pid))
+            except ProcessLookupError:
+                continue
+            if group in groups:
+                found.append((groups[group], line.split()[3]))
+    return found
+
+
 def test_the_whole_loop_through_the_browser(system):
     sessions = system["sessions"]
     for username, role in (("stu.dent", "student"), ("nurse.a", "nurse"), ("nurse.b", "nurse")):
@@ -98,6 +120,9 @@ def test_the_whole_loop_through_the_browser(system):
         assert added.returncode == 0, added.stderr
     status = _cli(system, "up", "--status")
     assert status.returncode == 0 and status.stdout.count(" up ") >= 6, status.stdout
+    listening = _listening(system)
+    assert {"redis", "serving", "bot"} <= {name for name, _ in listening}, listening
+    assert all(address.startswith("127.0.0.1:") for _, address in listening), f"beyond loopback: {listening}"
 
     with open_browser() as browser:
         student = sign_in(browser, system["url"], "stu.dent", PASSWORD)
@@ -121,6 +146,7 @@ def test_the_whole_loop_through_the_browser(system):
         shot(nurse_b, "loop-review")
         for key in JUDGMENTS["nurse.b"]:
             judge_with_keys(nurse_b, key)
+        _kill(system, "bot")  # the last judgments may still wait in its outbox: they must not be lost
         wait_for(lambda: _count(sessions, Comparison) >= total, timeout=120, message="every judgment stored")
         time.sleep(3)  # anything sent twice would have arrived by now
         for nurse, keys in JUDGMENTS.items():
@@ -135,6 +161,8 @@ def test_the_whole_loop_through_the_browser(system):
         assert run.status == "promoted", (run.status, run.error, run.decision)
         assert (run.actor, run.adapter_version) == ("schedule", live.name)
 
+        wait_for(lambda: _cli(system, "up", "--status").returncode == 0, timeout=120, message="the bot back")
+        student = sign_in(browser, system["url"], "stu.dent", PASSWORD)  # its session died with the bot
         second = ask(student, "What is asthma?")
         assert f"Answered by {live.name}" in second, second
         shot(student, "loop-student")
@@ -157,7 +185,8 @@ def test_the_whole_loop_through_the_browser(system):
 
     restarted = _cli(system, "up", "--status")
     assert restarted.returncode == 0 and restarted.stdout.count(" up ") >= 6, restarted.stdout
-    assert _child(system, "feedback-worker")["restarts"] >= 1 and _child(system, "redis")["restarts"] == 1
+    assert _child(system, "feedback-worker")["restarts"] >= 1
+    assert _child(system, "redis")["restarts"] == 1 and _child(system, "bot")["restarts"] == 1
     pids = [child["pid"] for child in json.loads((system["home"] / "up.json").read_text())["children"].values()]
     system["process"].send_signal(signal.SIGINT)
     assert system["process"].wait(90) == 0, system["output"].read_text()[-2000:]

@@ -57,6 +57,29 @@ def test_one_run_at_a_time_and_a_crashed_holder_releases_the_lock(redis_server):
         pass
 
 
+def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, monkeypatch):
+    """Checks that found training due while the training worker was away each queued a run: the
+    first trains, the ones after it find nothing new and skip without starting a run."""
+    from careloop import db
+    from careloop.settings import get_settings
+    from trainer import tasks
+
+    url = f"sqlite:///{tmp_path / 'careloop.db'}"
+    db.upgrade(url)
+    sessions = db.session_factory(db.make_engine(url))
+    for name, value in {"HOME": str(tmp_path / "home"), "DATABASE_URL": url, "REDIS_URL": redis_server.url,
+                        "TRAIN_MIN_NEW_PAIRS": "1"}.items():
+        monkeypatch.setenv(f"CARELOOP_{name}", value)
+    get_settings.cache_clear()
+    try:
+        first = runs.start_run(sessions, "schedule", {})  # the first queued run, finished
+        runs.update_run(sessions, first, status="candidate", finished_at=datetime.now(UTC))
+        assert tasks.run.run(scheduled=True) == {"status": "skipped", "reason": "0 of 1 new labels"}
+        assert [r.id for r in runs.recent_runs(sessions)] == [first]
+    finally:
+        get_settings.cache_clear()
+
+
 def test_progress_and_eta_come_from_the_last_finished_run(sessions):
     first = runs.start_run(sessions, "t", {})
     runs.update_run(sessions, first, status="candidate", finished_at=datetime.now(UTC),
