@@ -7,7 +7,7 @@ CARELOOP := $(VENV)/bin/careloop
 # build. If .venv already has torch (say a CUDA build of the same release), it is kept.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: up test install browser clean
+.PHONY: up test install system-packages clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,14 +25,16 @@ install: $(VENV)/.installed
 up: install
 	$(CARELOOP) up
 
-# The browser tests drive Debian's chromium with Playwright (Playwright's own download is not
-# reachable here). As root, install it when missing; otherwise the tests fail saying what to install.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; } \
-		|| echo "chromium is missing: run 'sudo apt-get install chromium' for the browser tests"
+# What the tests need from Debian: chromium for the browser tests (Playwright's own download is not
+# reachable here) and `ss` (iproute2) for the listening-socket check. As root, install what is
+# missing; otherwise the tests fail saying what to install.
+system-packages:
+	@command -v chromium >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		chromium fonts-dejavu-core iproute2; } \
+		|| echo "chromium or ss is missing: run 'sudo apt-get install chromium iproute2' for the e2e tests"
 
-test: install browser
+test: install system-packages
 	$(PY) -m pytest
 
 clean:
