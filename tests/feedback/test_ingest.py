@@ -171,10 +171,10 @@ def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, se
     try:
         # The batch the dead worker held comes back after CARELOOP_CELERY_VISIBILITY_TIMEOUT (10 s here).
         wait_for(lambda: store.count(tables.Message) == 2000, timeout=120, message="all 2,000 events")
-        time.sleep(1)
+        # Events leave the outbox once the sender has seen them stored (it checks every 2 s).
+        wait_for(lambda: len(api.outbox) == 0, timeout=30, message="the outbox to see every event stored")
         stored = store.rows(tables.Message)
         assert len(stored) == 2000 and {m.event_id for m in stored} == set(sent)
-        assert len(api.outbox) == 0
     finally:
         restarted.process.terminate()
         restarted.process.wait(30)
