@@ -47,15 +47,12 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
         if made["student"] + made["seed"] >= wanted:
             break
         try:
-            answers = [client.chat([{"role": "user", "content": prompt}], model=model,
-                                   max_tokens=settings.review_max_tokens, temperature=0.8,
-                                   seed=rng.randrange(2**31)) for model in models]
+            answers = _answer_pair(settings, client, prompt, models, rng)
         except ServingRejected as exc:  # e.g. longer than the model's context: skip this one prompt
             log.warning("review_prompt_skipped", reason=str(exc)[:200])
             made["skipped"] += 1
             continue
-        if any(not answer.text.strip() for answer in answers):
-            # An empty answer leaves a nurse nothing to judge, and a judgment of it is refused.
+        if answers is None:
             log.warning("review_pair_skipped", reason="empty answer", models=list(models))
             made["skipped"] += 1
             continue
@@ -73,6 +70,23 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
                         gold_choice="a" if chosen_first else "b")
         made["gold"] += 1
     return FillResult(**made)
+
+
+def _answer_pair(settings: Settings, client: ServingClient, prompt: str, models: tuple[str, str],
+                 rng: random.Random, attempts: int = 3) -> list | None:
+    """One sampled answer from each model. An empty one leaves a nurse nothing to judge (and a
+    judgment of it is refused), so it is asked again with another seed; None if it stays empty."""
+    answers = []
+    for model in models:
+        for _ in range(attempts):
+            answer = client.chat([{"role": "user", "content": prompt}], model=model,
+                                 max_tokens=settings.review_max_tokens, temperature=0.8, seed=rng.randrange(2**31))
+            if answer.text.strip():
+                answers.append(answer)
+                break
+        else:
+            return None
+    return answers
 
 
 def _models_to_compare(settings: Settings, client: ServingClient) -> tuple[str, str]:

