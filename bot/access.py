@@ -1,4 +1,5 @@
-"""Who may open which page, checked on the server for every call, and rate-limited logins.
+"""Who may open which page, checked on the server for every call; rate-limited logins; sessions
+that end.
 
 Hiding a tab is only a courtesy: every handler asks ``Access.require`` first, which reads the
 account from the database each time, so a role change or a disabled account takes effect on the
@@ -70,7 +71,8 @@ class Access:
     def viewer(self, username: str | None) -> Viewer:
         """The signed-in account as it is now in the database."""
         if not username:
-            raise Refused("Please sign in.")
+            raise Refused("You are signed out (you signed out, or the session ended). "
+                          "Reload the page to sign in again.")
         with self._sessions() as session:
             user = session.scalar(select(User).where(User.username == username))
         if user is None or user.disabled:
@@ -83,3 +85,52 @@ class Access:
             log.warning("access_refused", user=viewer.username, role=viewer.role, page=page)
             raise Refused(f"Your role ({viewer.role}) cannot use the {page} page.")
         return viewer
+
+
+class SessionTokens(dict):
+    """Gradio's map of session cookie to username (``App.tokens``), with sessions that end: after
+    ``idle_seconds`` without a request, or ``max_seconds`` after signing in, whichever comes first.
+    Gradio resolves the user of every request (page, API call, file) with ``tokens.get``, so an
+    ended session is refused everywhere at once, and a shared ward computer left signed in does
+    not stay so."""
+
+    def __init__(self, idle_seconds: float, max_seconds: float, signed_in: dict[str, str] | None = None):
+        super().__init__()
+        self._idle, self._max = idle_seconds, max_seconds
+        self._times: dict[str, tuple[float, float]] = {}  # token -> (signed in, last request)
+        self._lock = threading.Lock()
+        for token, username in (signed_in or {}).items():
+            self[token] = username
+
+    def __setitem__(self, token: str, username: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            super().__setitem__(token, username)
+            self._times[token] = (now, now)
+
+    def __delitem__(self, token: str) -> None:
+        with self._lock:  # Gradio's logout may delete a token that just ended
+            self.pop(token, None)
+            self._times.pop(token, None)
+
+    def get(self, token: object, default: str | None = None) -> str | None:
+        with self._lock:
+            return super().get(token) if self._active(token) else default
+
+    def __contains__(self, token: object) -> bool:
+        with self._lock:
+            return self._active(token)
+
+    def _active(self, token: object) -> bool:
+        """Whether ``token`` is a session that has not ended; counts this request as activity."""
+        if token not in self._times:
+            return False
+        started, seen = self._times[token]
+        now = time.monotonic()
+        if now - seen > self._idle or now - started > self._max:
+            username = self.pop(token, None)
+            del self._times[token]
+            log.info("session_ended", user=username, idle=now - seen > self._idle)
+            return False
+        self._times[token] = (started, now)
+        return True

@@ -12,15 +12,20 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from bot.access import PAGES, Access, Refused, Viewer  # noqa: E402
+from bot.access import PAGES, Access, Refused, SessionTokens, Viewer  # noqa: E402
 from bot.admin import Admin  # noqa: E402
 from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation, UserError  # noqa: E402
+from bot.headers import security_middleware  # noqa: E402
 from bot.review import AXES, Review, ReviewState  # noqa: E402
 from bot.safety import EDUCATIONAL_NOTICE, URGENT_CARE  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
@@ -57,12 +62,36 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
+# Gradio answers a call from a page whose session has ended (signed out elsewhere, idle, too old)
+# with 401 and shows only "Error"; say what happened and how to go on instead.
+SESSION_ENDED = """
+<script>
+const careloopFetch = window.fetch;
+window.fetch = async (...args) => {
+  const response = await careloopFetch(...args);
+  const url = String((args[0] && args[0].url) || args[0]);
+  if (response.status === 401 && url.includes("/gradio_api/") && document.getElementById("header") &&
+      !document.getElementById("session-ended")) {
+    const note = document.createElement("div");
+    note.id = "session-ended";
+    note.setAttribute("role", "alert");
+    note.innerHTML = "<strong>Your session has ended</strong> (you signed out, or it was idle or open too " +
+      "long). What you just sent was not saved. <a href='/'>Sign in again</a>";
+    document.body.prepend(note);
+  }
+  return response;
+};
+</script>
+"""
 CSS = """
+#session-ended { position: fixed; top: 0; left: 0; right: 0; z-index: 1000; padding: 12px 24px;
+  background: #fde8e8; color: #7a1010; border-bottom: 2px solid #c0392b; font-size: 1.05em; }
 #review-left, #review-right { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
 .careloop-notice { font-size: 0.9em; }
 """
 SCORE_CHOICES = [1, 2, 3, 4, 5]
 DEFAULT_SCORE = 3
+HANDOUT_SECONDS = 600  # a handed-out copy is removed after this
 
 
 @dataclass
@@ -87,6 +116,22 @@ def open_services(settings: Settings) -> Services:
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
                     Chat(client, feedback, sessions, settings.bot_max_message_chars),
                     Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback)
+
+
+def handout(path: str | None) -> str | None:
+    """A copy of ``path`` for Gradio to serve. Gradio serves every file under ``allowed_paths`` to
+    anyone signed in, students included, so careloop's home (exports, run snapshots holding
+    clinicians' corrections) is never one: a handler hands out a copy from the system temp dir,
+    which Gradio moves into its cache under a name no one can guess."""
+    if path is None:
+        return None
+    handouts = Path(tempfile.gettempdir()) / "careloop-handout"
+    for old in handouts.glob("*"):  # Gradio has long since cached them
+        if time.time() - old.stat().st_mtime > HANDOUT_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = handouts / uuid.uuid4().hex
+    folder.mkdir(parents=True, mode=0o700)
+    return shutil.copy(path, folder)
 
 
 def build(services: Services) -> gr.Blocks:
@@ -385,7 +430,7 @@ def build(services: Services) -> gr.Blocks:
             except UserError as exc:
                 gr.Warning(str(exc))
                 return gr.skip(), gr.skip()
-            return text, gr.Image(value=figure, visible=figure is not None)
+            return text, gr.Image(value=handout(figure), visible=figure is not None)
 
         version.change(show_report, [version], [report, report_figure], api_name="admin_report")
 
@@ -430,13 +475,19 @@ def build(services: Services) -> gr.Blocks:
         def export(kind: str, fmt: str, request: gr.Request) -> str:
             viewer = require(request, "admin")
             try:
-                return admin.export(viewer, kind, fmt)
+                return handout(admin.export(viewer, kind, fmt))
             except UserError as exc:
                 gr.Warning(str(exc))
                 return gr.skip()
 
         export_button.click(export, [export_kind, export_format], [export_file], api_name="admin_export")
     return app
+
+
+def server_options() -> dict[str, Any]:
+    """FastAPI options of the bot's server: security headers, and no schema of every route for
+    anyone to read (FastAPI serves /openapi.json and /docs by default, without sign-in)."""
+    return {"middleware": security_middleware(), "openapi_url": None, "docs_url": None, "redoc_url": None}
 
 
 def main(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
@@ -452,8 +503,12 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
         app.launch(server_name=host, server_port=port, auth=services.access.login,
                    auth_message="careloop: sign in with the account your administrator gave you. "
                    "For medical education only; not medical advice.",
-                   allowed_paths=[str(settings.home / "exports"), str(settings.home / "runs")],
-                   head=KEYBOARD, css=CSS, show_error=False, quiet=True, ssr_mode=False, pwa=False,
-                   mcp_server=False, enable_monitoring=False, footer_links=[])
+                   head=KEYBOARD + SESSION_ENDED, css=CSS, show_error=False, quiet=True, ssr_mode=False, pwa=False,
+                   mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
+                   app_kwargs=server_options())
+        server = app.server_app
+        server.tokens = SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds,
+                                      signed_in=server.tokens)
+        app.block_thread()
     finally:
         services.close()

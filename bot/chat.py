@@ -18,7 +18,7 @@ from bot.access import Viewer
 from bot.safety import answer_footer, urgent_notice
 from careloop.log import get_logger
 from feedback import history
-from feedback.api import FeedbackAPI, InvalidFeedback
+from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
 
 log = get_logger(__name__)
@@ -138,13 +138,19 @@ class Chat:
         if not 0 <= index < len(conversation.turns) or conversation.turns[index].role != "assistant":
             raise UserError("Choose an answer to rate (the thumbs under an answer).")
         turn = conversation.turns[index]
-        if not turn.logged:
+        if not turn.done:
             raise UserError("This answer is still being written; rate it when it has finished.")
+        if not turn.content:
+            raise UserError("The model gave no answer here, so there is nothing to rate; press Regenerate to ask "
+                            "again.")
+        if not turn.logged:
+            raise UserError("This answer was not recorded (the server could not write to its disk), so it "
+                            "cannot be rated.")
         try:
             return self.feedback.submit_rating(event_id=event_id or uuid.uuid4(), message_id=turn.event_id,
                                                user=viewer.username, thumbs=thumbs, reason=reason or "",
                                                comment=(comment or "").strip())
-        except InvalidFeedback as exc:
+        except (InvalidFeedback, FeedbackUnavailable) as exc:
             raise UserError(f"The rating was not sent: {exc}") from None
 
     def conversations(self, viewer: Viewer) -> list[tuple[str, str]]:
@@ -184,13 +190,16 @@ class Chat:
     def _log(self, viewer: Viewer, conversation: Conversation, question: Turn, reply: Turn, seconds: float) -> None:
         if not reply.content:
             return
-        if not question.logged:
-            self.feedback.log_turn(event_id=question.event_id, conversation_id=conversation.id,
-                                   user=viewer.username, role="user", content=question.content)
-            question.logged = True
-        self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
-                               role="assistant", content=reply.content, adapter_version=reply.model,
-                               demo_model=reply.demo, latency_ms=int(seconds * 1000))
+        try:
+            if not question.logged:
+                self.feedback.log_turn(event_id=question.event_id, conversation_id=conversation.id,
+                                       user=viewer.username, role="user", content=question.content)
+                question.logged = True
+            self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
+                                   role="assistant", content=reply.content, adapter_version=reply.model,
+                                   demo_model=reply.demo, latency_ms=int(seconds * 1000))
+        except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
+            return
         reply.logged = True
 
 

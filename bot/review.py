@@ -20,7 +20,7 @@ from bot.access import Viewer
 from bot.chat import UserError
 from careloop.log import get_logger
 from feedback import review
-from feedback.api import FeedbackAPI, InvalidFeedback
+from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
 from feedback.quality import annotator_quality
 from feedback.schemas import SAFETY_CATEGORIES
 
@@ -99,7 +99,7 @@ class Review:
                 scores_b=scores_b, safety_flag=bool(safety_flag), safety_category=safety_category or None,
                 corrected_answer=(corrected or "").strip() or None,
                 seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))
-        except InvalidFeedback as exc:
+        except (InvalidFeedback, FeedbackUnavailable) as exc:
             raise UserError(f"The judgment was not sent: {exc}") from None
         log.info("judgment_sent", user=viewer.username, item=item.id, event_id=str(event_id))
         state.submitted.append(item.id)

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     bot_login_attempts: int = Field(
         5, ge=1, description="Failed logins per username before it is locked for CARELOOP_BOT_LOGIN_LOCKOUT_SECONDS.")
     bot_login_lockout_seconds: float = Field(300, gt=0, description="How long a username stays locked after too many failed logins.")
+    bot_session_idle_seconds: float = Field(
+        1800, gt=0, description="A bot session ends after this long without a request; the user signs in again.")
+    bot_session_max_seconds: float = Field(
+        43200, gt=0, description="A bot session ends this long after signing in, however active.")
     admin_password: str = Field(
         "", description="Password of the `admin` account `careloop up` creates when there is no admin. "
         "Empty: a generated one, printed once.")

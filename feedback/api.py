@@ -32,6 +32,11 @@ InvalidFeedback = schemas.InvalidFeedback
 CONFIRM_INTERVAL = 2.0  # seconds between checks of the store for sent events
 
 
+class FeedbackUnavailable(Exception):
+    """The event could not be written to the outbox (its disk is full or unwritable), so it was not
+    accepted; the message is fit to show, and the caller keeps what the user entered."""
+
+
 class Outbox:
     """Events on their way to the broker, in a local SQLite file (WAL: a submit costs well under a
     millisecond and survives a crash of the process), oldest first."""
@@ -129,7 +134,14 @@ class FeedbackAPI:
 
     def _submit(self, kind: str, fields: dict[str, Any]) -> uuid.UUID:
         event = schemas.parse_event(kind, fields)
-        self.outbox.add(kind, event.model_dump(mode="json"))
+        try:
+            self.outbox.add(kind, event.model_dump(mode="json"))
+        except sqlite3.Error as exc:  # SQLITE_FULL, a read-only or vanished disk: refused, never half-kept
+            log.error("outbox_write_failed", kind=kind, path=str(self.outbox.path), error=str(exc))
+            raise FeedbackUnavailable(
+                "It could not be saved: this server cannot write to its disk right now (it may be full). "
+                "Nothing was recorded; keep your work on the page and try again in a minute, and tell your "
+                "administrator if it persists.") from None
         self._wake.set()
         return event.event_id
 

@@ -314,3 +314,45 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     worker.stop()
     stop_server(server)
     redis.stop()
+
+
+SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
+
+
+@pytest.fixture(scope="session")
+def short_sessions_bot(bot_stack, tmp_path_factory):
+    """A second `careloop bot` on the same system whose sessions end after seconds, not hours."""
+    from careloop.redis_server import free_port
+    from processes import start_bot
+
+    bot = start_bot(tmp_path_factory.mktemp("short-sessions"), free_port(), database_url=bot_stack.database_url,
+                    redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
+                    base_model=str(bot_stack.model_dir), bot_session_idle_seconds=str(SHORT_SESSION_IDLE),
+                    bot_session_max_seconds=str(SHORT_SESSION_MAX))
+    yield bot
+    bot.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test: a disk that really fills up (ENOSPC), not a simulation."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"The disk-full tests mount a small tmpfs and need root with mount rights: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a file in ``directory`` until its filesystem is full; returns it (delete it to make room)."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler

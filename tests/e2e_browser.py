@@ -3,6 +3,7 @@ the steps more than one browser test takes."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CSP_BLOCKED = re.compile(r"Loading the \w+ '([^']+)' violates the following Content Security Policy.*blocked")
 SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 
 
@@ -33,11 +35,16 @@ def open_browser() -> Iterator[object]:
 
 
 def sign_in(browser, url: str, username: str, password: str, wait: bool = True):
-    """A new page signed in as ``username``; ``page.requests`` records every URL it fetches."""
+    """A new page signed in as ``username``; ``page.requests`` records every URL it fetches and
+    ``page.console`` every console message, ``page.blocked`` every request the browser refused."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.requests = []
     page.on("request", lambda request: page.requests.append(request.url))
+    page.console = []
+    page.on("console", lambda message: page.console.append(message.text))
+    page.blocked = []  # what the page's Content-Security-Policy stopped before it left (Chromium says so)
+    page.on("console", lambda message: page.blocked.extend(CSP_BLOCKED.findall(message.text)))
     page.goto(url)
     page.get_by_label("username").fill(username)
     page.get_by_label("password").fill(password)
@@ -58,7 +65,7 @@ def tabs(page) -> set[str]:
 
 def only_local(page) -> None:
     outside = [url for url in page.requests if urlparse(url).hostname not in ("127.0.0.1", "localhost", None)
-               and not url.startswith(("data:", "blob:"))]
+               and not url.startswith(("data:", "blob:")) and url not in page.blocked]
     assert outside == [], f"the page fetched from outside the machine: {outside}"
 
 

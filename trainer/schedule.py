@@ -36,20 +36,42 @@ class Due:
     new_pairs: int
 
 
-def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: timedelta) -> Due:
+def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: timedelta,
+           lock_held: bool = True) -> Due:
+    """Whether to train now. ``lock_held``: whether the training lock is taken. A run of the training
+    worker (actor "schedule", which holds the lock) still marked running while the lock is free was
+    killed with its worker, its lock lapsed: it blocks nothing, and the labels it never learned from
+    count again. A run started by hand (`careloop train`, no lock) blocks until it ends."""
     with sessions() as session:
         last = session.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
-        since = _aware(last.started_at) if last else datetime.min.replace(tzinfo=UTC)
+        killed = last is not None and last.status == "running" and last.actor == "schedule" and not lock_held
+        if last is not None and last.status == "running" and not killed:
+            return Due(False, f"run {last.id} is still running", 0)
+        counted_from = last
+        if killed:  # count from the last run that finished (or from the start)
+            counted_from = session.scalar(select(TrainingRun).where(
+                TrainingRun.status.not_in(("running", "interrupted"))).order_by(TrainingRun.id.desc()).limit(1))
+        since = _aware(counted_from.started_at) if counted_from else datetime.min.replace(tzinfo=UTC)
         new_pairs = (session.scalar(select(func.count()).select_from(Comparison).where(
             Comparison.created_at >= since, Comparison.choice.in_(("a", "b"))))
             + session.scalar(select(func.count()).select_from(Correction).where(Correction.created_at >= since)))
-    if last is not None and last.status == "running":
-        return Due(False, f"run {last.id} is still running", new_pairs)
+    stopped = f" (run {last.id} stopped with its worker)" if killed else ""
     if new_pairs >= min_new_pairs:
-        return Due(True, f"{new_pairs} new accepted labels (threshold {min_new_pairs})", new_pairs)
-    if last is not None and datetime.now(UTC) - since >= max_interval:
-        return Due(True, f"{max_interval} since run {last.id}", new_pairs)
-    return Due(False, f"{new_pairs} of {min_new_pairs} new labels", new_pairs)
+        return Due(True, f"{new_pairs} new accepted labels (threshold {min_new_pairs}){stopped}", new_pairs)
+    if counted_from is not None and datetime.now(UTC) - since >= max_interval:
+        return Due(True, f"{max_interval} since run {counted_from.id}{stopped}", new_pairs)
+    return Due(False, f"{new_pairs} of {min_new_pairs} new labels{stopped}", new_pairs)
+
+
+def lock_held(redis_url: str) -> bool:
+    """Whether a training run holds the lock now."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return bool(client.exists(LOCK_NAME))
+    finally:
+        client.close()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from careloop.db import sessions_for
 from careloop.log import get_logger
 from careloop.settings import get_settings
 from feedback.celery_app import app
-from trainer.schedule import Busy, is_due, training_lock
+from trainer.schedule import Busy, is_due, lock_held, training_lock
 
 log = get_logger(__name__)
 
@@ -23,7 +23,8 @@ def _sessions() -> sessionmaker[Session]:
 def check() -> dict:
     """Enqueue a training run when enough new labels arrived or the interval passed."""
     settings = get_settings()
-    due = is_due(_sessions(), settings.train_min_new_pairs, timedelta(hours=settings.train_max_interval_hours))
+    due = is_due(_sessions(), settings.train_min_new_pairs, timedelta(hours=settings.train_max_interval_hours),
+                 lock_held=lock_held(settings.redis_url))
     log.info("training_check", due=due.due, reason=due.reason)
     if due.due:
         run.apply_async(kwargs={"scheduled": True}, queue="training")
@@ -32,8 +33,8 @@ def check() -> dict:
 
 # Acknowledged when it starts, unlike the app's default (acks_late): a run outlasts Redis's
 # visibility timeout, and an unacknowledged one would be handed out again and trained twice. A run
-# killed midway is not redelivered either; the next check starts a fresh run (the killed one is
-# marked interrupted and never promotes).
+# killed midway is not redelivered either; once its lock lapses the next check starts a fresh run
+# (the killed one is marked interrupted and never promotes).
 @app.task(name="training.run", acks_late=False, reject_on_worker_lost=False)
 def run(config_path: str | None = None, scheduled: bool = False) -> dict:
     """One training run. ``scheduled`` (queued by ``check``): asked again under the lock whether a
@@ -48,8 +49,8 @@ def run(config_path: str | None = None, scheduled: bool = False) -> dict:
     try:
         with training_lock(settings.redis_url):
             if scheduled:
-                due = is_due(_sessions(), settings.train_min_new_pairs,
-                             timedelta(hours=settings.train_max_interval_hours))
+                due = is_due(_sessions(), settings.train_min_new_pairs,  # the lock is ours: no run is alive
+                             timedelta(hours=settings.train_max_interval_hours), lock_held=False)
                 if not due.due:
                     log.info("training_skipped", reason=due.reason)
                     return {"status": "skipped", "reason": due.reason}

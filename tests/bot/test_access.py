@@ -53,7 +53,7 @@ def test_each_role_may_open_its_pages_only(access, username, pages):
 
 
 def test_no_or_a_vanished_account_is_refused(access, sessions):
-    with pytest.raises(Refused, match="Please sign in"):
+    with pytest.raises(Refused, match="You are signed out"):
         access.require(None, "chat")
     with pytest.raises(Refused, match="disabled or no longer exists"):
         access.require("ghost", "chat")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import fill_disk
 from processes import wait_for
 from sqlalchemy import select
 
@@ -118,3 +119,27 @@ def test_skip_and_the_reviewers_own_figures(bot_stack, page):
     assert f"{skipped_before + 1} skipped" in figures
     assert "gold score: no gold items yet" in figures
     assert set(AXES) == set(LEFT)
+
+
+def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_page(bot_stack, small_disk):
+    feedback = FeedbackAPI(bot_stack.settings(home=small_disk.parent / "bot", outbox_path=small_disk / "outbox.db"),
+                           flush_interval=0.1)
+    page = Review(feedback, bot_stack.sessions, random.Random(3))
+    try:
+        viewer = Viewer("nurse.full", "nurse")
+        _items(bot_stack, 1, "full disk", "nurse.full")
+        state = ReviewState()
+        shown = page.next(viewer, state)
+        filler = fill_disk(small_disk)
+        with pytest.raises(UserError, match="The judgment was not sent: .*disk.*Nothing was recorded"):
+            for _ in range(2000):  # SQLite may fit a few more rows in pages it already has
+                page.submit(viewer, state, "left", LEFT, RIGHT)
+                state.shown = shown
+        assert state.shown is shown, "the judgment stays on the page to submit again"
+        filler.unlink()
+        page.submit(viewer, state, "left", LEFT, RIGHT)
+        wait_for(lambda: _stored(bot_stack, "nurse.full"), message="the judgment stored")
+        feedback.flush()
+        assert len(_stored(bot_stack, "nurse.full")) == 1
+    finally:
+        feedback.close()

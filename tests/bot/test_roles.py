@@ -4,6 +4,9 @@ protection; the refusal is."""
 
 from __future__ import annotations
 
+import re
+import zipfile
+
 import httpx
 import pytest
 from conftest import ACCOUNTS, PASSWORD
@@ -77,3 +80,76 @@ def test_repeated_wrong_passwords_lock_the_username(bot_stack):
     with pytest.raises(ValueError, match="Could not login"):  # the right password, too late
         _client(bot_stack, "locked.out")
     _client(bot_stack, "stu.dent")  # other accounts are not affected
+
+
+def test_no_role_can_fetch_careloop_files_by_path_but_an_admin_export_downloads(bot_stack):
+    """Gradio serves any file under ``allowed_paths`` to anyone signed in; the bot allows none of its
+    home (run snapshots hold clinicians' corrections, exports hold every judgment)."""
+    home = bot_stack.bot.log.parent
+    secrets = [home / "runs" / "1" / "report.md", home / "exports" / "20260101T000000000000-dpo.zip"]
+    for path in secrets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("clinician corrections")
+    for username in ACCOUNTS:
+        browser = httpx.Client(base_url=bot_stack.url, timeout=10)
+        assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+        for path in secrets:
+            for route in (f"/gradio_api/file={path}", f"/file={path}"):
+                response = browser.get(route)
+                assert response.status_code in (403, 404), f"{username} GET {route}: {response.status_code}"
+                assert "clinician corrections" not in response.text
+    archive = _client(bot_stack, "ad.min").predict("dpo", "jsonl", api_name="/admin_export")
+    with zipfile.ZipFile(archive) as zipped:
+        assert "manifest.json" in zipped.namelist()
+
+
+# Routes Gradio answers without sign-in, and what they give: the sign-in page and its assets, and
+# who is signed in (nobody). Everything else must refuse an anonymous caller.
+PUBLIC = {"/", "/favicon.ico", "/theme.css", "/robots.txt", "/manifest.json", "/gradio_api/theme.css",
+          "/gradio_api/runs", "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id",
+          "/gradio_api/startup-events"}
+REFUSED = {302, 401, 403, 404, 405, 422}  # 404 / 422: refused before the path or body made sense
+
+
+def _routes(stack) -> list[tuple[str, str]]:
+    """(method, path) of every HTTP route of the bot's server, built the way `careloop bot` builds it."""
+    from gradio.routes import App
+
+    from bot.app import build, open_services, server_options
+
+    services = open_services(stack.settings())
+    try:
+        app = App.create_app(build(services), app_kwargs=server_options())
+    finally:
+        services.close()
+    found = []
+    for route in app.routes:
+        # Gradio mounts its API as an included router; its routes are listed by their effective paths.
+        inner = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") else [route]
+        found += [(method, r.path) for r in inner for method in getattr(r, "methods", None) or {"GET"}]
+    return sorted(set(found))
+
+
+def test_every_http_route_refuses_anonymous_callers_but_the_sign_in_page(bot_stack):
+    routes = _routes(bot_stack)
+    assert len(routes) > 50 and ("POST", "/gradio_api/queue/join") in routes, "the route list looks incomplete"
+    with httpx.Client(base_url=bot_stack.url, timeout=5) as anonymous:
+        for method, path in routes:
+            if path == "/gradio_api/heartbeat/{session_hash}":
+                continue  # holds an event stream open; it carries nothing but "ALIVE"
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            response = anonymous.request(method, concrete, json={} if method == "POST" else None)
+            assert response.status_code < 500, f"{method} {path}: {response.status_code} {response.text[:200]}"
+            if path.rstrip("/") in PUBLIC or path == "/":
+                continue
+            assert response.status_code in REFUSED, f"anonymous {method} {path}: {response.status_code}"
+    # FastAPI's own schema and docs pages are switched off (they listed every route to anyone).
+    assert {httpx.get(f"{bot_stack.url}{path}", timeout=5).status_code for path in ("/openapi.json", "/docs")} == {404}
+
+
+def test_security_headers_on_every_page(bot_stack):
+    for path in ("/", "/config", "/gradio_api/info"):
+        headers = httpx.get(f"{bot_stack.url}{path}", timeout=5).headers
+        assert "img-src 'self' data: blob:" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"

@@ -15,7 +15,7 @@ import yaml
 from feedback import schemas
 from feedback.store import store_event
 from trainer import runs
-from trainer.schedule import Busy, is_due, progress, training_lock
+from trainer.schedule import Busy, is_due, lock_held, progress, training_lock
 
 SCORES = {"accuracy": 3, "helpfulness": 3, "relevance": 3, "comprehensiveness": 3}
 
@@ -50,11 +50,30 @@ def test_one_run_at_a_time_and_a_crashed_holder_releases_the_lock(redis_server):
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(Busy), training_lock(redis_server.url):
         pass
+    assert lock_held(redis_server.url)
     holder.kill()  # SIGKILL: no release; the lock must lapse on its own
     holder.wait()
     time.sleep(2.5)
+    assert not lock_held(redis_server.url)
     with training_lock(redis_server.url):
         pass
+
+
+def test_a_scheduled_run_killed_with_its_worker_blocks_nothing_and_its_labels_count_again(sessions):
+    """The training worker SIGKILLed mid-run leaves the run marked running; once its lock lapsed,
+    the next check must train again (it used to wait for that run forever)."""
+    _label(sessions, "a")
+    _label(sessions, "b")
+    killed = runs.start_run(sessions, "schedule", {})
+    assert is_due(sessions, 2, timedelta(hours=24), lock_held=True).reason == f"run {killed} is still running"
+    due = is_due(sessions, 2, timedelta(hours=24), lock_held=False)
+    assert due.due and due.reason == f"2 new accepted labels (threshold 2) (run {killed} stopped with its worker)"
+    next_run = runs.start_run(sessions, "schedule", {})  # what the queued run does first
+    assert runs.get_run(sessions, killed).status == "interrupted"
+    runs.update_run(sessions, next_run, status="candidate")
+    assert not is_due(sessions, 2, timedelta(hours=24), lock_held=False).due, "learned from: they count no more"
+    by_hand = runs.start_run(sessions, "dr.admin", {})  # `careloop train` runs without the lock
+    assert is_due(sessions, 2, timedelta(hours=24), lock_held=False).reason == f"run {by_hand} is still running"
 
 
 def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, monkeypatch):

@@ -1,0 +1,63 @@
+"""Sessions of the running bot end: signing out ends every session of that account, and a session
+ends by itself after CARELOOP_BOT_SESSION_IDLE_SECONDS without a request or
+CARELOOP_BOT_SESSION_MAX_SECONDS after signing in. An ended session gets 401 on every page and API
+route (what an open page then shows: tests/e2e/test_session_end.py)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from conftest import PASSWORD
+from conftest import SHORT_SESSION_IDLE as IDLE
+from conftest import SHORT_SESSION_MAX as MAX
+from gradio_client import Client
+
+
+def _sign_in(url: str, username: str) -> httpx.Client:
+    browser = httpx.Client(base_url=url, timeout=10)
+    response = browser.post("/login", data={"username": username, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return browser
+
+
+def _signed_in(browser: httpx.Client) -> bool:
+    status = browser.get("/config").status_code
+    assert status in (200, 401), status
+    return status == 200
+
+
+def test_signing_out_ends_every_session_of_that_account_only(bot_stack):
+    laptop, phone, colleague = (_sign_in(bot_stack.url, "nurse.a"), _sign_in(bot_stack.url, "nurse.a"),
+                                _sign_in(bot_stack.url, "dr.p"))
+    assert _signed_in(laptop) and _signed_in(phone)
+    response = laptop.get("/logout")
+    assert response.status_code == 302  # back to the sign-in page
+    assert not _signed_in(laptop) and not _signed_in(phone)
+    assert laptop.get("/gradio_api/info").status_code == 401
+    assert _signed_in(colleague)
+    assert _signed_in(_sign_in(bot_stack.url, "nurse.a")), "signing in again works"
+
+
+def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
+    client = Client(short_sessions_bot.url, auth=("stu.dent", PASSWORD), verbose=False)
+    browser = _sign_in(short_sessions_bot.url, "nurse.a")
+    for _ in range(4):  # requests keep a session alive past the idle limit
+        time.sleep(IDLE / 2)
+        assert _signed_in(browser)
+    time.sleep(IDLE + 0.5)
+    assert not _signed_in(browser)
+    with pytest.raises(Exception, match="401 Unauthorized"):  # a script (gradio_client) sees 401
+        client.predict(api_name="/new_conversation")
+    assert "session_ended" in short_sessions_bot.log.read_text()
+
+
+def test_a_session_ends_at_its_maximum_age_however_active(short_sessions_bot):
+    browser = _sign_in(short_sessions_bot.url, "dr.p")
+    started = time.monotonic()
+    while _signed_in(browser):
+        assert time.monotonic() - started < MAX + 2, "the session outlived CARELOOP_BOT_SESSION_MAX_SECONDS"
+        time.sleep(0.5)
+    assert time.monotonic() - started >= MAX - 1
+    assert _signed_in(_sign_in(short_sessions_bot.url, "dr.p"))
