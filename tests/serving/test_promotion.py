@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -234,3 +236,104 @@ def test_with_several_replicas_every_one_loads_answers_and_unloads_the_version(s
     assert registry.unload_stale(client, grace_seconds=0) == ["rep-v0001"]
     assert all("rep-v0001" not in each.loaded_adapters() for each in client.replicas())
     client.close()
+
+
+def _serving_models(server) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]]
+
+
+def test_serving_killed_during_a_promotion_changes_nothing_live(server_factory, database_url, registry):
+    """Serving SIGKILLed with the promotion's requests in flight (frozen first, so the kill lands
+    before it has loaded the version): the promotion fails with a reason, the old version stays
+    live, and serving restarted at the same address serves it."""
+    doomed = server_factory(database_url=database_url)
+    port = doomed.url.rsplit(":", 1)[1]
+    client = _client(doomed, registry)
+    _register(registry, doomed, "kl-v0001", "med-v0001")
+    _register(registry, doomed, "kl-v0002", "med-v0002")
+    registry.promote("kl-v0001", client, actor="admin")
+
+    outcome: list[BaseException | None] = []
+
+    def promote() -> None:
+        try:
+            registry.promote("kl-v0002", client, actor="admin")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (what the promotion raised is what the test checks)
+            outcome.append(exc)
+
+    # Frozen, serving has accepted the promotion's connection but answers nothing; then it dies.
+    os.kill(doomed.process.pid, signal.SIGSTOP)
+    promoting = threading.Thread(target=promote)
+    promoting.start()
+    time.sleep(1.0)
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait(10)
+    promoting.join(30)
+    assert not promoting.is_alive(), "the promotion hung after serving died"
+    (error,) = outcome
+    assert isinstance(error, ServingUnavailable) and "unreachable" in str(error), error
+    assert registry.live().name == "kl-v0001"
+    assert registry.get("kl-v0002").status == Status.CANDIDATE, "it can be promoted again"
+    with registry.sessions() as session:
+        assert [e.target for e in audit.recent(session) if e.action == "adapter.promote"] == ["kl-v0001"]
+
+    restarted = server_factory(database_url=database_url, serving_port=port)
+    assert _serving_models(restarted) == [BASE, "kl-v0001"]
+    client.close()
+    client = _client(restarted, registry)
+    assert client.chat(QUESTION, max_tokens=4).model == "kl-v0001"
+    registry.promote("kl-v0002", client, actor="admin")
+    assert client.chat(QUESTION, max_tokens=4).model == "kl-v0002"
+    client.close()
+
+
+def test_serving_killed_between_loading_and_the_flip_serves_the_new_version_once_restarted(
+        server_factory, postgres_databases):
+    """Serving SIGKILLed after it loaded and answered the new version, while the registry waits for
+    its row lock (another admin's transaction holds it): the flip still happens, and serving
+    restarted loads what the registry says is live, so serving and registry agree."""
+    url = postgres_databases()
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    registry = Registry(db.session_factory(engine), BASE)
+    doomed = server_factory(database_url=url)
+    port = doomed.url.rsplit(":", 1)[1]
+    client = _client(doomed, registry)
+    _register(registry, doomed, "fl-v0001", "med-v0001")
+    _register(registry, doomed, "fl-v0002", "med-v0002")
+    registry.promote("fl-v0001", client, actor="admin")
+
+    outcome: list[BaseException | None] = []
+
+    def promote() -> None:
+        try:
+            registry.promote("fl-v0002", client, actor="admin")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    with engine.connect() as other_admin:
+        other_admin.execute(sa.text("SELECT name FROM adapter_versions WHERE name = 'fl-v0002' FOR UPDATE"))
+        promoting = threading.Thread(target=promote)
+        promoting.start()
+        deadline = time.monotonic() + 60
+        while "fl-v0002" not in _serving_models(doomed):  # loaded and smoke-tested; the flip waits
+            assert time.monotonic() < deadline, "serving never loaded fl-v0002"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        doomed.process.wait(10)
+        assert promoting.is_alive(), "the flip waits for the row lock"
+        other_admin.rollback()
+    promoting.join(30)
+    assert outcome == [None], outcome
+    assert registry.live().name == "fl-v0002"
+
+    restarted = server_factory(database_url=url, serving_port=port)
+    assert _serving_models(restarted) == [BASE, "fl-v0002"]
+    client.close()
+    client = _client(restarted, registry)
+    assert client.chat(QUESTION, max_tokens=4).model == "fl-v0002"
+    client.close()
+    engine.dispose()
