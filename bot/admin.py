@@ -194,9 +194,13 @@ class Admin:
         out = self.settings.home / "exports" / f"{stamp}-{kind}"
         try:
             export(self.sessions, ExportConfig(kind), out, fmt, actor=f"bot:{viewer.username}")
+            return shutil.make_archive(str(out), "zip", out)
         except ValueError as exc:
             raise UserError(f"Export failed: {exc}") from None
-        return shutil.make_archive(str(out), "zip", out)
+        except OSError as exc:
+            Path(f"{out}.zip").unlink(missing_ok=True)  # a zip cut short by a full disk
+            raise UserError(f"Export failed: the server could not write it ({exc.strerror or exc}). Ask whoever "
+                            "runs careloop to free space on its disk, then export again.") from None
 
 
 def _percent(value: float | None) -> str:

@@ -609,3 +609,7 @@ def main() -> None:
     except (CommandError, BaseModelUnavailable, SeedDataError) as exc:
         err_console.print(f"careloop: {exc}", markup=False, highlight=False)
         sys.exit(1)
+    except OSError as exc:  # a full disk, a folder it may not write: the reason, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"careloop: {exc.strerror or exc}{where}", markup=False, highlight=False)
+        sys.exit(1)

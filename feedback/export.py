@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -72,8 +73,6 @@ def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt
         digest.update(f"{name}\n".encode())
         for line in lines[name]:
             digest.update(line.encode() + b"\n")
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out, splits, lines, fmt)
     manifest = Manifest(
         kind=config.kind, snapshot_sha256=digest.hexdigest(), created_at=datetime.now(UTC).isoformat(),
         window={"since": _iso(config.since), "until": _iso(config.until),
@@ -81,7 +80,15 @@ def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt
         counts={name: len(split) for name, split in splits.items()}, dropped=dict(sorted(dropped.items())),
         annotators=sorted(annotators), excluded_annotators=excluded,
         config={**asdict(config), "since": _iso(config.since), "until": _iso(config.until), "format": fmt})
-    (out / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(out, splits, lines, fmt)
+        (out / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    except OSError:  # a full disk: no half-written export left behind, nothing in the audit log
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     with transaction(sessions) as session:
         audit.record(session, actor, "feedback.export", str(out), kind=config.kind,
                      snapshot=manifest.snapshot_sha256, counts=manifest.counts)

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,9 +119,8 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         step("publish")
         version = _next_version(registry, settings.resolved_adapter_dir)
         published = settings.resolved_adapter_dir / version
-        shutil.copytree(adapter, published)
-        _write_card(published / "README.md", version, base.name, live.name if live else None, snapshot, config,
-                    metrics, decision)
+        _publish(adapter, published, lambda card: _write_card(card, version, base.name, live.name if live else None,
+                                                              snapshot, config, metrics, decision))
         registry.register(version, published, actor=actor, parent=live.name if live else None,
                           training_run_id=run_id, metrics=metrics, note="; ".join(
                               r for r in decision.reasons if r.startswith("FAIL"))[:1000])
@@ -156,6 +156,20 @@ def _log_to(path: Path) -> logging.Handler:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     return handler
+
+
+def _publish(adapter: Path, published: Path, write_card: Callable[[Path], None]) -> None:
+    """Copy the adapter and its card next to ``published``, then rename: serving and the next run
+    see a whole adapter or none (a full disk leaves no half-copied folder behind)."""
+    partial = published.with_name(f".{published.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while publishing
+    try:
+        shutil.copytree(adapter, partial)
+        write_card(partial / "README.md")
+        partial.rename(published)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def _next_version(registry: Registry, adapter_dir: Path) -> str:

@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 import redis
+from conftest import fill_disk
 
 from bot.access import Viewer
 from bot.admin import Admin
@@ -77,7 +78,7 @@ def test_runs_show_progress_and_a_training_request_reaches_the_queue(admin, bot_
 
 
 @SQLITE_ONLY
-def test_feedback_figures_and_an_audited_export(admin):
+def test_feedback_figures_and_an_audited_export(admin, small_disk):
     comparison = {"prompt": "What lowers blood pressure?", "response_a": "Exercise and less salt.",
                   "response_b": "Nothing.", "source_a": "x", "source_b": "y", "shown_order": "ab",
                   "scores_a": {"accuracy": 5, "helpfulness": 5, "relevance": 5, "comprehensiveness": 4},
@@ -99,3 +100,16 @@ def test_feedback_figures_and_an_audited_export(admin):
         admin.export(ADMIN, "rlhf", "jsonl")
     with pytest.raises(UserError, match="Unknown export"):
         admin.export(ADMIN, "dpo", "csv")
+
+    # A full disk: the reason on the page, no half-written export left, nothing audited; then it works again.
+    admin.settings = admin.settings.model_copy(update={"home": small_disk})
+    filler = fill_disk(small_disk)
+    for fmt in ("jsonl", "parquet"):
+        with pytest.raises(UserError, match=r"could not write it \(No space left on device\)\. Ask whoever"):
+            admin.export(ADMIN, "dpo", fmt)
+    assert sorted(p.name for p in small_disk.rglob("*")) == ["exports", "filler"]
+    filler.unlink()
+    with zipfile.ZipFile(admin.export(ADMIN, "dpo", "jsonl")) as opened:
+        assert "manifest.json" in opened.namelist()
+    with admin.sessions() as session:
+        assert len([e for e in audit.recent(session) if e.action == "feedback.export"]) == 2

@@ -1,17 +1,26 @@
-"""Disk full where the bot keeps its outbox (a real 1 MiB tmpfs that fills up): a new event is
-refused with a message that says so and that nothing was recorded, never half-kept; every event
-accepted before it is still delivered once space is back; submitting works again."""
+"""Disk full (a real 1 MiB tmpfs that fills up) under each writer of clinicians' data.
+
+- The bot's outbox: a new event is refused with a message that says so and that nothing was
+  recorded, never half-kept; every event accepted before it is still delivered once space is back.
+- The SQLite store: the worker retries; nothing is lost or stored twice once space is back.
+- An export: the reason, no half-written export, nothing in the audit log."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import fill_disk
+from sqlalchemy import func, select
 
+from careloop import audit, db
 from careloop.redis_server import start_local_redis
+from careloop.settings import load_settings
 from feedback import store as tables
 from feedback.api import FeedbackAPI, FeedbackUnavailable
+from feedback.export import ExportConfig, export
 
-from .conftest import start_worker, wait_for
+from .conftest import label, start_worker, wait_for
 from .test_ingest import comparison
 
 
@@ -41,3 +50,58 @@ def test_a_full_disk_refuses_new_feedback_clearly_and_loses_nothing_accepted(set
         worker.process.terminate()
         worker.process.wait(30)
         restarted.stop()
+
+
+def test_a_full_disk_under_the_sqlite_store_delays_events_and_loses_none(broker, small_disk, tmp_path):
+    url = f"sqlite:///{small_disk / 'careloop.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    sessions = db.session_factory(engine)
+
+    def stored() -> list:
+        with sessions() as session:
+            return list(session.scalars(select(tables.Comparison.event_id)))
+
+    worker = start_worker(tmp_path / "worker", url, broker.url)
+    api = FeedbackAPI(load_settings(home=tmp_path / "bot", database_url=url, redis_url=broker.url),
+                      flush_interval=0.2)
+    try:
+        accepted = [api.submit_comparison(**comparison(annotator=f"nurse.{i}")) for i in range(3)]
+        wait_for(lambda: len(stored()) == 3, message="the first events stored")
+        filler = fill_disk(small_disk)
+        accepted += [api.submit_comparison(**comparison(annotator=f"nurse.full{i}")) for i in range(20)]
+        time.sleep(6)  # the worker tries, fails on the full disk, and retries
+        assert len(stored()) < len(accepted), "the store wrote on a full disk?"
+        assert worker.process.poll() is None, "the worker keeps running"
+        assert "database or disk is full" in worker.log.read_text()
+
+        filler.unlink()  # the administrator makes room
+        wait_for(lambda: len(stored()) == len(accepted), timeout=120,
+                 message=f"the {len(accepted)} accepted events once space is back")
+        assert sorted(stored()) == sorted(accepted), "each accepted event stored once"
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(tables.DeadLetter)) == 0
+    finally:
+        api.close()
+        worker.process.terminate()
+        worker.process.wait(30)
+        engine.dispose()
+
+
+def test_an_export_to_a_full_disk_says_why_and_leaves_nothing(store, small_disk, cli):
+    sessions = db.session_factory(db.make_engine(store.database_url))
+    for annotator in ("nurse.a", "dr.p"):
+        label(sessions, None, annotator, "a")
+    filler = fill_disk(small_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        export(sessions, ExportConfig("dpo"), small_disk / "dpo", actor="test")
+    done = cli("export", "--kind", "dpo", "--out", str(small_disk / "by-cli"),
+               env={"CARELOOP_DATABASE_URL": store.database_url})
+    assert done.returncode == 1 and "careloop: No space left on device" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in small_disk.iterdir()] == ["filler"], "no half-written export"
+    with sessions() as session:
+        assert [e for e in audit.recent(session) if e.action == "feedback.export"] == []
+    filler.unlink()
+    manifest = export(sessions, ExportConfig("dpo"), small_disk / "dpo", actor="test")
+    assert sum(manifest.counts.values()) > 0 and (small_disk / "dpo" / "manifest.json").exists()

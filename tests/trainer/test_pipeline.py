@@ -12,6 +12,7 @@ import time
 
 import pytest
 import yaml
+from conftest import fill_disk
 
 from careloop import db
 from careloop.seed import load_seed
@@ -142,6 +143,29 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path)
                              capture_output=True, text=True, timeout=60).stdout
     assert "interrupted" in listing and f"│ {killed.id + 1} " in listing
     assert registry.live() is None  # auto-promote is off: a passing candidate waits for an admin
+
+
+def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishes_it(setup, small_disk):
+    settings, sessions, registry, _ = setup
+    adapters = small_disk / "adapters"
+    adapters.mkdir()
+    settings = settings.model_copy(update={"adapter_dir": adapters})
+    short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
+                                        "eval": {**QUICK["eval"], "max_items": 10}})
+    filler = fill_disk(small_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_training(settings, short, sessions, registry, None, actor="test")
+    (failed,) = runs.recent_runs(sessions, 1)
+    assert failed.status == "failed" and failed.step == "publish" and "No space left on device" in failed.error
+    assert registry.versions() == [] and list(adapters.iterdir()) == [], "nothing half-published"
+
+    filler.unlink()  # the administrator makes room and resumes the run: trained steps are not redone
+    result = run_training(settings, short, sessions, registry, None, actor="test", resume=failed.id)
+    assert result.run_id == failed.id and result.status in ("candidate", "rejected")
+    published = adapters / result.adapter_version
+    assert (published / "adapter_config.json").exists() and (published / "README.md").exists()
+    assert [p.name for p in adapters.iterdir()] == [result.adapter_version]
+    assert registry.get(result.adapter_version).path == str(published)
 
 
 def test_general_chats_are_mixed_in_at_the_set_ratio(tmp_path):
