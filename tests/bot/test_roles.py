@@ -4,7 +4,9 @@ protection; the refusal is."""
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 import zipfile
 
 import httpx
@@ -103,6 +105,19 @@ def test_no_role_can_fetch_careloop_files_by_path_but_an_admin_export_downloads(
         assert "manifest.json" in zipped.namelist()
 
 
+def test_no_one_can_upload_files(bot_stack):
+    """No page takes a file; Gradio's upload route would store any file of any size from anyone
+    signed in (a full disk would stop the outbox that keeps clinicians' judgments)."""
+    for username in ACCOUNTS:
+        browser = httpx.Client(base_url=bot_stack.url, timeout=10)
+        assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+        for route in ("/gradio_api/upload", "/upload", "/gradio_api/upload/"):
+            response = browser.post(route, files={"files": ("big.bin", b"\0" * 2_000_000)})
+            assert (response.status_code, response.text) == (403, "careloop takes no file uploads."), (
+                f"{username} POST {route}: {response.status_code} {response.text[:200]}")
+            assert "img-src 'self'" in response.headers["content-security-policy"]
+
+
 # Routes Gradio answers without sign-in, and what they give: the sign-in page and its assets, and
 # who is signed in (nobody). Everything else must refuse an anonymous caller.
 PUBLIC = {"/", "/favicon.ico", "/theme.css", "/robots.txt", "/manifest.json", "/gradio_api/theme.css",
@@ -153,3 +168,65 @@ def test_security_headers_on_every_page(bot_stack):
         assert "img-src 'self' data: blob:" in headers["content-security-policy"]
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+
+
+# Every event handler of the page, by the page it belongs to. The browser calls unnamed handlers
+# (api_name=False: a thumbs click, a confirm dialog, the status timer) by their index, so each must
+# check the role itself. None: no page's data (the page's own start-up, the status line, hiding a form).
+PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "stopped": "chat", "fresh": "chat",
+                   "reopen": "chat", "liked": "chat", "rate": "chat",
+                   "open_review": "review", "judge": "review", "pass_item": "review",
+                   "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
+                   "confirmed": "admin", "start_training": "admin", "export": "admin",
+                   "on_load": None, "tick": None, "<lambda>": None}
+
+
+def _handlers(stack) -> dict[int, tuple[str, int]]:
+    """fn_index -> (handler name, number of inputs) for every event with a Python handler."""
+    from bot.app import build, open_services
+
+    services = open_services(stack.settings())
+    try:
+        blocks = build(services)
+    finally:
+        services.close()
+    return {index: (fn.fn.__name__, len(fn.inputs)) for index, fn in blocks.fns.items() if fn.fn is not None}
+
+
+EVENT_DATA = {"liked": {"index": 1, "value": "an answer", "liked": False}}  # what a thumbs click sends
+
+
+def _run(browser: httpx.Client, fn_index: int, inputs: int, event_data: dict | None) -> str:
+    """Call handler ``fn_index`` the way the page does (queue/join, then its event stream), with a
+    blank for each input; "ok", or the error the page would show."""
+    session_hash = uuid.uuid4().hex[:11]
+    joined = browser.post("/gradio_api/queue/join", json={"data": [None] * inputs, "fn_index": fn_index,
+                                                          "session_hash": session_hash, "event_data": event_data})
+    if joined.status_code != 200:
+        return f"HTTP {joined.status_code}: {joined.text[:200]}"
+    with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                output = message.get("output") or {}
+                return "ok" if message.get("success") else f"error: {output.get('error')}"
+    return "the event stream ended without an answer"
+
+
+def test_each_role_reaches_exactly_its_pages_through_every_handler(bot_stack):
+    handlers = _handlers(bot_stack)
+    unknown = {name for name, _ in handlers.values()} - set(PAGE_OF_HANDLER)
+    assert not unknown, f"classify these handlers in PAGE_OF_HANDLER (which page's data they touch): {unknown}"
+    for username, role in ACCOUNTS.items():
+        with httpx.Client(base_url=bot_stack.url, timeout=60) as browser:
+            assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+            served = {d["id"]: d for d in browser.get("/config").json()["dependencies"]}
+            for index, (name, inputs) in handlers.items():
+                assert len(served[index]["inputs"]) == inputs, f"handler {index} ({name}) is another on the server"
+                outcome = _run(browser, index, inputs, EVENT_DATA.get(name))
+                page = PAGE_OF_HANDLER[name]
+                if page is None or page in ALLOWED[role]:  # blank input gets a message, never a crash
+                    assert outcome == "ok", f"{role} calling {name} (#{index}): {outcome}"
+                else:
+                    assert outcome == f"error: Your role ({role}) cannot use the {page} page.", (
+                        f"{role} calling {name} (#{index}): {outcome}")

@@ -1,16 +1,21 @@
-"""Security headers on every response of the bot, set as ASGI middleware through Gradio's
-``app_kwargs`` (Gradio has no option of its own for them).
+"""HTTP hardening of the bot's server, as ASGI middleware set through Gradio's ``app_kwargs``
+(Gradio has no option of its own for either): security headers on every response, and no uploads.
 
 The Content-Security-Policy is what keeps hostile text harmless whatever renders it: a markdown
 image or iframe pointing at another host (typed by a student, or repeated by a model) would make a
 clinician's browser send the page's content to that host in a URL; with ``img-src 'self'`` and
 ``frame-src 'none'`` the browser refuses. Inline script stays allowed because Gradio's page and
 careloop's own ``head`` scripts need it; Gradio's HTML sanitiser removes script from messages.
+
+No page of the bot takes a file, but Gradio's upload route stores any file, of any size, from
+anyone signed in, and serves it back: a student could fill the server's disk (and with it the
+outbox that keeps clinicians' judgments) or host files there. The route is refused.
 """
 
 from __future__ import annotations
 
 from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 POLICY = "; ".join((
@@ -49,6 +54,19 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class NoUploads:
+    REFUSAL = "careloop takes no file uploads."
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
+            return await PlainTextResponse(self.REFUSAL, status_code=403)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def security_middleware() -> list[Middleware]:
-    """``app_kwargs={"middleware": ...}`` for ``Blocks.launch``."""
-    return [Middleware(SecurityHeaders)]
+    """``app_kwargs={"middleware": ...}`` for ``Blocks.launch`` (the first wraps the others, so a
+    refused upload carries the headers too)."""
+    return [Middleware(SecurityHeaders), Middleware(NoUploads)]
