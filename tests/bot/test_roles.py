@@ -162,6 +162,29 @@ def test_every_http_route_refuses_anonymous_callers_but_the_sign_in_page(bot_sta
     assert {httpx.get(f"{bot_stack.url}{path}", timeout=5).status_code for path in ("/openapi.json", "/docs")} == {404}
 
 
+@pytest.mark.parametrize("username", sorted(ACCOUNTS))
+def test_no_http_route_fails_or_hands_files_to_a_signed_in_user(bot_stack, username):
+    """Every route of the bot's server, signed in as each role: no 5xx, and no route gives what the
+    role may not have (careloop's files, uploads; page data is the handlers', swept above). Gradio's
+    "call" routes are refused: they answered an unknown endpoint with a 500."""
+    routes = _routes(bot_stack)
+    with httpx.Client(base_url=bot_stack.url, timeout=10) as browser:
+        assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+        for method, path in routes:
+            if path in ("/gradio_api/heartbeat/{session_hash}", "/logout", "/gradio_api/logout"):
+                continue  # an endless "ALIVE" stream; signing out (swept in test_sessions)
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            # Streamed: an event-stream route may hold its stream open; the status is what counts here.
+            with browser.stream(method, concrete, json={} if method == "POST" else None) as response:
+                status = response.status_code
+            assert status < 500, f"{username} {method} {path}: {status}"
+            if "upload" in path and method == "POST":
+                assert status == 403, f"{username} {method} {path}: {status}"
+            if "/call/" in path:  # Gradio's curl API: a 500 and a traceback for an unknown endpoint
+                assert status == 404, f"{username} {method} {path}: {status}"
+        assert browser.get("/gradio_api/user").json() == username, "still signed in after the sweep"
+
+
 def test_security_headers_on_every_page(bot_stack):
     for path in ("/", "/config", "/gradio_api/info"):
         headers = httpx.get(f"{bot_stack.url}{path}", timeout=5).headers
