@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from careloop.settings import SettingsError, get_settings
+from careloop.settings import SettingsError, get_settings, redacted_url
 
 app = typer.Typer(help="careloop: clinician-in-the-loop medical LLM platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -189,6 +189,9 @@ def train(
     from serving.registry import open_registry
     from trainer.config import ConfigError, TrainConfig
     from trainer.pipeline import run_training
+    import redis
+
+    from trainer.schedule import Busy, training_lock
 
     settings = get_settings()
     try:
@@ -198,11 +201,16 @@ def train(
     sessions = sessions_for(settings.resolved_database_url)
     client = ServingClient.from_settings(settings) if train_config.auto_promote else None
     try:
-        with _serving_errors():
+        with _serving_errors(), training_lock(settings.redis_url):
             result = run_training(settings, train_config, sessions, open_registry(settings), client,
                                   actor=_actor(actor), resume=resume)
     except ConfigError as exc:  # e.g. the gate policy file, read when the run gets to the gate
         raise CommandError(str(exc)) from None
+    except Busy as exc:
+        raise CommandError(f"{exc}: careloop trains one run at a time; `careloop runs` shows it.") from None
+    except redis.ConnectionError as exc:
+        raise CommandError(f"careloop train takes the one-run-at-a-time training lock in Redis at "
+                           f"{redacted_url(settings.redis_url)}, which does not answer: {exc}") from None
     console.print(f"run {result.run_id}: {result.status} ({result.adapter_version})")
     for reason in result.decision.reasons:
         console.print(f"  {reason}", markup=False)

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import httpx
 
 from careloop.log import get_logger
-from careloop.settings import Settings
+from careloop.settings import Settings, redacted_url
 
 log = get_logger(__name__)
 
@@ -107,7 +107,7 @@ class Supervisor:
             raise UpError(f"careloop up is already running here (pid {running['pid']}); "
                           "`careloop up --status` shows it, Ctrl-C in its terminal stops it")
         db.upgrade(settings.resolved_database_url)
-        self.say(f"database ready: {_safe_url(settings.resolved_database_url)}")
+        self.say(f"database ready: {redacted_url(settings.resolved_database_url)}")
         if not settings.base_model and settings.serving_backend == "embedded":
             from careloop.demo_model import build_demo_model
 
@@ -140,13 +140,13 @@ class Supervisor:
         children = []
         redis_url = settings.redis_url
         if _redis_answers(redis_url):
-            self.say(f"redis: using {_safe_url(redis_url)}")
+            self.say(f"redis: using {redacted_url(redis_url)}")
         else:
             from careloop.redis_server import redis_server_args
 
             parsed = urlparse(redis_url)
             if parsed.scheme != "redis" or parsed.hostname not in ("127.0.0.1", "localhost"):
-                raise UpError(f"Redis at {_safe_url(redis_url)} does not answer, and careloop up starts a local one "
+                raise UpError(f"Redis at {redacted_url(redis_url)} does not answer, and careloop up starts a local one "
                               "only for a redis://127.0.0.1 URL: start that Redis or change CARELOOP_REDIS_URL")
             port = parsed.port or 6379
             children.append(Child("redis", redis_server_args(home / "redis", port), logs / "redis.log",
@@ -317,13 +317,6 @@ def _pid_alive(pid: int) -> bool:
 
 def _client_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
-
-
-def _safe_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 def _tail(path: Path, chars: int = 2000) -> str:

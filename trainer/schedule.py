@@ -3,13 +3,19 @@
 Beat calls ``training.check`` every CARELOOP_TRAIN_CHECK_INTERVAL_SECONDS; it enqueues
 ``training.run`` when CARELOOP_TRAIN_MIN_NEW_PAIRS accepted preference labels arrived since the
 last run started, or CARELOOP_TRAIN_MAX_INTERVAL_HOURS passed. A Redis lock with a short expiry,
-renewed while the run works, keeps one run at a time; if the process dies the lock lapses within
-LOCK_SECONDS, so a crashed run never blocks the next.
+renewed while the run works, keeps one run at a time, scheduled or started by hand (`careloop
+train`); if the process dies the lock lapses within LOCK_SECONDS, so a killed run never blocks the
+next. The lock's value names its holder (host, pid): whoever is refused is told who holds it, and a
+holder on this host whose process is gone (a SIGKILLed `careloop train`) is set aside at once
+instead of blocking until the expiry.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +34,12 @@ LOCK_SECONDS = 60
 class Busy(Exception):
     """Another training run holds the lock."""
 
+    def __init__(self, holder: str | None):
+        self.holder = holder
+        host, _, rest = (holder or "").partition(":")
+        who = f" (pid {rest.partition(':')[0]} on {host})" if rest else ""
+        super().__init__(f"another training run holds the lock{who}")
+
 
 @dataclass(frozen=True)
 class Due:
@@ -38,13 +50,13 @@ class Due:
 
 def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: timedelta,
            lock_held: bool = True) -> Due:
-    """Whether to train now. ``lock_held``: whether the training lock is taken. A run of the training
-    worker (actor "schedule", which holds the lock) still marked running while the lock is free was
-    killed with its worker, its lock lapsed: it blocks nothing, and the labels it never learned from
-    count again. A run started by hand (`careloop train`, no lock) blocks until it ends."""
+    """Whether to train now. ``lock_held``: whether the training lock is taken. Every run holds the
+    lock, so a run still marked running while the lock is free was killed (with its worker, or a
+    `careloop train` SIGKILLed) and its lock lapsed: it blocks nothing, and the labels it never
+    learned from count again."""
     with sessions() as session:
         last = session.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
-        killed = last is not None and last.status == "running" and last.actor == "schedule" and not lock_held
+        killed = last is not None and last.status == "running" and not lock_held
         if last is not None and last.status == "running" and not killed:
             return Due(False, f"run {last.id} is still running", 0)
         counted_from = last
@@ -55,7 +67,7 @@ def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: ti
         new_pairs = (session.scalar(select(func.count()).select_from(Comparison).where(
             Comparison.created_at >= since, Comparison.choice.in_(("a", "b"))))
             + session.scalar(select(func.count()).select_from(Correction).where(Correction.created_at >= since)))
-    stopped = f" (run {last.id} stopped with its worker)" if killed else ""
+    stopped = f" (run {last.id} was stopped)" if killed else ""
     if new_pairs >= min_new_pairs:
         return Due(True, f"{new_pairs} new accepted labels (threshold {min_new_pairs}){stopped}", new_pairs)
     if counted_from is not None and datetime.now(UTC) - since >= max_interval:
@@ -63,40 +75,92 @@ def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: ti
     return Due(False, f"{new_pairs} of {min_new_pairs} new labels{stopped}", new_pairs)
 
 
-def lock_held(redis_url: str) -> bool:
-    """Whether a training run holds the lock now."""
+# Delete the lock only if it still has the value we judged dead: never someone else's fresh lock.
+_DELETE_IF_UNCHANGED = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _live_holder(client) -> str | None:
+    """The lock's holder, after setting aside a holder on this host whose process is gone."""
+    holder = client.get(LOCK_NAME)
+    if holder is None:
+        return None
+    host, _, rest = holder.decode(errors="replace").partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        client.eval(_DELETE_IF_UNCHANGED, 1, LOCK_NAME, holder)
+        return _live_holder(client)
+    return holder.decode(errors="replace")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        pass
+    return True
+
+
+def lock_holder(redis_url: str) -> str | None:
+    """Who holds the training lock now ("host:pid:nonce"), or None when it is free."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
-        return bool(client.exists(LOCK_NAME))
+        return _live_holder(client)
     finally:
         client.close()
 
 
+def lock_held(redis_url: str) -> bool:
+    """Whether a training run holds the lock now."""
+    return lock_holder(redis_url) is not None
+
+
 @contextmanager
 def training_lock(redis_url: str, seconds: float = LOCK_SECONDS) -> Iterator[None]:
-    """Hold the one-run-at-a-time lock, renewing it in the background; raise Busy if taken."""
+    """Hold the one-run-at-a-time lock, renewing it in the background; raise Busy if taken.
+    Raises redis.ConnectionError when Redis does not answer."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
     lock = client.lock(LOCK_NAME, timeout=seconds, thread_local=False)
-    if not lock.acquire(blocking=False):
-        raise Busy("another training run holds the lock")
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    if not lock.acquire(blocking=False, token=token):
+        holder = _live_holder(client)
+        if holder is not None or not lock.acquire(blocking=False, token=token):
+            client.close()
+            raise Busy(holder)
     stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(seconds / 3):
+        # Redis restarted without persistence loses the lock mid-run: take it back while it is free,
+        # or a check would take this live run for a killed one and start another beside it.
+        try:
             lock.reacquire()
+        except redis.exceptions.LockNotOwnedError:
+            client.set(LOCK_NAME, token, nx=True, px=int(seconds * 1000))
 
-    renewer = threading.Thread(target=renew, name="careloop-training-lock", daemon=True)
+    def keep_renewing() -> None:
+        while not stop.wait(seconds / 3):
+            try:
+                renew()
+            except redis.RedisError:  # Redis away for now: the next round tries again
+                pass
+
+    renewer = threading.Thread(target=keep_renewing, name="careloop-training-lock", daemon=True)
     renewer.start()
     try:
         yield
     finally:
         stop.set()
         renewer.join()
-        lock.release()
+        try:
+            lock.release()
+        except redis.RedisError:  # lapsed, or Redis away: it expires on its own; the run is done anyway
+            pass
+        client.close()
 
 
 @dataclass(frozen=True)

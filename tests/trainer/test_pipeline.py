@@ -107,13 +107,14 @@ def test_leakage_is_removed_and_reported(setup):
     assert saved["leakage"]["removed_sft"] == snapshot.leakage["removed_sft"]
 
 
-def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path):
+def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path, redis_server):
     settings, sessions, registry, client = setup
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(QUICK))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(settings.home), "CARELOOP_DATABASE_URL": settings.database_url,
-           "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir)}
+           "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir),
+           "CARELOOP_REDIS_URL": redis_server.url}
     process = subprocess.Popen([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -131,7 +132,8 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path)
     assert killed.status == "running" and killed.adapter_version is None
     assert registry.live() is None and registry.versions() == []
 
-    # The next run only has to finish: a shorter one keeps the suite quick.
+    # The next run only has to finish: a shorter one keeps the suite quick. The killed run's training
+    # lock names a process gone from this host: the next run does not wait for it to lapse.
     config.write_text(yaml.safe_dump({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
                                       "eval": {**QUICK["eval"], "max_items": 10}}))
     done = subprocess.run([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,

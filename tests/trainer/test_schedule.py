@@ -4,18 +4,23 @@ and beat + a real worker running a scheduled training end to end."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 import yaml
+from processes import wait_for
 
 from feedback import schemas
 from feedback.store import store_event
 from trainer import runs
-from trainer.schedule import Busy, is_due, lock_held, progress, training_lock
+from trainer.schedule import LOCK_NAME, Busy, is_due, lock_held, lock_holder, progress, training_lock
 
 SCORES = {"accuracy": 3, "helpfulness": 3, "relevance": 3, "comprehensiveness": 3}
 
@@ -42,21 +47,51 @@ def test_training_is_due_after_enough_new_labels_or_enough_time(sessions):
 
 def test_one_run_at_a_time_and_a_crashed_holder_releases_the_lock(redis_server):
     with training_lock(redis_server.url):
-        with pytest.raises(Busy), training_lock(redis_server.url):
+        with pytest.raises(Busy, match=rf"holds the lock \(pid {os.getpid()} on {socket.gethostname()}\)"), \
+                training_lock(redis_server.url):
             pass
     code = ("import time, sys; from trainer.schedule import training_lock\n"
-            f"with training_lock({redis_server.url!r}, seconds=2):\n    print('held', flush=True); time.sleep(60)")
+            f"with training_lock({redis_server.url!r}):\n    print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(Busy), training_lock(redis_server.url):
+    with pytest.raises(Busy, match=f"pid {holder.pid} on"), training_lock(redis_server.url):
         pass
-    assert lock_held(redis_server.url)
-    holder.kill()  # SIGKILL: no release; the lock must lapse on its own
+    assert lock_holder(redis_server.url).startswith(f"{socket.gethostname()}:{holder.pid}:")
+    holder.kill()  # SIGKILL: no release. Its process is gone from this host: the lock is free at once
     holder.wait()
+    assert not lock_held(redis_server.url)
+    with training_lock(redis_server.url):
+        pass
+
+    # A holder on another host cannot be checked from here: its lock lapses on its own.
+    client = redis.Redis.from_url(redis_server.url)
+    client.set(LOCK_NAME, "trainer-2:4242:nonce", px=2000)
+    with pytest.raises(Busy, match=r"pid 4242 on trainer-2"), training_lock(redis_server.url):
+        pass
     time.sleep(2.5)
     assert not lock_held(redis_server.url)
     with training_lock(redis_server.url):
         pass
+    client.close()
+
+
+def test_a_run_keeps_its_lock_across_a_redis_restart_that_lost_it(tmp_path):
+    """Redis restarted without persistence forgets the lock mid-run: the run takes it back, so a
+    check does not take the live run for a killed one and start a second beside it."""
+    from careloop.redis_server import start_local_redis
+
+    server = start_local_redis(tmp_path / "redis", appendonly=False)
+    try:
+        with training_lock(server.url, seconds=1.5):
+            server.stop()
+            server = start_local_redis(tmp_path / "redis", port=server.port, appendonly=False)
+            assert not lock_held(server.url), "a fresh Redis without persistence"
+            wait_for(lambda: lock_held(server.url), timeout=5, message="the run to take its lock back")
+            with pytest.raises(Busy), training_lock(server.url):
+                pass
+        assert not lock_held(server.url), "released at the end"
+    finally:
+        server.stop()
 
 
 def test_a_scheduled_run_killed_with_its_worker_blocks_nothing_and_its_labels_count_again(sessions):
@@ -67,13 +102,14 @@ def test_a_scheduled_run_killed_with_its_worker_blocks_nothing_and_its_labels_co
     killed = runs.start_run(sessions, "schedule", {})
     assert is_due(sessions, 2, timedelta(hours=24), lock_held=True).reason == f"run {killed} is still running"
     due = is_due(sessions, 2, timedelta(hours=24), lock_held=False)
-    assert due.due and due.reason == f"2 new accepted labels (threshold 2) (run {killed} stopped with its worker)"
+    assert due.due and due.reason == f"2 new accepted labels (threshold 2) (run {killed} was stopped)"
     next_run = runs.start_run(sessions, "schedule", {})  # what the queued run does first
     assert runs.get_run(sessions, killed).status == "interrupted"
     runs.update_run(sessions, next_run, status="candidate")
     assert not is_due(sessions, 2, timedelta(hours=24), lock_held=False).due, "learned from: they count no more"
-    by_hand = runs.start_run(sessions, "dr.admin", {})  # `careloop train` runs without the lock
-    assert is_due(sessions, 2, timedelta(hours=24), lock_held=False).reason == f"run {by_hand} is still running"
+    by_hand = runs.start_run(sessions, "dr.admin", {})  # `careloop train` holds the lock too
+    assert is_due(sessions, 2, timedelta(hours=24), lock_held=True).reason == f"run {by_hand} is still running"
+    assert is_due(sessions, 2, timedelta(hours=24), lock_held=False).reason.endswith(f"(run {by_hand} was stopped)")
 
 
 def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, monkeypatch):
@@ -99,6 +135,30 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, monkey
         get_settings.cache_clear()
 
 
+def test_careloop_train_runs_beside_no_other_run(tmp_path, redis_server, cli):
+    """`careloop train` by hand takes the same lock as the training worker: while a run holds it,
+    it is refused naming the holder and starts nothing; with Redis away it says so, password hidden."""
+    from careloop import db
+    from careloop.redis_server import free_port
+
+    url = f"sqlite:///{tmp_path / 'careloop.db'}"
+    db.upgrade(url)
+    env = {"CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url,
+           "CARELOOP_REDIS_URL": redis_server.url}
+    with training_lock(redis_server.url):
+        refused = cli("train", env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert (f"another training run holds the lock (pid {os.getpid()} on {socket.gethostname()}): careloop trains "
+            "one run at a time; `careloop runs` shows it.") in " ".join(refused.stderr.split())
+    assert runs.recent_runs(db.session_factory(db.make_engine(url))) == [], "no run started"
+
+    away = cli("train", env={**env, "CARELOOP_REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"})
+    assert away.returncode == 1 and "Traceback" not in away.stderr, away.stderr
+    said = " ".join(away.stderr.split())
+    assert "takes the one-run-at-a-time training lock in Redis at redis://:***@127.0.0.1:" in said, said
+    assert "hunter2" not in said
+
+
 def test_progress_and_eta_come_from_the_last_finished_run(sessions):
     first = runs.start_run(sessions, "t", {})
     runs.update_run(sessions, first, status="candidate", finished_at=datetime.now(UTC),
@@ -110,7 +170,11 @@ def test_progress_and_eta_come_from_the_last_finished_run(sessions):
     assert now.eta_seconds == pytest.approx(30, abs=3)
 
 
-def test_beat_and_a_worker_train_when_labels_arrive(tmp_path, redis_server, tiny_model_dir):
+def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_killed_mid_run(
+        tmp_path, redis_server, tiny_model_dir):
+    """Beat and a real training worker train once labels arrive. The worker SIGKILLed mid-run (with
+    its pool): the run never promotes, is marked interrupted, and a new worker trains a fresh run
+    once (the killed holder's lock is set aside: its process is gone)."""
     from careloop import db
 
     url = f"sqlite:///{tmp_path / 'careloop.db'}"
@@ -128,28 +192,38 @@ def test_beat_and_a_worker_train_when_labels_arrive(tmp_path, redis_server, tiny
            # A run outlasts Redis's visibility timeout (a GPU run outlasts the default hour): it must
            # still run once, not again when the broker hands the unacknowledged task back.
            "CARELOOP_CELERY_VISIBILITY_TIMEOUT": "2"}
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("worker", "beat")}
-    worker = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", "training"], env=env,
-                              stdout=logs["worker"], stderr=subprocess.STDOUT)
-    beat = subprocess.Popen([sys.executable, "-m", "careloop", "beat"], env=env, stdout=logs["beat"],
-                            stderr=subprocess.STDOUT)
+    log = (tmp_path / "worker.log").open("a")
+
+    def start(*command: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "careloop", *command], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_for_run(done: Callable[[runs.TrainingRun], bool], what: str) -> runs.TrainingRun:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            latest = runs.recent_runs(sessions, 1)
+            if latest and done(latest[0]):
+                return latest[0]
+            time.sleep(0.5)
+        pytest.fail(f"{what} within 240 s; worker log:\n{(tmp_path / 'worker.log').read_text()[-3000:]}")
+
+    worker, beat = start("worker", "--queues", "training"), start("beat")
     try:
         time.sleep(5)
         assert runs.recent_runs(sessions) == []  # no new labels: nothing to learn from
         _label(sessions, "a")
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            latest = runs.recent_runs(sessions, 1)
-            if latest and latest[0].status != "running":
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"no finished run in 240 s; worker log:\n{(tmp_path / 'worker.log').read_text()[-3000:]}")
-        assert latest[0].status in ("candidate", "rejected") and latest[0].actor == "schedule"
-        assert latest[0].adapter_version is not None
-        time.sleep(8)  # later checks find no new labels, and no redelivered task: no second run
-        assert len(runs.recent_runs(sessions)) == 1, (tmp_path / "worker.log").read_text()[-3000:]
+        killed = wait_for_run(lambda run: run.step in ("sft", "dpo"), "no run reached training")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+        worker = start("worker", "--queues", "training")
+        latest = wait_for_run(lambda run: run.id != killed.id and run.status != "running", "no fresh run finished")
+        assert latest.status in ("candidate", "rejected") and latest.actor == "schedule"
+        assert latest.adapter_version is not None
+        assert runs.get_run(sessions, killed.id).status == "interrupted"
+        assert runs.get_run(sessions, killed.id).adapter_version is None
+        time.sleep(8)  # later checks find no new labels, and no redelivered task: no third run
+        assert len(runs.recent_runs(sessions)) == 2, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
         for process in (beat, worker):
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
