@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -75,10 +76,16 @@ def ask(page, question: str, timeout_ms: int = 90_000) -> str:
     before = answers.count()
     page.locator("#chat-input textarea").fill(question)
     page.locator("#chat-send").click()
-    page.wait_for_function(
-        "(before) => { const all = document.querySelectorAll('#chatbot .bot');"
-        " return all.length > before && all[all.length - 1].innerText.includes('Answered by'); }",
-        arg=before, timeout=timeout_ms)
+    try:
+        page.wait_for_function(
+            "(before) => { const all = document.querySelectorAll('#chatbot .bot');"
+            " return all.length > before && all[all.length - 1].innerText.includes('Answered by'); }",
+            arg=before, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        last = answers.last.inner_text() if answers.count() > before else "(no answer shown)"
+        notices = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"no finished answer to {question!r} in {timeout_ms / 1000:.0f} s; the page shows: "
+                             f"{last!r}; notices: {notices}") from None
     return answers.last.inner_text()
 
 

@@ -2,7 +2,8 @@
 the browser: a student asks; beat fills the review queue; two nurses label with the keyboard while
 the feedback worker and then Redis are SIGKILLed (`careloop up` restarts them) and nothing is lost
 or stored twice; beat trains; the gate promotes; the student's next answer comes from the new
-version; the admin sees the run and its report and rolls back; the base model answers again;
+version, also after serving is SIGKILLed and restarted; the admin sees the run and its report and
+rolls back; the base model answers again;
 `--status` tells what runs; Ctrl-C stops every child. Along the way: every process listens on
 127.0.0.1 only, the bot SIGKILLed right after the last judgments loses none of them, and no log
 holds a password or what a student wrote."""
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 import yaml
 from e2e_browser import ask, judge_with_keys, open_browser, open_review, shot, sign_in
@@ -95,6 +97,13 @@ def _kill(system, name: str) -> None:
     wait_for(lambda: _child(system, name)["pid"] != old, timeout=60, message=f"careloop up to restart {name}")
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _listening(system) -> list[tuple[str, str]]:
     """(child, local address) of every TCP socket a process of `careloop up` listens on."""
     if shutil.which("ss") is None:
@@ -167,6 +176,14 @@ def test_the_whole_loop_through_the_browser(system):
         assert f"Answered by {live.name}" in second, second
         shot(student, "loop-student")
 
+        # Serving SIGKILLed after the promotion: restarted by careloop up, it serves the promoted
+        # version again, not the base model; the student's open page carries on.
+        _kill(system, "serving")
+        wait_for(lambda: _answers(_child(system, "serving")["url"]), timeout=120,
+                 message="the restarted serving to answer")
+        after_crash = ask(student, "What is a fever?")
+        assert f"Answered by {live.name}" in after_crash, after_crash
+
         admin = sign_in(browser, system["url"], "admin", ADMIN_PASSWORD)
         admin.get_by_role("tab", name="Admin").click()
         admin.get_by_role("tab", name="Training runs").click()
@@ -186,7 +203,7 @@ def test_the_whole_loop_through_the_browser(system):
     restarted = _cli(system, "up", "--status")
     assert restarted.returncode == 0 and restarted.stdout.count(" up ") >= 6, restarted.stdout
     assert _child(system, "feedback-worker")["restarts"] >= 1
-    assert _child(system, "redis")["restarts"] == 1 and _child(system, "bot")["restarts"] == 1
+    assert all(_child(system, name)["restarts"] == 1 for name in ("redis", "bot", "serving"))
     pids = [child["pid"] for child in json.loads((system["home"] / "up.json").read_text())["children"].values()]
     system["process"].send_signal(signal.SIGINT)
     assert system["process"].wait(90) == 0, system["output"].read_text()[-2000:]
