@@ -141,7 +141,7 @@ def build(services: Services) -> gr.Blocks:
         try:
             return access.require(request.username, page)
         except Refused as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc), print_exception=False) from None  # logged as access_refused, no traceback
 
     with gr.Blocks(title="careloop") as app:
         with gr.Row():
@@ -263,7 +263,7 @@ def build(services: Services) -> gr.Blocks:
             try:
                 viewer = access.viewer(request.username)
             except Refused as exc:
-                raise gr.Error(str(exc)) from None
+                raise gr.Error(str(exc), print_exception=False) from None
             visible = {page: viewer.may_open(page) for page in PAGES}
             return [f"## careloop · signed in as **{viewer.username}** ({viewer.role})",
                     gr.Tab(visible=visible["chat"]), gr.Tab(visible=visible["review"]),

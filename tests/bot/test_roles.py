@@ -238,6 +238,7 @@ def _run(browser: httpx.Client, fn_index: int, inputs: int, event_data: dict | N
 
 def test_each_role_reaches_exactly_its_pages_through_every_handler(bot_stack):
     handlers = _handlers(bot_stack)
+    tracebacks = bot_stack.bot.log.read_text().count("Traceback")
     unknown = {name for name, _ in handlers.values()} - set(PAGE_OF_HANDLER)
     assert not unknown, f"classify these handlers in PAGE_OF_HANDLER (which page's data they touch): {unknown}"
     for username, role in ACCOUNTS.items():
@@ -253,3 +254,6 @@ def test_each_role_reaches_exactly_its_pages_through_every_handler(bot_stack):
                 else:
                     assert outcome == f"error: Your role ({role}) cannot use the {page} page.", (
                         f"{role} calling {name} (#{index}): {outcome}")
+    # Refusals and blank input are logged as one line each; a traceback would mean a crash (and a
+    # traceback per refusal would bury real ones).
+    assert bot_stack.bot.log.read_text().count("Traceback") == tracebacks, bot_stack.bot.log.read_text()[-3000:]

@@ -110,7 +110,7 @@ def test_leakage_is_removed_and_reported(setup):
 def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path, redis_server):
     settings, sessions, registry, client = setup
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(QUICK))
+    config.write_text(yaml.safe_dump({**QUICK, "sft": {**QUICK["sft"], "max_steps": 6}}))  # killed in DPO
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(settings.home), "CARELOOP_DATABASE_URL": settings.database_url,
            "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir),
@@ -152,8 +152,8 @@ def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishe
     adapters = small_disk / "adapters"
     adapters.mkdir()
     settings = settings.model_copy(update={"adapter_dir": adapters})
-    short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
-                                        "eval": {**QUICK["eval"], "max_items": 10}})
+    short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2}, "dpo": {**QUICK["dpo"], "max_steps": 2},
+                                        "eval": {**QUICK["eval"], "max_items": 4}})
     filler = fill_disk(small_disk)
     with pytest.raises(OSError, match="No space left on device"):
         run_training(settings, short, sessions, registry, None, actor="test")
