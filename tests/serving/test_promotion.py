@@ -242,6 +242,22 @@ def _serving_models(server) -> list[str]:
     return [m["id"] for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]]
 
 
+def _promote_in_background(registry: Registry, name: str, client: ServingClient) -> tuple[threading.Thread, list]:
+    """Start promoting ``name`` in a thread; the list receives None, or what the promotion raised."""
+    outcome: list[BaseException | None] = []
+
+    def promote() -> None:
+        try:
+            registry.promote(name, client, actor="admin")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (what the promotion raised is what the tests check)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=promote)
+    thread.start()
+    return thread, outcome
+
+
 def test_serving_killed_during_a_promotion_changes_nothing_live(server_factory, database_url, registry):
     """Serving SIGKILLed with the promotion's requests in flight (frozen first, so the kill lands
     before it has loaded the version): the promotion fails with a reason, the old version stays
@@ -253,19 +269,9 @@ def test_serving_killed_during_a_promotion_changes_nothing_live(server_factory, 
     _register(registry, doomed, "kl-v0002", "med-v0002")
     registry.promote("kl-v0001", client, actor="admin")
 
-    outcome: list[BaseException | None] = []
-
-    def promote() -> None:
-        try:
-            registry.promote("kl-v0002", client, actor="admin")
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 (what the promotion raised is what the test checks)
-            outcome.append(exc)
-
     # Frozen, serving has accepted the promotion's connection but answers nothing; then it dies.
     os.kill(doomed.process.pid, signal.SIGSTOP)
-    promoting = threading.Thread(target=promote)
-    promoting.start()
+    promoting, outcome = _promote_in_background(registry, "kl-v0002", client)
     time.sleep(1.0)
     os.kill(doomed.process.pid, signal.SIGKILL)
     doomed.process.wait(10)
@@ -304,19 +310,9 @@ def test_serving_killed_between_loading_and_the_flip_serves_the_new_version_once
     _register(registry, doomed, "fl-v0002", "med-v0002")
     registry.promote("fl-v0001", client, actor="admin")
 
-    outcome: list[BaseException | None] = []
-
-    def promote() -> None:
-        try:
-            registry.promote("fl-v0002", client, actor="admin")
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001
-            outcome.append(exc)
-
     with engine.connect() as other_admin:
         other_admin.execute(sa.text("SELECT name FROM adapter_versions WHERE name = 'fl-v0002' FOR UPDATE"))
-        promoting = threading.Thread(target=promote)
-        promoting.start()
+        promoting, outcome = _promote_in_background(registry, "fl-v0002", client)
         deadline = time.monotonic() + 60
         while "fl-v0002" not in _serving_models(doomed):  # loaded and smoke-tested; the flip waits
             assert time.monotonic() < deadline, "serving never loaded fl-v0002"
