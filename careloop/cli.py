@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from datetime import datetime
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -184,13 +184,13 @@ def train(
     actor: ActorOption = None,
 ) -> None:
     """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
+    import redis
+
     from careloop.db import sessions_for
     from serving.client import ServingClient
     from serving.registry import open_registry
     from trainer.config import ConfigError, TrainConfig
     from trainer.pipeline import run_training
-    import redis
-
     from trainer.schedule import Busy, training_lock
 
     settings = get_settings()
@@ -270,8 +270,8 @@ def eval_cmd(
     if data is not None:
         sets = read_evaluation_file(data)
     else:
-        from feedback.export import in_eval
         from careloop.seed import load_seed
+        from feedback.export import in_eval
 
         pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                  for p in load_seed(settings.seed_data_dir, "preferences") if in_eval(p.prompt, 0.1)]
