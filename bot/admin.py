@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
-from bot.chat import UserError
+from bot.errors import UserError
 from careloop.log import get_logger
 from careloop.settings import Settings
 from feedback.celery_app import producer

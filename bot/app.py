@@ -24,7 +24,8 @@ import gradio as gr  # noqa: E402
 
 from bot.access import PAGES, Access, Refused, SessionTokens, Viewer  # noqa: E402
 from bot.admin import Admin  # noqa: E402
-from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation, UserError  # noqa: E402
+from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation  # noqa: E402
+from bot.errors import UserError  # noqa: E402
 from bot.hardening import security_middleware  # noqa: E402
 from bot.review import AXES, Review, ReviewState  # noqa: E402
 from bot.safety import EDUCATIONAL_NOTICE, URGENT_CARE  # noqa: E402

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
+from bot.errors import UserError
 from bot.safety import answer_footer, urgent_notice
 from careloop.log import get_logger
 from feedback import history
@@ -26,10 +27,6 @@ log = get_logger(__name__)
 DOWN_REASONS = ("inaccurate", "unsafe", "missed an emergency", "unhelpful", "incomplete", "off topic", "other")
 UP_REASONS = ("accurate", "clear", "helpful", "other")
 DEMO_CACHE_SECONDS = 30.0
-
-
-class UserError(Exception):
-    """Something the user can fix or should know; the message is shown on the page."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
-from bot.chat import UserError
+from bot.errors import UserError
 from careloop.log import get_logger
 from feedback import review
 from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback

@@ -12,7 +12,7 @@ from conftest import fill_disk
 
 from bot.access import Viewer
 from bot.admin import Admin
-from bot.chat import UserError
+from bot.errors import UserError
 from careloop import audit
 from careloop.redis_server import free_port
 from feedback import schemas

@@ -11,7 +11,8 @@ from processes import wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
-from bot.chat import Chat, Conversation, Turn, UserError
+from bot.chat import Chat, Conversation, Turn
+from bot.errors import UserError
 from bot.safety import DEMO_LABEL, EDUCATIONAL_NOTICE, urgent_notice
 from careloop.redis_server import free_port
 from feedback.api import FeedbackAPI

@@ -12,7 +12,7 @@ from processes import wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
-from bot.chat import UserError
+from bot.errors import UserError
 from bot.review import AXES, Review, ReviewState
 from feedback import review as queue
 from feedback.api import FeedbackAPI
