@@ -123,6 +123,5 @@ def test_a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing(tm
     finally:
         stream.join(60)
         api.close()
-        worker.process.terminate()
-        worker.process.wait(30)
+        worker.stop()
         engine.dispose()

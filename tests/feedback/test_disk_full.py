@@ -47,8 +47,7 @@ def test_a_full_disk_refuses_new_feedback_clearly_and_loses_nothing_accepted(set
         wait_for(lambda: len(api.outbox) == 0, message="the outbox to see the events stored")
     finally:
         api.close()
-        worker.process.terminate()
-        worker.process.wait(30)
+        worker.stop()
         restarted.stop()
 
 
@@ -83,8 +82,7 @@ def test_a_full_disk_under_the_sqlite_store_delays_events_and_loses_none(broker,
             assert session.scalar(select(func.count()).select_from(tables.DeadLetter)) == 0
     finally:
         api.close()
-        worker.process.terminate()
-        worker.process.wait(30)
+        worker.stop()
         engine.dispose()
 
 

@@ -258,16 +258,21 @@ def _promote_in_background(registry: Registry, name: str, client: ServingClient)
     return thread, outcome
 
 
+def _second_version_pending(server_factory, database_url: str, registry: Registry, prefix: str):
+    """Serving with ``{prefix}-v0001`` live and ``{prefix}-v0002`` registered: (server, its port, client)."""
+    server = server_factory(database_url=database_url)
+    client = _client(server, registry)
+    _register(registry, server, f"{prefix}-v0001", "med-v0001")
+    _register(registry, server, f"{prefix}-v0002", "med-v0002")
+    registry.promote(f"{prefix}-v0001", client, actor="admin")
+    return server, server.url.rsplit(":", 1)[1], client
+
+
 def test_serving_killed_during_a_promotion_changes_nothing_live(server_factory, database_url, registry):
     """Serving SIGKILLed with the promotion's requests in flight (frozen first, so the kill lands
     before it has loaded the version): the promotion fails with a reason, the old version stays
     live, and serving restarted at the same address serves it."""
-    doomed = server_factory(database_url=database_url)
-    port = doomed.url.rsplit(":", 1)[1]
-    client = _client(doomed, registry)
-    _register(registry, doomed, "kl-v0001", "med-v0001")
-    _register(registry, doomed, "kl-v0002", "med-v0002")
-    registry.promote("kl-v0001", client, actor="admin")
+    doomed, port, client = _second_version_pending(server_factory, database_url, registry, "kl")
 
     # Frozen, serving has accepted the promotion's connection but answers nothing; then it dies.
     os.kill(doomed.process.pid, signal.SIGSTOP)
@@ -303,12 +308,7 @@ def test_serving_killed_between_loading_and_the_flip_serves_the_new_version_once
     db.upgrade(url)
     engine = db.make_engine(url)
     registry = Registry(db.session_factory(engine), BASE)
-    doomed = server_factory(database_url=url)
-    port = doomed.url.rsplit(":", 1)[1]
-    client = _client(doomed, registry)
-    _register(registry, doomed, "fl-v0001", "med-v0001")
-    _register(registry, doomed, "fl-v0002", "med-v0002")
-    registry.promote("fl-v0001", client, actor="admin")
+    doomed, port, client = _second_version_pending(server_factory, url, registry, "fl")
 
     with engine.connect() as other_admin:
         other_admin.execute(sa.text("SELECT name FROM adapter_versions WHERE name = 'fl-v0002' FOR UPDATE"))
