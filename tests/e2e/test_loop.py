@@ -181,6 +181,9 @@ def test_the_whole_loop_through_the_browser(system):
         _kill(system, "serving")
         wait_for(lambda: _answers(_child(system, "serving")["url"]), timeout=120,
                  message="the restarted serving to answer")
+        # A new conversation: three exchanges in one would outgrow the tiny model's context.
+        student.locator("#chat-new").click()
+        student.wait_for_function("() => document.querySelectorAll('#chatbot .bot').length === 0")
         after_crash = ask(student, "What is a fever?")
         assert f"Answered by {live.name}" in after_crash, after_crash
 
