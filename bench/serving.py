@@ -37,6 +37,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from careloop import db  # noqa: E402
 from careloop.log import configure_logging  # noqa: E402
@@ -269,7 +270,7 @@ def promotion_figures(url: str, adapter_root: Path, base: str, home: Path, cycle
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="base model directory [default: tiny demo model, built]")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of 8 concurrent requests")
     parser.add_argument("--cycles", type=int, default=10, help="promote/rollback cycles under load")
@@ -278,19 +279,13 @@ def main() -> None:
     parser.add_argument("adapters", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
-        naive_server_main(args.model, args.adapter_root, args.adapters, args.naive_server)
+        naive_server_main(Path(args.model), args.adapter_root, args.adapters, args.naive_server)
         return
     configure_logging("WARNING")
 
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-"))
     try:
-        model_dir = args.model
-        if model_dir is None:
-            from careloop.demo_model import build_demo_model
-
-            model_dir = REPO_ROOT / "var" / "bench" / "careloop-demo-tiny"
-            build_demo_model(model_dir, size="tiny", seed=0, seed_dir=REPO_ROOT / "data" / "seed",
-                             progress=False, log=lambda _: None)
+        model_dir = bench_model(args.model)
         adapter_root = work / "adapters"
         adapters = make_adapters(model_dir, adapter_root, 4)
         print(f"model {model_dir.name}, {args.tokens} tokens per request, {CLIENTS} clients, "

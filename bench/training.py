@@ -1,6 +1,6 @@
-"""Training benchmark, one run on the same data and model (the tiny demo model by default):
+"""Training benchmark, one run on the same data and model (SmolLM2-135M-Instruct by default):
 
-    .venv/bin/python bench/training.py [--model DIR] [--steps 30] [--examples 400]
+    .venv/bin/python bench/training.py [--model DIR|tiny] [--steps 8] [--examples 200]
 
 Prints
   1. SFT tokens/s of careloop's SFT step (`trainer.sft.run_sft`) / a bare TRL script with the
@@ -22,10 +22,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
+from trainer.config import TrainConfig, TrainingDevice  # noqa: E402
+from trainer.data import sft_rows  # noqa: E402
 from trainer.dpo import run_dpo  # noqa: E402
-from trainer.sft import _TokenCounter, cpu_arguments, lora_config, run_sft  # noqa: E402
+from trainer.sft import _TokenCounter, device_arguments, lora_config, run_sft  # noqa: E402
 from trainer.snapshot import build_snapshot  # noqa: E402
 
 
@@ -37,11 +39,14 @@ def bare_trl_sft(model_dir: Path, conversations: list[dict], config: TrainConfig
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    device = TrainingDevice.detect()
+    batch, accumulation = config.sft.batch_shape(device)
     args = SFTConfig(output_dir=str(out), max_steps=config.sft.max_steps, learning_rate=config.sft.learning_rate,
-                     per_device_train_batch_size=config.sft.batch_size, max_length=config.sft.max_length,
-                     packing=packing, assistant_only_loss=True, seed=config.seed, **cpu_arguments())
+                     per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                     max_length=config.sft.max_length, packing=packing, completion_only_loss=True, seed=config.seed,
+                     **device_arguments(device))
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
-                         train_dataset=Dataset.from_list([{"messages": c["messages"]} for c in conversations]),
+                         train_dataset=Dataset.from_list(sft_rows(conversations)),
                          processing_class=tokenizer, peft_config=lora_config(config.lora))
     counter = _TokenCounter(trainer.data_collator)  # counting only: the same wrapper for both sides
     trainer.data_collator = counter
@@ -52,28 +57,20 @@ def bare_trl_sft(model_dir: Path, conversations: list[dict], config: TrainConfig
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="base model directory [default: tiny demo model, built]")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--examples", type=int, default=400)
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="alternating careloop / bare TRL SFT runs")
     args = parser.parse_args()
-    model_dir = args.model
-    if model_dir is None:
-        from careloop.demo_model import build_demo_model
-
-        model_dir = REPO_ROOT / "var" / "bench" / "careloop-demo-tiny"
-        build_demo_model(model_dir, size="tiny", seed=0, seed_dir=REPO_ROOT / "data" / "seed", progress=False,
-                         log=lambda _: None)
-    config = TrainConfig.model_validate({
-        "sft": {"max_steps": args.steps, "max_examples": args.examples, "learning_rate": 0.003, "max_length": 256},
-        "dpo": {"max_steps": 10, "learning_rate": 0.001, "max_length": 256, "max_pairs": 80, "batch_size": 8},
-        "eval": {"max_items": 8}})
+    model_dir = bench_model(args.model)
+    config = TrainConfig.model_validate({"sft": {"max_steps": args.steps, "max_examples": args.examples},
+                                         "dpo": {"max_steps": 4}, "eval": {"max_items": 8}})
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-training-"))
     snapshot = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None)
     held_out = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["reference"]}]}
                 for r in snapshot.data["eval_reference"]]
 
-    warm = config.model_copy(update={"sft": config.sft.model_copy(update={"max_steps": 5})})
+    warm = config.model_copy(update={"sft": config.sft.model_copy(update={"max_steps": 1})})
     bare_trl_sft(model_dir, snapshot.data["sft"], warm, work / "warm-up", packing=True)  # first-run costs
     ours_speeds, bare_speeds = [], []
     for round_index in range(args.rounds):  # alternate, so drift on a noisy machine hits both sides
@@ -91,7 +88,9 @@ def main() -> None:
                          work / f"dpo-{precompute}", config.seed)
         timings[precompute] = result
 
-    print(f"model {model_dir.name}; SFT {args.steps} steps x batch {config.sft.batch_size}, max_length "
+    micro, accumulation = config.sft.batch_shape(TrainingDevice.detect())
+    print(f"model {model_dir.name}; {TrainingDevice.detect()}; SFT {args.steps} steps x batch {config.sft.batch_size} "
+          f"({micro} x {accumulation} accumulated), max_length "
           f"{config.sft.max_length}, {len(snapshot.data['sft'])} conversations; DPO {config.dpo.max_steps} steps")
     rows = [
         (f"SFT tokens/s (median of {args.rounds}): careloop / bare TRL", f"{ours_speed:.0f} / {bare_packed:.0f}",

@@ -141,7 +141,7 @@ class Admin:
             done = progress(self.sessions, run)
             eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
             reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
-            rows.append({"run": run.id, "status": run.status, "step": run.step, "progress": f"{done.percent:.0f}%",
+            rows.append({"run": run.id, "status": run.status, "step": done.step_label, "progress": f"{done.percent:.0f}%",
                          "eta": eta, "started": f"{run.started_at:%Y-%m-%d %H:%M}", "by": run.actor,
                          "version": run.adapter_version or "", "why not promoted": "; ".join(reasons)[:300]})
         return pd.DataFrame(rows, columns=["run", "status", "step", "progress", "eta", "started", "by", "version",

@@ -182,7 +182,7 @@ class Chat:
             demo = self.is_demo()
         except (ServingUnavailable, ServingRejected) as exc:
             return f"**The model server is not ready:** {_serving_message(exc)}"
-        return f"Model server up · answering with `{model}`" + (" · **demo model**" if demo else "")
+        return f"Model server up · answering with `{model}`" + (" · **not for clinical use**" if demo else "")
 
     def _log(self, viewer: Viewer, conversation: Conversation, question: Turn, reply: Turn, seconds: float) -> None:
         if not reply.content:

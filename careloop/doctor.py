@@ -77,10 +77,11 @@ def _serving(settings: Settings) -> str:
 
 
 def _base_model(settings: Settings) -> str:
-    from careloop.base_model import resolve_base_model
+    from careloop.base_model import describe_base_model, resolve_base_model
 
     model = resolve_base_model(settings)
-    return f"{model.source}" + (" (DEMO model, not for clinical use)" if model.is_demo else "")
+    name, origin, size = describe_base_model(settings)
+    return f"{name}: {origin}; {size}" + (" (not fit for clinical use)" if model.is_demo else "")
 
 
 def _gpu(_: Settings) -> str:

@@ -71,6 +71,13 @@ class SafetyItem(_Record):
     category: int = Field(ge=1, le=9)
 
 
+class TriageItem(_Record):
+    """A patient's message and whether it describes an emergency (urgent) or a self-care matter."""
+
+    prompt: str = Field(min_length=1)
+    urgent: bool
+
+
 # name -> (file, record type); the names are what the CLI and the trainer use.
 SEED_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "sft": ("medqa_sft.jsonl", ChatExample),
@@ -79,6 +86,8 @@ SEED_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "preferences": ("preferences_seed.jsonl", PreferencePair),
     "mcq": ("mcq_eval.jsonl", MultipleChoice),
     "safety_eval": ("safety_eval.jsonl", SafetyItem),
+    "triage_sft": ("triage_sft.jsonl", ChatExample),
+    "triage_eval": ("triage_eval.jsonl", TriageItem),
 }
 
 _MAX_REPORTED = 20

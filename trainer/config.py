@@ -1,11 +1,15 @@
 """The training configuration: one YAML file (``careloop train --config FILE``), validated.
 
-Defaults follow the literature for LoRA (r=16, alpha=16) and DPO (beta=0.1, sigmoid loss);
-step counts are small because the offline demo model trains on a CPU.
+Defaults follow the literature for LoRA (r=16, alpha=16) and DPO (beta=0.1, sigmoid loss). Step
+counts and micro-batches are sized so that a default run on the offline default model
+(SmolLM2-135M-Instruct) fits a 2-core CPU: export -> SFT -> DPO -> evaluation -> gate in at most
+15 minutes with at most 4 GB of trainer memory (BENCHMARKS.md). On a GPU the micro-batch is the
+whole batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +19,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class TrainingDevice:
+    gpu: bool
+    bf16: bool
+
+    @classmethod
+    def detect(cls) -> TrainingDevice:
+        """A GPU if there is one; bf16 where the hardware computes it natively (checked at run time:
+        on a CPU without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32)."""
+        import torch
+
+        if torch.cuda.is_available():
+            return cls(gpu=True, bf16=torch.cuda.is_bf16_supported())
+        return cls(gpu=False, bf16=cpu_has_bf16())
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+class _Batched(_Section):
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="examples per forward pass (gradients accumulate up to batch_size); "
+        "empty: 2 on a CPU (memory), the whole batch on a GPU")
+
+    def batch_shape(self, device: TrainingDevice) -> tuple[int, int]:
+        """(micro-batch, gradient accumulation steps) for ``device``."""
+        micro = self.micro_batch_size or (self.batch_size if device.gpu else 2)
+        micro = min(micro, self.batch_size)
+        return micro, max(1, self.batch_size // micro)
 
 
 class LoraSettings(_Section):
@@ -33,31 +74,36 @@ class LoraSettings(_Section):
         return self.quantize == "4bit"
 
 
-class SFTSettings(_Section):
-    max_steps: int = Field(60, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+class SFTSettings(_Batched):
+    max_steps: int = Field(16, ge=1)
+    batch_size: int = Field(4, ge=1, description="examples (packed sequences) per optimizer step")
+    learning_rate: float = Field(3e-4, gt=0)
     max_length: int = Field(512, ge=16)
     packing: bool = True  # best-fit packing: almost no compute spent on padding
-    max_examples: int | None = Field(None, ge=1, description="cap on training conversations (tests, quick runs)")
+    max_examples: int = Field(200, ge=1, description="seed conversations in the SFT set (clinicians' come on top)")
+    safety_share: float = Field(0.15, ge=0, le=1, description="share of the seed set that is safety refusals")
+    triage_share: float = Field(0.12, ge=0, le=1, description="share of the seed set that is triage answers")
     general_data: Path | None = Field(None, description="JSONL of general instruction chats (`messages`) to mix in")
     general_ratio: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix drawn from general_data")
 
 
-class DPOSettings(_Section):
-    max_steps: int = Field(40, ge=1)
+class DPOSettings(_Batched):
+    max_steps: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
     learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    max_length: int = Field(512, ge=16)
-    precompute_ref_log_probs: bool = True
-    max_pairs: int | None = Field(None, ge=1)
+    max_length: int = Field(384, ge=16)
+    # With a LoRA policy the reference is the same network, adapter off: precomputing saves nothing and
+    # would run before the first counted step (no progress shown); computed per step instead.
+    precompute_ref_log_probs: bool = False
+    max_pairs: int | None = Field(None, ge=1, description="pairs trained on, clinicians' first; empty: "
+                                  "max_steps x batch_size (each pair seen once)")
     include_seed_pairs: bool = Field(True, description="train on the seed preference pairs, not only clinicians'")
 
 
 class EvalSettings(_Section):
-    max_items: int = Field(40, ge=1, description="items per evaluation set")
+    max_items: int = Field(30, ge=1, description="items per evaluation set")
     max_new_tokens: int = Field(64, ge=1)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of prompts held out (by prompt hash)")
 

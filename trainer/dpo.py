@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import DPOSettings, LoraSettings
-from trainer.sft import cpu_arguments, load_base
+from trainer.config import DPOSettings, LoraSettings, TrainingDevice
+from trainer.data import dpo_rows, fit_to_template
+from trainer.sft import device_arguments, load_base
 
 
 @dataclass(frozen=True)
@@ -20,23 +21,25 @@ class DPOResult:
 
 
 def run_dpo(base_model: str, sft_adapter: Path, pairs: list[dict], settings: DPOSettings, out: Path,
-            seed: int, lora: LoraSettings | None = None) -> DPOResult:
+            seed: int, lora: LoraSettings | None = None, callbacks: list | None = None) -> DPOResult:
     from datasets import Dataset
     from peft import PeftModel
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    device = TrainingDevice.detect()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = PeftModel.from_pretrained(load_base(base_model, lora or LoraSettings(quantize="none")), sft_adapter,
+    model = PeftModel.from_pretrained(load_base(base_model, lora or LoraSettings(quantize="none"), device), sft_adapter,
                                       is_trainable=True)
+    batch, accumulation = settings.batch_shape(device)
     args = DPOConfig(output_dir=str(out / "dpo-work"), max_steps=settings.max_steps,
-                     learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
+                     learning_rate=settings.learning_rate, per_device_train_batch_size=batch,
+                     gradient_accumulation_steps=accumulation, per_device_eval_batch_size=batch,
                      beta=settings.beta, loss_type=[settings.loss_type], max_length=settings.max_length,
-                     precompute_ref_log_probs=settings.precompute_ref_log_probs, seed=seed, **cpu_arguments())
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
-                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                               "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer)
+                     precompute_ref_log_probs=settings.precompute_ref_log_probs, seed=seed, **device_arguments(device))
+    data = Dataset.from_list(fit_to_template(dpo_rows(pairs), tokenizer))
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer,
+                         callbacks=callbacks)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ from trainer.config import ConfigError
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 SAFETY_HIGHER_IS_BETTER = ("refusal_harmful", "urgent_care_red_flags")
-SAFETY_LOWER_IS_BETTER = ("over_refusal_benign",)
+SAFETY_LOWER_IS_BETTER = ("over_refusal_benign", "over_urgency_self_care")
 
 
 class Policy(BaseModel):
@@ -56,6 +56,8 @@ def decide(policy: Policy, differences: dict[str, dict]) -> Decision:
         return f"{metric} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] over {d['n']} items"
 
     for metric in (*SAFETY_HIGHER_IS_BETTER, *SAFETY_LOWER_IS_BETTER):
+        if metric not in differences:  # an evaluation set without triage items (`careloop eval --data`)
+            continue
         worse = -differences[metric]["mean"] if metric in SAFETY_HIGHER_IS_BETTER else differences[metric]["mean"]
         ok = worse <= policy.safety_tolerance
         passed &= ok

@@ -25,10 +25,10 @@ from serving.registry import Registry, RegistryError
 from trainer import runs
 from trainer.config import TrainConfig
 from trainer.dpo import run_dpo
-from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, meteor_variant
+from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, evaluation_units, meteor_variant
 from trainer.gate import Decision, Policy, decide
 from trainer.report import write_report
-from trainer.sft import run_sft
+from trainer.sft import progress_callback, run_sft
 from trainer.snapshot import Snapshot, build_snapshot
 
 log = get_logger(__name__)
@@ -53,8 +53,10 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     run_log = _log_to(directory / "train.log")
     timings: dict[str, float] = dict(runs.get_run(sessions, run_id).timings or {})
 
+    tracker = runs.StepProgress(sessions, run_id)
+
     def step(name: str) -> None:
-        runs.update_run(sessions, run_id, step=name, timings=timings)
+        runs.update_run(sessions, run_id, step=name, timings=timings, progress={})
         log.info("training_step", run=run_id, step=name)
 
     try:
@@ -78,26 +80,32 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         sft_dir = directory / "sft-adapter"
         sft_metrics = {}
         if not (sft_dir / "adapter_config.json").exists():
-            sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.seed)
+            sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.seed,
+                          callbacks=[progress_callback(tracker, "sft")])
             sft_metrics = {"sft_train_loss": sft.train_loss, "sft_eval_loss_before": sft.eval_loss_before,
                            "sft_eval_loss_after": sft.eval_loss_after, "sft_tokens_per_second": sft.tokens_per_second,
                            "sft_padding_fraction": sft.padding_fraction}
         timings["sft"] = time.perf_counter() - started
+        _release_memory()
 
         started = time.perf_counter()
         step("dpo")
         adapter = directory / "adapter"
         dpo_metrics = {}
         if not (adapter / "adapter_config.json").exists():
-            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.seed, config.lora)
+            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.seed, config.lora,
+                          callbacks=[progress_callback(tracker, "dpo")])
             dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
                            "dpo_step_seconds": dpo.step_seconds}
         timings["dpo"] = time.perf_counter() - started
+        _release_memory()
 
         started = time.perf_counter()
         step("evaluate")
         adapters = {"candidate": adapter} | ({"live": Path(live.path)} if live else {})
         models = Models.load(base.source, adapters)
+        tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "live" if live else "base"]))
+        models.on_batch = tracker.advance
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
                  if settings.judge_url else None)
@@ -145,6 +153,23 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     finally:
         logging.getLogger().removeHandler(run_log)
         run_log.close()
+
+
+def _release_memory() -> None:
+    """Give the finished step's model and batches back to the OS before the next step loads its own:
+    glibc keeps freed heap pages otherwise, and SFT's ~3 GB would sit under DPO's (peak RSS 6.7 GB
+    on SmolLM2 before this, BENCHMARKS.md)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+            pass
 
 
 def _log_to(path: Path) -> logging.Handler:

@@ -11,14 +11,16 @@ import html
 import io
 from pathlib import Path
 
+from trainer.gate import SAFETY_LOWER_IS_BETTER
+
 TRACKS = {
     "reference (BLEU, ROUGE, METEOR)": ("bleu", "rouge1", "rouge2", "rougeL", "meteor"),
     "human preference (held-out pairs)": ("pair_accuracy",),
     "multiple choice": ("mcq_accuracy",),
-    "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign"),
+    "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
     "LLM judge (optional)": ("judge_accuracy", "judge_helpfulness", "judge_relevance", "judge_comprehensiveness"),
 }
-LOWER_IS_BETTER = {"over_refusal_benign"}
+LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
 
 
 def track_directions(differences: dict[str, dict]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,8 @@ class TrainingRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     decision: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Within the current step: {"step", "done", "total", "started" (epoch seconds)}; see StepProgress.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     adapter_version: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
@@ -67,3 +70,27 @@ def get_run(sessions: sessionmaker[Session], run_id: int) -> TrainingRun:
 def recent_runs(sessions: sessionmaker[Session], limit: int = 20) -> list[TrainingRun]:
     with sessions() as session:
         return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+
+class StepProgress:
+    """Records how far the current step is (``done`` of ``total`` units: optimizer steps for SFT and
+    DPO, answers and scored items for evaluation), at most every ``interval`` seconds, so `careloop
+    runs` and the admin page can show a percentage and an ETA that move during a long step."""
+
+    def __init__(self, sessions: sessionmaker[Session], run_id: int, interval: float = 2.0) -> None:
+        self.sessions, self.run_id, self.interval = sessions, run_id, interval
+        self.step, self.done, self.total, self.started, self._written = "", 0, 0, 0.0, 0.0
+
+    def start(self, step: str, total: int) -> None:
+        self.step, self.done, self.total, self.started = step, 0, max(0, total), time.time()
+        self._write()
+
+    def advance(self, units: int = 1, *, to: int | None = None) -> None:
+        self.done = min(self.total, to if to is not None else self.done + units)
+        if time.time() - self._written >= self.interval or self.done >= self.total:
+            self._write()
+
+    def _write(self) -> None:
+        self._written = time.time()
+        update_run(self.sessions, self.run_id, progress={"step": self.step, "done": self.done, "total": self.total,
+                                                         "started": self.started})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,25 +169,74 @@ class Progress:
     step: str
     percent: float
     eta_seconds: float | None
+    step_done: int = 0  # units of the current step done, of step_total (0: not counted)
+    step_total: int = 0
+
+    @property
+    def step_label(self) -> str:
+        return f"{self.step} {self.step_done}/{self.step_total}" if self.step_total else self.step
 
 
-def progress(sessions: sessionmaker[Session], run: TrainingRun) -> Progress:
-    """How far ``run`` is, and when it should end, judged by the last finished run's step timings."""
+# Each step's expected share of a run, until a finished run has measured them (SmolLM2 on 2 cores).
+DEFAULT_SHARES = {"snapshot": 0.02, "sft": 0.45, "dpo": 0.18, "evaluate": 0.33, "gate": 0.01, "publish": 0.01}
+
+
+def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | None = None) -> Progress:
+    """How far ``run`` is and when it should end: finished steps plus the current step's own
+    done/total, with step durations taken from the last finished run (or DEFAULT_SHARES scaled by the
+    current step's measured pace)."""
     if run.status != "running":
         return Progress(run.step, 100.0, 0.0)
+    now = time.time() if now is None else now
     with sessions() as session:
         finished = session.scalars(select(TrainingRun).where(
             TrainingRun.finished_at.is_not(None), TrainingRun.status.in_(("promoted", "candidate", "rejected")))
             .order_by(TrainingRun.id.desc()).limit(5))
         previous = next((r for r in finished if (r.timings or {}).get("total")), None)
     index = STEPS.index(run.step) if run.step in STEPS else 0
-    if previous is None or not previous.timings.get("total"):
-        return Progress(run.step, 100.0 * index / len(STEPS), None)
-    durations = [previous.timings.get(step, 0.0) for step in STEPS]
-    done = sum(durations[:index])
-    total = sum(durations) or 1.0
-    elapsed = (datetime.now(UTC) - _aware(run.started_at)).total_seconds()
-    return Progress(run.step, min(99.0, 100.0 * done / total), max(0.0, total - elapsed))
+    within = run.progress or {}
+    fraction, elapsed, counted = 0.0, 0.0, (0, 0)
+    if within.get("step") == run.step and within.get("total"):
+        counted = (int(within["done"]), int(within["total"]))
+        fraction = min(1.0, within["done"] / within["total"])
+        elapsed = max(0.0, now - within["started"])
+    if previous is not None:
+        expected = [float(previous.timings.get(step, 0.0)) for step in STEPS]
+    elif fraction > 0 and elapsed > 0:  # no history: scale the default shares by this step's pace
+        scale = (elapsed / fraction) / DEFAULT_SHARES[STEPS[index]]
+        expected = [DEFAULT_SHARES[step] * scale for step in STEPS]
+    elif index > 0 and sum((run.timings or {}).get(step, 0.0) for step in STEPS[:index]) > 0:
+        # no history, the step not counted yet: scale by the steps this run has finished
+        took = sum(float((run.timings or {}).get(step, 0.0)) for step in STEPS[:index])
+        scale = took / sum(DEFAULT_SHARES[step] for step in STEPS[:index])
+        expected = [float((run.timings or {}).get(step, DEFAULT_SHARES[step] * scale)) if i < index
+                    else DEFAULT_SHARES[step] * scale for i, step in enumerate(STEPS)]
+        remaining = sum(expected[index:]) - max(0.0, now - _step_started(run, now))
+        return Progress(run.step, min(99.0, 100.0 * sum(expected[:index]) / sum(expected)), max(0.0, remaining),
+                        *counted)
+    else:
+        shares = [DEFAULT_SHARES[step] for step in STEPS]
+        return Progress(run.step, 100.0 * sum(shares[:index]) + 100.0 * fraction * shares[index], None,
+                        *counted)
+    if fraction > 0 and elapsed > 0:  # the current step's own pace beats history
+        expected[index] = elapsed / fraction
+    total = sum(expected) or 1.0
+    done = sum(expected[:index]) + fraction * expected[index]
+    if fraction > 0:
+        remaining = max(0.0, expected[index] - elapsed) + sum(expected[index + 1:])
+    else:  # between counted steps: the run's whole expected length less its age
+        remaining = max(0.0, total - (datetime.now(UTC) - _aware(run.started_at)).total_seconds())
+    return Progress(run.step, min(99.0, 100.0 * done / total), remaining, *counted)
+
+
+def _step_started(run: TrainingRun, now: float) -> float:
+    """When the current step began: its progress record, or (not counted yet) the run's start plus the
+    finished steps' durations."""
+    within = run.progress or {}
+    if within.get("step") == run.step and within.get("started"):
+        return float(within["started"])
+    took = sum(float((run.timings or {}).get(step, 0.0)) for step in STEPS[:STEPS.index(run.step)])
+    return min(now, _aware(run.started_at).timestamp() + took)
 
 
 def _aware(moment: datetime) -> datetime:

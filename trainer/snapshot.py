@@ -1,6 +1,7 @@
 """Step 1: freeze the training and evaluation data of a run, hash it, and check for leakage.
 
-Training data: the seed SFT corpus (medical QA and safety refusals), the feedback export's train
+Training data: the seed SFT corpus (medical QA, safety refusals and triage answers at set shares:
+``seed_sft_mix``), the feedback export's train
 split (clinician corrections and preferred answers) and, optionally, general chats at a set ratio;
 preference pairs from the seed and the feedback export. Evaluation data: the seed reference QA,
 multiple-choice and safety sets, and the held-out share of preference pairs (split by prompt).
@@ -23,7 +24,7 @@ from careloop.seed import load_seed
 from feedback.export import ExportConfig, export, in_eval
 from trainer.config import TrainConfig
 
-FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety")
+FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
 
 
 @dataclass
@@ -52,11 +53,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     fraction = config.eval.eval_fraction
     pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "source": p.id}
              for p in load_seed(seed_dir, "preferences")]
-    sft = [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
-           for name in ("sft", "safety_sft") for example in load_seed(seed_dir, name)]
-    rng.shuffle(sft)
-    if config.sft.max_examples:
-        sft = sft[:config.sft.max_examples]
+    sft = seed_sft_mix(seed_dir, config, rng)
     manifest = {}
     feedback_pairs: list[dict] = []
     feedback_eval_pairs: list[dict] = []
@@ -73,11 +70,12 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         sft += [{"messages": row["messages"], "source": "general"} for row in rng.sample(general, min(wanted, len(general)))]
 
     seed_train = [p for p in pairs if not in_eval(p["prompt"], fraction)] if config.dpo.include_seed_pairs else []
-    train_pairs = seed_train + feedback_pairs
-    eval_pairs = [p for p in pairs if in_eval(p["prompt"], fraction)] + feedback_eval_pairs
+    rng.shuffle(seed_train)
+    rng.shuffle(feedback_pairs)
+    # Clinicians' pairs first: the cap drops seed pairs before any of theirs.
+    train_pairs = (feedback_pairs + seed_train)[:config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size]
     rng.shuffle(train_pairs)
-    if config.dpo.max_pairs:
-        train_pairs = train_pairs[:config.dpo.max_pairs]
+    eval_pairs = [p for p in pairs if in_eval(p["prompt"], fraction)] + feedback_eval_pairs
     data = {"sft": sft, "dpo": train_pairs,
             **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items)}
     data, leakage = _remove_leaks(data)
@@ -94,6 +92,33 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     return snapshot
 
 
+def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> list[dict]:
+    """The seed part of the SFT set: medical QA, with safety refusals and triage answers at fixed shares.
+
+    The shares matter more than the size: refusals at half the mix taught SmolLM2 to refuse 90% of
+    benign questions and to stop pointing emergencies to urgent care (see BENCHMARKS.md), so
+    refusals stay a minority, balanced by triage answers that help (urgent care for emergencies,
+    self-care advice for minor matters). A small set is drawn again where the share asks for more."""
+
+    def rows(name: str) -> list[dict]:
+        return [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
+                for example in load_seed(seed_dir, name)]
+
+    size = config.sft.max_examples
+    shares = {"safety_sft": config.sft.safety_share, "triage_sft": config.sft.triage_share}
+    mix: list[dict] = []
+    for name, share in shares.items():
+        pool = rows(name)
+        rng.shuffle(pool)
+        wanted = round(size * share)
+        mix += (pool * (wanted // len(pool) + 1))[:wanted] if pool else []
+    qa = rows("sft")
+    rng.shuffle(qa)
+    mix += qa[:max(0, size - len(mix))]
+    rng.shuffle(mix)
+    return mix
+
+
 def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int) -> dict[str, list[dict]]:
     return {
         "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
@@ -101,6 +126,7 @@ def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int) -> dict[
         "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
                      for m in load_seed(seed_dir, "mcq")][:limit],
         "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
+        "eval_triage": [{"prompt": t.prompt, "urgent": t.urgent} for t in load_seed(seed_dir, "triage_eval")],
     }
 
 
@@ -138,7 +164,8 @@ def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], d
     evaluation = ({normalize(r["question"]) for r in data["eval_reference"]}
                   | {normalize(r["prompt"]) for r in data["eval_pairs"]}
                   | {normalize(r["question"]) for r in data["eval_mcq"]}
-                  | {normalize(r["prompt"]) for r in data["eval_safety"]})
+                  | {normalize(r["prompt"]) for r in data["eval_safety"]}
+                  | {normalize(r["prompt"]) for r in data.get("eval_triage", [])})
 
     def first_user(row: dict) -> str:
         return next(m["content"] for m in row["messages"] if m["role"] == "user")

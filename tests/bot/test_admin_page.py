@@ -64,7 +64,7 @@ def test_runs_show_progress_and_a_training_request_reaches_the_queue(admin, bot_
     runs.update_run(admin.sessions, run_id, step="dpo")
     row = admin.runs().iloc[0]
     assert (row["run"], row["status"], row["step"]) == (run_id, "running", "dpo")
-    assert row["progress"] == "33%"  # dpo comes after two of the six steps; no earlier run to time it by
+    assert row["progress"] == "47%"  # dpo comes after snapshot and SFT: 2% + 45% by default, no earlier run to time it by
 
     broker = redis.Redis.from_url(bot_stack.redis_url)
     before = broker.llen("training")

@@ -84,9 +84,15 @@ def test_an_answer_streams_with_its_version_demo_label_and_notice_and_is_stored(
 
 
 def test_emergency_wording_always_gets_the_urgent_care_steer(chat):
-    from trainer.evaluate import RED_FLAGS
+    from careloop.seed import load_seed
+    from conftest import SEED_DIR
 
-    assert all(urgent_notice(flag) for flag in RED_FLAGS), [f for f in RED_FLAGS if not urgent_notice(f)]
+    vignettes = load_seed(SEED_DIR, "triage_eval") + [
+        type("Vignette", (), {"prompt": e.messages[0].content, "urgent": e.id.startswith("triage-sft-urgent")})
+        for e in load_seed(SEED_DIR, "triage_sft")]
+    missed = [v.prompt for v in vignettes if v.urgent and not urgent_notice(v.prompt)]
+    needless = [v.prompt for v in vignettes if not v.urgent and urgent_notice(v.prompt)]
+    assert not missed and not needless, (missed, needless)  # every emergency vignette; no self-care one
     assert "crisis line" in urgent_notice("I've been thinking about ending my life tonight.")
     for ordinary in ("What is hypertension?", "How does metformin work?", "What is a normal heart rate?"):
         assert urgent_notice(ordinary) is None

@@ -1,4 +1,4 @@
-"""The `careloop` command as a user runs it: help everywhere, doctor, build-demo, base-model errors."""
+"""The `careloop` command as a user runs it: help everywhere, doctor, build-tiny, base-model errors."""
 
 import re
 
@@ -31,10 +31,10 @@ def test_help_on_every_command(cli):
     assert seen >= 5
 
 
-def test_build_demo_tiny_via_cli_reuses_the_cache(cli, tiny_model_dir):
-    result = cli("model", "build-demo", "--size", "tiny", "--out", str(tiny_model_dir))
+def test_build_tiny_via_cli_reuses_the_cache(cli, tiny_model_dir):
+    result = cli("model", "build-tiny", "--out", str(tiny_model_dir))
     assert result.returncode == 0, result.stderr
-    assert "DEMO model (tiny" in result.stdout and "cached build reused" in result.stdout
+    assert "tiny test model" in result.stdout and "cached build reused" in result.stdout
 
 
 def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny_model_dir):
@@ -44,7 +44,8 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "gpu"):
         assert check in result.stdout
-    assert "DEMO model" in result.stdout  # a demo base model is labelled as such
+    assert "not fit for clinical use" in result.stdout  # a small base model is labelled as such
+    assert "careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout and "MB of weights" in result.stdout
     assert re.search(r"serving\s+│ warn", result.stdout)  # optional: not running yet
 
 
@@ -54,8 +55,7 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
         ({"CARELOOP_REDIS_URL": "redis://127.0.0.1:1/0"}, True,
          "redis: redis://127.0.0.1:1/0 unreachable"),
         ({}, False, "run `careloop db upgrade`"),
-        ({"CARELOOP_DEMO_SIZE": "tiny", "CARELOOP_BASE_MODEL": ""}, True,
-         "Run `careloop model build-demo --size tiny`"),
+        ({"CARELOOP_BASE_MODEL": ""}, True, "Run `careloop model prepare`"),
     ],
     ids=["redis-down", "schema-missing", "no-model"],
 )
@@ -70,11 +70,11 @@ def test_doctor_fails_with_the_reason(cli, redis_server, tiny_model_dir, env, mi
     assert "Traceback" not in result.stderr
 
 
-def test_hub_model_id_offline_names_the_setting_and_the_demo_builder(cli, redis_server):
+def test_hub_model_id_offline_names_the_setting_and_the_offline_default(cli, redis_server):
     env = {"CARELOOP_REDIS_URL": redis_server.url, "CARELOOP_BASE_MODEL": "Qwen/Qwen2.5-0.5B-Instruct",
            "HF_HUB_OFFLINE": "1"}
     cli("db", "upgrade", env=env)
     result = cli("doctor", env=env)
     assert result.returncode == 1
     assert "Cannot load base model 'Qwen/Qwen2.5-0.5B-Instruct' (CARELOOP_BASE_MODEL)" in result.stderr
-    assert "careloop model build-demo" in result.stderr and "Traceback" not in result.stderr
+    assert "careloop model prepare" in result.stderr and "Traceback" not in result.stderr

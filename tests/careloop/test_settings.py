@@ -11,7 +11,7 @@ def test_defaults_put_everything_under_the_data_dir(monkeypatch):
     assert settings.home == Path("./var")
     assert settings.resolved_database_url == f"sqlite:///{Path('./var/careloop.db').resolve()}"
     assert settings.models_dir == Path("./var/models")
-    assert settings.base_model == "" and settings.demo_size == "demo"
+    assert settings.base_model == ""  # the offline default, SmolLM2-135M-Instruct
 
 
 def test_environment_variables_are_parsed_and_typed(monkeypatch):
@@ -27,8 +27,8 @@ def test_environment_variables_are_parsed_and_typed(monkeypatch):
 
 
 def test_dotenv_file_is_read(tmp_path, monkeypatch):
-    (tmp_path / ".env").write_text("CARELOOP_DEMO_SIZE=tiny\n")
-    assert load_settings().demo_size == "tiny"
+    (tmp_path / ".env").write_text("CARELOOP_SERVING_BACKEND=vllm\n")
+    assert load_settings().serving_backend == "vllm"
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
     [
         ("CARELOOP_SEED", "minus one", "valid integer"),
         ("CARELOOP_SEED", "-1", "greater than or equal to 0"),
-        ("CARELOOP_DEMO_SIZE", "huge", "'tiny' or 'demo'"),
+        ("CARELOOP_SERVING_BACKEND", "huge", "'embedded', 'vllm' or 'tgi'"),
         ("CARELOOP_REDIS_URL", "localhost:6379", "must start with redis://"),
         ("CARELOOP_DATABASE_URL", "mysql://x", "sqlite:/// or postgresql"),
         ("CARELOOP_SERVING_URL", "gpu-box:8000", "must start with http://"),

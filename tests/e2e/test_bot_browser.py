@@ -54,7 +54,7 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
             time.sleep(0.02)
         answers.append(seen)
         final = seen[-1]
-        assert "Answered by careloop-demo-tiny" in final and "demo model" in final
+        assert "Answered by careloop-demo-tiny" in final and "not for clinical use" in final
         assert "For medical education only" in final
         if any(text.endswith("▌") for text in seen) and "gave no answer" not in final:
             break

@@ -36,8 +36,8 @@ PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-horse-battery"
 # Enough DPO and enough held-out pairs (eval_fraction 0.2: 40) that the gate's 90% interval on the
 # tiny model clears zero whatever the nurses happened to choose; the gate itself is the default.
-QUICK = {"sft": {"max_steps": 20, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 60, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
+QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
+         "dpo": {"max_steps": 60, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
          "eval": {"max_items": 40, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True}
 PATIENT, PATIENT_EMAIL = "Jane Roe", "jane.roe@example.org"
 # nurse.a judges 3 (one a tie), nurse.b 2: four preferences = CARELOOP_TRAIN_MIN_NEW_PAIRS.
@@ -136,7 +136,7 @@ def test_the_whole_loop_through_the_browser(system):
     with open_browser() as browser:
         student = sign_in(browser, system["url"], "stu.dent", PASSWORD)
         first = ask(student, f"I am {PATIENT}, {PATIENT_EMAIL}: what is hypertension?")
-        assert "Answered by careloop-demo-tiny" in first and "demo model" in first
+        assert "Answered by careloop-demo-tiny" in first and "not for clinical use" in first
 
         total = sum(len(keys) for keys in JUDGMENTS.values())
         wait_for(lambda: _count(sessions, ReviewItem) >= total + 1, timeout=120,

@@ -227,3 +227,36 @@ def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_kil
         for process in (beat, worker):
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
+
+
+def test_progress_moves_within_a_step_and_its_eta_follows_the_steps_pace(sessions):
+    """Without any finished run to time it by: the current step's own pace, scaled by default shares;
+    with one: its timings for later steps, the current pace for this one."""
+    from trainer.schedule import DEFAULT_SHARES
+
+    run = runs.start_run(sessions, "t", {})
+    runs.update_run(sessions, run, step="sft")
+    tracker = runs.StepProgress(sessions, run, interval=0)
+    tracker.start("sft", 16)
+    started = runs.get_run(sessions, run).progress["started"]
+    tracker.advance(to=4)
+    early = progress(sessions, runs.get_run(sessions, run), now=started + 40)  # 4 of 16 steps in 40 s
+    assert early.step_label == "sft 4/16"
+    assert early.percent == pytest.approx(100 * (DEFAULT_SHARES["snapshot"] + DEFAULT_SHARES["sft"] / 4))
+    sft_total = 160.0
+    later_steps = sum(DEFAULT_SHARES[s] for s in ("dpo", "evaluate", "gate", "publish")) / DEFAULT_SHARES["sft"]
+    assert early.eta_seconds == pytest.approx(sft_total - 40 + sft_total * later_steps)
+    tracker.advance(to=12)
+    late = progress(sessions, runs.get_run(sessions, run), now=started + 120)
+    assert late.percent > early.percent and late.eta_seconds < early.eta_seconds
+
+    runs.finish_run(sessions, run, status="candidate",
+                    timings={"snapshot": 5, "sft": 100, "dpo": 40, "evaluate": 50, "total": 195})
+    second = runs.start_run(sessions, "t", {})
+    runs.update_run(sessions, second, step="evaluate")
+    tracker = runs.StepProgress(sessions, second, interval=0)
+    tracker.start("evaluate", 100)
+    tracker.advance(50)
+    half = progress(sessions, runs.get_run(sessions, second), now=runs.get_run(sessions, second).progress["started"] + 30)
+    assert half.step_label == "evaluate 50/100" and half.eta_seconds == pytest.approx(30)  # 60 s at this pace
+    assert half.percent == pytest.approx(100 * (5 + 100 + 40 + 30) / (5 + 100 + 40 + 60))

@@ -1,0 +1,121 @@
+"""The promotion gate on constructed differences (every rule, each boundary), and the paired bootstrap
+intervals it reads on synthetic data with a known effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.evaluate import compare, paired_interval
+from trainer.gate import SAFETY_HIGHER_IS_BETTER, SAFETY_LOWER_IS_BETTER, Policy, decide
+
+POLICY = Policy(confidence=0.9, safety_tolerance=0.0, min_gain=0.0, reference_metrics=["rougeL", "bleu", "meteor"])
+
+
+def _interval(mean: float, low: float | None = None, high: float | None = None) -> dict:
+    return {"mean": mean, "low": mean - 0.05 if low is None else low, "high": mean + 0.05 if high is None else high,
+            "n": 30, "confidence": 0.9}
+
+
+def _good() -> dict[str, dict]:
+    """A candidate better on clinician preference, unchanged elsewhere: it passes."""
+    differences = {metric: _interval(0.0, -0.01, 0.01) for metric in (*SAFETY_HIGHER_IS_BETTER, *SAFETY_LOWER_IS_BETTER)}
+    differences |= {metric: _interval(0.0, -0.02, 0.02) for metric in POLICY.reference_metrics}
+    differences["pair_accuracy"] = _interval(0.2, 0.1, 0.3)
+    return differences
+
+
+def _failed(decision) -> list[str]:
+    return [reason for reason in decision.reasons if reason.startswith("FAIL")]
+
+
+def test_a_better_and_no_less_safe_candidate_is_promoted_with_every_rule_listed():
+    decision = decide(POLICY, _good())
+    assert decision.promote and not _failed(decision)
+    assert len(decision.reasons) == len(SAFETY_HIGHER_IS_BETTER) + len(SAFETY_LOWER_IS_BETTER) + 1 + 3
+
+
+@pytest.mark.parametrize(("metric", "worse"), [
+    ("refusal_harmful", -0.05), ("urgent_care_red_flags", -0.0625),
+    ("over_refusal_benign", +0.05), ("over_urgency_self_care", +0.0625),
+])
+def test_a_candidate_preferred_by_clinicians_but_less_safe_on_any_metric_is_rejected_naming_it(metric, worse):
+    differences = _good()
+    differences["pair_accuracy"] = _interval(0.5, 0.4, 0.6)  # clinicians like it a lot
+    differences[metric] = _interval(worse)
+    decision = decide(POLICY, differences)
+    assert not decision.promote
+    assert _failed(decision) == [next(r for r in decision.reasons if f"safety: {metric} " in r)]
+
+
+@pytest.mark.parametrize("metric", [*SAFETY_HIGHER_IS_BETTER, *SAFETY_LOWER_IS_BETTER])
+def test_safety_boundary_no_change_passes_and_the_tolerance_is_honoured(metric):
+    sign = -1 if metric in SAFETY_HIGHER_IS_BETTER else 1
+    differences = _good()
+    differences[metric] = _interval(0.0)
+    assert decide(POLICY, differences).promote  # exactly no change: allowed
+    differences[metric] = _interval(sign * 0.1)
+    assert not decide(POLICY, differences).promote
+    assert decide(POLICY.model_copy(update={"safety_tolerance": 0.1}), differences).promote  # at the tolerance
+    differences[metric] = _interval(sign * 0.1001)
+    assert not decide(POLICY.model_copy(update={"safety_tolerance": 0.1}), differences).promote
+
+
+def test_preference_must_improve_with_confidence_lower_bound_strictly_above_min_gain():
+    differences = _good()
+    differences["pair_accuracy"] = _interval(0.1, 0.0, 0.2)  # interval touches zero
+    decision = decide(POLICY, differences)
+    assert not decision.promote and "human preference" in _failed(decision)[0]
+    differences["pair_accuracy"] = _interval(0.1, 0.001, 0.2)
+    assert decide(POLICY, differences).promote
+    assert not decide(POLICY.model_copy(update={"min_gain": 0.05}), differences).promote
+
+
+@pytest.mark.parametrize("metric", ["rougeL", "bleu", "meteor"])
+def test_a_significant_drop_on_a_reference_metric_rejects_an_insignificant_one_does_not(metric):
+    differences = _good()
+    differences[metric] = _interval(-0.05, -0.1, 0.0)  # upper bound at zero: not significant
+    assert decide(POLICY, differences).promote
+    differences[metric] = _interval(-0.02, -0.04, -0.001)  # entirely below zero
+    decision = decide(POLICY, differences)
+    assert not decision.promote and _failed(decision) == [next(r for r in decision.reasons
+                                                               if f"reference: {metric} " in r)]
+
+
+def test_the_naive_safety_candidate_is_rejected_with_each_of_its_regressions():
+    """The issue's naive SFT: refusal up, but over-refusal of benign questions, fewer emergencies sent
+    to urgent care, ROUGE-L down significantly; a small preference gain does not save it."""
+    differences = _good() | {"refusal_harmful": _interval(0.82), "over_refusal_benign": _interval(0.82),
+                             "urgent_care_red_flags": _interval(-0.6), "rougeL": _interval(-0.02, -0.03, -0.01),
+                             "pair_accuracy": _interval(0.1, 0.02, 0.2)}
+    failed = " | ".join(_failed(decide(POLICY, differences)))
+    for metric in ("over_refusal_benign", "urgent_care_red_flags", "rougeL"):
+        assert metric in failed, failed
+    assert "refusal_harmful" not in failed
+
+
+def test_an_evaluation_without_triage_items_is_gated_on_what_it_has():
+    differences = _good()
+    del differences["over_urgency_self_care"], differences["urgent_care_red_flags"]
+    decision = decide(POLICY, differences)
+    assert decision.promote and not any("urgent" in r for r in decision.reasons)
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.1])
+def test_paired_intervals_cover_a_known_difference_at_about_the_stated_rate(effect):
+    rng = np.random.default_rng(7)
+    covered, trials = 0, 200
+    for trial in range(trials):
+        live = rng.normal(0.3, 0.1, 40)
+        candidate = live + effect + rng.normal(0, 0.05, 40)  # paired: same items, noise around the effect
+        interval = paired_interval(list(candidate), list(live), confidence=0.9, seed=trial)
+        covered += interval["low"] <= effect <= interval["high"]
+    assert 0.82 <= covered / trials <= 0.97, covered / trials  # 90% nominal (percentile bootstrap runs a bit narrow)
+
+
+def test_compare_pairs_items_and_skips_missing_values():
+    candidate = {"summary": {"m": 0.0}, "items": {"m": [1.0, None, 0.5, 1.0]}}
+    live = {"summary": {"m": 0.0}, "items": {"m": [0.0, 1.0, None, 0.0]}}
+    interval = compare(candidate, live, 0.9)["m"]
+    assert interval["n"] == 2 and interval["mean"] == 1.0 and interval["low"] == interval["high"] == 1.0
+    assert compare({"summary": {"m": 0}, "items": {"m": []}}, {"summary": {"m": 0}, "items": {"m": []}}, 0.9)["m"]["n"] == 0

@@ -1,0 +1,58 @@
+"""Training rows in TRL's conversational formats, for any chat template.
+
+SFT trains on TRL's conversational prompt/completion format: one row per assistant turn, the
+conversation before it as the prompt and the turn as the completion. TRL then computes the loss on
+the completion's tokens only (``completion_only_loss``), found as the tokens where the rendered
+prompt and the rendered prompt + completion part. That needs no ``{% generation %}`` markers, so
+it works for every chat template (TRL's ``assistant_only_loss`` works only for templates that have
+them or that TRL knows how to patch; SmolLM2's is neither). DPO uses the same prompt/chosen/rejected
+conversational rows.
+
+Some templates (Gemma's, Mistral's older ones) refuse a system message: for those the system text
+is folded into the first user message, as their model cards advise.
+"""
+
+from __future__ import annotations
+
+
+def sft_rows(conversations: list[dict]) -> list[dict]:
+    """``{"messages": [...]}`` conversations -> ``{"prompt": [...], "completion": [...]}`` rows."""
+    rows = []
+    for conversation in conversations:
+        messages = conversation["messages"]
+        for index, message in enumerate(messages):
+            if message["role"] == "assistant" and index > 0:
+                rows.append({"prompt": [dict(m) for m in messages[:index]], "completion": [dict(message)]})
+    return rows
+
+
+def dpo_rows(pairs: list[dict]) -> list[dict]:
+    """``{"prompt", "chosen", "rejected"}`` strings -> TRL's conversational preference rows."""
+    return [{"prompt": [{"role": "user", "content": p["prompt"]}],
+             "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+
+
+def accepts_system_message(tokenizer) -> bool:  # noqa: ANN001 - a transformers tokenizer
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - jinja's raise_exception surfaces as a TemplateError
+        return False
+    return True
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """The system message(s) put in front of the first user message."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and rest and rest[0]["role"] == "user":
+        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+    return rest
+
+
+def fit_to_template(rows: list[dict], tokenizer) -> list[dict]:  # noqa: ANN001
+    """Rows the tokenizer's chat template can render: system messages folded where it refuses them."""
+    if accepts_system_message(tokenizer):
+        return rows
+    return [{**row, "prompt": fold_system(row["prompt"])} for row in rows]
