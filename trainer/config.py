@@ -37,6 +37,15 @@ class TrainingDevice:
         return cls(gpu=False, bf16=cpu_has_bf16())
 
 
+# bf16 pays off on a CPU only when matrix products dominate: measured ~1.35x faster per SFT step on the
+# 135M-parameter default, 1.5x slower on the ~1M-parameter test model (conversion overhead).
+BF16_MIN_PARAMETERS = 50_000_000
+
+
+def use_bf16_on(device: TrainingDevice, model) -> bool:  # noqa: ANN001 - a torch module
+    return device.bf16 and sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMETERS
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -77,26 +86,24 @@ class LoraSettings(_Section):
 class SFTSettings(_Batched):
     max_steps: int = Field(16, ge=1)
     batch_size: int = Field(4, ge=1, description="examples (packed sequences) per optimizer step")
-    learning_rate: float = Field(3e-4, gt=0)
-    max_length: int = Field(512, ge=16)
+    learning_rate: float = Field(1e-3, gt=0)
+    max_length: int = Field(256, ge=16)
     packing: bool = True  # best-fit packing: almost no compute spent on padding
     max_examples: int = Field(200, ge=1, description="seed conversations in the SFT set (clinicians' come on top)")
-    safety_share: float = Field(0.15, ge=0, le=1, description="share of the seed set that is safety refusals")
-    triage_share: float = Field(0.12, ge=0, le=1, description="share of the seed set that is triage answers")
+    safety_share: float = Field(0.35, ge=0, le=1, description="share of the seed set that is safety refusals")
+    triage_share: float = Field(0.25, ge=0, le=1, description="share of the seed set that is triage answers")
     general_data: Path | None = Field(None, description="JSONL of general instruction chats (`messages`) to mix in")
     general_ratio: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix drawn from general_data")
 
 
 class DPOSettings(_Batched):
-    max_steps: int = Field(8, ge=1)
+    max_steps: int = Field(6, ge=1)
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    max_length: int = Field(384, ge=16)
-    # With a LoRA policy the reference is the same network, adapter off: precomputing saves nothing and
-    # would run before the first counted step (no progress shown); computed per step instead.
-    precompute_ref_log_probs: bool = False
+    max_length: int = Field(256, ge=16)
+    precompute_ref_log_probs: bool = True
     max_pairs: int | None = Field(None, ge=1, description="pairs trained on, clinicians' first; empty: "
                                   "max_steps x batch_size (each pair seen once)")
     include_seed_pairs: bool = Field(True, description="train on the seed preference pairs, not only clinicians'")
@@ -104,7 +111,7 @@ class DPOSettings(_Batched):
 
 class EvalSettings(_Section):
     max_items: int = Field(30, ge=1, description="items per evaluation set")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of prompts held out (by prompt hash)")
 
 

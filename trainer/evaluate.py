@@ -80,14 +80,14 @@ class Models:
                                                        return_dict=True)["input_ids"])
 
     def _fast(self):  # noqa: ANN202 - a context manager
-        """bf16 matrix products where the CPU has bf16 units (~1.8x faster here): both sides of a
-        comparison are computed the same way, so the comparison stays fair."""
+        """bf16 matrix products where the CPU has bf16 units and the model is big enough to gain: both
+        sides of a comparison are computed the same way, so the comparison stays fair."""
         import torch
 
-        from trainer.config import TrainingDevice
+        from trainer.config import TrainingDevice, use_bf16_on
 
         return torch.autocast("cpu", dtype=torch.bfloat16,
-                              enabled=self.model.device.type == "cpu" and TrainingDevice.detect().bf16)
+                              enabled=self.model.device.type == "cpu" and use_bf16_on(TrainingDevice.detect(), self.model))
 
     def generate(self, name: str, questions: list[str], max_new_tokens: int, batch: int = 16) -> list[str]:
         """Greedy answers, in batches."""

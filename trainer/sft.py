@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import LoraSettings, SFTSettings, TrainingDevice
+from trainer.config import LoraSettings, SFTSettings, TrainingDevice, use_bf16_on
 from trainer.data import fit_to_template, sft_rows
 
 
@@ -27,16 +27,17 @@ def lora_config(settings: LoraSettings):  # noqa: ANN201 - peft.LoraConfig
 
 
 def load_base(base_model: str, lora: LoraSettings, device: TrainingDevice | None = None):  # noqa: ANN201
-    """The base model to train an adapter on: 4-bit NF4 for QLoRA; on a CPU with bf16 units, frozen
-    bf16 weights (the LoRA weights and their optimizer stay float32: PEFT keeps adapters in float32),
-    which measured as fast as bf16 autocast with ~0.4 GB less memory on the 135M model; else float32."""
+    """The base model to train an adapter on: 4-bit NF4 for QLoRA; on a CPU with bf16 units and a model
+    big enough for it to pay (``use_bf16_on``), frozen bf16 weights (the LoRA weights and their optimizer
+    stay float32: PEFT keeps adapters in float32), which measured as fast as bf16 autocast with ~0.4 GB
+    less memory on the 135M model; else float32."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     device = device or TrainingDevice.detect()
     if not lora.use_4bit():
-        frozen_bf16 = device.bf16 and not device.gpu
-        return AutoModelForCausalLM.from_pretrained(base_model, dtype="bfloat16" if frozen_bf16 else "float32")
-    import torch
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype="float32")
+        return model.to(torch.bfloat16) if not device.gpu and use_bf16_on(device, model) else model
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 

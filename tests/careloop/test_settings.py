@@ -52,9 +52,9 @@ def test_bad_values_give_one_clear_message_naming_the_variable(monkeypatch, vari
 
 
 def test_cli_reports_bad_settings_without_a_traceback(cli):
-    result = cli("doctor", env={"CARELOOP_DEMO_SIZE": "huge"})
+    result = cli("doctor", env={"CARELOOP_SERVING_BACKEND": "huge"})
     assert result.returncode == 2
-    assert "CARELOOP_DEMO_SIZE" in result.stderr
+    assert "CARELOOP_SERVING_BACKEND" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 
