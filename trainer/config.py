@@ -10,6 +10,7 @@ whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,7 @@ def use_bf16_on(device: TrainingDevice, model) -> bool:  # noqa: ANN001 - a torc
     return device.bf16 and sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMETERS
 
 
+@cache
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

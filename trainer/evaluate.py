@@ -18,6 +18,7 @@ Differences come with a paired bootstrap confidence interval (candidate - live, 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class Models:
         fulls = [list(self.tokenizer.apply_chat_template(
             [{"role": "user", "content": question}, {"role": "assistant", "content": completion}],
             tokenize=True, return_dict=True)["input_ids"])[:limit] for completion in completions]
-        shared = min([len(prompt), *(_common_prefix(prompt, full) for full in fulls)])
+        shared = min([len(prompt), *(len(os.path.commonprefix([prompt, full])) for full in fulls)])
         results = []
         with torch.inference_mode(), self.use(name), self._fast():
             prefix = self.model(input_ids=torch.tensor([prompt[:shared]]), use_cache=True)
@@ -145,15 +146,6 @@ class Models:
         if name == "base":
             self._base_memo[key] = results
         return results
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        length += 1
-    return length
 
 
 def reference_scores(answers: list[str], references: list[str]) -> dict[str, list[float]]:
