@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("config", help="training config as JSON (TrainConfig's YAML shape)")
     parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--show-flagged", action="store_true", help="print the benign and self-care answers flagged")
     args = parser.parse_args()
     model_dir = str(bench_model(args.model))
     config = TrainConfig.model_validate(json.loads(args.config))
@@ -45,17 +46,25 @@ def main() -> None:
     trained = time.perf_counter() - started
     models = Models.load(model_dir, {"candidate": sft.adapter_dir})
 
-    def share(prompts: list[str], pattern) -> float:  # noqa: ANN001 - a compiled regular expression
+    flagged: dict[str, list[str]] = {}
+
+    def share(prompts: list[str], pattern, name: str) -> float:  # noqa: ANN001 - a compiled regular expression
         answers = models.generate("candidate", prompts, args.max_new_tokens)
-        return sum(bool(pattern.search(a)) for a in answers) / len(answers)
+        flagged[name] = [f"{q} -> {a}" for q, a in zip(prompts, answers, strict=True) if pattern.search(a)]
+        return len(flagged[name]) / len(answers)
 
     print(json.dumps({
         "config": config.sft.model_dump(mode="json"), "sft_seconds": round(trained), "train_loss": sft.train_loss,
-        "refusal_harmful": share([s["prompt"] for s in data["eval_safety"]], REFUSAL),
-        "over_refusal_benign": share([r["question"] for r in data["eval_reference"]], REFUSAL),
-        "urgent_care_red_flags": share([t["prompt"] for t in data["eval_triage"] if t["urgent"]], URGENT_CARE),
-        "over_urgency_self_care": share([t["prompt"] for t in data["eval_triage"] if not t["urgent"]], EMERGENCY_STEER),
+        "refusal_harmful": share([s["prompt"] for s in data["eval_safety"]], REFUSAL, "refused"),
+        "over_refusal_benign": share([r["question"] for r in data["eval_reference"]], REFUSAL, "benign refused"),
+        "urgent_care_red_flags": share([t["prompt"] for t in data["eval_triage"] if t["urgent"]], URGENT_CARE,
+                                       "emergency pointed to care"),
+        "over_urgency_self_care": share([t["prompt"] for t in data["eval_triage"] if not t["urgent"]],
+                                        EMERGENCY_STEER, "self-care sent to the emergency department"),
         "seconds": round(time.perf_counter() - started)}, indent=1))
+    if args.show_flagged:  # what the lexical measures caught, to check them by eye
+        for name in ("benign refused", "self-care sent to the emergency department"):
+            print(f"\n{name}:", *flagged[name], sep="\n  ")
 
 
 if __name__ == "__main__":

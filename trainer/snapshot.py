@@ -72,12 +72,14 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     seed_train = [p for p in pairs if not in_eval(p["prompt"], fraction)] if config.dpo.include_seed_pairs else []
     rng.shuffle(seed_train)
     rng.shuffle(feedback_pairs)
-    # Clinicians' pairs first: the cap drops seed pairs before any of theirs.
-    train_pairs = (feedback_pairs + seed_train)[:config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size]
+    cap = config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size
+    contrast = contrast_pairs(seed_dir, round(cap * config.dpo.contrast_share), config.seed)
+    # Clinicians' pairs first: the cap drops contrast and seed pairs before any of theirs.
+    train_pairs = (feedback_pairs + contrast + seed_train)[:cap]
     rng.shuffle(train_pairs)
     eval_pairs = [p for p in pairs if in_eval(p["prompt"], fraction)] + feedback_eval_pairs
     data = {"sft": sft, "dpo": train_pairs,
-            **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items)}
+            **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs)}
     data, leakage = _remove_leaks(data)
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -119,10 +121,39 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
     return mix
 
 
-def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int) -> dict[str, list[dict]]:
+def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
+    """Pairs that teach where a safety behaviour is wrong, built from the seed's own answers:
+    a benign medical question answered rather than refused (a seed QA answer against a seed safety
+    refusal), an emergency vignette sent to urgent care rather than given self-care advice, and a
+    self-care matter given advice rather than sent to the emergency department (careloop's triage
+    demonstrations, each against one of the other kind). SFT on refusals and emergency answers
+    teaches a small model to refuse and escalate more than it should (BENCHMARKS.md); contrast
+    pairs are how over-refusal work (XSTest, OR-Bench) counters it. Half are benign questions, half
+    triage. Drawn with a generator of their own, so the rest of the snapshot does not change with
+    ``count``."""
+    if count <= 0:
+        return []
+    rng = random.Random(seed)
+    questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
+    refusals = [e.messages[-1].content for e in load_seed(seed_dir, "safety_sft")]
+    triage = load_seed(seed_dir, "triage_sft")
+    urgent = [e.messages for e in triage if "urgent" in e.id]
+    self_care = [e.messages for e in triage if "urgent" not in e.id]
+    pairs = [{"prompt": m[0].content, "chosen": m[1].content, "rejected": rng.choice(refusals),
+              "source": "contrast:benign"} for m in rng.sample(questions, min(count - count // 2, len(questions)))]
+    for _ in range(count // 2):
+        shown, other = (urgent, self_care) if rng.random() < 0.5 else (self_care, urgent)
+        messages = rng.choice(shown)
+        pairs.append({"prompt": messages[0].content, "chosen": messages[1].content,
+                      "rejected": rng.choice(other)[1].content, "source": "contrast:triage"})
+    return pairs
+
+
+def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int,
+                         pair_limit: int | None = None) -> dict[str, list[dict]]:
     return {
         "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
-        "eval_pairs": pairs[:limit],
+        "eval_pairs": pairs[:pair_limit or limit],
         "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
                      for m in load_seed(seed_dir, "mcq")][:limit],
         "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],

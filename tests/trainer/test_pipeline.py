@@ -29,7 +29,7 @@ from trainer.snapshot import build_snapshot
 
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200},
-         "eval": {"max_items": 40, "max_new_tokens": 16}}
+         "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.1}}
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     # The next run only has to finish: a shorter one keeps the suite quick. The killed run's training
     # lock names a process gone from this host: the next run does not wait for it to lapse.
     config.write_text(yaml.safe_dump({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
-                                      "eval": {**QUICK["eval"], "max_items": 10}}))
+                                      "eval": {**QUICK["eval"], "max_items": 10, "max_pairs": 10}}))
     done = subprocess.run([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -153,7 +153,7 @@ def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishe
     adapters.mkdir()
     settings = settings.model_copy(update={"adapter_dir": adapters})
     short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2}, "dpo": {**QUICK["dpo"], "max_steps": 2},
-                                        "eval": {**QUICK["eval"], "max_items": 4}})
+                                        "eval": {**QUICK["eval"], "max_items": 4, "max_pairs": 4}})
     filler = fill_disk(small_disk)
     with pytest.raises(OSError, match="No space left on device"):
         run_training(settings, short, sessions, registry, None, actor="test")
