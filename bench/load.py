@@ -38,12 +38,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
+from careloop.queues import QUEUES  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
 
 PASSWORD = "load-test-password"
 QUESTIONS = ["What is hypertension?", "How is asthma treated?", "What causes anaemia?",
              "What are the signs of dehydration?", "How does insulin work?", "What is a normal heart rate?"]
-QUEUES = ("feedback", "generation", "training")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
+from careloop.queues import producer
 from careloop.settings import Settings
-from feedback.celery_app import producer
 from feedback.export import ExportConfig, export
 from feedback.quality import annotator_quality
 from feedback.store import Comparison, Correction, Message, Rating
@@ -29,6 +29,7 @@ from serving.client import ControlUnsupported, ServingClient, ServingRejected, S
 from serving.registry import Registry, RegistryError, Status
 from trainer.runs import recent_runs
 from trainer.schedule import progress
+from trainer.tasks import RUN as TRAINING_RUN
 
 log = get_logger(__name__)
 
@@ -150,7 +151,7 @@ class Admin:
     def start_training(self, viewer: Viewer) -> str:
         try:
             task = producer(self.settings).send_task(
-                "training.run", args=(str(self.settings.train_config) if self.settings.train_config else None,),
+                TRAINING_RUN, args=(str(self.settings.train_config) if self.settings.train_config else None,),
                 queue="training", retry=False)
         except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
             raise UserError(f"Could not queue a training run: the broker is unreachable ({exc.__class__.__name__}).") from None

@@ -116,13 +116,17 @@ def bot(
     bot_main(get_settings(), host, port)
 
 
+# The modules whose @shared_task functions a worker runs, one per queue-owning package.
+TASK_MODULES = ("feedback.tasks", "trainer.tasks")
+
+
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "feedback,generation,training",
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Run a Celery worker (feedback ingest, review generation, training) on CARELOOP_REDIS_URL."""
-    from feedback.celery_app import QUEUES, configure
+    from careloop.queues import QUEUES, configure
 
     unknown = set(queues.split(",")) - set(QUEUES)
     if unknown:
@@ -134,18 +138,21 @@ def worker(
     settings = get_settings()
     # Said on stdout whatever the log level: `careloop up` and scripts wait for this line.
     worker_ready.connect(lambda **_: print(f"{WORKER_READY} ({queues})", flush=True), weak=False)
-    configure(settings).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
+    configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
                                      f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
 
 
 @app.command()
 def beat() -> None:
     """Run Celery beat: the periodic jobs (filling the review queue, checking whether training is due)."""
-    from feedback.celery_app import configure
+    from careloop.queues import configure
+    from feedback import tasks as feedback_tasks
+    from trainer import tasks as training_tasks
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    configure(settings).start(["beat", f"--loglevel={settings.log_level}",
+    schedule = feedback_tasks.schedule(settings) | training_tasks.schedule(settings)
+    configure(settings, beat_schedule=schedule).start(["beat", f"--loglevel={settings.log_level}",
                                f"--schedule={settings.home / 'celerybeat-schedule'}"])
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from careloop.cli import app as cli_app
-from feedback.celery_app import QUEUES
+from careloop.queues import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
