@@ -45,7 +45,7 @@ def start_worker(home: Path, database_url: str, redis_url: str) -> subprocess.Po
                 "CARELOOP_LOG_LEVEL": "WARNING"})
     log = home / "worker.log"
     home.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", "feedback"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--queues", "feedback"], env=env,
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     app = producer(load_settings(home=home, redis_url=redis_url))

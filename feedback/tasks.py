@@ -57,10 +57,10 @@ def ingest(kind: str, payload: dict) -> dict:
 def fill_review_queue(count: int | None = None) -> dict:
     """Add review items: student and seed questions answered twice by serving, plus gold items."""
     from feedback.generation import fill_review_queue as fill
-    from serving.client import ServingClient
+    from serving.rollout import open_client
 
     settings = get_settings()
-    client = ServingClient.from_settings(settings)
+    client = open_client(settings)
     try:
         result = fill(settings, _sessions(), client, count or settings.review_batch_size)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from careloop.cli import app as cli_app
+from cli.main import app as cli_app
 from careloop.queues import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]

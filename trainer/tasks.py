@@ -42,8 +42,8 @@ def check() -> dict:
 def run(config_path: str | None = None, scheduled: bool = False) -> dict:
     """One training run. ``scheduled`` (queued by ``check``): asked again under the lock whether a
     run is due, so runs queued twice (checks while the training worker was away) train once."""
-    from serving.client import ServingClient
     from serving.registry import open_registry
+    from serving.rollout import open_client
     from trainer.config import TrainConfig
     from trainer.pipeline import run_training
 
@@ -57,7 +57,7 @@ def run(config_path: str | None = None, scheduled: bool = False) -> dict:
                 if not due.due:
                     log.info("training_skipped", reason=due.reason)
                     return {"status": "skipped", "reason": due.reason}
-            client = ServingClient.from_settings(settings) if config.auto_promote else None
+            client = open_client(settings) if config.auto_promote else None
             result = run_training(settings, config, _sessions(), open_registry(settings), client, actor="schedule")
     except Busy as exc:
         log.info("training_skipped", reason=str(exc))
