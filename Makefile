@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 install: $(VENV)/.installed
 
 # Everything on this machine: migrations, the default model prepared once, Redis if none answers, serving,
-# workers, beat and the bot, supervised until Ctrl-C (careloop/up.py).
+# workers, beat and the bot, supervised until Ctrl-C (cli/up.py).
 up: install
 	$(CARELOOP) up
 

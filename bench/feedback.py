@@ -31,11 +31,12 @@ from sqlalchemy import func, select  # noqa: E402
 
 from careloop import db  # noqa: E402
 from careloop.log import configure_logging  # noqa: E402
+from careloop.queues import producer  # noqa: E402
 from careloop.redis_server import start_local_redis  # noqa: E402
 from careloop.settings import load_settings  # noqa: E402
 from feedback.api import FeedbackAPI  # noqa: E402
-from feedback.celery_app import producer  # noqa: E402
 from feedback.store import Message  # noqa: E402
+from feedback.tasks import INGEST  # noqa: E402
 
 
 def start_worker(home: Path, database_url: str, redis_url: str) -> subprocess.Popen:
@@ -44,7 +45,7 @@ def start_worker(home: Path, database_url: str, redis_url: str) -> subprocess.Po
                 "CARELOOP_LOG_LEVEL": "WARNING"})
     log = home / "worker.log"
     home.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", "feedback"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--queues", "feedback"], env=env,
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     app = producer(load_settings(home=home, redis_url=redis_url))
@@ -89,7 +90,7 @@ def run_naive(settings, sessions, count: int) -> tuple[float, list[float], int]:
         event_id = uuid.uuid4()
         payload = {**event(conversation, index), "conversation_id": str(conversation), "event_id": str(event_id)}
         t = time.perf_counter()
-        app.send_task("feedback.ingest", args=("turn", payload), queue="feedback")
+        app.send_task(INGEST, args=("turn", payload), queue="feedback")
         latencies.append(time.perf_counter() - t)
         ids.append(event_id)
     done = wait_committed(sessions, ids)

@@ -38,12 +38,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
+from careloop.queues import QUEUES  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
 
 PASSWORD = "load-test-password"
 QUESTIONS = ["What is hypertension?", "How is asthma treated?", "What causes anaemia?",
              "What are the signs of dehydration?", "How does insulin work?", "What is a normal heart rate?"]
-QUEUES = ("feedback", "generation", "training")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,7 +69,7 @@ class System:
                     "CARELOOP_LOG_LEVEL": "WARNING"}
         self.output = home / "up.out"
         home.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen([sys.executable, "-m", "careloop", "up"], env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=self.env,
                                         stdout=self.output.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while "careloop is up" not in self.output.read_text():
@@ -80,7 +80,7 @@ class System:
         self.url = line.split("open ")[1].split(" ")[0].rstrip("/")
 
     def cli(self, *args: str, stdin: str | None = None) -> None:
-        subprocess.run([sys.executable, "-m", "careloop", *args], env=self.env, input=stdin, check=True,
+        subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, input=stdin, check=True,
                        capture_output=True, text=True, timeout=120)
 
     def children(self) -> dict[str, int]:

@@ -42,6 +42,7 @@ from bench.table import print_table  # noqa: E402
 from careloop import db  # noqa: E402
 from careloop.log import configure_logging  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
+from serving import rollout  # noqa: E402
 from serving.client import ServingClient  # noqa: E402
 from serving.registry import Registry  # noqa: E402
 
@@ -144,7 +145,7 @@ def start_server(home: Path, model_dir: Path, adapter_root: Path) -> tuple[subpr
                 "CARELOOP_ADAPTER_DIR": str(adapter_root), "CARELOOP_CONTROL_TOKEN": TOKEN,
                 "CARELOOP_SERVING_PORT": str(port), "CARELOOP_MAX_BATCH": str(CLIENTS),
                 "CARELOOP_LOG_LEVEL": "WARNING"})
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "serve"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
                                stdout=(home / "serve.log").open("w"), stderr=subprocess.STDOUT)
     return process, _wait_healthy(process, f"http://127.0.0.1:{port}", home / "serve.log")
 
@@ -210,7 +211,7 @@ def promotion_figures(url: str, adapter_root: Path, base: str, home: Path, cycle
     # The bot's client caches the live name for CARELOOP_LIVE_CACHE_SECONDS (0.5 s by default).
     client = ServingClient(url, token=TOKEN, live_lookup=live, cache_seconds=0.5)
     registry.register("live-v0001", adapter_root / "bench-v0001", actor="bench")
-    registry.promote("live-v0001", client, actor="bench")
+    rollout.promote(registry, "live-v0001", client, actor="bench")
 
     # 1. Promote-to-first-answer, measured by a client asking continuously.
     registry.register("live-v0002", adapter_root / "bench-v0002", actor="bench")
@@ -228,12 +229,12 @@ def promotion_figures(url: str, adapter_root: Path, base: str, home: Path, cycle
     asker = threading.Thread(target=ask_until_new)
     asker.start()
     time.sleep(0.5)
-    registry.promote("live-v0002", client, actor="bench")
+    rollout.promote(registry, "live-v0002", client, actor="bench")
     promoted_at.append(time.perf_counter())
     asker.join(30)
     stop.set()
     switch_seconds = seen[0] - promoted_at[0] if seen else float("inf")
-    registry.rollback(client, actor="bench")
+    rollout.rollback(registry, client, actor="bench")
 
     # 2. Promote/rollback cycles under load from CLIENTS streaming chat users.
     failures: list[str] = []
@@ -256,10 +257,10 @@ def promotion_figures(url: str, adapter_root: Path, base: str, home: Path, cycle
     for cycle in range(cycles):
         name = f"cycle-v{cycle + 1:04d}"
         registry.register(name, adapter_root / f"bench-v{cycle % 4 + 1:04d}", actor="bench")
-        registry.promote(name, client, actor="bench")
+        rollout.promote(registry, name, client, actor="bench")
         time.sleep(0.3)
-        registry.rollback(client, actor="bench")
-        registry.unload_stale(client, grace_seconds=1.0)
+        rollout.rollback(registry, client, actor="bench")
+        rollout.unload_stale(registry, client, grace_seconds=1.0)
     stop.set()
     for user in users:
         user.join()

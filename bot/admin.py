@@ -8,7 +8,6 @@ audited the same way, with the admin's username as the actor.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,15 +19,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
+from careloop.queues import producer
 from careloop.settings import Settings
-from feedback.celery_app import producer
 from feedback.export import ExportConfig, export
 from feedback.quality import annotator_quality
 from feedback.store import Comparison, Correction, Message, Rating
 from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
+from serving import rollout
 from serving.registry import Registry, RegistryError, Status
 from trainer.runs import recent_runs
 from trainer.schedule import progress
+from trainer.tasks import RUN as TRAINING_RUN
 
 log = get_logger(__name__)
 
@@ -108,10 +109,10 @@ class Admin:
         actor = f"bot:{viewer.username}"
         try:
             if action == "promote":
-                done = self.registry.promote(name, self.client, actor=actor)
+                done = rollout.promote(self.registry, name, self.client, actor=actor)
                 message = f"`{done.live}` is live (replaced {done.previous or 'the base model'})."
             elif action == "rollback":
-                done = self.registry.rollback(self.client, actor=actor, reason=reason or f"rolled back by {viewer.username}")
+                done = rollout.rollback(self.registry, self.client, actor=actor, reason=reason or f"rolled back by {viewer.username}")
                 message = f"Rolled back: `{done.live}` answers again; `{done.previous}` is rejected."
             elif action == "reject":
                 self.registry.reject(name, actor=actor, reason=reason or f"rejected by {viewer.username}")
@@ -121,17 +122,8 @@ class Admin:
                 message = f"`{name}` is retired."
         except (RegistryError, ServingRejected, ServingUnavailable, ControlUnsupported) as exc:
             raise UserError(f"{action} failed: {exc}") from None
-        self._unload_replaced_later()
+        rollout.unload_replaced(self.registry, self.client, self.settings.promotion_grace_seconds, background=True)
         return message
-
-    def _unload_replaced_later(self) -> None:
-        def unload() -> None:
-            try:
-                self.registry.unload_stale(self.client, self.settings.promotion_grace_seconds)
-            except Exception:  # noqa: BLE001 - best effort; `careloop adapters` can unload by hand
-                log.exception("unload_stale_failed")
-
-        threading.Thread(target=unload, name="careloop-unload-stale", daemon=True).start()
 
     # ----- training -----
 
@@ -150,7 +142,7 @@ class Admin:
     def start_training(self, viewer: Viewer) -> str:
         try:
             task = producer(self.settings).send_task(
-                "training.run", args=(str(self.settings.train_config) if self.settings.train_config else None,),
+                TRAINING_RUN, args=(str(self.settings.train_config) if self.settings.train_config else None,),
                 queue="training", retry=False)
         except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
             raise UserError(f"Could not queue a training run: the broker is unreachable ({exc.__class__.__name__}).") from None

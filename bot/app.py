@@ -35,8 +35,8 @@ from careloop.log import ensure_logging, get_logger  # noqa: E402
 from careloop.settings import Settings, get_settings  # noqa: E402
 from feedback.api import FeedbackAPI  # noqa: E402
 from feedback.schemas import SAFETY_CATEGORIES  # noqa: E402
-from serving.client import ServingClient  # noqa: E402
 from serving.registry import Registry  # noqa: E402
+from serving.rollout import open_client  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -111,7 +111,7 @@ class Services:
 
 def open_services(settings: Settings) -> Services:
     sessions = sessions_for(settings.resolved_database_url)
-    client = ServingClient.from_settings(settings)
+    client = open_client(settings)
     feedback = FeedbackAPI(settings)
     registry = Registry(sessions, base_model_name(settings))
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),

@@ -7,19 +7,14 @@ careloop made itself and is labelled unfit for clinical use (the API's ``demo_mo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from careloop.model_build import BaseModelUnavailable, read_build_info
 from careloop.settings import Settings
 
-BUILD_INFO_FILE = "careloop_build.json"
 # Hub models known to be too small for anything but education and demonstration.
 UNFIT_FOR_CLINICAL_USE = {"HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-
-class BaseModelUnavailable(Exception):
-    """The configured base model cannot be loaded; the message says which setting to change."""
 
 
 @dataclass(frozen=True)
@@ -27,17 +22,6 @@ class BaseModel:
     name: str  # what /v1/models and the UI show
     source: str  # hub id or local directory passed to from_pretrained
     is_demo: bool  # not fit for clinical use (labelled wherever it answers)
-
-
-def read_build_info(path: Path) -> dict | None:
-    """The record careloop wrote into a model directory it made, or None if ``path`` is not one."""
-    info_file = Path(path) / BUILD_INFO_FILE
-    if not info_file.is_file():
-        return None
-    try:
-        return json.loads(info_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def default_model_dir(settings: Settings) -> Path:

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from careloop.base_model import BUILD_INFO_FILE, read_build_info
+from careloop.model_build import BUILD_INFO_FILE, read_build_info
 from careloop.seed import ChatExample, ReferenceQA, load_seed
 
 BUILDER_VERSION = 1

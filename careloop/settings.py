@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Empty: a SQLite file `careloop.db` in the data directory "
         "(WAL mode). PostgreSQL: `postgresql+psycopg://user@host/db`.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and result backend.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (no result backend: results go to the database) and the training lock.")
     serving_url: str = Field("http://127.0.0.1:8000", description="Base URL of the serving HTTP API.")
     base_model: str = Field(
         "",

@@ -22,9 +22,10 @@ from typing import Any
 from kombu.exceptions import OperationalError as BrokerError
 
 from careloop.log import get_logger
+from careloop.queues import producer
 from careloop.settings import Settings
 from feedback import schemas
-from feedback.celery_app import producer
+from feedback.tasks import INGEST_BATCH
 
 log = get_logger(__name__)
 
@@ -153,7 +154,7 @@ class FeedbackAPI:
             while batch := self.outbox.unsent(self.batch_size):
                 events = [(kind, payload) for _, kind, payload in batch]
                 try:
-                    self.celery.send_task("feedback.ingest_batch", args=(events,), queue="feedback", retry=False)
+                    self.celery.send_task(INGEST_BATCH, args=(events,), queue="feedback", retry=False)
                 except (BrokerError, OSError) as exc:
                     log.warning("broker_unreachable_events_wait_in_outbox", waiting=len(self.outbox),
                                 error=exc.__class__.__name__)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop import audit
@@ -99,6 +99,14 @@ def in_eval(prompt: str, eval_fraction: float) -> bool:
     """Deterministic by prompt text: a prompt always falls on the same side of the split."""
     bucket = int(hashlib.sha256(prompt.strip().lower().encode()).hexdigest()[:8], 16) / 0x1_0000_0000
     return bucket < eval_fraction
+
+
+def labels_since(session: Session, since: datetime) -> int:
+    """Training labels that arrived since ``since``: judgments that chose an answer, and corrections
+    (what the training schedule counts before it starts a run)."""
+    return (session.scalar(select(func.count()).select_from(Comparison).where(
+        Comparison.created_at >= since, Comparison.choice.in_(("a", "b"))))
+        + session.scalar(select(func.count()).select_from(Correction).where(Correction.created_at >= since)))
 
 
 def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: ANN201 - internal tuple

@@ -1,20 +1,25 @@
-"""Celery tasks of the `feedback` queue: validate, scrub and store each event exactly once."""
+"""Celery tasks of the `feedback` and `generation` queues: validate, scrub and store each event
+exactly once; fill the review queue. Publishers send them by the names below."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
+from celery import shared_task
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.db import sessions_for
 from careloop.log import get_logger
-from careloop.settings import get_settings
+from careloop.settings import Settings, get_settings
 from feedback import schemas
-from feedback.celery_app import app
 from feedback.store import store_events
 
 log = get_logger(__name__)
+
+INGEST_BATCH = "feedback.ingest_batch"
+INGEST = "feedback.ingest"
+FILL_REVIEW_QUEUE = "generation.fill_review_queue"
 
 
 def _sessions() -> sessionmaker[Session]:
@@ -25,7 +30,7 @@ INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=
                       retry_backoff=2, retry_backoff_max=300, retry_jitter=True, max_retries=None)
 
 
-@app.task(name="feedback.ingest_batch", **INGEST_OPTIONS)
+@shared_task(name=INGEST_BATCH, **INGEST_OPTIONS)
 def ingest_batch(events: list) -> dict:
     """Store a batch of ``(kind, payload)`` events in one transaction: valid ones once each, invalid
     ones as dead letters with the reason. A database error retries the whole batch with backoff."""
@@ -42,23 +47,30 @@ def ingest_batch(events: list) -> dict:
     return {"stored": stored, "duplicates": len(valid) - stored, "dead_letters": len(dead)}
 
 
-@app.task(name="feedback.ingest", **INGEST_OPTIONS)
+@shared_task(name=INGEST, **INGEST_OPTIONS)
 def ingest(kind: str, payload: dict) -> dict:
     """One event (other producers, and the benchmark's one-task-per-event baseline)."""
     return ingest_batch([(kind, payload)])
 
 
-@app.task(name="generation.fill_review_queue", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=FILL_REVIEW_QUEUE, acks_late=True, reject_on_worker_lost=True)
 def fill_review_queue(count: int | None = None) -> dict:
     """Add review items: student and seed questions answered twice by serving, plus gold items."""
     from feedback.generation import fill_review_queue as fill
-    from serving.client import ServingClient
+    from serving.rollout import open_client
 
     settings = get_settings()
-    client = ServingClient.from_settings(settings)
+    client = open_client(settings)
     try:
         result = fill(settings, _sessions(), client, count or settings.review_batch_size)
     finally:
         client.close()
     log.info("review_queue_filled", **asdict(result))
     return asdict(result)
+
+
+def schedule(settings: Settings) -> dict:
+    """The periodic job of these queues, for beat: keep the review queue filled."""
+    every = settings.review_fill_interval_seconds
+    return {"fill-review-queue": {"task": FILL_REVIEW_QUEUE, "schedule": every,
+                                  "options": {"queue": "generation", "expires": every}}}

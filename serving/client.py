@@ -1,9 +1,10 @@
 """The client every other part uses to talk to serving: chat, adapter control, the live version.
 
 Chat goes through huggingface_hub's (Async)InferenceClient pointed at the serving base URL, so
-the same code works against the embedded engine, vLLM and TGI. Which adapter answers is the
-registry's live version, cached for a few seconds; if the database is briefly unreachable the
-client keeps answering with the last live version it saw. Importing this module never imports torch.
+the same code works against the embedded engine, vLLM and TGI. Which adapter answers is what
+``live_lookup`` says (``serving.rollout.open_client`` asks the registry), cached for a few seconds;
+if the lookup briefly fails the client keeps answering with the last live version it saw. HTTP
+only: it imports no registry. Importing this module never imports torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from careloop.settings import Settings
 log = get_logger(__name__)
 
 Messages = list[dict[str, Any]]
+SMOKE_PROMPT: Messages = [{"role": "user", "content": "What is hypertension?"}]
 
 
 class ServingUnavailable(Exception):
@@ -95,23 +97,9 @@ class ServingClient:
         self._async_inference = AsyncInferenceClient(base_url=self.url, timeout=timeout, api_key=chat_key)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, with_registry: bool = True, **kwargs: Any) -> ServingClient:
-        """A client for CARELOOP_SERVING_URL whose live version comes from the registry database."""
-        live_lookup = None
-        if with_registry:
-            from careloop.base_model import base_model_name
-            from serving.registry import open_registry
-
-            registry = open_registry(settings)
-            base = base_model_name(settings)
-
-            def live_lookup() -> str | None:
-                version = registry.live()
-                return version.name if version else None
-
-            kwargs.setdefault("live_lookup", live_lookup)
-            kwargs.setdefault("base_model", base)
-        base_model = kwargs.pop("base_model", None)
+    def from_settings(cls, settings: Settings, *, base_model: str | None = None, **kwargs: Any) -> ServingClient:
+        """A client for CARELOOP_SERVING_URL. Without a ``live_lookup`` the base model answers what
+        names no model; ``serving.rollout.open_client`` gives one that asks the registry."""
         client = cls(settings.serving_url, token=settings.resolved_control_token(),
                      backend=settings.serving_backend, cache_seconds=settings.live_cache_seconds,
                      timeout=settings.serving_timeout, replicas=settings.serving_replica_urls, **kwargs)
@@ -216,8 +204,7 @@ class ServingClient:
 
     def smoke_test(self, model: str) -> ChatAnswer:
         """A short greedy answer from ``model`` through the public API, or an exception saying why not."""
-        answer = self.chat([{"role": "user", "content": "What is hypertension?"}], model=model,
-                           max_tokens=8, temperature=0)
+        answer = self.chat(SMOKE_PROMPT, model=model, max_tokens=8, temperature=0)
         if answer.model != model or answer.completion_tokens < 1:
             raise ServingUnavailable(f"smoke test of {model} failed: answered by {answer.model!r} "
                                      f"with {answer.completion_tokens} tokens")

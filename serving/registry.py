@@ -9,37 +9,31 @@ promoting at once cannot both win. Status moves:
     live -> rejected                  (rolled back: its predecessor is live again)
     retired -> live                   (promoted again, or restored by a rollback)
 
-Promotion loads the version into serving, smoke-tests it through the public API, then
-flips ``live`` in one transaction together with its audit row. The version it replaced is
-unloaded after a grace period (clients cache the live name for a few seconds).
+This module keeps the table and its status transitions, each one transaction with its audit
+row; what serving has loaded is ``serving.rollout``'s business (it loads and smoke-tests a version
+before the flip here, and unloads the replaced one after a grace period).
 """
 
 from __future__ import annotations
 
 import re
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
-from careloop.db import Base, make_engine, session_factory, transaction
+from careloop.db import Base, sessions_for, transaction
 from careloop.log import get_logger
 from careloop.settings import Settings
-
-if TYPE_CHECKING:
-    from serving.client import ServingClient
 
 log = get_logger(__name__)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-SMOKE_PROMPT = [{"role": "user", "content": "What is hypertension?"}]
 
 
 class Status(StrEnum):
@@ -47,6 +41,10 @@ class Status(StrEnum):
     LIVE = "live"
     REJECTED = "rejected"
     RETIRED = "retired"
+
+
+PROMOTABLE = (Status.CANDIDATE, Status.RETIRED)
+OUT_OF_USE = (Status.RETIRED, Status.REJECTED)
 
 
 class RegistryError(Exception):
@@ -80,13 +78,6 @@ class AdapterVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
-
-
-@dataclass(frozen=True)
-class Promotion:
-    live: str
-    previous: str | None
-    seconds: float
 
 
 class Registry:
@@ -163,16 +154,13 @@ class Registry:
             self._set_status(version, Status.RETIRED)
             audit.record(session, actor, "adapter.retire", name, was=was)
 
-    def promote(self, name: str, client: ServingClient, *, actor: str) -> Promotion:
-        """Load ``name`` into serving, smoke-test it, then make it live in one transaction."""
-        started = time.perf_counter()
-        version = self.get(name)
-        if version.status not in (Status.CANDIDATE, Status.RETIRED):
-            raise RegistryError(f"{name} is {version.status}; only candidate or retired versions can be promoted")
-        self._ensure_serving(version, client)
+    def make_live(self, name: str, *, actor: str) -> str | None:
+        """Flip ``name`` to live and the live version to retired, in one transaction with its audit
+        row; returns the replaced version's name (None: the base model answered). Serving must
+        already answer with ``name`` (``serving.rollout.promote`` sees to it)."""
         with transaction(self.sessions) as session:
             version = self._locked(session, name)
-            if version.status not in (Status.CANDIDATE, Status.RETIRED):
+            if version.status not in PROMOTABLE:
                 raise RegistryError(f"{name} became {version.status} while it was being promoted")
             previous = self._current_live(session)
             if previous is not None:
@@ -183,71 +171,35 @@ class Registry:
             version.promoted_at = _utcnow()
             audit.record(session, actor, "adapter.promote", name, previous=version.replaced)
             self._flush_or_conflict(session)
-        result = Promotion(name, version.replaced, time.perf_counter() - started)
-        log.info("adapter_promoted", adapter=name, previous=result.previous, actor=actor,
-                 seconds=round(result.seconds, 3))
-        return result
+            return version.replaced
 
-    def rollback(self, client: ServingClient, *, actor: str, reason: str = "rolled back") -> Promotion:
-        """Make the version the live one replaced live again (the base model, if it replaced none);
-        the rolled-back one becomes rejected."""
-        started = time.perf_counter()
-        current = self.live()
-        if current is None:
-            raise RegistryError("no version is live: nothing to roll back")
-        if current.replaced is None:
-            with transaction(self.sessions) as session:
-                current = self._locked(session, current.name)
-                if current.status != Status.LIVE:
-                    raise RegistryError(f"{current.name} stopped being live while rolling back; nothing changed")
-                self._set_status(current, Status.REJECTED, note=reason)
-                audit.record(session, actor, "adapter.rollback", self.base_model, rolled_back=current.name,
-                             reason=reason)
-            log.info("adapter_rolled_back", adapter=self.base_model, rolled_back=current.name, actor=actor)
-            return Promotion(self.base_model, current.name, time.perf_counter() - started)
-        target = self.get(current.replaced)
-        self._ensure_serving(target, client)
+    def restore_replaced(self, current: str, *, actor: str, reason: str) -> str:
+        """Roll back the live version ``current``: it becomes rejected and the version it replaced
+        live again (the base model, if it replaced none), in one transaction with its audit row.
+        Returns the name that answers now. Serving must already answer with it."""
         with transaction(self.sessions) as session:
-            current = self._locked(session, current.name)
-            if current.status != Status.LIVE:
-                raise RegistryError(f"{current.name} stopped being live while rolling back; nothing changed")
-            target = self._locked(session, target.name)
-            self._set_status(current, Status.REJECTED, note=reason)
+            version = self._locked(session, current)
+            if version.status != Status.LIVE:
+                raise RegistryError(f"{current} stopped being live while rolling back; nothing changed")
+            if version.replaced is None:
+                self._set_status(version, Status.REJECTED, note=reason)
+                audit.record(session, actor, "adapter.rollback", self.base_model, rolled_back=current,
+                             reason=reason)
+                return self.base_model
+            target = self._locked(session, version.replaced)
+            self._set_status(version, Status.REJECTED, note=reason)
             session.flush()
             self._set_status(target, Status.LIVE)
             target.promoted_at = _utcnow()
-            audit.record(session, actor, "adapter.rollback", target.name, rolled_back=current.name,
-                         reason=reason)
+            audit.record(session, actor, "adapter.rollback", target.name, rolled_back=current, reason=reason)
             self._flush_or_conflict(session)
-        log.info("adapter_rolled_back", adapter=target.name, rolled_back=current.name, actor=actor)
-        return Promotion(target.name, current.name, time.perf_counter() - started)
+            return target.name
 
-    def unload_stale(self, client: ServingClient, grace_seconds: float) -> list[str]:
-        """Unload from serving the retired and rejected versions, once ``grace_seconds`` have passed
-        since they stopped being live (clients may still hold the old name in their cache)."""
-        loaded = {replica: set(replica.loaded_adapters()) for replica in client.replicas()}
-        stale = [v for v in self.versions() if v.status in (Status.RETIRED, Status.REJECTED)
-                 and any(v.name in names for names in loaded.values())]
-        unloaded = []
-        for version in stale:
-            age = (_utcnow() - _aware(version.status_changed_at)).total_seconds()
-            if age < grace_seconds:
-                time.sleep(grace_seconds - age)
-            if self.get(version.name).status in (Status.RETIRED, Status.REJECTED):  # not re-promoted meanwhile
-                for replica, names in loaded.items():
-                    if version.name in names:
-                        replica.unload_adapter(version.name)
-                unloaded.append(version.name)
-        return unloaded
+    def out_of_use(self) -> list[AdapterVersion]:
+        """Retired and rejected versions: the ones serving may unload."""
+        return [v for v in self.versions() if v.status in OUT_OF_USE]
 
     # ----- helpers -----
-
-    def _ensure_serving(self, version: AdapterVersion, client: ServingClient) -> None:
-        """Loaded and answering on every serving replica, or an exception before anything changes."""
-        for replica in client.replicas():
-            if version.name not in replica.loaded_adapters():
-                replica.load_adapter(version.name, version.path)
-            replica.smoke_test(version.name)
 
     def _current_live(self, session: Session) -> AdapterVersion | None:
         return session.scalar(select(AdapterVersion).where(
@@ -278,12 +230,9 @@ class Registry:
 
 
 def open_registry(settings: Settings) -> Registry:
-    """The registry of the configured base model, on the configured database."""
+    """The registry of the configured base model, on the configured database (its engine is
+    shared per database URL, see ``careloop.db.sessions_for``)."""
     from careloop.base_model import base_model_name
 
-    return Registry(session_factory(make_engine(settings.resolved_database_url)), base_model_name(settings))
+    return Registry(sessions_for(settings.resolved_database_url), base_model_name(settings))
 
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

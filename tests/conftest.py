@@ -153,7 +153,7 @@ def cli():
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-        return subprocess.run([sys.executable, "-m", "careloop", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                               text=True, env=full_env, timeout=timeout)
 
     return run
@@ -227,7 +227,7 @@ def start_server(home: Path, model_dir: Path, adapter_dir: Path, **settings: str
     env.update({f"CARELOOP_{k.upper()}": v for k, v in settings.items()})
     home.mkdir(parents=True, exist_ok=True)
     log = home / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "serve"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -1,5 +1,5 @@
 """Starting real careloop processes for the tests: a Celery worker and the bot. Each is a
-`python -m careloop ...` subprocess with its own CARELOOP_* environment; a process that does
+`python -m cli ...` subprocess with its own CARELOOP_* environment; a process that does
 not come up fails the test with its log."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from careloop.up import WORKER_READY
+from cli.up import WORKER_READY
 import pytest
 
 
@@ -47,7 +47,7 @@ def start_worker(home: Path, database_url: str, redis_url: str, queues: str = "f
     env = careloop_env(home, **settings)
     home.mkdir(parents=True, exist_ok=True)
     log = home / "worker.log"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "worker", "--queues", queues],
+    process = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--queues", queues],
                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     _wait_until(process, log, lambda: WORKER_READY in log.read_text(), "careloop worker", 60)
     return Worker(process, log, env)
@@ -71,7 +71,7 @@ def start_bot(home: Path, port: int, **settings: str) -> Bot:
     env = careloop_env(home, bot_port=str(port), **settings)
     home.mkdir(parents=True, exist_ok=True)
     log = home / "bot.log"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "bot"], env=env, stdout=log.open("w"),
+    process = subprocess.Popen([sys.executable, "-m", "cli", "bot"], env=env, stdout=log.open("w"),
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 

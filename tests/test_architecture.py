@@ -1,4 +1,11 @@
-"""The layout rules of DESIGN.md, checked: torch-free imports and one-way dependencies."""
+"""The layout rules, checked: torch-free imports, one-way dependencies, no import cycle.
+
+The rooms, from the ground up: ``careloop`` (settings, database, accounts, audit, queues: the
+foundation, which imports nothing of ours above it); the domains ``serving``, ``feedback``,
+``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
+which no other package imports. Every import counts, the lazy ones inside functions and the
+type-checking ones too: an arrow is an arrow whenever it is followed.
+"""
 
 import ast
 import subprocess
@@ -8,38 +15,96 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["careloop", "serving", "feedback", "trainer", "bot"]
+PACKAGES = ["careloop", "serving", "feedback", "trainer", "bot", "cli"]
+DOMAINS = {"serving", "feedback", "trainer", "bot"}
 # package -> packages it must never import
-FORBIDDEN = {"serving": {"bot", "trainer", "feedback"}, "feedback": {"bot", "trainer"},
-             "careloop": {"bot", "trainer", "feedback", "serving"}}
-# careloop's CLI is the shell that wires commands to every package, lazily.
-SHELL_MODULES = {REPO_ROOT / "careloop" / "cli.py"}
+FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"bot", "trainer", "feedback", "cli"},
+             "feedback": {"bot", "trainer", "cli"}, "trainer": {"bot", "cli"}, "bot": {"cli"}}
+# package -> the only modules of another package it may import
+ONLY = {("trainer", "feedback"): {"feedback.export"}}
 
 
-def _imported_packages(path: Path) -> set[str]:
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> set[str]:
+    """The modules of this repository that ``module`` imports, anywhere in it."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:  # `from pkg import module` or `from module import name`
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
     return found
+
+
+GRAPH = {module: _imports(module) for module in MODULES}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_dependencies_point_one_way(package):
-    offenders = []
-    for path in (REPO_ROOT / package).rglob("*.py"):
-        if path in SHELL_MODULES:
-            continue
-        bad = _imported_packages(path) & FORBIDDEN[package]
-        if bad:
-            offenders.append(f"{path.relative_to(REPO_ROOT)} imports {sorted(bad)}")
+    offenders = [f"{module} imports {target}" for module, targets in GRAPH.items()
+                 if module.split(".")[0] == package for target in targets
+                 if target.split(".")[0] in FORBIDDEN[package]]
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry", "careloop.settings",
-                                    "careloop.db", "careloop.cli"])
+@pytest.mark.parametrize(("package", "other"), sorted(ONLY))
+def test_only_the_allowed_modules_of_another_package(package, other):
+    offenders = [f"{module} imports {target}" for module, targets in GRAPH.items()
+                 if module.split(".")[0] == package for target in targets
+                 if target.split(".")[0] == other and target not in ONLY[(package, other)]
+                 and target != other]
+    assert not offenders, offenders
+
+
+def test_no_import_cycle():
+    """Depth-first search over the module graph; a back edge is a cycle, reported as its path."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module)
+    assert not cycles, cycles
+
+
+@pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry",
+                                    "serving.rollout", "careloop.settings", "careloop.db", "careloop.queues",
+                                    "cli.main"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from careloop.cli import app as cli_app
-from feedback.celery_app import QUEUES
+from cli.main import app as cli_app
+from careloop.queues import QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"

@@ -21,6 +21,7 @@ from careloop.base_model import resolve_base_model
 from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
 from serving.client import ServingClient
+from serving import rollout
 from serving.registry import Registry, RegistryError
 from trainer import runs
 from trainer.config import TrainConfig
@@ -130,20 +131,22 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         _publish(adapter, published, lambda card: _write_card(card, version, base.name, live.name if live else None,
                                                               snapshot, config, metrics, decision))
         registry.register(version, published, actor=actor, parent=live.name if live else None,
-                          training_run_id=run_id, metrics=metrics, note="; ".join(
+                          training_run_id=run_id, data_window=snapshot.data_window(), metrics=metrics, note="; ".join(
                               r for r in decision.reasons if r.startswith("FAIL"))[:1000])
         if not decision.promote:
             registry.reject(version, actor=actor, reason="gate: " + "; ".join(
                 r for r in decision.reasons if r.startswith("FAIL"))[:900])
             status = "rejected"
         elif config.auto_promote and client is not None:
-            registry.promote(version, client, actor=actor)
+            rollout.promote(registry, version, client, actor=actor)
             status = "promoted"
         else:
             status = "candidate"
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         runs.finish_run(sessions, run_id, status=status, adapter_version=version, timings=timings)
         log.info("training_finished", run=run_id, status=status, adapter=version)
+        if status == "promoted":  # the run is done; the version it replaced leaves serving after the grace period
+            rollout.unload_replaced(registry, client, settings.promotion_grace_seconds)
         return RunResult(run_id, status, version, decision)
     except Exception as exc:
         log.exception("training_failed", run=run_id)

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.store import Comparison, Correction
+from feedback.export import labels_since
 from trainer.runs import STEPS, TrainingRun
 
 LOCK_NAME = "careloop:training-lock"
@@ -65,9 +65,7 @@ def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: ti
             counted_from = session.scalar(select(TrainingRun).where(
                 TrainingRun.status.not_in(("running", "interrupted"))).order_by(TrainingRun.id.desc()).limit(1))
         since = _aware(counted_from.started_at) if counted_from else datetime.min.replace(tzinfo=UTC)
-        new_pairs = (session.scalar(select(func.count()).select_from(Comparison).where(
-            Comparison.created_at >= since, Comparison.choice.in_(("a", "b"))))
-            + session.scalar(select(func.count()).select_from(Correction).where(Correction.created_at >= since)))
+        new_pairs = labels_since(session, since)
     stopped = f" (run {last.id} was stopped)" if killed else ""
     if new_pairs >= min_new_pairs:
         return Due(True, f"{new_pairs} new accepted labels (threshold {min_new_pairs}){stopped}", new_pairs)
@@ -80,7 +78,7 @@ def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: ti
 _DELETE_IF_UNCHANGED = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-def _live_holder(client) -> str | None:
+def _current_holder(client) -> str | None:
     """The lock's holder, after setting aside a holder on this host whose process is gone."""
     holder = client.get(LOCK_NAME)
     if holder is None:
@@ -89,7 +87,7 @@ def _live_holder(client) -> str | None:
     pid = rest.partition(":")[0]
     if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
         client.eval(_DELETE_IF_UNCHANGED, 1, LOCK_NAME, holder)
-        return _live_holder(client)
+        return _current_holder(client)
     return holder.decode(errors="replace")
 
 
@@ -109,7 +107,7 @@ def lock_holder(redis_url: str) -> str | None:
 
     client = redis.Redis.from_url(redis_url)
     try:
-        return _live_holder(client)
+        return _current_holder(client)
     finally:
         client.close()
 
@@ -129,7 +127,7 @@ def training_lock(redis_url: str, seconds: float = LOCK_SECONDS) -> Iterator[Non
     lock = client.lock(LOCK_NAME, timeout=seconds, thread_local=False)
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
     if not lock.acquire(blocking=False, token=token):
-        holder = _live_holder(client)
+        holder = _current_holder(client)
         if holder is not None or not lock.acquire(blocking=False, token=token):
             client.close()
             raise Busy(holder)

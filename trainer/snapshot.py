@@ -16,6 +16,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +42,13 @@ class Snapshot:
         data = {name: [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines()]
                 for name in FILES}
         return cls(directory, info["sha256"], data, info["leakage"], info["feedback_manifest"])
+
+    def data_window(self) -> tuple[datetime, datetime] | None:
+        """(first, last) feedback event the snapshot learned from; None when it holds none (seed only)."""
+        window = (self.feedback_manifest or {}).get("window", {})
+        if not window.get("first_event") or not window.get("last_event"):
+            return None
+        return datetime.fromisoformat(window["first_event"]), datetime.fromisoformat(window["last_event"])
 
 
 def normalize(prompt: str) -> str:

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.db import sessions_for
 from careloop.log import get_logger
-from careloop.settings import get_settings
-from feedback.celery_app import app
+from careloop.settings import Settings, get_settings
 from trainer.schedule import Busy, is_due, lock_held, training_lock
 
 log = get_logger(__name__)
+
+CHECK = "training.check"
+RUN = "training.run"
 
 
 def _sessions() -> sessionmaker[Session]:
     return sessions_for(get_settings().resolved_database_url)
 
 
-@app.task(name="training.check")
+@shared_task(name=CHECK)
 def check() -> dict:
     """Enqueue a training run when enough new labels arrived or the interval passed."""
     settings = get_settings()
@@ -35,12 +38,12 @@ def check() -> dict:
 # visibility timeout, and an unacknowledged one would be handed out again and trained twice. A run
 # killed midway is not redelivered either; once its lock lapses the next check starts a fresh run
 # (the killed one is marked interrupted and never promotes).
-@app.task(name="training.run", acks_late=False, reject_on_worker_lost=False)
+@shared_task(name=RUN, acks_late=False, reject_on_worker_lost=False)
 def run(config_path: str | None = None, scheduled: bool = False) -> dict:
     """One training run. ``scheduled`` (queued by ``check``): asked again under the lock whether a
     run is due, so runs queued twice (checks while the training worker was away) train once."""
-    from serving.client import ServingClient
     from serving.registry import open_registry
+    from serving.rollout import open_client
     from trainer.config import TrainConfig
     from trainer.pipeline import run_training
 
@@ -54,9 +57,15 @@ def run(config_path: str | None = None, scheduled: bool = False) -> dict:
                 if not due.due:
                     log.info("training_skipped", reason=due.reason)
                     return {"status": "skipped", "reason": due.reason}
-            client = ServingClient.from_settings(settings) if config.auto_promote else None
+            client = open_client(settings) if config.auto_promote else None
             result = run_training(settings, config, _sessions(), open_registry(settings), client, actor="schedule")
     except Busy as exc:
         log.info("training_skipped", reason=str(exc))
         return {"status": "skipped", "reason": str(exc)}
     return {"status": result.status, "run": result.run_id, "adapter": result.adapter_version}
+
+
+def schedule(settings: Settings) -> dict:
+    """The periodic job of this queue, for beat: ask whether a training run is due."""
+    every = settings.train_check_interval_seconds
+    return {"check-training": {"task": CHECK, "schedule": every, "options": {"queue": "training", "expires": every}}}

@@ -17,7 +17,7 @@ from bot.safety import DEMO_LABEL, EDUCATIONAL_NOTICE, urgent_notice
 from careloop.redis_server import free_port
 from feedback.api import FeedbackAPI
 from feedback.store import Message, Rating
-from serving.client import ServingClient
+from serving.rollout import open_client
 
 STUDENT = Viewer("stu.dent", "student")
 
@@ -31,7 +31,7 @@ def feedback(bot_stack, tmp_path):
 
 @pytest.fixture
 def chat(bot_stack, feedback):
-    client = ServingClient.from_settings(bot_stack.settings())
+    client = open_client(bot_stack.settings())
     yield Chat(client, feedback, bot_stack.sessions, max_chars=4000)
     client.close()
 
@@ -164,7 +164,7 @@ def test_bad_input_gets_a_message_and_sends_nothing(bot_stack, chat):
 
 def test_serving_down_says_so_and_chat_recovers_by_itself(bot_stack, feedback, tmp_path):
     port = free_port()
-    client = ServingClient.from_settings(bot_stack.settings(serving_url=f"http://127.0.0.1:{port}"))
+    client = open_client(bot_stack.settings(serving_url=f"http://127.0.0.1:{port}"))
     chat = Chat(client, feedback, bot_stack.sessions, max_chars=4000)
     conversation = Conversation()
     with pytest.raises(UserError, match="unreachable"):
@@ -185,7 +185,7 @@ def test_serving_down_says_so_and_chat_recovers_by_itself(bot_stack, feedback, t
 def test_chat_works_while_the_broker_is_down(bot_stack, tmp_path):
     down = FeedbackAPI(bot_stack.settings(home=tmp_path / "offline", redis_url=f"redis://127.0.0.1:{free_port()}/0"),
                        flush_interval=0.1)
-    client = ServingClient.from_settings(bot_stack.settings())
+    client = open_client(bot_stack.settings())
     try:
         chat = Chat(client, down, bot_stack.sessions, max_chars=4000)
         _ask(chat, Conversation(), "What is hypertension?")

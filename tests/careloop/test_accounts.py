@@ -53,7 +53,7 @@ def test_users_commands(cli, tmp_path):
     added = cli("users", "add", "dr.osei", "--role", "physician", env=env)
     assert added.returncode == 0 and "one-time password: " in added.stdout
     password = added.stdout.split("one-time password: ")[1].split()[0]
-    stdin = subprocess.run([sys.executable, "-m", "careloop", "users", "add", "admin.ana", "--role", "admin",
+    stdin = subprocess.run([sys.executable, "-m", "cli", "users", "add", "admin.ana", "--role", "admin",
                             "--password-stdin"], input="a very good password\n", capture_output=True, text=True,
                            env={**os.environ, **env})
     assert stdin.returncode == 0 and "one-time password" not in stdin.stdout

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from careloop import default_model
-from careloop.base_model import BUILD_INFO_FILE, resolve_base_model
+from careloop.base_model import resolve_base_model
+from careloop.model_build import BUILD_INFO_FILE
 from careloop.default_model import DefaultModelUnavailable, prepare_default_model, verified_gguf
 from careloop.settings import load_settings
 
@@ -105,7 +106,7 @@ def test_careloop_up_with_a_damaged_default_model_says_so_in_one_line_and_starts
     assert done.returncode == 1, done.stdout + done.stderr
     assert "not the expected" in done.stderr and "pip install --force-reinstall" in done.stderr
     assert "Traceback" not in done.stderr
-    from careloop.up import read_state
+    from cli.up import read_state
 
     home = tmp_path / "home"
     assert read_state(home) is None and not list(home.glob("logs/*.log"))  # no part was started

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 
 from feedback import review as queue
 from feedback.store import Comparison, Rating
-from serving.client import ServingClient
+from serving import rollout
 from serving.registry import Registry
+from serving.rollout import open_client
 from trainer import runs
 
 
@@ -119,10 +120,10 @@ def test_a_nurse_labels_three_items_with_the_keyboard(visit, bot_stack):
 def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
     settings = bot_stack.settings()
     registry = Registry(bot_stack.sessions, "careloop-demo-tiny")
-    client = ServingClient.from_settings(settings)
+    client = open_client(settings)
     for name in ("med-v0001", "med-v0002"):
         registry.register(name, bot_stack.server.adapter_dir / name, actor="test")
-        registry.promote(name, client, actor="test")
+        rollout.promote(registry, name, client, actor="test")
     run_id = runs.start_run(bot_stack.sessions, "beat", {"sft": {"max_steps": 20}})
     runs.finish_run(bot_stack.sessions, run_id, status="promoted", step="publish", adapter_version="med-v0002")
 

@@ -57,7 +57,7 @@ def system(tmp_path, tiny_model_dir):
                        train_min_new_pairs="4", train_check_interval_seconds="2", train_config=str(config),
                        celery_visibility_timeout="10", feedback_resend_seconds="10", promotion_grace_seconds="1")
     output = tmp_path / "up.out"
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "up"], env=env, stdout=output.open("w"),
+    process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=output.open("w"),
                                stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "careloop is up" in output.read_text() or process.poll() is not None, timeout=300,
@@ -77,7 +77,7 @@ def system(tmp_path, tiny_model_dir):
 
 
 def _cli(system, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "careloop", *args], env={**system["env"], "COLUMNS": "200"},
+    return subprocess.run([sys.executable, "-m", "cli", *args], env={**system["env"], "COLUMNS": "200"},
                           input=stdin, capture_output=True, text=True, timeout=120)
 
 

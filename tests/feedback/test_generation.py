@@ -9,8 +9,8 @@ from feedback import schemas
 from feedback.api import FeedbackAPI
 from feedback.generation import fill_review_queue
 from feedback.store import ReviewItem, store_event
-from serving.client import ServingClient
 from serving.registry import open_registry
+from serving.rollout import open_client
 
 from .conftest import label, start_worker, wait_for
 
@@ -45,7 +45,7 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
                                            "base_model": str(tiny_model_dir)})
         open_registry(full).register("gen-v0001", server.adapter_dir / "med-v0001", actor="trainer")
-        ServingClient.from_settings(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
+        open_client(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
         store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user",
                                            content="What is a normal resting heart rate?"))
         api.celery.send_task("generation.fill_review_queue", args=(1,), queue="generation")
@@ -69,7 +69,7 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     env = {**worker.env, "CARELOOP_HOME": str(tmp_path / "beat")}
     log = tmp_path / "beat.log"
-    beat = subprocess.Popen([sys.executable, "-m", "careloop", "beat"], env=env, stdout=log.open("w"),
+    beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: store.count(ReviewItem) >= 4, timeout=120,
@@ -90,7 +90,7 @@ def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny
     full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
                                        "base_model": str(tiny_model_dir), "review_queue_target": 3,
                                        "review_gold_fraction": 0.0, "review_max_tokens": 4})
-    client = ServingClient.from_settings(full)
+    client = open_client(full)
     assert fill_review_queue(full, sessions, client, 5).seed == 3
     assert fill_review_queue(full, sessions, client, 5) == FillResult(0, 0, 0, 0)  # three wait: nothing to do
     first = store.rows(ReviewItem)[0].id
@@ -109,7 +109,7 @@ def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_mode
                                        "base_model": str(tiny_model_dir), "review_max_tokens": 2,
                                        "review_gold_fraction": 0.0})
     sessions = session_factory(make_engine(store.database_url))
-    client = ServingClient.from_settings(full)
+    client = open_client(full)
     try:
         result = fill_review_queue(full, sessions, client, 12, rng=random.Random(3))
     finally:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from conftest import stop_server
 
 from careloop import audit, db
+from serving import rollout
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
 from serving.registry import Registry, RegistryError, Status
 
@@ -55,18 +56,18 @@ def test_promote_then_rollback(server, registry):
     _register(registry, server, "pr-v0002", "med-v0002")
     assert client.chat(QUESTION, max_tokens=4).model == BASE  # nothing live: the base model answers
 
-    first = registry.promote("pr-v0001", client, actor="admin")
+    first = rollout.promote(registry, "pr-v0001", client, actor="admin")
     assert (first.live, first.previous) == ("pr-v0001", None)
     assert client.chat(QUESTION, max_tokens=4).model == "pr-v0001"
 
-    second = registry.promote("pr-v0002", client, actor="admin")
+    second = rollout.promote(registry, "pr-v0002", client, actor="admin")
     assert (second.live, second.previous) == ("pr-v0002", "pr-v0001")
     assert registry.get("pr-v0001").status == Status.RETIRED
     assert client.chat(QUESTION, max_tokens=4).model == "pr-v0002"
-    assert registry.unload_stale(client, grace_seconds=0) == ["pr-v0001"]
+    assert rollout.unload_stale(registry, client, grace_seconds=0) == ["pr-v0001"]
     assert "pr-v0001" not in client.loaded_adapters()
 
-    back = registry.rollback(client, actor="admin", reason="nurses disliked it")
+    back = rollout.rollback(registry, client, actor="admin", reason="nurses disliked it")
     assert (back.live, back.previous) == ("pr-v0001", "pr-v0002")
     assert "pr-v0001" in client.loaded_adapters()  # reloaded for the rollback
     assert client.chat(QUESTION, max_tokens=4).model == "pr-v0001"
@@ -78,12 +79,12 @@ def test_promote_then_rollback(server, registry):
                             ("adapter.rollback", "pr-v0001", "admin")]
 
     with pytest.raises(RegistryError, match="pr-v0002 is rejected"):
-        registry.promote("pr-v0002", client, actor="admin")
+        rollout.promote(registry, "pr-v0002", client, actor="admin")
     registry.retire("pr-v0001", actor="admin")  # retiring the live version: the base model answers
     assert registry.live() is None and client.chat(QUESTION, max_tokens=4).model == BASE
-    registry.promote("pr-v0001", client, actor="admin")  # a retired version may come back
+    rollout.promote(registry, "pr-v0001", client, actor="admin")  # a retired version may come back
     # It replaced no version: rolling it back leaves the base model answering.
-    back = registry.rollback(client, actor="admin", reason="back to base")
+    back = rollout.rollback(registry, client, actor="admin", reason="back to base")
     assert (back.live, back.previous) == (BASE, "pr-v0001")
     assert registry.live() is None and registry.get("pr-v0001").status == Status.REJECTED
     assert client.chat(QUESTION, max_tokens=4).model == BASE
@@ -95,10 +96,10 @@ def test_a_broken_adapter_is_never_made_live(server, registry, tmp_path_factory)
     (broken / "adapter_model.safetensors").write_bytes(b"not a tensor file")
     client = _client(server, registry)
     _register(registry, server, "br-v0001", "med-v0001")
-    registry.promote("br-v0001", client, actor="admin")
+    rollout.promote(registry, "br-v0001", client, actor="admin")
     registry.register("br-v0002", broken, actor="test")
     with pytest.raises(ServingRejected) as failure:
-        registry.promote("br-v0002", client, actor="admin")
+        rollout.promote(registry, "br-v0002", client, actor="admin")
     assert failure.value.status == 400
     assert registry.live().name == "br-v0001" and registry.get("br-v0002").status == Status.CANDIDATE
     assert client.chat(QUESTION, max_tokens=4).model == "br-v0001"
@@ -124,16 +125,16 @@ def test_promote_and_rollback_under_20_streaming_clients(server, registry):
     with ThreadPoolExecutor(20) as pool:
         clients = [pool.submit(chat_until_stopped, i) for i in range(20)]
         time.sleep(1)
-        steps = [lambda: registry.promote("ld-v0001", client, actor="admin"),
-                 lambda: registry.promote("ld-v0002", client, actor="admin"),
-                 lambda: registry.rollback(client, actor="admin"),
-                 lambda: registry.promote("ld-v0003", client, actor="admin")]
+        steps = [lambda: rollout.promote(registry, "ld-v0001", client, actor="admin"),
+                 lambda: rollout.promote(registry, "ld-v0002", client, actor="admin"),
+                 lambda: rollout.rollback(registry, client, actor="admin"),
+                 lambda: rollout.promote(registry, "ld-v0003", client, actor="admin")]
         for step in steps:
             promotion = step()
             # Requests started after the flip are answered by the new live version.
             assert client.chat(QUESTION, max_tokens=2).model == promotion.live
             time.sleep(0.5)
-            registry.unload_stale(client, grace_seconds=0.3)
+            rollout.unload_stale(registry, client, grace_seconds=0.3)
         time.sleep(0.5)
         stop.set()
         results = [c.result() for c in clients]
@@ -152,7 +153,7 @@ def test_client_keeps_the_last_live_version_while_the_database_is_down(server, p
     registry = Registry(db.session_factory(engine), BASE)
     client = _client(server, registry)
     _register(registry, server, "pg-v0001", "med-v0001")
-    registry.promote("pg-v0001", client, actor="admin")
+    rollout.promote(registry, "pg-v0001", client, actor="admin")
     assert client.chat(QUESTION, max_tokens=4).model == "pg-v0001"  # the client has seen it live
     name = sa.engine.make_url(url).database
     with postgres_databases.admin.connect() as admin:
@@ -169,7 +170,7 @@ def test_client_keeps_the_last_live_version_while_the_database_is_down(server, p
 
 def test_a_restarted_server_serves_the_live_version_again(server, server_factory, database_url, registry):
     _register(registry, server, "rs-v0001", "med-v0001")
-    registry.promote("rs-v0001", _client(server, registry), actor="admin")
+    rollout.promote(registry, "rs-v0001", _client(server, registry), actor="admin")
     restarted = server_factory(database_url=database_url)
     names = [m["id"] for m in httpx.get(f"{restarted.url}/v1/models").json()["data"]]
     assert names == [BASE, "rs-v0001"]
@@ -215,7 +216,7 @@ def test_with_several_replicas_every_one_loads_answers_and_unloads_the_version(s
     client = _client(server, registry, replicas=[server.url, replica.url])
     _register(registry, server, "rep-v0001", "med-v0001")
     _register(registry, server, "rep-v0002", "med-v0002")
-    registry.promote("rep-v0001", client, actor="admin")
+    rollout.promote(registry, "rep-v0001", client, actor="admin")
     for each in client.replicas():
         assert "rep-v0001" in each.loaded_adapters()
         assert each.chat(QUESTION, model="rep-v0001", max_tokens=4).model == "rep-v0001", each.url
@@ -223,17 +224,17 @@ def test_with_several_replicas_every_one_loads_answers_and_unloads_the_version(s
 
     stop_server(replica)
     with pytest.raises(ServingUnavailable, match=replica.url):
-        registry.promote("rep-v0002", client, actor="admin")
+        rollout.promote(registry, "rep-v0002", client, actor="admin")
     assert registry.live().name == "rep-v0001", "a replica that cannot load it stops the promotion"
     assert registry.get("rep-v0002").status == Status.CANDIDATE
     client.close()
 
     restarted = server_factory(serving_port=replica.url.rsplit(":", 1)[1])  # a new replica at the same address
     client = _client(server, registry, replicas=[server.url, restarted.url])
-    registry.promote("rep-v0002", client, actor="admin")
+    rollout.promote(registry, "rep-v0002", client, actor="admin")
     assert {each.chat(QUESTION, model=client.resolve_model(), max_tokens=4).model
             for each in client.replicas()} == {"rep-v0002"}
-    assert registry.unload_stale(client, grace_seconds=0) == ["rep-v0001"]
+    assert rollout.unload_stale(registry, client, grace_seconds=0) == ["rep-v0001"]
     assert all("rep-v0001" not in each.loaded_adapters() for each in client.replicas())
     client.close()
 
@@ -248,7 +249,7 @@ def _promote_in_background(registry: Registry, name: str, client: ServingClient)
 
     def promote() -> None:
         try:
-            registry.promote(name, client, actor="admin")
+            rollout.promote(registry, name, client, actor="admin")
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 (what the promotion raised is what the tests check)
             outcome.append(exc)
@@ -264,7 +265,7 @@ def _second_version_pending(server_factory, database_url: str, registry: Registr
     client = _client(server, registry)
     _register(registry, server, f"{prefix}-v0001", "med-v0001")
     _register(registry, server, f"{prefix}-v0002", "med-v0002")
-    registry.promote(f"{prefix}-v0001", client, actor="admin")
+    rollout.promote(registry, f"{prefix}-v0001", client, actor="admin")
     return server, server.url.rsplit(":", 1)[1], client
 
 
@@ -294,7 +295,7 @@ def test_serving_killed_during_a_promotion_changes_nothing_live(server_factory, 
     client.close()
     client = _client(restarted, registry)
     assert client.chat(QUESTION, max_tokens=4).model == "kl-v0001"
-    registry.promote("kl-v0002", client, actor="admin")
+    rollout.promote(registry, "kl-v0002", client, actor="admin")
     assert client.chat(QUESTION, max_tokens=4).model == "kl-v0002"
     client.close()
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -20,8 +21,9 @@ from careloop.settings import load_settings
 from feedback import schemas
 from feedback.export import in_eval
 from feedback.store import store_event
-from serving.client import ServingClient
+from serving import rollout
 from serving.registry import Status, open_registry
+from serving.rollout import open_client
 from trainer import runs
 from trainer.config import TrainConfig
 from trainer.pipeline import run_training
@@ -40,7 +42,7 @@ def setup(tmp_path, server, tiny_model_dir):
                              serving_url=server.url, control_token=server.token, adapter_dir=server.adapter_dir,
                              live_cache_seconds=0)
     sessions = db.session_factory(db.make_engine(url))
-    return settings, sessions, open_registry(settings), ServingClient.from_settings(settings)
+    return settings, sessions, open_registry(settings), open_client(settings)
 
 
 def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
@@ -71,6 +73,26 @@ def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
     assert "Decision: promote" in card and run.snapshot_sha256 in card
     registry.retire(live.name, actor="test")
     client.unload_adapter(live.name)
+
+
+def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_period(setup, tmp_path):
+    settings, sessions, registry, client = setup
+    settings = settings.model_copy(update={"promotion_grace_seconds": 2.0})
+    registry.register("ap-v0001", settings.adapter_dir / "med-v0001", actor="test")
+    rollout.promote(registry, "ap-v0001", client, actor="test")
+    policy = tmp_path / "lenient.yaml"  # what is checked here is the rollout, not the gate
+    policy.write_text(yaml.safe_dump({"safety_tolerance": 1.0, "min_gain": -2.0, "reference_metrics": []}))
+    config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2}, "dpo": {**QUICK["dpo"], "max_steps": 2},
+                                         "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": str(policy),
+                                         "auto_promote": True})
+    result = run_training(settings, config, sessions, registry, client, actor="test")
+    assert result.status == "promoted", result.decision.reasons
+    replaced = registry.get("ap-v0001")
+    assert replaced.status == Status.RETIRED and registry.live().name == result.adapter_version
+    assert (datetime.now(UTC) - replaced.status_changed_at.replace(tzinfo=UTC)).total_seconds() >= 2.0
+    assert "ap-v0001" not in client.loaded_adapters() and result.adapter_version in client.loaded_adapters()
+    registry.retire(result.adapter_version, actor="test")
+    client.unload_adapter(result.adapter_version)
 
 
 def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
@@ -115,7 +137,7 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
            "CARELOOP_HOME": str(settings.home), "CARELOOP_DATABASE_URL": settings.database_url,
            "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir),
            "CARELOOP_REDIS_URL": redis_server.url}
-    process = subprocess.Popen([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "cli", "train", "--config", str(config)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -136,12 +158,12 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     # lock names a process gone from this host: the next run does not wait for it to lapse.
     config.write_text(yaml.safe_dump({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
                                       "eval": {**QUICK["eval"], "max_items": 10, "max_pairs": 10}}))
-    done = subprocess.run([sys.executable, "-m", "careloop", "train", "--config", str(config)], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "train", "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run {killed.id + 1}: candidate" in done.stdout or f"run {killed.id + 1}: rejected" in done.stdout
     assert runs.get_run(sessions, killed.id).status == "interrupted"
-    listing = subprocess.run([sys.executable, "-m", "careloop", "runs"], env={**env, "COLUMNS": "200"},
+    listing = subprocess.run([sys.executable, "-m", "cli", "runs"], env={**env, "COLUMNS": "200"},
                              capture_output=True, text=True, timeout=60).stdout
     assert "interrupted" in listing and f"│ {killed.id + 1} " in listing
     assert registry.live() is None  # auto-promote is off: a passing candidate waits for an admin

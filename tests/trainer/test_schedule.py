@@ -195,7 +195,7 @@ def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_kil
     log = (tmp_path / "worker.log").open("a")
 
     def start(*command: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "careloop", *command], env=env, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "cli", *command], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_for_run(done: Callable[[runs.TrainingRun], bool], what: str) -> runs.TrainingRun:

@@ -17,7 +17,7 @@ def test_help_on_every_command(cli):
     assert {"doctor", "model", "db", "seed"} <= set(groups)
     from typer.testing import CliRunner
 
-    from careloop.cli import app
+    from cli.main import app
 
     runner = CliRunner(env={"COLUMNS": "200"})
     seen = 0

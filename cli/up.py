@@ -2,7 +2,7 @@
 
 Prepares what the parts need (data directory, migrations, the demo model when no base model is
 set, an admin account), starts a local Redis with AOF when none answers at CARELOOP_REDIS_URL, then
-serving, a feedback worker, a training worker, beat and the bot, each `python -m careloop ...` in
+serving, a feedback worker, a training worker, beat and the bot, each `python -m cli ...` in
 its own process group with its log in `$CARELOOP_HOME/logs/`. It waits for each to be healthy,
 prints the URL, restarts a child that dies (with backoff, logged), and on Ctrl-C or SIGTERM stops
 them all, newest first. `careloop up --status` reads `$CARELOOP_HOME/up.json` and probes each part.
@@ -107,7 +107,7 @@ class Supervisor:
             return
         verified_gguf()  # the one-line reason (missing wheel, hash mismatch) before starting anything
         self.say(f"base model: preparing {out.name} at {out} (once, about 20 s)")
-        done = subprocess.run([sys.executable, "-m", "careloop", "model", "prepare"], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "cli", "model", "prepare"], capture_output=True,
                               text=True, env={**os.environ, "CARELOOP_HOME": str(self.settings.home.resolve())})
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -148,7 +148,7 @@ class Supervisor:
     def _plan(self, home: Path, serving_url: str) -> list[Child]:
         settings = self.settings
         logs = home / "logs"
-        careloop = [sys.executable, "-m", "careloop"]
+        careloop = [sys.executable, "-m", "cli"]
         children = []
         redis_url = settings.redis_url
         if _redis_answers(redis_url):

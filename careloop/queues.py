@@ -1,10 +1,17 @@
-"""The Celery app: Redis broker, queues `feedback`, `generation`, `training`, settings for no loss.
+"""The platform's Celery app: Redis broker, queues `feedback`, `generation`, `training`, settings for no loss.
 
-No import-time side effects beyond building the app object: ``configure(settings)`` points it at
-the configured Redis (the worker CLI calls it); publishers use ``producer(settings)``.
+It lives in the foundation because all three queues share it and no domain owns the others' work.
+Task modules register on it with ``@shared_task`` and export their task names; this module names
+none of them. No import-time side effects beyond building the app object: ``configure(settings)``
+points it at the configured Redis (the worker and beat commands call it, naming the task modules
+and the periodic jobs); publishers use ``producer(settings)``. There is no result backend: task
+results that matter are written to the database by the tasks themselves.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -13,20 +20,22 @@ from careloop.settings import Settings
 
 QUEUES = ("feedback", "generation", "training")
 
-# Task modules by name: the worker imports them; this module imports none of them.
-app = Celery("careloop", include=["feedback.tasks", "trainer.tasks"])
+app = Celery("careloop")
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the worker's app (the one the tasks are registered on) at the configured Redis."""
-    app.conf.update(_config(settings))
+def configure(settings: Settings, *, include: Sequence[str] = (),
+              beat_schedule: dict[str, dict[str, Any]] | None = None) -> Celery:
+    """Point the worker's app (the one the tasks are registered on) at the configured Redis.
+    ``include``: the task modules a worker imports; ``beat_schedule``: the periodic jobs beat sends."""
+    app.conf.update(_config(settings), include=list(include), beat_schedule=beat_schedule or {})
     return app
 
 
 def producer(settings: Settings) -> Celery:
     """A separate app for publishing by task name: each settings object gets its own broker
-    connections (an app caches its connection pool on first use)."""
-    publisher = Celery("careloop-producer")
+    connections (an app caches its connection pool on first use). Never the current app, so the
+    tasks a worker runs keep resolving to the worker's own app."""
+    publisher = Celery("careloop-producer", set_as_current=False)
     publisher.conf.update(_config(settings))
     return publisher
 
@@ -40,8 +49,7 @@ def _config(settings: Settings) -> dict:
         accept_content=["json"],
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="feedback",
-        task_routes={"feedback.*": {"queue": "feedback"}, "generation.*": {"queue": "generation"},
-                     "training.*": {"queue": "training"}},
+        task_routes={f"{name}.*": {"queue": name} for name in QUEUES},
         # No loss: a task is acknowledged only after it ran, and comes back if its worker dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -60,11 +68,4 @@ def _config(settings: Settings) -> dict:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         timezone="UTC",
-        beat_schedule={
-            "fill-review-queue": {"task": "generation.fill_review_queue",
-                                  "schedule": settings.review_fill_interval_seconds,
-                                  "options": {"queue": "generation", "expires": settings.review_fill_interval_seconds}},
-            "check-training": {"task": "training.check", "schedule": settings.train_check_interval_seconds,
-                               "options": {"queue": "training", "expires": settings.train_check_interval_seconds}},
-        },
     )

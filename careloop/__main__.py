@@ -1,3 +1,0 @@
-from careloop.cli import main
-
-main()

@@ -1,0 +1,48 @@
+"""What the command groups share: the consoles, the one user-facing error, the ``--actor`` option,
+and turning a domain's refusal into that error."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from careloop.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+ActorOption = Annotated[str | None, typer.Option(help="Who does this, for the audit log [default: cli:$USER].")]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one message, exit code 1."""
+
+
+def actor_name(actor: str | None) -> str:
+    return actor or f"cli:{getpass.getuser()}"
+
+
+def database_sessions() -> sessionmaker[Session]:
+    from careloop.db import sessions_for
+
+    return sessions_for(get_settings().resolved_database_url)
+
+
+@contextmanager
+def serving_errors() -> Iterator[None]:
+    """A registry refusal or a serving failure, as one line instead of a traceback."""
+    from serving.client import ControlUnsupported, ServingRejected, ServingUnavailable
+    from serving.registry import RegistryError
+
+    try:
+        yield
+    except (RegistryError, ServingUnavailable, ServingRejected, ControlUnsupported) as exc:
+        raise CommandError(str(exc)) from None

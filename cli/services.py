@@ -1,0 +1,116 @@
+"""`careloop doctor`, `serve`, `up`, `bot`, `worker`, `beat`: the commands that start or check a part."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from careloop.settings import get_settings
+from cli.common import CommandError, console
+
+
+def doctor() -> None:
+    """Show what is configured and reachable; exit 1 if a required part is missing."""
+    from cli.doctor import run_checks
+
+    checks = run_checks(get_settings())
+    table = Table(title="careloop doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        status = "ok" if check.ok else ("FAIL" if check.required else "warn")
+        table.add_row(check.name, status, check.detail)
+    console.print(table)
+    failed = [c for c in checks if c.required and not c.ok]
+    if failed:
+        raise CommandError("required check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_SERVING_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_SERVING_PORT].")] = None,
+) -> None:
+    """Run the embedded engine behind the OpenAI/TGI-compatible HTTP API."""
+    from serving.server import ExternalBackend
+    from serving.server import main as serve_main
+
+    overrides = {k: v for k, v in {"serving_host": host, "serving_port": port}.items() if v is not None}
+    try:
+        serve_main(get_settings().model_copy(update=overrides))
+    except ExternalBackend as exc:
+        raise CommandError(str(exc)) from None
+
+
+def up(
+    status: Annotated[bool, typer.Option("--status", help="Show what a running `careloop up` runs, and exit.")] = False,
+) -> None:
+    """Run everything on this machine: Redis (if none answers), serving, workers, beat and the web app."""
+    from cli import up as supervisor
+
+    settings = get_settings()
+    if status:
+        try:
+            rows = supervisor.status(settings)
+        except supervisor.UpError as exc:
+            raise CommandError(str(exc)) from None
+        table = Table("part", "state", "pid", "restarts", "since", "log")
+        for row in rows:
+            table.add_row(row["name"], row["state"], str(row["pid"]), str(row["restarts"]), row["since"], row["log"])
+        console.print(table)
+        if any(row["state"] != "up" for row in rows):
+            raise CommandError("some parts are not up: " + ", ".join(r["name"] for r in rows if r["state"] != "up"))
+        return
+    try:
+        supervisor.run(settings, lambda line: console.print(line, highlight=False, soft_wrap=True))
+    except supervisor.UpError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def bot(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_BOT_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_BOT_PORT].")] = None,
+) -> None:
+    """Run the web app: chat (students), review (nurses, physicians), admin. Sign-in required."""
+    from bot.app import main as bot_main
+
+    bot_main(get_settings(), host, port)
+
+
+# The modules whose @shared_task functions a worker runs, one per queue-owning package.
+TASK_MODULES = ("feedback.tasks", "trainer.tasks")
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "feedback,generation,training",
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run a Celery worker (feedback ingest, review generation, training) on CARELOOP_REDIS_URL."""
+    from careloop.queues import QUEUES, configure
+
+    unknown = set(queues.split(",")) - set(QUEUES)
+    if unknown:
+        raise CommandError(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
+    from celery.signals import worker_ready
+
+    from cli.up import WORKER_READY
+
+    settings = get_settings()
+    # Said on stdout whatever the log level: `careloop up` and scripts wait for this line.
+    worker_ready.connect(lambda **_: print(f"{WORKER_READY} ({queues})", flush=True), weak=False)
+    configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
+                                     f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
+
+
+def beat() -> None:
+    """Run Celery beat: the periodic jobs (filling the review queue, checking whether training is due)."""
+    from careloop.queues import configure
+    from feedback import tasks as feedback_tasks
+    from trainer import tasks as training_tasks
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    schedule = feedback_tasks.schedule(settings) | training_tasks.schedule(settings)
+    configure(settings, beat_schedule=schedule).start(["beat", f"--loglevel={settings.log_level}",
+                               f"--schedule={settings.home / 'celerybeat-schedule'}"])

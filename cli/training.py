@@ -1,0 +1,166 @@
+"""`careloop export`, `train`, `runs`, `eval`: feedback datasets, training runs and their reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from careloop.settings import get_settings, redacted_url
+from cli.common import ActorOption, CommandError, actor_name, console, serving_errors
+
+
+def export(
+    kind: Annotated[Literal["sft", "dpo", "kto"], typer.Option(help="Dataset shape for TRL's trainers.")],
+    out: Annotated[Path, typer.Option(help="Directory for train/eval files and manifest.json.")],
+    format: Annotated[Literal["jsonl", "parquet", "hf"], typer.Option(help="jsonl, parquet, or a saved datasets.DatasetDict.")] = "jsonl",  # noqa: A002
+    since: Annotated[datetime | None, typer.Option(help="Only feedback from this time on (ISO 8601, UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Only feedback before this time.")] = None,
+    eval_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of prompts held out for evaluation.")] = 0.1,
+    min_gold_accuracy: Annotated[float, typer.Option(min=0, max=1, help="Drop annotators below this gold accuracy.")] = 0.6,
+    actor: ActorOption = None,
+) -> None:
+    """Export TRL-ready feedback datasets, split by prompt, with a snapshot manifest."""
+    from datetime import UTC
+
+    from careloop.db import sessions_for
+    from feedback.export import ExportConfig, export
+
+    def utc(moment: datetime | None) -> datetime | None:
+        return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+    sessions = sessions_for(get_settings().resolved_database_url)
+    config = ExportConfig(kind, utc(since), utc(until), eval_fraction, min_gold_accuracy)
+    manifest = export(sessions, config, out, format, actor=actor_name(actor))
+    console.print(f"{kind}: {manifest.counts['train']} train / {manifest.counts['eval']} eval rows in {out} "
+                  f"(snapshot {manifest.snapshot_sha256[:12]}); dropped: "
+                  + (", ".join(f"{k} {v}" for k, v in manifest.dropped.items()) or "nothing"))
+
+
+def train(
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (see trainer/config.py).")] = None,
+    resume: Annotated[int | None, typer.Option(help="Resume run ID, skipping the steps already done.")] = None,
+    actor: ActorOption = None,
+) -> None:
+    """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
+    import redis
+
+    from careloop.db import sessions_for
+    from serving.registry import open_registry
+    from serving.rollout import open_client
+    from trainer.config import ConfigError, TrainConfig
+    from trainer.pipeline import run_training
+    from trainer.schedule import Busy, training_lock
+
+    settings = get_settings()
+    try:
+        train_config = TrainConfig.from_yaml(config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    sessions = sessions_for(settings.resolved_database_url)
+    client = open_client(settings) if train_config.auto_promote else None
+    try:
+        with serving_errors(), training_lock(settings.redis_url):
+            result = run_training(settings, train_config, sessions, open_registry(settings), client,
+                                  actor=actor_name(actor), resume=resume)
+    except ConfigError as exc:  # e.g. the gate policy file, read when the run gets to the gate
+        raise CommandError(str(exc)) from None
+    except Busy as exc:
+        raise CommandError(f"{exc}: careloop trains one run at a time; `careloop runs` shows it.") from None
+    except redis.ConnectionError as exc:
+        raise CommandError(f"careloop train takes the one-run-at-a-time training lock in Redis at "
+                           f"{redacted_url(settings.redis_url)}, which does not answer: {exc}") from None
+    console.print(f"run {result.run_id}: {result.status} ({result.adapter_version})")
+    for reason in result.decision.reasons:
+        console.print(f"  {reason}", markup=False)
+
+
+def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
+    """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
+    from careloop.db import sessions_for
+    from trainer.runs import recent_runs
+    from trainer.schedule import progress
+
+    sessions = sessions_for(get_settings().resolved_database_url)
+    table = Table(title="training runs")
+    for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
+        table.add_column(column, overflow="fold")
+    for run in recent_runs(sessions, limit):
+        now = progress(sessions, run)
+        eta = "" if now.eta_seconds is None or run.status != "running" else f"{now.eta_seconds:.0f} s"
+        table.add_row(str(run.id), run.status, now.step_label, f"{now.percent:.0f}%", eta, run.adapter_version or "",
+                      f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, run.error[:80])
+    console.print(table)
+
+
+def evaluate(
+    adapter: Annotated[str, typer.Option(help="The adapter version to evaluate.")],
+    against: Annotated[str, typer.Option(help="`live`, `base`, or another version.")] = "live",
+    data: Annotated[Path | None, typer.Option(help="JSONL of the seed formats [default: the seed evaluation sets].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory [default: $CARELOOP_HOME/evals/<time>].")] = None,
+    max_items: Annotated[int, typer.Option(min=1, help="Items per set from the seed sets.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Evaluate one adapter against live (or another version) on the same items; write the report."""
+    import json as json_module
+    from datetime import UTC
+
+    from careloop.base_model import resolve_base_model
+    from serving.registry import open_registry
+    from trainer.evaluate import Models, compare, evaluate, meteor_variant
+    from trainer.gate import Policy, decide
+    from trainer.report import write_report
+    from trainer.snapshot import read_evaluation_file, seed_evaluation_sets
+
+    settings = get_settings()
+    registry = open_registry(settings)
+    with serving_errors():
+        candidate = registry.get(adapter)
+        if against == "live":
+            live = registry.live()
+            baseline = {"name": live.name, "path": live.path} if live else None
+        elif against == "base":
+            baseline = None
+        else:
+            other = registry.get(against)
+            baseline = {"name": other.name, "path": other.path}
+    if data is not None:
+        sets = read_evaluation_file(data)
+    else:
+        from careloop.seed import load_seed
+        from feedback.export import in_eval
+
+        pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                 for p in load_seed(settings.seed_data_dir, "preferences") if in_eval(p.prompt, 0.1)]
+        sets = seed_evaluation_sets(settings.seed_data_dir, pairs, max_items)
+    base = resolve_base_model(settings)
+    adapters = {"candidate": Path(candidate.path)} | ({"live": Path(baseline["path"])} if baseline else {})
+    models = Models.load(base.source, adapters)
+    policy = Policy.load(None)
+    ours = evaluate(models, "candidate", sets, max_new_tokens)
+    theirs = evaluate(models, "live" if baseline else "base", sets, max_new_tokens)
+    differences = compare(ours, theirs, policy.confidence)
+    decision = decide(policy, differences)
+    out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    from careloop.db import sessions_for
+    from feedback.quality import win_rate
+
+    against_name = baseline["name"] if baseline else base.name
+    win = win_rate(sessions_for(settings.resolved_database_url), adapter, against_name)
+    report = {"run": f"eval {adapter}", "snapshot": str(data or "seed evaluation sets"),
+              "live": against_name, "meteor": meteor_variant()[1], "candidate": ours, "live_results": theirs,
+              "differences": differences, "leakage": "not checked",
+              "win_rate": {"rate": win.rate, "judgments": win.judgments}}
+    (out / "report.json").write_text(json_module.dumps(report, indent=2, default=str))
+    write_report(out, report, decision.promote, decision.reasons)
+    console.print(f"{adapter} vs {report['live']}: report in {out}")
+    console.print("  clinician win rate: " + (f"{win.rate:.0%} over {win.judgments} judgments" if win.judgments
+                                                 else "no side-by-side judgments yet"))
+    for metric, difference in differences.items():
+        console.print(f"  {metric}: {ours['summary'][metric]:.3f} vs {theirs['summary'][metric]:.3f} "
+                      f"({difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}], "
+                      f"n={difference['n']})", markup=False)

@@ -1,0 +1,120 @@
+"""Adapter rollout: which versions serving has loaded, kept in step with the registry's live one.
+
+The registry (``serving.registry``) records versions and flips their status; the client
+(``serving.client``) speaks HTTP. Rollout joins the two, in one place for every caller (the CLI,
+the admin page, a training run's auto-promote):
+
+- promote: load the version on every serving replica, smoke-test it through the public API, then
+  flip ``live`` (the registry's transaction); an exception before the flip changes nothing.
+- rollback: the same flip backwards, to the version the live one replaced (or the base model).
+- unload: a version that stopped being live is unloaded once the grace period has passed since
+  (clients cache the live name for a few seconds), unless it went live again meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from careloop.log import get_logger
+from careloop.settings import Settings
+from serving.client import ServingClient
+from serving.registry import OUT_OF_USE, PROMOTABLE, AdapterVersion, Registry, RegistryError, open_registry
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    live: str  # the name that answers now (the base model's after rolling back to none)
+    previous: str | None  # the one it replaced (None: the base model answered)
+    seconds: float
+
+
+def open_client(settings: Settings) -> ServingClient:
+    """A client for CARELOOP_SERVING_URL that answers with the registry's live version."""
+    registry = open_registry(settings)
+
+    def live_lookup() -> str | None:
+        version = registry.live()
+        return version.name if version else None
+
+    return ServingClient.from_settings(settings, live_lookup=live_lookup, base_model=registry.base_model)
+
+
+def ensure_serving(version: AdapterVersion, client: ServingClient) -> None:
+    """Loaded and answering on every serving replica, or an exception before anything changes."""
+    for replica in client.replicas():
+        if version.name not in replica.loaded_adapters():
+            replica.load_adapter(version.name, version.path)
+        replica.smoke_test(version.name)
+
+
+def promote(registry: Registry, name: str, client: ServingClient, *, actor: str) -> Promotion:
+    """Load ``name`` into serving, smoke-test it, then make it live in one transaction."""
+    started = time.perf_counter()
+    version = registry.get(name)
+    if version.status not in PROMOTABLE:
+        raise RegistryError(f"{name} is {version.status}; only candidate or retired versions can be promoted")
+    ensure_serving(version, client)
+    previous = registry.make_live(name, actor=actor)
+    result = Promotion(name, previous, time.perf_counter() - started)
+    log.info("adapter_promoted", adapter=name, previous=previous, actor=actor, seconds=round(result.seconds, 3))
+    return result
+
+
+def rollback(registry: Registry, client: ServingClient, *, actor: str, reason: str = "rolled back") -> Promotion:
+    """Make the version the live one replaced live again (the base model, if it replaced none);
+    the rolled-back one becomes rejected."""
+    started = time.perf_counter()
+    current = registry.live()
+    if current is None:
+        raise RegistryError("no version is live: nothing to roll back")
+    if current.replaced is not None:
+        ensure_serving(registry.get(current.replaced), client)
+    live = registry.restore_replaced(current.name, actor=actor, reason=reason)
+    log.info("adapter_rolled_back", adapter=live, rolled_back=current.name, actor=actor)
+    return Promotion(live, current.name, time.perf_counter() - started)
+
+
+def unload_stale(registry: Registry, client: ServingClient, grace_seconds: float) -> list[str]:
+    """Unload from serving the retired and rejected versions, once ``grace_seconds`` have passed
+    since they stopped being live (clients may still hold the old name in their cache)."""
+    loaded = {replica: set(replica.loaded_adapters()) for replica in client.replicas()}
+    stale = [v for v in registry.out_of_use() if any(v.name in names for names in loaded.values())]
+    unloaded = []
+    for version in stale:
+        age = (datetime.now(UTC) - _aware(version.status_changed_at)).total_seconds()
+        if age < grace_seconds:
+            time.sleep(grace_seconds - age)
+        if registry.get(version.name).status in OUT_OF_USE:  # not re-promoted meanwhile
+            for replica, names in loaded.items():
+                if version.name in names:
+                    replica.unload_adapter(version.name)
+            unloaded.append(version.name)
+    return unloaded
+
+
+def unload_replaced(registry: Registry, client: ServingClient, grace_seconds: float, *,
+                    background: bool = False) -> list[str] | None:
+    """After a promotion or rollback: ``unload_stale`` as best effort (a failure is logged; the
+    CLI's ``careloop adapters`` can unload by hand). ``background``: in a daemon thread, for a
+    caller that must answer now (the admin page); returns None then."""
+    def unload() -> list[str]:
+        try:
+            return unload_stale(registry, client, grace_seconds)
+        except Exception:  # noqa: BLE001 - best effort: what stays loaded only costs memory
+            log.exception("unload_stale_failed")
+            return []
+
+    if not background:
+        return unload()
+    threading.Thread(target=unload, name="careloop-unload-stale", daemon=True).start()
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
