@@ -15,6 +15,11 @@ Prints, all measured in this one run:
 Bounded: at most --seconds of load, one request in flight per simulated user, and a 120 s drain.
 Training is kept out of the window (its threshold is set out of reach) so the figures are those
 of chat and review. Set BENCH_KEEP=1 to keep the data directory (logs of every process).
+
+With --train N the whole loop runs on the same system: beat trains once the nurses' labels reach N
+(the default training config, promoting when the gate passes), and the run prints how long the
+run took, its gate decision with every reason, and which version answers a student afterwards.
+The load figures then include training in the background from the moment it starts.
 """
 
 from __future__ import annotations
@@ -56,8 +61,15 @@ def percentile(values: list[float], q: float) -> float:
 class System:
     """`careloop up` in a private data directory, on free ports, stopped with SIGINT."""
 
-    def __init__(self, home: Path, model_dir: Path):
+    def __init__(self, home: Path, model_dir: Path, train_after: int | None = None):
         self.home = home
+        training = {}
+        if train_after:  # the default config, promoting when the gate passes
+            config = home / "train.yaml"
+            home.mkdir(parents=True, exist_ok=True)
+            config.write_text("auto_promote: true\n")
+            training = {"CARELOOP_TRAIN_MIN_NEW_PAIRS": str(train_after), "CARELOOP_TRAIN_CONFIG": str(config),
+                        "CARELOOP_TRAIN_CHECK_INTERVAL_SECONDS": "10"}
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
                     "CARELOOP_HOME": str(home), "CARELOOP_BASE_MODEL": str(model_dir),
                     "CARELOOP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
@@ -66,7 +78,7 @@ class System:
                     "CARELOOP_REVIEW_GOLD_FRACTION": "0", "CARELOOP_REVIEW_FILL_INTERVAL_SECONDS": "5",
                     "CARELOOP_REVIEW_MAX_TOKENS": "32", "CARELOOP_REVIEW_QUEUE_TARGET": "40",
                     "CARELOOP_TRAIN_MIN_NEW_PAIRS": "1000000", "CARELOOP_BOT_LOGIN_ATTEMPTS": "1000",
-                    "CARELOOP_LOG_LEVEL": "WARNING"}
+                    "CARELOOP_LOG_LEVEL": "WARNING", **training}
         self.output = home / "up.out"
         home.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=self.env,
@@ -191,6 +203,34 @@ def nurse(url: str, username: str, deadline: float, latencies: list[float], fail
             shown = client.predict(api_name="/review_next")
 
 
+def wait_for_training(system: System, seconds: float) -> tuple[dict | None, float]:
+    """The first training run once it has finished (None if it does not finish in time), and how
+    long the run took."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with sqlite3.connect(system.home / "careloop.db", timeout=30) as store:
+            row = store.execute("SELECT status, step, metrics, decision, started_at, finished_at FROM training_runs "
+                                "ORDER BY id LIMIT 1").fetchone()
+        if row and row[0] not in ("running",):
+            status, _, metrics, decision, started, finished = row
+            from datetime import datetime
+
+            took = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+            return {"status": status, "metrics": json.loads(metrics or "{}"),
+                    "decision": json.loads(decision or "{}")}, took
+        time.sleep(5)
+    return None, float("nan")
+
+
+def answered_by(url: str, username: str) -> str:
+    """The version named in the footer of a student's next answer."""
+    from gradio_client import Client
+
+    chatbot, _ = Client(url, auth=(username, PASSWORD), verbose=False).predict(QUESTIONS[0], api_name="/chat")
+    text = json.dumps(chatbot)
+    return text.split("Answered by `", 1)[1].split("`", 1)[0] if "Answered by `" in text else "(no answer)"
+
+
 def stored_comparisons(home: Path) -> int:
     with sqlite3.connect(home / "careloop.db", timeout=30) as store:
         return store.execute("SELECT count(*) FROM comparisons").fetchone()[0]
@@ -202,12 +242,15 @@ def main() -> None:
     parser.add_argument("--nurses", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--train", type=int, metavar="N", help="train once the nurses' labels reach N, "
+                        "then report the gate's decision and which version answers (the whole loop)")
+    parser.add_argument("--train-wait", type=float, default=2400, help="seconds to wait for that run")
     args = parser.parse_args()
     if not (1 <= args.students <= 50 and 1 <= args.nurses <= 20 and 10 <= args.seconds <= 1800):
         raise SystemExit("bounded run: 1-50 students, 1-20 nurses, 10-1800 seconds")
     model_dir = bench_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="careloop-load-"))
-    system = System(work / "home", model_dir)
+    system = System(work / "home", model_dir, args.train)
     try:
         for i in range(args.students):
             system.cli("users", "add", f"stu.{i}", "--role", "student", "--password-stdin", stdin=PASSWORD)
@@ -270,6 +313,16 @@ def main() -> None:
         for kind, failed in failures.items():
             for line in failed[:5]:
                 print(f"{kind} failure: {line}")
+        if args.train:
+            before = answered_by(system.url, "stu.0")
+            run, took = wait_for_training(system, args.train_wait)
+            if run is None:
+                print(f"\nno training run finished within {args.train_wait:.0f} s")
+                return
+            print(f"\ntraining run: {run['status']} after {took:.0f} s; a student was answered by {before} "
+                  f"before it and by {answered_by(system.url, 'stu.0')} after it")
+            for reason in run["decision"].get("reasons", []):
+                print(f"  {reason}")
     finally:
         system.stop()
         if os.environ.get("BENCH_KEEP"):
