@@ -2,12 +2,16 @@
 
 Every event carries a UUID made by the client (``event_id``); storing is idempotent on it, so a
 replayed or redelivered event never makes a second row.
+
+The clinicians' vocabulary is defined here once: the four axes (``AXES``, the fields of ``Scores``)
+and the choices of a comparison (``CHOICES``); the review page, annotator quality and the LLM judge
+(through ``feedback.export``) use these.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -15,6 +19,8 @@ Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
 SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation", "privacy", "other")
+Choice = Literal["a", "b", "tie", "both_bad"]  # a / b: that response is the better one
+CHOICES: tuple[str, ...] = get_args(Choice)
 
 
 class Event(BaseModel):
@@ -32,6 +38,9 @@ class Scores(BaseModel):
     helpfulness: Score
     relevance: Score
     comprehensiveness: Score
+
+
+AXES: tuple[str, ...] = tuple(Scores.model_fields)
 
 
 class Turn(Event):
@@ -79,7 +88,7 @@ class Comparison(Event):
     source_a: Annotated[str, Field(max_length=128)]  # adapter version / sample that made response A
     source_b: Annotated[str, Field(max_length=128)]
     shown_order: Literal["ab", "ba"]  # which response was shown on the left
-    choice: Literal["a", "b", "tie", "both_bad"]
+    choice: Choice
     scores_a: Scores
     scores_b: Scores
     safety_flag: bool = False

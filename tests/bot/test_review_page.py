@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.review import AXES, Review, ReviewState
-from feedback import review as queue
+from feedback import review_queue as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from careloop import audit
-from feedback import review, schemas
+from feedback import review_queue, schemas
 from feedback.export import ExportConfig, export, in_eval
 from feedback.store import store_event
 
@@ -20,8 +20,8 @@ from .conftest import label
 def feedback(sessions):
     """A small but complete body of feedback."""
     def item(prompt: str, gold: str | None = None) -> int:
-        return review.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
-                               "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold)
+        return review_queue.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
+                                     "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold)
 
     majority, tie, both_bad, split = item("Q majority?"), item("Q tie?"), item("Q both bad?"), item("Q split?")
     for annotator, choice in [("n1", "a"), ("n2", "a"), ("n3", "b")]:
