@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import fill_disk
+from support import fill_disk
 from processes import wait_for
 from sqlalchemy import select
 

@@ -11,7 +11,7 @@ import zipfile
 
 import httpx
 import pytest
-from conftest import ACCOUNTS, PASSWORD
+from support import ACCOUNTS, PASSWORD
 from gradio_client import Client
 
 from careloop import accounts

@@ -5,7 +5,7 @@ would leak the page's content in its URL)."""
 
 from __future__ import annotations
 
-from conftest import PASSWORD
+from support import PASSWORD
 from e2e_browser import ask, only_local, open_review
 
 from careloop import accounts

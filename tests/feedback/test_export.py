@@ -13,7 +13,7 @@ from feedback import review_queue, schemas
 from feedback.export import ExportConfig, export, in_eval
 from feedback.store import store_event
 
-from .conftest import label
+from support import label
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from feedback.store import ReviewItem, store_event
 from serving.client import ServingClient
 from serving.registry import open_registry
 
-from .conftest import label, start_worker, wait_for
+from processes import start_worker, wait_for
+from support import label
 
 
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(

@@ -7,7 +7,7 @@ import pytest
 from feedback import review_queue
 from feedback.quality import annotator_quality
 
-from .conftest import label
+from support import label
 
 
 def _item(sessions, gold_choice: str | None = None) -> int:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from feedback import review_queue
 
-from .conftest import label
+from support import label
 
 
 def _items(sessions, count: int, labels_needed: int = 2) -> list[int]:

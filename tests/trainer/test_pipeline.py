@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from conftest import fill_disk
+from support import fill_disk
 
 from careloop import db
 from careloop.seed import load_seed
