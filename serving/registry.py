@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
-from careloop.db import Base, make_engine, session_factory, transaction
+from careloop.db import Base, sessions_for, transaction
+from careloop.db import aware as _aware, utcnow as _utcnow
 from careloop.log import get_logger
 from careloop.settings import Settings
 
@@ -51,10 +52,6 @@ class Status(StrEnum):
 
 class RegistryError(Exception):
     """A registry operation that cannot be done; the message says why and what to do instead."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class AdapterVersion(Base):
@@ -281,9 +278,4 @@ def open_registry(settings: Settings) -> Registry:
     """The registry of the configured base model, on the configured database."""
     from careloop.base_model import base_model_name
 
-    return Registry(session_factory(make_engine(settings.resolved_database_url)), base_model_name(settings))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return Registry(sessions_for(settings.resolved_database_url), base_model_name(settings))
