@@ -43,7 +43,7 @@ class Scores(BaseModel):
 AXES: tuple[str, ...] = tuple(Scores.model_fields)
 
 
-class Turn(Event):
+class Message(Event):
     """One chat message (the student's question or the model's answer)."""
 
     conversation_id: uuid.UUID
@@ -60,7 +60,7 @@ class Turn(Event):
 class Rating(Event):
     """A thumbs up/down on one answer, with an optional reason and comment."""
 
-    message_id: uuid.UUID  # the event_id of the rated assistant Turn
+    message_id: uuid.UUID  # the event_id of the rated assistant Message
     user: Name
     thumbs: Literal["up", "down"]
     reason: Annotated[str, Field(max_length=64)] = ""
@@ -103,7 +103,7 @@ class Comparison(Event):
         return self
 
 
-EVENTS: dict[str, type[Event]] = {"turn": Turn, "rating": Rating, "correction": Correction,
+EVENTS: dict[str, type[Event]] = {"turn": Message, "rating": Rating, "correction": Correction,
                                   "comparison": Comparison}
 
 

@@ -142,7 +142,7 @@ class DeadLetter(Base):
 _FREE_TEXT = {"content", "comment", "prompt", "original", "corrected", "response_a", "response_b",
               "corrected_answer"}
 _TABLES: dict[type[schemas.Event], type[Base]] = {
-    schemas.Turn: Message, schemas.Rating: Rating, schemas.Correction: Correction,
+    schemas.Message: Message, schemas.Rating: Rating, schemas.Correction: Correction,
     schemas.Comparison: Comparison}
 
 
@@ -185,11 +185,6 @@ def _complete_assignment(session: Session, item_id: int, annotator: str) -> None
         session.add(assignment)
     assignment.completed_at = utcnow()
     assignment.skipped = False
-
-
-def store_dead_letter(sessions: sessionmaker[Session], kind: str, payload: Any, reason: str) -> None:
-    with transaction(sessions) as session:
-        _add_dead_letter(session, kind, payload, reason)
 
 
 def _add_dead_letter(session: Session, kind: str, payload: Any, reason: str) -> None:

@@ -38,8 +38,8 @@ def feedback(sessions):
                                              original="Take as much as you like.",
                                              corrected="Adults: 500 mg-1 g every 4-6 h, at most 4 g a day."))
     conversation, answer = uuid.uuid4(), uuid.uuid4()
-    store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
-    store_event(sessions, schemas.Turn(event_id=answer, conversation_id=conversation, user="s", role="assistant",
+    store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
+    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
                                        content="Weight divided by height squared."))
     store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
     return sessions
