@@ -1,5 +1,5 @@
 """The serving app: the OpenAI, TGI and adapter-control routers (``serving/routes/``) joined on one
-FastAPI app with the shared middleware and error shapes (``serving/http.py``).
+FastAPI app with the shared middleware and error shapes (``serving/http_common.py``).
 
 HTTP concerns only (parsing, status codes, SSE, auth, metrics); generation lives in ``engine.py``.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serving.engine import Engine
-from serving.http import BodyLimit, Metrics, RequestMetrics, ServingState, install_error_handlers
+from serving.http_common import BodyLimit, Metrics, RequestMetrics, ServingState, install_error_handlers
 from serving.routes import control, openai, tgi
 
 

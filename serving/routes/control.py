@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from careloop.log import get_logger
 from serving import protocol as p
 from serving.engine import EngineError
-from serving.http import State, Unauthorized
+from serving.http_common import State, Unauthorized
 
 log = get_logger(__name__)
 

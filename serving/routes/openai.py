@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serving import protocol as p
 from serving.engine import RequestHandle, SamplingParams, TextDelta
-from serving.http import Metrics, State, openai_error, result_or_cancel, sse
+from serving.http_common import Metrics, State, openai_error, result_or_cancel, sse
 
 OPENAI_FINISH = {"eos": "stop", "stop_sequence": "stop", "length": "length"}
 
