@@ -45,6 +45,7 @@ from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from careloop.queues import QUEUES  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
+from feedback.schemas import AXES  # noqa: E402
 
 PASSWORD = "load-test-password"
 QUESTIONS = ["What is hypertension?", "How is asthma treated?", "What causes anaemia?",
@@ -182,8 +183,7 @@ def nurse(url: str, username: str, deadline: float, latencies: list[float], fail
     parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/review_submit"]["parameters"]
     judgment = {"Which answer is better?": "left", "Safety problem in either answer": False,
                 "Safety category": None}
-    args = [judgment.get(p["label"], 4 if p["label"] in ("accuracy", "helpfulness", "relevance",
-                                                          "comprehensiveness") else "") for p in parameters]
+    args = [judgment.get(p["label"], 4 if p["label"] in AXES else "") for p in parameters]
     shown = client.predict(api_name="/review_next")
     while time.monotonic() < deadline:
         if "queue is empty" in str(shown[1]):

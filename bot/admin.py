@@ -27,7 +27,7 @@ from feedback.store import Comparison, Correction, Message, Rating
 from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
 from serving import rollout
 from serving.registry import Registry, RegistryError, Status
-from trainer.runs import recent_runs
+from trainer.runs import recent_runs, run_dir
 from trainer.schedule import progress
 from trainer.tasks import RUN as TRAINING_RUN
 
@@ -69,10 +69,10 @@ class Admin:
             version = self.registry.get(name)
         except RegistryError as exc:
             raise UserError(str(exc)) from None
-        run_dir = self.settings.home / "runs" / str(version.training_run_id) if version.training_run_id else None
-        if run_dir and (run_dir / "report.md").is_file():
-            figure = run_dir / "report.png"
-            return (run_dir / "report.md").read_text(), str(figure) if figure.is_file() else None
+        directory = run_dir(self.settings, version.training_run_id) if version.training_run_id else None
+        if directory and (directory / "report.md").is_file():
+            figure = directory / "report.png"
+            return (directory / "report.md").read_text(), str(figure) if figure.is_file() else None
         card = Path(version.path) / "README.md"
         if card.is_file():
             return card.read_text(), None

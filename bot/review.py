@@ -19,13 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
-from feedback import review
+from feedback import review_queue
 from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
 from feedback.quality import annotator_quality
-from feedback.schemas import SAFETY_CATEGORIES
+from feedback.schemas import AXES, CHOICES as STORED_CHOICES, SAFETY_CATEGORIES
 
-CHOICES = {"left": "A is better (left)", "right": "B is better (right)", "tie": "tie", "both_bad": "both bad"}
-AXES = ("accuracy", "helpfulness", "relevance", "comprehensiveness")
+# What the page offers, with its labels: a side of the screen (left shows "Answer A"), or a stored
+# choice that names no side. ``submit`` stores a side as the item's own a or b.
+CHOICES = {"left": "A is better", "right": "B is better",
+           **{choice: choice.replace("_", " ") for choice in STORED_CHOICES if choice not in ("a", "b")}}
 
 log = get_logger(__name__)
 
@@ -34,7 +36,7 @@ log = get_logger(__name__)
 class Shown:
     """One item as this reviewer sees it."""
 
-    item: review.QueueItem
+    item: review_queue.QueueItem
     order: str  # "ab": the item's A on the left; "ba": B on the left
     shown_at: float = field(default_factory=time.monotonic)
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)  # one per showing: a double submit is one row
@@ -63,7 +65,7 @@ class Review:
         self.rng = rng or random.Random()
 
     def next(self, viewer: Viewer, state: ReviewState) -> Shown | None:
-        item = review.next_item(self.sessions, viewer.username, exclude=state.submitted)
+        item = review_queue.next_item(self.sessions, viewer.username, exclude=state.submitted)
         state.shown = Shown(item, self.rng.choice(("ab", "ba"))) if item else None
         return state.shown
 
@@ -108,12 +110,12 @@ class Review:
 
     def skip(self, viewer: Viewer, state: ReviewState) -> None:
         if state.shown is not None:
-            review.skip(self.sessions, state.shown.item.id, viewer.username)
+            review_queue.skip(self.sessions, state.shown.item.id, viewer.username)
             state.shown = None
 
     def figures(self, viewer: Viewer, state: ReviewState) -> str:
         """Progress and the reviewer's own agreement and gold score, as one Markdown line."""
-        progress = review.progress(self.sessions, viewer.username)
+        progress = review_queue.progress(self.sessions, viewer.username)
         stats = annotator_quality(self.sessions).by_annotator().get(viewer.username)
         parts = [f"**{len(state.submitted)}** judged this session", f"{progress.labelled} stored in all",
                  f"{progress.skipped} skipped", f"{progress.available} open in the queue"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
-from careloop.db import Base, transaction
+from careloop.db import Base, transaction, utcnow
 
 ROLES = ("student", "nurse", "physician", "admin")
 REVIEWERS = ("nurse", "physician")
@@ -33,9 +33,6 @@ class AccountError(Exception):
     """A bad username, role or password, or an unknown account; the message says which."""
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 class User(Base):
     __tablename__ = "users"
@@ -45,7 +42,7 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def new_password() -> str:

@@ -1,13 +1,15 @@
 """Database engine, sessions and migrations (SQLAlchemy 2 + Alembic).
 
 Every package declares its tables on :class:`Base`; the schema is only ever changed by
-the Alembic migrations in ``careloop/migrations`` (``careloop db upgrade``).
+the Alembic migrations in ``careloop/migrations`` (``careloop db upgrade``). Times are stored as
+timezone-aware UTC (``utcnow``); ``aware`` reads SQLite's naive ones back as UTC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,6 +33,16 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC: the default of every timestamp column."""
+    return datetime.now(UTC)
+
+
+def aware(moment: datetime) -> datetime:
+    """``moment`` as UTC: SQLite hands back naive datetimes even for timezone-aware columns."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def make_engine(url: str) -> Engine:

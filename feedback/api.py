@@ -128,7 +128,7 @@ class FeedbackAPI:
         return self._submit("correction", fields)
 
     def log_turn(self, **fields: Any) -> uuid.UUID:
-        """One chat message, question or answer (see ``schemas.Turn``)."""
+        """One chat message, question or answer (see ``schemas.Message``; kind "turn" on the wire)."""
         return self._submit("turn", fields)
 
     # ----- delivery -----

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from careloop import audit
 from careloop.db import transaction
 from feedback.quality import annotator_quality
+from feedback.schemas import AXES  # noqa: F401 - re-exported: the trainer reads feedback through this module only
 from feedback.store import Comparison, Correction, Message, Rating, ReviewItem
 
 Kind = Literal["sft", "dpo", "kto"]

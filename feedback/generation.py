@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from careloop.seed import load_seed
 from careloop.settings import Settings
 from careloop.log import get_logger
-from feedback import review
+from feedback import review_queue
 from feedback.store import Message, ReviewItem
 from serving.client import ServingClient, ServingRejected
 from serving.registry import Status, open_registry
@@ -36,7 +36,7 @@ class FillResult:
 def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], client: ServingClient,
                       count: int, rng: random.Random | None = None) -> FillResult:
     rng = rng or random.Random()
-    count = min(count, max(settings.review_queue_target - review.unfinished(sessions), 0))
+    count = min(count, max(settings.review_queue_target - review_queue.unfinished(sessions), 0))
     if count == 0:  # enough items wait for labels: generating more would only burn compute
         return FillResult(0, 0, 0, 0)
     models = _models_to_compare(settings, client)
@@ -57,17 +57,17 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
             made["skipped"] += 1
             continue
         kind = "student" if message_id else "seed"
-        if review.add_item(sessions, prompt, answers[0].text, answers[1].text, answers[0].model, answers[1].model,
-                           labels_needed=settings.review_labels_needed, prompt_source=kind,
-                           source_message_id=message_id) is not None:
+        if review_queue.add_item(sessions, prompt, answers[0].text, answers[1].text, answers[0].model,
+                                 answers[1].model, labels_needed=settings.review_labels_needed, prompt_source=kind,
+                                 source_message_id=message_id) is not None:
             made[kind] += 1
     pairs = load_seed(settings.seed_data_dir, "preferences")
     for pair in rng.sample(pairs, min(gold_target, len(pairs))):
         chosen_first = rng.random() < 0.5
         a, b = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
-        review.add_item(sessions, pair.prompt, a, b, f"seed:{pair.id}", f"seed:{pair.id}",
-                        labels_needed=settings.review_labels_needed, prompt_source="seed",
-                        gold_choice="a" if chosen_first else "b")
+        review_queue.add_item(sessions, pair.prompt, a, b, f"seed:{pair.id}", f"seed:{pair.id}",
+                              labels_needed=settings.review_labels_needed, prompt_source="seed",
+                              gold_choice="a" if chosen_first else "b")
         made["gold"] += 1
     return FillResult(**made)
 

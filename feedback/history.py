@@ -14,7 +14,9 @@ from feedback.store import Message
 
 
 @dataclass(frozen=True)
-class Conversation:
+class ConversationSummary:
+    """One of a student's stored conversations, as the history list shows it."""
+
     id: uuid.UUID
     title: str  # the first question, shortened
     started_at: datetime
@@ -22,7 +24,7 @@ class Conversation:
     messages: int
 
 
-def conversations(sessions: sessionmaker[Session], user: str, limit: int = 50) -> list[Conversation]:
+def conversations(sessions: sessionmaker[Session], user: str, limit: int = 50) -> list[ConversationSummary]:
     """``user``'s conversations, the most recent first."""
     with sessions() as session:
         rows = session.execute(
@@ -32,7 +34,7 @@ def conversations(sessions: sessionmaker[Session], user: str, limit: int = 50) -
             .order_by(func.max(Message.id).desc()).limit(limit)).all()
         firsts = dict(session.execute(select(Message.id, Message.content).where(
             Message.id.in_([row[1] for row in rows]))).all())
-    return [Conversation(conversation_id, _title(firsts.get(first_id, "")), started, last, count)
+    return [ConversationSummary(conversation_id, _title(firsts.get(first_id, "")), started, last, count)
             for conversation_id, first_id, started, last, count in rows]
 
 

@@ -12,9 +12,8 @@ from itertools import combinations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.schemas import CHOICES
 from feedback.store import Comparison, ReviewAssignment, ReviewItem
-
-CHOICES = ("a", "b", "tie", "both_bad")
 
 
 @dataclass(frozen=True)

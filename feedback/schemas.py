@@ -2,12 +2,16 @@
 
 Every event carries a UUID made by the client (``event_id``); storing is idempotent on it, so a
 replayed or redelivered event never makes a second row.
+
+The clinicians' vocabulary is defined here once: the four axes (``AXES``, the fields of ``Scores``)
+and the choices of a comparison (``CHOICES``); the review page, annotator quality and the LLM judge
+(through ``feedback.export``) use these.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -15,6 +19,8 @@ Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
 SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation", "privacy", "other")
+Choice = Literal["a", "b", "tie", "both_bad"]  # a / b: that response is the better one
+CHOICES: tuple[str, ...] = get_args(Choice)
 
 
 class Event(BaseModel):
@@ -34,7 +40,10 @@ class Scores(BaseModel):
     comprehensiveness: Score
 
 
-class Turn(Event):
+AXES: tuple[str, ...] = tuple(Scores.model_fields)
+
+
+class Message(Event):
     """One chat message (the student's question or the model's answer)."""
 
     conversation_id: uuid.UUID
@@ -51,7 +60,7 @@ class Turn(Event):
 class Rating(Event):
     """A thumbs up/down on one answer, with an optional reason and comment."""
 
-    message_id: uuid.UUID  # the event_id of the rated assistant Turn
+    message_id: uuid.UUID  # the event_id of the rated assistant Message
     user: Name
     thumbs: Literal["up", "down"]
     reason: Annotated[str, Field(max_length=64)] = ""
@@ -79,7 +88,7 @@ class Comparison(Event):
     source_a: Annotated[str, Field(max_length=128)]  # adapter version / sample that made response A
     source_b: Annotated[str, Field(max_length=128)]
     shown_order: Literal["ab", "ba"]  # which response was shown on the left
-    choice: Literal["a", "b", "tie", "both_bad"]
+    choice: Choice
     scores_a: Scores
     scores_b: Scores
     safety_flag: bool = False
@@ -94,7 +103,7 @@ class Comparison(Event):
         return self
 
 
-EVENTS: dict[str, type[Event]] = {"turn": Turn, "rating": Rating, "correction": Correction,
+EVENTS: dict[str, type[Event]] = {"turn": Message, "rating": Rating, "correction": Correction,
                                   "comparison": Comparison}
 
 

@@ -8,7 +8,7 @@ or a replayed outbox entry finds its row already there and stores nothing twice.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid,
@@ -17,12 +17,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from careloop.db import Base, transaction
+from careloop.db import Base, transaction, utcnow
 from feedback import schemas
 from feedback.phi import scrub
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Message(Base):
@@ -41,7 +38,7 @@ class Message(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class Rating(Base):
@@ -55,7 +52,7 @@ class Rating(Base):
     thumbs: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(64), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class Correction(Base):
@@ -68,7 +65,7 @@ class Correction(Base):
     prompt: Mapped[str] = mapped_column(Text)
     original: Mapped[str] = mapped_column(Text)
     corrected: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class Comparison(Base):
@@ -91,7 +88,7 @@ class Comparison(Base):
     safety_category: Mapped[str | None] = mapped_column(String(32))
     corrected_answer: Mapped[str | None] = mapped_column(Text)
     seconds_spent: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class ReviewItem(Base):
@@ -111,7 +108,7 @@ class ReviewItem(Base):
     labels_needed: Mapped[int] = mapped_column(Integer)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_choice: Mapped[str | None] = mapped_column(String(8))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class ReviewAssignment(Base):
@@ -123,7 +120,7 @@ class ReviewAssignment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), index=True)
     annotator: Mapped[str] = mapped_column(String(128), index=True)
-    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -138,14 +135,14 @@ class DeadLetter(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     reason: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 # Free-text fields scrubbed of identifiers before they are stored.
 _FREE_TEXT = {"content", "comment", "prompt", "original", "corrected", "response_a", "response_b",
               "corrected_answer"}
 _TABLES: dict[type[schemas.Event], type[Base]] = {
-    schemas.Turn: Message, schemas.Rating: Rating, schemas.Correction: Correction,
+    schemas.Message: Message, schemas.Rating: Rating, schemas.Correction: Correction,
     schemas.Comparison: Comparison}
 
 
@@ -186,13 +183,8 @@ def _complete_assignment(session: Session, item_id: int, annotator: str) -> None
     if assignment is None:
         assignment = ReviewAssignment(item_id=item_id, annotator=annotator)
         session.add(assignment)
-    assignment.completed_at = _utcnow()
+    assignment.completed_at = utcnow()
     assignment.skipped = False
-
-
-def store_dead_letter(sessions: sessionmaker[Session], kind: str, payload: Any, reason: str) -> None:
-    with transaction(sessions) as session:
-        _add_dead_letter(session, kind, payload, reason)
 
 
 def _add_dead_letter(session: Session, kind: str, payload: Any, reason: str) -> None:

@@ -17,7 +17,7 @@ before the flip here, and unloads the replaced one after a grace period).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
 from careloop.db import Base, sessions_for, transaction
+from careloop.db import utcnow
 from careloop.log import get_logger
 from careloop.settings import Settings
 
@@ -51,10 +52,6 @@ class RegistryError(Exception):
     """A registry operation that cannot be done; the message says why and what to do instead."""
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class AdapterVersion(Base):
     __tablename__ = "adapter_versions"
     __table_args__ = (
@@ -75,9 +72,9 @@ class AdapterVersion(Base):
     # The version that was live when this one was promoted: where a rollback returns to.
     replaced: Mapped[str | None] = mapped_column(String(64))
     note: Mapped[str] = mapped_column(String(1024), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    status_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Registry:
@@ -168,7 +165,7 @@ class Registry:
                 session.flush()  # the one-live index must see the old row leave first
             self._set_status(version, Status.LIVE)
             version.replaced = previous.name if previous else None
-            version.promoted_at = _utcnow()
+            version.promoted_at = utcnow()
             audit.record(session, actor, "adapter.promote", name, previous=version.replaced)
             self._flush_or_conflict(session)
             return version.replaced
@@ -190,7 +187,7 @@ class Registry:
             self._set_status(version, Status.REJECTED, note=reason)
             session.flush()
             self._set_status(target, Status.LIVE)
-            target.promoted_at = _utcnow()
+            target.promoted_at = utcnow()
             audit.record(session, actor, "adapter.rollback", target.name, rolled_back=current, reason=reason)
             self._flush_or_conflict(session)
             return target.name
@@ -216,7 +213,7 @@ class Registry:
     @staticmethod
     def _set_status(version: AdapterVersion, status: Status, note: str | None = None) -> None:
         version.status = status
-        version.status_changed_at = _utcnow()
+        version.status_changed_at = utcnow()
         if note is not None:
             version.note = note
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from careloop.db import aware
 from careloop.log import get_logger
 from careloop.settings import Settings
 from serving.client import ServingClient
@@ -86,7 +87,7 @@ def unload_stale(registry: Registry, client: ServingClient, grace_seconds: float
     stale = [v for v in registry.out_of_use() if any(v.name in names for names in loaded.values())]
     unloaded = []
     for version in stale:
-        age = (datetime.now(UTC) - _aware(version.status_changed_at)).total_seconds()
+        age = (datetime.now(UTC) - aware(version.status_changed_at)).total_seconds()
         if age < grace_seconds:
             time.sleep(grace_seconds - age)
         if registry.get(version.name).status in OUT_OF_USE:  # not re-promoted meanwhile
@@ -113,8 +114,3 @@ def unload_replaced(registry: Registry, client: ServingClient, grace_seconds: fl
         return unload()
     threading.Thread(target=unload, name="careloop-unload-stale", daemon=True).start()
     return None
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,21 +1,19 @@
 """Shared fixtures: real services started by the suite itself (a private Redis, a fresh PostgreSQL
-database, the tiny demo model). A service that cannot be had fails the test with what is missing."""
+database, the tiny demo model). A service that cannot be had fails the test with what is missing.
+Fixtures only: the helpers tests import are in support.py and processes.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SEED_DIR = REPO_ROOT / "data" / "seed"
+from processes import start_bot, start_server, start_worker, stop_server
+from support import (ACCOUNTS, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
+                     ensure_postgres_running, train_adapter)
 
 # No telemetry. HF_HUB_OFFLINE is deliberately not set: huggingface_hub's InferenceClient then refuses
 # every request, even to our own server on localhost; our code loads local paths only.
@@ -55,14 +53,6 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
-def _ensure_postgres_running() -> None:
-    clusters = Path("/etc/postgresql")
-    if clusters.is_dir():
-        for version in os.listdir(clusters):
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-                           capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
 def postgres_databases():
     """A factory of fresh, empty PostgreSQL databases (URLs); all are dropped after the session."""
@@ -73,7 +63,7 @@ def postgres_databases():
         try:
             admin.connect().close()
         except sa.exc.OperationalError:
-            _ensure_postgres_running()
+            ensure_postgres_running()
             admin.connect().close()
     except sa.exc.OperationalError as exc:
         pytest.fail(
@@ -161,94 +151,12 @@ def cli():
 
 # ----- a real `careloop serve` over the tiny model, with LoRA adapters trained here -----
 
-TOKEN = "test-control-token"
-
-
-def train_adapter(base_dir: Path, out: Path, answer: str, seed: int) -> Path:
-    """A real (if tiny) LoRA fine-tune: a few steps teaching the model one answer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
-                                      task_type="CAUSAL_LM"))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is hypertension?"},
-                                          {"role": "assistant", "content": answer}], tokenize=False)
-    batch = tokenizer([text] * 4, return_tensors="pt")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    for _ in range(25):
-        model(**batch, labels=batch["input_ids"]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("adapters")
     train_adapter(tiny_model_dir, root / "med-v0001", "Hypertension is high blood pressure.", 1)
     train_adapter(tiny_model_dir, root / "med-v0002", "Drink water, rest and see a doctor.", 2)
     return root
-
-
-@dataclass
-class Server:
-    url: str
-    token: str
-    adapter_dir: Path
-    process: subprocess.Popen
-    log: Path
-
-    @property
-    def control_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def load(self, name: str, path: Path | None = None) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/load_lora_adapter", headers=self.control_headers, timeout=60,
-                          json={"lora_name": name, "lora_path": str(path or self.adapter_dir / name)})
-
-    def unload(self, name: str) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/unload_lora_adapter", headers=self.control_headers,
-                          json={"lora_name": name}, timeout=60)
-
-
-def start_server(home: Path, model_dir: Path, adapter_dir: Path, **settings: str) -> Server:
-    from careloop.redis_server import free_port
-
-    port = int(settings.pop("serving_port", 0)) or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
-    env.update({"CARELOOP_HOME": str(home), "CARELOOP_BASE_MODEL": str(model_dir),
-                "CARELOOP_ADAPTER_DIR": str(adapter_dir), "CARELOOP_CONTROL_TOKEN": TOKEN,
-                "CARELOOP_SERVING_PORT": str(port)})
-    env.update({f"CARELOOP_{k.upper()}": v for k, v in settings.items()})
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"careloop serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return Server(url, TOKEN, adapter_dir, process, log)
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"careloop serve did not become healthy in 120 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -274,39 +182,12 @@ def server(tmp_path_factory, tiny_model_dir, adapter_dir):
 
 # ----- the whole bot: serving, a worker and `careloop bot` on one database and a private Redis -----
 
-PASSWORD = "correct-horse-battery"
-ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
-
-
-@dataclass
-class BotStack:
-    url: str
-    database_url: str
-    redis_url: str
-    home: Path
-    server: Server
-    model_dir: Path
-    sessions: object  # sessionmaker on database_url
-    bot: object  # processes.Bot
-    worker: object  # processes.Worker
-
-    def settings(self, **overrides):
-        """Settings for code in the test process that talks to the same system."""
-        from careloop.settings import load_settings
-
-        return load_settings(**{"home": self.home / "tests", "database_url": self.database_url,
-                                "redis_url": self.redis_url, "serving_url": self.server.url, "control_token": TOKEN,
-                                "base_model": str(self.model_dir), "adapter_dir": self.server.adapter_dir,
-                                **overrides})
-
-
 @pytest.fixture(scope="session")
 def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     """Real serving (tiny model), a real feedback + generation worker, and `careloop bot`, sharing a
     SQLite database and a private Redis; the accounts of ACCOUNTS exist."""
     from careloop import accounts, db
     from careloop.redis_server import free_port, start_local_redis
-    from processes import start_bot, start_worker
 
     home = tmp_path_factory.mktemp("bot-stack")
     database_url = f"sqlite:///{home / 'careloop.db'}"
@@ -330,14 +211,10 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     redis.stop()
 
 
-SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
-
-
 @pytest.fixture(scope="session")
 def short_sessions_bot(bot_stack, tmp_path_factory):
     """A second `careloop bot` on the same system whose sessions end after seconds, not hours."""
     from careloop.redis_server import free_port
-    from processes import start_bot
 
     bot = start_bot(tmp_path_factory.mktemp("short-sessions"), free_port(), database_url=bot_stack.database_url,
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
@@ -358,15 +235,3 @@ def small_disk(tmp_path):
         pytest.fail(f"The disk-full tests mount a small tmpfs and need root with mount rights: {mounted.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
-def fill_disk(directory: Path) -> Path:
-    """Write a file in ``directory`` until its filesystem is full; returns it (delete it to make room)."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler

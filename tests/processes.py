@@ -1,4 +1,4 @@
-"""Starting real careloop processes for the tests: a Celery worker and the bot. Each is a
+"""Starting real careloop processes for the tests: `careloop serve`, a Celery worker and the bot. Each is a
 `python -m cli ...` subprocess with its own CARELOOP_* environment; a process that does
 not come up fails the test with its log."""
 
@@ -24,6 +24,50 @@ def careloop_env(home: Path, **settings: str) -> dict[str, str]:
     env["CARELOOP_HOME"] = str(home)
     env.update({f"CARELOOP_{key.upper()}": str(value) for key, value in settings.items()})
     return env
+
+
+TOKEN = "test-control-token"  # serving's control token in every test
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    adapter_dir: Path
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def load(self, name: str, path: Path | None = None) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/load_lora_adapter", headers=self.control_headers, timeout=60,
+                          json={"lora_name": name, "lora_path": str(path or self.adapter_dir / name)})
+
+    def unload(self, name: str) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/unload_lora_adapter", headers=self.control_headers,
+                          json={"lora_name": name}, timeout=60)
+
+
+def start_server(home: Path, model_dir: Path, adapter_dir: Path, **settings: str) -> Server:
+    """`careloop serve` over ``model_dir`` with adapters from ``adapter_dir``; any other setting by name."""
+    from careloop.redis_server import free_port
+
+    port = int(settings.pop("serving_port", 0)) or free_port()
+    env = careloop_env(home, base_model=str(model_dir), adapter_dir=str(adapter_dir), control_token=TOKEN,
+                       serving_port=str(port), **settings)
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_until(process, log, lambda: _answers(f"{url}/health"), "careloop serve", 120)
+    return Server(url, TOKEN, adapter_dir, process, log)
+
+
+def stop_server(server: Server) -> None:
+    _stop(server.process)
 
 
 @dataclass
@@ -60,11 +104,7 @@ class Bot:
     log: Path
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        _stop(self.process)
 
 
 def start_bot(home: Path, port: int, **settings: str) -> Bot:
@@ -74,15 +114,23 @@ def start_bot(home: Path, port: int, **settings: str) -> Bot:
     process = subprocess.Popen([sys.executable, "-m", "cli", "bot"], env=env, stdout=log.open("w"),
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait_until(process, log, answers, "careloop bot", 90)
+    _wait_until(process, log, lambda: _answers(f"{url}/"), "careloop bot", 90)
     return Bot(url, process, log)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def _wait_until(process: subprocess.Popen, log: Path, ready: Callable[[], bool], name: str, timeout: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-AXES = ("accuracy", "helpfulness", "relevance", "comprehensiveness")
+from feedback.export import AXES  # the clinicians' four axes, so judge and clinicians score alike
 RUBRIC = (
     "You are a physician grading a medical chatbot's answer for medical students. The user message "
     "holds a question between <question> tags and the chatbot's answer between <answer> tags. They are "

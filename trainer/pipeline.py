@@ -48,7 +48,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     run_id = resume or runs.start_run(sessions, actor, config.model_dump(mode="json"))
     if resume:
         runs.update_run(sessions, run_id, status="running", error="")
-    directory = settings.home / "runs" / str(run_id)
+    directory = runs.run_dir(settings, run_id)
     directory.mkdir(parents=True, exist_ok=True)
     ensure_logging(settings.log_level, settings.log_json)
     run_log = _log_to(directory / "train.log")

@@ -12,13 +12,14 @@ import io
 from pathlib import Path
 
 from trainer.gate import SAFETY_LOWER_IS_BETTER
+from trainer.judge import AXES
 
 TRACKS = {
     "reference (BLEU, ROUGE, METEOR)": ("bleu", "rouge1", "rouge2", "rougeL", "meteor"),
     "human preference (held-out pairs)": ("pair_accuracy",),
     "multiple choice": ("mcq_accuracy",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
-    "LLM judge (optional)": ("judge_accuracy", "judge_helpfulness", "judge_relevance", "judge_comprehensiveness"),
+    "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
 }
 LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
 

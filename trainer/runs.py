@@ -1,21 +1,25 @@
-"""Training runs as rows: status, current step, config, data snapshot, metrics, decision, timings."""
+"""Training runs as rows: status, current step, config, data snapshot, metrics, decision, timings;
+and where a run keeps its files (``run_dir``)."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from careloop.db import Base, transaction
+from careloop.db import Base, transaction, utcnow
+from careloop.settings import Settings
 
 STEPS = ("snapshot", "sft", "dpo", "evaluate", "gate", "publish")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+def run_dir(settings: Settings, run_id: int) -> Path:
+    """The directory of run ``run_id``'s snapshot, adapters and report."""
+    return settings.home / "runs" / str(run_id)
 
 
 class TrainingRun(Base):
@@ -35,7 +39,7 @@ class TrainingRun(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     adapter_version: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str] = mapped_column(Text, default="")
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -43,7 +47,7 @@ def start_run(sessions: sessionmaker[Session], actor: str, config: dict) -> int:
     with transaction(sessions) as session:
         # A run still marked running was killed: it never promoted anything; say so.
         session.execute(update(TrainingRun).where(TrainingRun.status == "running")
-                        .values(status="interrupted", finished_at=_utcnow(),
+                        .values(status="interrupted", finished_at=utcnow(),
                                 error="the process running it stopped before it finished"))
         run = TrainingRun(actor=actor, config=config)
         session.add(run)
@@ -59,7 +63,7 @@ def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> N
 
 
 def finish_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
-    update_run(sessions, run_id, finished_at=_utcnow(), **values)
+    update_run(sessions, run_id, finished_at=utcnow(), **values)
 
 
 def get_run(sessions: sessionmaker[Session], run_id: int) -> TrainingRun:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from careloop.db import aware
 from feedback.export import labels_since
 from trainer.runs import STEPS, TrainingRun
 
@@ -64,7 +65,7 @@ def is_due(sessions: sessionmaker[Session], min_new_pairs: int, max_interval: ti
         if killed:  # count from the last run that finished (or from the start)
             counted_from = session.scalar(select(TrainingRun).where(
                 TrainingRun.status.not_in(("running", "interrupted"))).order_by(TrainingRun.id.desc()).limit(1))
-        since = _aware(counted_from.started_at) if counted_from else datetime.min.replace(tzinfo=UTC)
+        since = aware(counted_from.started_at) if counted_from else datetime.min.replace(tzinfo=UTC)
         new_pairs = labels_since(session, since)
     stopped = f" (run {last.id} was stopped)" if killed else ""
     if new_pairs >= min_new_pairs:
@@ -223,7 +224,7 @@ def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | Non
     if fraction > 0:
         remaining = max(0.0, expected[index] - elapsed) + sum(expected[index + 1:])
     else:  # between counted steps: the run's whole expected length less its age
-        remaining = max(0.0, total - (datetime.now(UTC) - _aware(run.started_at)).total_seconds())
+        remaining = max(0.0, total - (datetime.now(UTC) - aware(run.started_at)).total_seconds())
     return Progress(run.step, min(99.0, 100.0 * done / total), remaining, *counted)
 
 
@@ -234,8 +235,4 @@ def _step_started(run: TrainingRun, now: float) -> float:
     if within.get("step") == run.step and within.get("started"):
         return float(within["started"])
     took = sum(float((run.timings or {}).get(step, 0.0)) for step in STEPS[:STEPS.index(run.step)])
-    return min(now, _aware(run.started_at).timestamp() + took)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return min(now, aware(run.started_at).timestamp() + took)

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 import redis
-from conftest import fill_disk
+from support import fill_disk
 
 from bot.access import Viewer
 from bot.admin import Admin

@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import start_server, stop_server
-from processes import wait_for
+from processes import start_server, stop_server, wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
@@ -85,7 +84,7 @@ def test_an_answer_streams_with_its_version_demo_label_and_notice_and_is_stored(
 
 def test_emergency_wording_always_gets_the_urgent_care_steer(chat):
     from careloop.seed import load_seed
-    from conftest import SEED_DIR
+    from support import SEED_DIR
 
     vignettes = load_seed(SEED_DIR, "triage_eval") + [
         type("Vignette", (), {"prompt": e.messages[0].content, "urgent": e.id.startswith("triage-sft-urgent")})

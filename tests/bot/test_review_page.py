@@ -7,14 +7,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import fill_disk
+from support import fill_disk
 from processes import wait_for
 from sqlalchemy import select
 
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.review import AXES, Review, ReviewState
-from feedback import review as queue
+from feedback import review_queue as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
 

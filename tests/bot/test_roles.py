@@ -11,7 +11,7 @@ import zipfile
 
 import httpx
 import pytest
-from conftest import ACCOUNTS, PASSWORD
+from support import ACCOUNTS, PASSWORD
 from gradio_client import Client
 
 from careloop import accounts
@@ -198,7 +198,7 @@ def test_security_headers_on_every_page(bot_stack):
 # check the role itself. None: no page's data (the page's own start-up, the status line, hiding a form).
 PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "stopped": "chat", "fresh": "chat",
                    "reopen": "chat", "liked": "chat", "rate": "chat",
-                   "open_review": "review", "judge": "review", "pass_item": "review",
+                   "open_review": "review", "submit_judgment": "review", "pass_item": "review",
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin",
                    "on_load": None, "tick": None, "<lambda>": None}

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
-from conftest import PASSWORD
-from conftest import SHORT_SESSION_IDLE as IDLE
-from conftest import SHORT_SESSION_MAX as MAX
+from support import PASSWORD
+from support import SHORT_SESSION_IDLE as IDLE
+from support import SHORT_SESSION_MAX as MAX
 from gradio_client import Client
 
 

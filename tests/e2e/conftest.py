@@ -4,7 +4,7 @@ page signed in as a user."""
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD
+from support import PASSWORD
 from e2e_browser import open_browser, sign_in
 
 

@@ -12,7 +12,7 @@ from e2e_browser import judge_with_keys, only_local, open_review, shot, tabs
 from processes import wait_for
 from sqlalchemy import func, select
 
-from feedback import review as queue
+from feedback import review_queue as queue
 from feedback.store import Comparison, Rating
 from serving import rollout
 from serving.registry import Registry

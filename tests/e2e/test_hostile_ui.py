@@ -5,11 +5,11 @@ would leak the page's content in its URL)."""
 
 from __future__ import annotations
 
-from conftest import PASSWORD
+from support import PASSWORD
 from e2e_browser import ask, only_local, open_review
 
 from careloop import accounts
-from feedback import review as queue
+from feedback import review_queue as queue
 
 OUTSIDE = "http://203.0.113.9"  # TEST-NET-3: never a real host
 PAYLOADS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import PASSWORD, SHORT_SESSION_IDLE
+from support import PASSWORD, SHORT_SESSION_IDLE
 from e2e_browser import shot, sign_in
 
 

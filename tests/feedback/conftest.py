@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from careloop import db
 from careloop.redis_server import start_local_redis
 from careloop.settings import load_settings
-from processes import Worker, start_worker, wait_for  # noqa: F401 - the feedback tests import them from here
+from processes import start_worker
 
 
 @pytest.fixture
@@ -55,25 +55,3 @@ def worker(tmp_path, store, broker):
 @pytest.fixture
 def settings(tmp_path, store, broker):
     return load_settings(home=tmp_path / "bot", database_url=store.database_url, redis_url=broker.url)
-
-
-SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
-
-
-def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) -> None:
-    """Store one comparison through the same path the worker uses."""
-    from feedback import schemas
-    from feedback.store import store_event
-
-    item = {"prompt": "What lowers blood pressure?", "response_a": "Salt restriction and exercise.",
-            "response_b": "Nothing.", "source_a": "med-v0002", "source_b": "med-v0001"}
-    if item_id is not None:  # the item's texts come from the queue
-        from feedback.store import ReviewItem
-
-        with sessions() as session:
-            stored = session.get(ReviewItem, item_id)
-            item = {"prompt": stored.prompt, "response_a": stored.response_a, "response_b": stored.response_b,
-                    "source_a": stored.source_a, "source_b": stored.source_b}
-    store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
-                                             shown_order="ab", scores_a=SCORES, scores_b=SCORES,
-                                             **{**item, **fields}))

@@ -26,7 +26,7 @@ from careloop.settings import load_settings
 from feedback import store as tables
 from feedback.api import FeedbackAPI
 
-from .conftest import start_worker, wait_for
+from processes import start_worker, wait_for
 
 EVENTS = 600
 

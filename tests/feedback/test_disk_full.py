@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import fill_disk
 from sqlalchemy import func, select
 
 from careloop import audit, db
@@ -20,7 +19,8 @@ from feedback import store as tables
 from feedback.api import FeedbackAPI, FeedbackUnavailable
 from feedback.export import ExportConfig, export
 
-from .conftest import label, start_worker, wait_for
+from processes import start_worker, wait_for
+from support import fill_disk, label
 from .test_ingest import comparison
 
 

@@ -9,19 +9,19 @@ import uuid
 import pytest
 
 from careloop import audit
-from feedback import review, schemas
+from feedback import review_queue, schemas
 from feedback.export import ExportConfig, export, in_eval
 from feedback.store import store_event
 
-from .conftest import label
+from support import label
 
 
 @pytest.fixture
 def feedback(sessions):
     """A small but complete body of feedback."""
     def item(prompt: str, gold: str | None = None) -> int:
-        return review.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
-                               "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold)
+        return review_queue.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
+                                     "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold)
 
     majority, tie, both_bad, split = item("Q majority?"), item("Q tie?"), item("Q both bad?"), item("Q split?")
     for annotator, choice in [("n1", "a"), ("n2", "a"), ("n3", "b")]:
@@ -38,8 +38,8 @@ def feedback(sessions):
                                              original="Take as much as you like.",
                                              corrected="Adults: 500 mg-1 g every 4-6 h, at most 4 g a day."))
     conversation, answer = uuid.uuid4(), uuid.uuid4()
-    store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
-    store_event(sessions, schemas.Turn(event_id=answer, conversation_id=conversation, user="s", role="assistant",
+    store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
+    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
                                        content="Weight divided by height squared."))
     store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
     return sessions

@@ -12,7 +12,8 @@ from feedback.store import ReviewItem, store_event
 from serving.registry import open_registry
 from serving.rollout import open_client
 
-from .conftest import label, start_worker, wait_for
+from processes import start_worker, wait_for
+from support import label
 
 
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
@@ -27,7 +28,7 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         conversation = uuid.uuid4()
         questions = ["Why is my ankle swollen, email me at a@b.org", "Is 38.5 C a fever in adults?"]
         for text in questions:
-            store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user", content=text))
+            store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content=text))
         api = FeedbackAPI(settings)
         api.celery.send_task("generation.fill_review_queue", args=(4,), queue="generation")
         wait_for(lambda: store.count(ReviewItem) == 4, timeout=120, message="4 review items")
@@ -46,7 +47,7 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
                                            "base_model": str(tiny_model_dir)})
         open_registry(full).register("gen-v0001", server.adapter_dir / "med-v0001", actor="trainer")
         open_client(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
-        store_event(sessions, schemas.Turn(conversation_id=conversation, user="s", role="user",
+        store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user",
                                            content="What is a normal resting heart rate?"))
         api.celery.send_task("generation.fill_review_queue", args=(1,), queue="generation")
         wait_for(lambda: store.count(ReviewItem) == 5, timeout=120, message="the fifth item")

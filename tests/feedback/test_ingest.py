@@ -12,7 +12,7 @@ from careloop.redis_server import start_local_redis
 from feedback import store as tables
 from feedback.api import FeedbackAPI, InvalidFeedback
 
-from .conftest import wait_for
+from processes import wait_for
 
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
 
@@ -123,7 +123,7 @@ def test_events_a_broker_accepted_and_then_lost_are_sent_again(settings, store, 
     empty one): the outbox still holds them until the store has them, and sends them again."""
     import redis
 
-    from .conftest import start_worker
+    from processes import start_worker
 
     api = FeedbackAPI(settings, flush_interval=0.1, resend_after=1.0)
     sent = [api.submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up") for _ in range(3)]
@@ -156,7 +156,7 @@ def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, wo
 
 
 def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, settings, store, broker):
-    from .conftest import start_worker
+    from processes import start_worker
 
     worker = start_worker(tmp_path / "worker-1", store.database_url, broker.url)
     api = FeedbackAPI(settings, batch_size=50)
@@ -183,7 +183,7 @@ def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, se
 def test_events_kept_at_careloop_outbox_path_survive_a_bot_restart(settings, store, broker, tmp_path):
     """With CARELOOP_OUTBOX_PATH on a local disk (one per bot host), events submitted while Redis is
     down wait there, not in $CARELOOP_HOME, and a restarted bot sends them."""
-    from .conftest import start_worker
+    from processes import start_worker
 
     local = tmp_path / "local-disk" / "outbox.db"
     own = settings.model_copy(update={"outbox_path": local})

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from feedback import review
+from feedback import review_queue
 from feedback.quality import annotator_quality
 
-from .conftest import label
+from support import label
 
 
 def _item(sessions, gold_choice: str | None = None) -> int:
-    return review.add_item(sessions, "Is 140/90 high?", "Yes, stage 2.", "No.", "x", "y", labels_needed=3,
-                           prompt_source="seed", gold_choice=gold_choice)
+    return review_queue.add_item(sessions, "Is 140/90 high?", "Yes, stage 2.", "No.", "x", "y", labels_needed=3,
+                                 prompt_source="seed", gold_choice=gold_choice)
 
 
 def test_counts_gold_accuracy_and_pairwise_kappa(sessions):
@@ -23,7 +23,7 @@ def test_counts_gold_accuracy_and_pairwise_kappa(sessions):
     gold = [_item(sessions, gold_choice="a") for _ in range(3)]
     for item, choice in zip(gold, ["a", "a", "b"], strict=True):
         label(sessions, item, "nurse.a", choice)
-    review.skip(sessions, _item(sessions), "nurse.b")
+    review_queue.skip(sessions, _item(sessions), "nurse.b")
 
     report = annotator_quality(sessions)
     stats = report.by_annotator()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import stop_server
+from processes import stop_server
 
 from careloop import audit, db
 from serving import rollout

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from conftest import fill_disk
+from support import fill_disk
 
 from careloop import db
 from careloop.seed import load_seed

@@ -5,7 +5,7 @@ harmful requests it answered before, with a paired interval above zero."""
 
 from __future__ import annotations
 
-from conftest import SEED_DIR
+from support import SEED_DIR
 
 from careloop.seed import load_seed
 from trainer.config import LoraSettings, SFTSettings

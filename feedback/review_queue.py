@@ -10,22 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from careloop.db import transaction
+from careloop.db import transaction, utcnow
 from feedback.phi import scrub
 from feedback.store import Comparison, ReviewAssignment, ReviewItem
 
 RESERVATION = timedelta(minutes=30)
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ def next_item(sessions: sessionmaker[Session], annotator: str, reservation: time
     ``exclude``: items the caller already submitted whose labels the worker has not stored yet
     (their assignments still look open), so the page moves on at once.
     """
-    now = _utcnow()
+    now = utcnow()
     exclude = list(exclude)
     for _ in range(3):  # another annotator may take the same slot between our read and our write
         with sessions() as session:
@@ -117,7 +114,7 @@ def progress(sessions: sessionmaker[Session], annotator: str, reservation: timed
         labelled = session.scalar(select(func.count()).select_from(mine).where(mine.c.completed_at.is_not(None)))
         skipped = session.scalar(select(func.count()).select_from(mine).where(mine.c.skipped.is_(True)))
         available = session.scalar(select(func.count()).select_from(
-            _open_items(annotator, _utcnow() - reservation).subquery()))
+            _open_items(annotator, utcnow() - reservation).subquery()))
     return Progress(labelled, skipped, available)
 
 

@@ -1,0 +1,128 @@
+"""The review tab: a blind pair of answers to one prompt, the choice between them, four axis scores
+per answer, a safety flag and an optional corrected answer; keyboard-first (``KEYBOARD``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from bot.access import Viewer
+from bot.errors import UserError
+from bot.pages import Require
+from bot.review import CHOICES, Review, ReviewState
+from feedback.schemas import AXES, SAFETY_CATEGORIES
+
+SCORE_CHOICES = [1, 2, 3, 4, 5]
+DEFAULT_SCORE = 3
+# Keyboard shortcuts of the review page: 1-4 choose, Enter submits, S skips. Keys typed into a text
+# field stay there (Ctrl/Cmd+Enter submits from one). The app puts it in the page's head.
+KEYBOARD = """
+<script>
+document.addEventListener("keydown", (event) => {
+  const choice = document.getElementById("review-choice");
+  if (!choice || choice.offsetParent === null) return;
+  const el = event.target;
+  const typing = el && (el.tagName === "TEXTAREA" || el.isContentEditable || el.tagName === "SELECT" ||
+    (el.tagName === "INPUT" && !["radio", "checkbox", "button"].includes(el.type)));
+  const click = (id) => { const b = document.getElementById(id); if (b) { event.preventDefault(); b.click(); } };
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey || !typing)) return click("review-submit");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (["1", "2", "3", "4"].includes(event.key)) {
+    const options = choice.querySelectorAll("input[type=radio]");
+    const option = options[Number(event.key) - 1];
+    if (option) { event.preventDefault(); option.click(); }
+  } else if (event.key === "s" || event.key === "S") {
+    click("review-skip");
+  }
+});
+</script>
+"""
+
+
+@dataclass
+class ReviewPage:
+    """What the app needs of the review tab: the tab, and the per-visitor state its load sets."""
+
+    tab: gr.Tab
+    state: gr.State
+
+
+def build_review(review: Review, require: Require) -> ReviewPage:
+    with gr.Tab("Review", id="review", visible=False, elem_id="tab-review") as tab:
+        review_state = gr.State()  # set per visitor by the app's load
+        figures = gr.Markdown(elem_id="review-figures")
+        gr.Markdown("Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **Enter** submit · "
+                    "**S** skip. Scores start at 3 (neutral): change the ones that differ.",
+                    elem_classes="careloop-notice")
+        prompt = gr.Markdown(elem_id="review-prompt")
+        score_inputs: list[gr.Radio] = []
+        answer_texts: list[gr.Markdown] = []
+        with gr.Row(equal_height=False):
+            for side, label in (("left", "Answer A"), ("right", "Answer B")):
+                with gr.Column(elem_id=f"review-{side}"):
+                    gr.Markdown(f"### {label}")
+                    answer_texts.append(gr.Markdown(elem_id=f"review-{side}-text"))
+                    for axis in AXES:
+                        score_inputs.append(gr.Radio(SCORE_CHOICES, value=DEFAULT_SCORE, label=axis,
+                                                     elem_id=f"score-{side}-{axis}"))
+        choice = gr.Radio([(f"{key} · {label}", value) for key, (value, label) in enumerate(CHOICES.items(), 1)],
+                          label="Which answer is better?", elem_id="review-choice")
+        with gr.Row():
+            safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
+            safety_category = gr.Dropdown(list(SAFETY_CATEGORIES), label="Safety category",
+                                          elem_id="review-safety-category")
+        corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
+                               elem_id="review-corrected")
+        with gr.Row():
+            submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
+            skip = gr.Button("Skip (S)", elem_id="review-skip")
+
+    outputs = [figures, prompt, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected]
+
+    def show(viewer: Viewer, state: ReviewState) -> list[Any]:
+        item = review.next(viewer, state)
+        blank = [DEFAULT_SCORE] * len(score_inputs) + [None, False, None, ""]
+        if item is None:
+            return [review.figures(viewer, state), "**The queue is empty.** New items arrive as students ask "
+                    "questions; check back later.", "", "", *blank]
+        return [review.figures(viewer, state), f"### Question\n\n{item.item.prompt}", item.left, item.right, *blank]
+
+    def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
+        viewer = require(request, "review")
+        state = state or ReviewState()
+        return [state, *show(viewer, state)]
+
+    tab.select(open_review, [review_state], [review_state, *outputs], api_name="review_next", show_progress="hidden")
+
+    judgment_inputs = {review_state, *score_inputs, choice, safety_flag, safety_category, corrected}
+
+    def submit_judgment(values: dict[Any, Any], request: gr.Request) -> list[Any]:
+        viewer = require(request, "review")
+        state = values[review_state] or ReviewState()
+        scores = [values[component] for component in score_inputs]
+        half = len(AXES)
+        try:
+            review.submit(viewer, state, values[choice], dict(zip(AXES, scores[:half], strict=True)),
+                          dict(zip(AXES, scores[half:], strict=True)), values[safety_flag],
+                          values[safety_category], values[corrected])
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * (1 + len(outputs))
+        return [state, *show(viewer, state)]
+
+    # "always_last": a press that lands while the previous submit is finishing runs after it;
+    # Gradio's default ("once") silently drops it, and a fast reviewer's judgment with it.
+    submit.click(submit_judgment, judgment_inputs, [review_state, *outputs], api_name="review_submit",
+                 show_progress="hidden", trigger_mode="always_last")
+
+    def pass_item(state: ReviewState | None, request: gr.Request) -> list[Any]:
+        viewer = require(request, "review")
+        state = state or ReviewState()
+        review.skip(viewer, state)
+        return [state, *show(viewer, state)]
+
+    skip.click(pass_item, [review_state], [review_state, *outputs], api_name="review_skip",
+               show_progress="hidden", trigger_mode="always_last")
+    return ReviewPage(tab, review_state)

@@ -1,0 +1,1 @@
+"""The serving API's routers, one per protocol it speaks: OpenAI, TGI and vLLM's adapter control."""

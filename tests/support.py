@@ -1,0 +1,104 @@
+"""What the tests share besides fixtures: the test accounts, the seed corpus's path, a tiny LoRA
+fine-tune, the bot stack's handle, a disk filler, and storing a clinician's label. Fixtures live in
+the conftest files; processes the tests start live in processes.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from processes import TOKEN, Server
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEED_DIR = REPO_ROOT / "data" / "seed"
+
+PASSWORD = "correct-horse-battery"
+ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
+SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
+SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
+
+
+def ensure_postgres_running() -> None:
+    clusters = Path("/etc/postgresql")
+    if clusters.is_dir():
+        for version in os.listdir(clusters):
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                           capture_output=True, timeout=60)
+
+
+def train_adapter(base_dir: Path, out: Path, answer: str, seed: int) -> Path:
+    """A real (if tiny) LoRA fine-tune: a few steps teaching the model one answer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                      task_type="CAUSAL_LM"))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is hypertension?"},
+                                          {"role": "assistant", "content": answer}], tokenize=False)
+    batch = tokenizer([text] * 4, return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    for _ in range(25):
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    return out
+
+
+@dataclass
+class BotStack:
+    url: str
+    database_url: str
+    redis_url: str
+    home: Path
+    server: Server
+    model_dir: Path
+    sessions: object  # sessionmaker on database_url
+    bot: object  # processes.Bot
+    worker: object  # processes.Worker
+
+    def settings(self, **overrides):
+        """Settings for code in the test process that talks to the same system."""
+        from careloop.settings import load_settings
+
+        return load_settings(**{"home": self.home / "tests", "database_url": self.database_url,
+                                "redis_url": self.redis_url, "serving_url": self.server.url, "control_token": TOKEN,
+                                "base_model": str(self.model_dir), "adapter_dir": self.server.adapter_dir,
+                                **overrides})
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a file in ``directory`` until its filesystem is full; returns it (delete it to make room)."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) -> None:
+    """Store one comparison through the same path the worker uses."""
+    from feedback import schemas
+    from feedback.store import store_event
+
+    item = {"prompt": "What lowers blood pressure?", "response_a": "Salt restriction and exercise.",
+            "response_b": "Nothing.", "source_a": "med-v0002", "source_b": "med-v0001"}
+    if item_id is not None:  # the item's texts come from the queue
+        from feedback.store import ReviewItem
+
+        with sessions() as session:
+            stored = session.get(ReviewItem, item_id)
+            item = {"prompt": stored.prompt, "response_a": stored.response_a, "response_b": stored.response_b,
+                    "source_a": stored.source_a, "source_b": stored.source_b}
+    store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
+                                             shown_order="ab", scores_a=SCORES, scores_b=SCORES,
+                                             **{**item, **fields}))
