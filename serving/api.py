@@ -9,13 +9,14 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,11 +58,27 @@ class Metrics:
               registry=self.registry).set_function(lambda: len(engine.adapters))
         self.adapter_loads = Counter("careloop_adapter_loads", "LoRA adapter loads by result",
                                      ["result"], registry=self.registry)
+        self.registry.register(_EngineCounters(engine))
 
     def finished(self, result: Finished) -> None:
         self.tokens.inc(result.completion_tokens)
         if result.first_token_seconds is not None:
             self.ttft.observe(result.first_token_seconds)
+
+
+class _EngineCounters:
+    """The engine's own batching counters (``EngineStats``), read at scrape time."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.engine.stats
+        for name, value, text in [
+                ("batched_steps", stats.batched_steps, "Forward passes over more than one request"),
+                ("mixed_adapter_steps", stats.mixed_adapter_steps, "Forward passes mixing adapters"),
+                ("joined_running_batch", stats.joined_running_batch, "Requests that joined a decoding batch")]:
+            yield CounterMetricFamily(f"careloop_{name}", text, value=value)
 
 
 def _openai_error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
