@@ -231,8 +231,10 @@ class ServingClient:
         _raise_for_status(response)
 
     def _get(self, route: str) -> httpx.Response:
+        # vLLM's --api-key guards every /v1 route, /v1/models included.
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token and self.backend == "vllm" else {}
         try:
-            response = self._http.get(route)
+            response = self._http.get(route, headers=headers)
         except httpx.HTTPError as exc:
             raise ServingUnavailable(f"serving at {self.url} is unreachable: {exc}") from exc
         _raise_for_status(response)

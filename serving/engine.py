@@ -219,6 +219,10 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
 class EngineStats:
     queued: int = 0
     running: int = 0
+    # Counters since start, written by the engine thread only: what batching really did.
+    batched_steps: int = 0  # forward passes that decoded or prefilled more than one request together
+    mixed_adapter_steps: int = 0  # forward passes whose rows used more than one adapter (or the base model)
+    joined_running_batch: int = 0  # requests prefilled into a batch that was already decoding
 
 
 class Engine:
@@ -417,9 +421,15 @@ class Engine:
         if admitted:
             new = self._prefill(admitted)
             logits.append(new.logits)
+            if batch is not None:
+                self.stats.joined_running_batch += len(admitted)
             batch = batch.merge(new) if batch is not None else new
         if batch is None:
             return None
+        if len(batch.rows) > 1:
+            self.stats.batched_steps += 1
+        if len(set(batch.adapter_names)) > 1:
+            self.stats.mixed_adapter_steps += 1
         logits = torch.cat(logits)
         keep, next_ids = [], []
         for row, request in enumerate(batch.rows):

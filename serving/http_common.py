@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,11 +51,27 @@ class Metrics:
               registry=self.registry).set_function(lambda: len(engine.adapters))
         self.adapter_loads = Counter("careloop_adapter_loads", "LoRA adapter loads by result",
                                      ["result"], registry=self.registry)
+        self.registry.register(_EngineCounters(engine))
 
     def finished(self, result: Finished) -> None:
         self.tokens.inc(result.completion_tokens)
         if result.first_token_seconds is not None:
             self.ttft.observe(result.first_token_seconds)
+
+
+class _EngineCounters:
+    """The engine's own batching counters (``EngineStats``), read at scrape time."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.engine.stats
+        for name, value, text in [
+                ("batched_steps", stats.batched_steps, "Forward passes over more than one request"),
+                ("mixed_adapter_steps", stats.mixed_adapter_steps, "Forward passes mixing adapters"),
+                ("joined_running_batch", stats.joined_running_batch, "Requests that joined a decoding batch")]:
+            yield CounterMetricFamily(f"careloop_{name}", text, value=value)
 
 
 @dataclass

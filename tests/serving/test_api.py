@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -120,15 +123,31 @@ def test_mixed_adapter_batch_equals_one_at_a_time(server, base_model):
 
     for params in ({"temperature": 0}, {"temperature": 1.0, "seed": 11}):
         alone = [answer(m, **params) for m in models]
-        with ThreadPoolExecutor(len(models)) as pool:
-            together = list(pool.map(lambda m: answer(m, **params), models))  # noqa: B023
+        before = _engine_counters(server)
+        # Serving frozen while the six requests are sent: they all wait, so they meet in the engine.
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(len(models)) as pool:
+                answers = [pool.submit(answer, m, **params) for m in models]
+                time.sleep(0.5)
+                os.kill(server.process.pid, signal.SIGCONT)
+                together = [a.result() for a in answers]
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
         assert together == alone, params
+        after = _engine_counters(server)
+        # The engine's own counters: the adapters really decoded together, in mixed batches.
+        assert after["careloop_mixed_adapter_steps_total"] > before["careloop_mixed_adapter_steps_total"], after
+        assert after["careloop_batched_steps_total"] > before["careloop_batched_steps_total"], after
     assert len(set(alone)) == 3  # three different models really answered
-    batches = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
-               if line.startswith("careloop_generated_tokens_total")]
-    assert batches and float(batches[0].split()[-1]) > 0
     for name in ("mix-a", "mix-b"):
         server.unload(name)
+
+
+def _engine_counters(server) -> dict[str, float]:
+    lines = httpx.get(f"{server.url}/metrics").text.splitlines()
+    return {line.split()[0]: float(line.split()[1]) for line in lines
+            if line.startswith(("careloop_mixed_adapter_steps_total", "careloop_batched_steps_total"))}
 
 
 def test_control_routes_need_the_token(server):

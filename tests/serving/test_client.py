@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serving.client import ServingClient, ServingRejected, ServingUnavailable
+from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
 
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]
 
@@ -46,3 +49,133 @@ def test_an_unreachable_server_is_reported_as_unavailable():
                  client.models, lambda: client.load_adapter("v", "/x")):
         with pytest.raises(ServingUnavailable, match="unreachable"):
             call()
+
+
+# ----- vLLM and TGI: a stand-in speaking their documented HTTP routes (a protocol fixture) -----
+
+class _StandIn(ThreadingHTTPServer):
+    """vLLM (`vllm serve --api-key K --enable-lora`, runtime LoRA updating on): every /v1 route needs
+    the bearer key; /v1/load_lora_adapter and /v1/unload_lora_adapter take lora_name/lora_path; chat
+    answers as the model asked for, or as ``answers_as`` when set (a server that ignores the adapter).
+    TGI: the same chat route without a key, and no runtime adapter routes (404)."""
+
+    def __init__(self, flavour: str, api_key: str = "", answers_as: str | None = None):
+        super().__init__(("127.0.0.1", 0), _StandInHandler)
+        self.flavour, self.api_key, self.answers_as = flavour, api_key, answers_as
+        self.base, self.loras, self.seen = "base-model", {}, []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _StandInHandler(BaseHTTPRequestHandler):
+    server: _StandIn
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body) -> None:
+        data = json.dumps(body).encode() if not isinstance(body, str) else body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _route(self, body: dict) -> None:
+        stand_in = self.server
+        stand_in.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if stand_in.flavour == "vllm" and stand_in.api_key and self.path.startswith("/v1") and (
+                self.headers.get("Authorization") != f"Bearer {stand_in.api_key}"):
+            return self._reply(401, {"error": "Unauthorized"})
+        if self.path == "/v1/models":
+            cards = [{"id": stand_in.base, "object": "model", "root": stand_in.base, "parent": None}]
+            cards += [{"id": n, "object": "model", "root": p, "parent": stand_in.base} for n, p in stand_in.loras.items()]
+            return self._reply(200, {"object": "list", "data": cards})
+        if self.path == "/v1/chat/completions":
+            model = stand_in.answers_as or body.get("model") or stand_in.base
+            return self._reply(200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "High blood pressure."},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+        if stand_in.flavour == "vllm" and self.path == "/v1/load_lora_adapter":
+            stand_in.loras[body["lora_name"]] = body["lora_path"]
+            return self._reply(200, f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+        if stand_in.flavour == "vllm" and self.path == "/v1/unload_lora_adapter":
+            stand_in.loras.pop(body["lora_name"])
+            return self._reply(200, f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
+        return self._reply(404, {"error": "Not Found"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._route({})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"))
+
+
+@pytest.fixture
+def stand_in():
+    started = []
+
+    def start(flavour: str, **kwargs) -> _StandIn:
+        server = _StandIn(flavour, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def test_against_vllm_the_token_goes_with_chat_and_control(stand_in):
+    vllm = stand_in("vllm", api_key="the-key")
+    client = ServingClient(vllm.url, token="the-key", backend="vllm")
+    client.load_adapter("med-v0001", "/adapters/med-v0001")
+    assert client.loaded_adapters() == ["med-v0001"]
+    answer = client.chat(QUESTION, model="med-v0001", max_tokens=8)
+    assert (answer.model, answer.text, answer.completion_tokens) == ("med-v0001", "High blood pressure.", 4)
+    assert client.smoke_test("med-v0001").model == "med-v0001"
+    client.unload_adapter("med-v0001")
+    assert client.loaded_adapters() == []
+    assert {auth for _, _, auth in vllm.seen} == {"Bearer the-key"}  # every call, chat included
+    assert ("POST", "/v1/chat/completions", "Bearer the-key") in vllm.seen
+
+    # The embedded engine's client sends no key on chat: vLLM would refuse it.
+    with pytest.raises(ServingRejected) as refused:
+        ServingClient(vllm.url, token="the-key", backend="embedded").chat(QUESTION, model="base-model")
+    assert refused.value.status == 401
+
+
+def test_against_tgi_adapter_control_says_what_to_do_and_sends_nothing(stand_in):
+    tgi = stand_in("tgi")
+    client = ServingClient(tgi.url, token="the-key", backend="tgi")
+    for control in (lambda: client.load_adapter("med-v0001", "/adapters/med-v0001"),
+                    lambda: client.unload_adapter("med-v0001")):
+        with pytest.raises(ControlUnsupported, match="LORA_ADAPTERS and restart"):
+            control()
+    assert not [path for _, path, _ in tgi.seen if "lora" in path]
+    answer = client.chat(QUESTION, model="base-model", max_tokens=8)
+    assert answer.model == "base-model" and ("POST", "/v1/chat/completions", None) in tgi.seen  # no key on chat
+
+
+def test_a_version_served_under_another_name_is_never_made_live(stand_in, tmp_path):
+    """A server that loads the version but answers as the base model fails the smoke test: nothing flips."""
+    from careloop import db
+    from serving import rollout
+    from serving.registry import Registry, Status
+
+    url = f"sqlite:///{tmp_path / 'careloop.db'}"
+    db.upgrade(url)
+    registry = Registry(db.sessions_for(url), "base-model")
+    for name in ("wn-v0001", "wn-v0002"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+        registry.register(name, tmp_path / name, actor="test")
+    good = stand_in("vllm", api_key="k")
+    rollout.promote(registry, "wn-v0001", ServingClient(good.url, token="k", backend="vllm"), actor="admin")
+    ignoring = stand_in("vllm", api_key="k", answers_as="base-model")
+    with pytest.raises(ServingUnavailable, match="smoke test of wn-v0002 failed: answered by 'base-model'"):
+        rollout.promote(registry, "wn-v0002", ServingClient(ignoring.url, token="k", backend="vllm"), actor="admin")
+    assert "wn-v0002" in ignoring.loras, "it was loaded, then failed to answer as itself"
+    assert registry.live().name == "wn-v0001" and registry.get("wn-v0002").status == Status.CANDIDATE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 
 import pytest
 
@@ -26,24 +28,34 @@ def _params(tokens: int, seed: int) -> SamplingParams:
     return SamplingParams(max_tokens=tokens, temperature=1.0, top_p=0.9, seed=seed, ignore_eos=True)
 
 
+def _tokens(index: int) -> int:
+    # The first request is long, so it is still decoding when the others (24 tokens) arrive.
+    return 200 if index == 0 else 24
+
+
 def test_requests_joining_a_running_batch_get_the_answer_they_get_alone(engine):
     async def scenario() -> tuple[list[str], list[str]]:
         alone = []
         for index, question in enumerate(QUESTIONS):
-            alone.append((await engine.submit(_prompt(engine, question), None, _params(24, index)).result()).text)
+            alone.append((await engine.submit(_prompt(engine, question), None,
+                                              _params(_tokens(index), index)).result()).text)
+        before = replace(engine.stats)
         # The first request is already decoding when the others arrive, one by one.
-        first = engine.submit(_prompt(engine, QUESTIONS[0]), None, _params(24, 0))
+        first = engine.submit(_prompt(engine, QUESTIONS[0]), None, _params(_tokens(0), 0))
         stream = first.__aiter__()
         assert isinstance(await stream.__anext__(), TextDelta | Finished)
         joined = [first]
         for index, question in enumerate(QUESTIONS[1:], start=1):
-            joined.append(engine.submit(_prompt(engine, question), None, _params(24, index)))
+            joined.append(engine.submit(_prompt(engine, question), None, _params(_tokens(index), index)))
             await asyncio.sleep(0.01)
         texts = []
         async for event in stream:
             if isinstance(event, Finished):
                 texts.append(event.text)
         texts += [(await handle.result()).text for handle in joined[1:]]
+        # The engine's own counters: both later requests were prefilled into the decoding batch.
+        assert engine.stats.joined_running_batch - before.joined_running_batch == 2
+        assert engine.stats.batched_steps - before.batched_steps >= 24
         return alone, texts
 
     alone, together = asyncio.run(scenario())
@@ -54,11 +66,16 @@ def test_requests_joining_a_running_batch_get_the_answer_they_get_alone(engine):
 def test_a_slow_consumer_gets_text_coalesced_and_complete(engine):
     async def scenario() -> tuple[list, Finished]:
         handle = engine.submit(_prompt(engine, QUESTIONS[1]), None, _params(20, 5))
-        await asyncio.sleep(1.0)  # the consumer is busy while all 20 tokens are generated
+        # The consumer is busy until the engine has generated all 20 tokens and let the request go.
+        deadline = time.monotonic() + 60
+        while engine.stats.queued or engine.stats.running:
+            assert time.monotonic() < deadline, "the engine did not finish 20 tokens in 60 s"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the engine thread's last events reach this loop
         events = [event async for event in handle.coalesced()]
         return events[:-1], events[-1]
 
     deltas, finished = asyncio.run(scenario())
     assert finished.completion_tokens == 20
     assert "".join(d.text for d in deltas) == finished.text
-    assert len(deltas) <= 2  # piled-up tokens come as one chunk, not twenty
+    assert len(deltas) == 1  # the piled-up tokens come as one chunk, not twenty

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ from processes import stop_server
 from careloop import audit, db
 from serving import rollout
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
-from serving.registry import Registry, RegistryError, Status
+from serving.registry import AdapterVersion, Registry, RegistryError, Status
 
 BASE = "careloop-demo-tiny"
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]
@@ -103,6 +105,55 @@ def test_a_broken_adapter_is_never_made_live(server, registry, tmp_path_factory)
     assert failure.value.status == 400
     assert registry.live().name == "br-v0001" and registry.get("br-v0002").status == Status.CANDIDATE
     assert client.chat(QUESTION, max_tokens=4).model == "br-v0001"
+
+
+def _train_to_end_at_once(base_dir, out) -> None:
+    """A real LoRA fine-tune whose only lesson is: answer the smoke prompt with the end of turn."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(3)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    eos = model.generation_config.eos_token_id
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]
+    ids = torch.tensor([[*prompt, eos if isinstance(eos, int) else eos[0]]])
+    labels = torch.full_like(ids, -100)
+    labels[0, -1] = ids[0, -1]
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                             task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    for _ in range(30):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+
+
+def test_a_version_that_loads_but_answers_nothing_is_never_made_live(server, registry, tiny_model_dir):
+    """A real adapter trained to end its answer at once: serving loads it, but the smoke test gets
+    0 tokens from it, so the promotion fails with that reason and the old version stays live."""
+    mute = server.adapter_dir / "mute-v0001"
+    if not (mute / "adapter_config.json").is_file():
+        _train_to_end_at_once(tiny_model_dir, mute)
+    client = _client(server, registry)
+    _register(registry, server, "sm-v0001", "med-v0001")
+    rollout.promote(registry, "sm-v0001", client, actor="admin")
+    registry.register("sm-v0002", mute, actor="test")
+    silent = client.chat(QUESTION, model="sm-v0002", max_tokens=8, temperature=0) if server.load(
+        "sm-v0002", mute).status_code == 200 else None
+    assert silent is not None and (silent.model, silent.completion_tokens) == ("sm-v0002", 0), silent
+
+    with pytest.raises(ServingUnavailable, match="smoke test of sm-v0002 failed: answered by 'sm-v0002' with 0 tokens"):
+        rollout.promote(registry, "sm-v0002", client, actor="admin")
+    assert registry.live().name == "sm-v0001" and registry.get("sm-v0002").status == Status.CANDIDATE
+    assert client.chat(QUESTION, max_tokens=4).model == "sm-v0001"
+    with registry.sessions() as session:
+        assert [e.target for e in audit.recent(session) if e.action == "adapter.promote"] == ["sm-v0001"]
+    server.unload("sm-v0002")
+    client.close()
 
 
 def test_promote_and_rollback_under_20_streaming_clients(server, registry):
@@ -334,3 +385,94 @@ def test_serving_killed_between_loading_and_the_flip_serves_the_new_version_once
     assert client.chat(QUESTION, max_tokens=4).model == "fl-v0002"
     client.close()
     engine.dispose()
+
+
+def test_two_admins_promoting_at_once_one_wins_and_the_other_is_refused(cli, server, postgres_databases,
+                                                                        tiny_model_dir):
+    """Two `careloop adapters promote` processes, each past its load and smoke test, flip at the same
+    moment (both wait on the live row, which a third transaction holds until both are there): one
+    wins, the other is refused with the reason, and exactly one version is live."""
+    url = postgres_databases()
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    registry = Registry(db.session_factory(engine), BASE)
+    for name, trained in [("race-v0001", "med-v0001"), ("race-v0002", "med-v0001"), ("race-v0003", "med-v0002")]:
+        _register(registry, server, name, trained)
+    client = _client(server, registry)
+    rollout.promote(registry, "race-v0001", client, actor="admin")
+    env = {**os.environ, "CARELOOP_DATABASE_URL": url, "CARELOOP_SERVING_URL": server.url,
+           "CARELOOP_CONTROL_TOKEN": server.token, "CARELOOP_BASE_MODEL": str(tiny_model_dir), "COLUMNS": "200"}
+    database = sa.engine.make_url(url).database
+    waiting_on_a_lock = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db "
+                                "AND wait_event_type = 'Lock'")
+
+    with engine.connect() as holder:
+        holder.execute(sa.text("SELECT name FROM adapter_versions WHERE name = 'race-v0001' FOR UPDATE"))
+        admins = {name: subprocess.Popen([sys.executable, "-m", "cli", "adapters", "promote", name, "--no-wait"],
+                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for name in ("race-v0002", "race-v0003")}
+        deadline = time.monotonic() + 120
+        with postgres_databases.admin.connect() as admin:
+            while admin.execute(waiting_on_a_lock, {"db": database}).scalar() < 2:
+                finished = {n: p.poll() for n, p in admins.items() if p.poll() is not None}
+                assert not finished and time.monotonic() < deadline, (
+                    f"both promotions should wait at the flip: {finished}",
+                    {n: p.communicate(timeout=60) for n, p in admins.items() if n in finished})
+                time.sleep(0.1)
+        holder.rollback()  # both flips go ahead at once
+    outcomes = {name: (process.wait(120), *process.communicate()) for name, process in admins.items()}
+    winners = [name for name, (code, _, _) in outcomes.items() if code == 0]
+    assert len(winners) == 1, outcomes
+    (winner,) = winners
+    (loser,) = set(admins) - {winner}
+    code, out, err = outcomes[loser]
+    assert code == 1 and "another promotion changed the live version at the same time" in err, outcomes[loser]
+    assert "Traceback" not in err and f"{winner} is live (was race-v0001)" in outcomes[winner][1]
+
+    with registry.sessions() as session:
+        live = session.scalars(sa.select(AdapterVersion.name).where(AdapterVersion.status == Status.LIVE)).all()
+        promotions = [e.target for e in audit.recent(session) if e.action == "adapter.promote"]
+    assert live == [winner]
+    assert registry.get(loser).status == Status.CANDIDATE, "the refused version can be promoted again"
+    assert registry.get("race-v0001").status == Status.RETIRED
+    assert sorted(promotions) == sorted(["race-v0001", winner])
+    assert client.chat(QUESTION, max_tokens=4).model == winner
+    client.close()
+    engine.dispose()
+
+
+def test_clients_pick_up_a_new_version_once_their_live_cache_window_has_passed(server, database_url, registry,
+                                                                               monkeypatch, tiny_model_dir):
+    """CARELOOP_LIVE_CACHE_SECONDS=4: a client built from the settings keeps answering with the version
+    it last read for that long after reading it, and asks the registry again after it."""
+    window = 4.0
+    for key, value in {"DATABASE_URL": database_url, "SERVING_URL": server.url, "CONTROL_TOKEN": server.token,
+                       "BASE_MODEL": str(tiny_model_dir), "LIVE_CACHE_SECONDS": str(window)}.items():
+        monkeypatch.setenv(f"CARELOOP_{key}", value)
+    from careloop.settings import get_settings
+
+    get_settings.cache_clear()
+    _register(registry, server, "lc-v0001", "med-v0001")
+    _register(registry, server, "lc-v0002", "med-v0002")
+    admin = _client(server, registry)
+    rollout.promote(registry, "lc-v0001", admin, actor="admin")
+    student = rollout.open_client(get_settings())
+    read_from = time.monotonic()
+    assert student.chat(QUESTION, max_tokens=2).model == "lc-v0001"  # it reads the registry here
+    read_until = time.monotonic()
+    rollout.promote(registry, "lc-v0002", admin, actor="admin")
+    assert time.monotonic() < read_from + window, "the promotion took longer than the window; widen it"
+
+    answers = []  # (started, ended, model)
+    while not answers or answers[-1][0] <= read_until + window:
+        started = time.monotonic()
+        model = student.chat(QUESTION, max_tokens=2).model
+        answers.append((started, time.monotonic(), model))
+        time.sleep(0.2)
+    within = [model for _, ended, model in answers if ended < read_from + window]
+    after = [model for started, _, model in answers if started > read_until + window]
+    assert within and set(within) == {"lc-v0001"}, answers  # the cached version, inside the window
+    assert after and set(after) == {"lc-v0002"}, answers  # the new one, as soon as the window has passed
+    assert admin.chat(QUESTION, max_tokens=2).model == "lc-v0002"  # a client without a cache: at once
+    student.close()
+    admin.close()
