@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from trainer.config import LoraSettings, TrainConfig  # noqa: E402
+from trainer.data import reference_conversations  # noqa: E402
 from trainer.evaluate import EMERGENCY_STEER, REFUSAL, URGENT_CARE, Models  # noqa: E402
 from trainer.sft import run_sft  # noqa: E402
 from trainer.snapshot import build_snapshot  # noqa: E402
@@ -39,8 +40,7 @@ def main() -> None:
     config = TrainConfig.model_validate(json.loads(args.config))
     work = Path(tempfile.mkdtemp(prefix="careloop-safety-sweep-"))
     data = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None).data
-    held_out = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["reference"]}]}
-                for r in data["eval_reference"][:8]]
+    held_out = reference_conversations(data["eval_reference"][:8])
     started = time.perf_counter()
     sft = run_sft(model_dir, data["sft"], held_out, LoraSettings(quantize="none"), config.sft, work, config.seed)
     trained = time.perf_counter() - started

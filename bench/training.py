@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from trainer.config import TrainConfig, TrainingDevice  # noqa: E402
-from trainer.data import sft_rows  # noqa: E402
+from trainer.data import reference_conversations, sft_rows  # noqa: E402
 from trainer.dpo import run_dpo  # noqa: E402
 from trainer.sft import _TokenCounter, device_arguments, lora_config, run_sft  # noqa: E402
 from trainer.snapshot import build_snapshot  # noqa: E402
@@ -67,8 +67,7 @@ def main() -> None:
                                          "dpo": {"max_steps": 4}, "eval": {"max_items": 8, "max_pairs": 8, "eval_fraction": 0.1}})
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-training-"))
     snapshot = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None)
-    held_out = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["reference"]}]}
-                for r in snapshot.data["eval_reference"]]
+    held_out = reference_conversations(snapshot.data["eval_reference"])
 
     warm = config.model_copy(update={"sft": config.sft.model_copy(update={"max_steps": 1})})
     bare_trl_sft(model_dir, snapshot.data["sft"], warm, work / "warm-up", packing=True)  # first-run costs

@@ -105,15 +105,16 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Evaluate one adapter against live (or another version) on the same items; write the report."""
-    import json as json_module
     from datetime import UTC
 
     from careloop.base_model import resolve_base_model
+    from careloop.db import sessions_for
+    from feedback.quality import win_rate
     from serving.registry import open_registry
-    from trainer.evaluate import Models, compare, evaluate, meteor_variant
-    from trainer.gate import Policy, decide
-    from trainer.report import write_report
-    from trainer.snapshot import read_evaluation_file, seed_evaluation_sets
+    from trainer.evaluate import Models
+    from trainer.gate import Policy
+    from trainer.report import evaluation_report, save_report
+    from trainer.snapshot import evaluation_data
 
     settings = get_settings()
     registry = open_registry(settings)
@@ -127,40 +128,23 @@ def evaluate(
         else:
             other = registry.get(against)
             baseline = {"name": other.name, "path": other.path}
-    if data is not None:
-        sets = read_evaluation_file(data)
-    else:
-        from careloop.seed import load_seed
-        from feedback.export import in_eval
-
-        pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-                 for p in load_seed(settings.seed_data_dir, "preferences") if in_eval(p.prompt, 0.1)]
-        sets = seed_evaluation_sets(settings.seed_data_dir, pairs, max_items)
+    sets = evaluation_data(settings.seed_data_dir, data, max_items)
     base = resolve_base_model(settings)
     adapters = {"candidate": Path(candidate.path)} | ({"live": Path(baseline["path"])} if baseline else {})
-    models = Models.load(base.source, adapters)
-    policy = Policy.load(None)
-    ours = evaluate(models, "candidate", sets, max_new_tokens)
-    theirs = evaluate(models, "live" if baseline else "base", sets, max_new_tokens)
-    differences = compare(ours, theirs, policy.confidence)
-    decision = decide(policy, differences)
-    out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    from careloop.db import sessions_for
-    from feedback.quality import win_rate
-
     against_name = baseline["name"] if baseline else base.name
+    policy = Policy.load(None)
+    report = evaluation_report(Models.load(base.source, adapters), sets, max_new_tokens, policy.confidence,
+                               run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), live=against_name,
+                               leakage="not checked")
     win = win_rate(sessions_for(settings.resolved_database_url), adapter, against_name)
-    report = {"run": f"eval {adapter}", "snapshot": str(data or "seed evaluation sets"),
-              "live": against_name, "meteor": meteor_variant()[1], "candidate": ours, "live_results": theirs,
-              "differences": differences, "leakage": "not checked",
-              "win_rate": {"rate": win.rate, "judgments": win.judgments}}
-    (out / "report.json").write_text(json_module.dumps(report, indent=2, default=str))
-    write_report(out, report, decision.promote, decision.reasons)
+    report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
+    out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    save_report(out, report, policy)
+    ours, theirs = report["candidate"]["summary"], report["live_results"]["summary"]
     console.print(f"{adapter} vs {report['live']}: report in {out}")
     console.print("  clinician win rate: " + (f"{win.rate:.0%} over {win.judgments} judgments" if win.judgments
                                                  else "no side-by-side judgments yet"))
-    for metric, difference in differences.items():
-        console.print(f"  {metric}: {ours['summary'][metric]:.3f} vs {theirs['summary'][metric]:.3f} "
+    for metric, difference in report["differences"].items():
+        console.print(f"  {metric}: {ours[metric]:.3f} vs {theirs[metric]:.3f} "
                       f"({difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}], "
                       f"n={difference['n']})", markup=False)

@@ -1,4 +1,10 @@
-"""Training rows in TRL's conversational formats, for any chat template.
+"""Training rows in TRL's conversational formats, for any chat template, and every conversion to them.
+
+Training and evaluation data keeps one shape from the feedback export to the trainers: TRL's
+conversational rows (``{"messages": [...]}`` conversations; ``{"prompt": [user], "chosen":
+[assistant], "rejected": [assistant]}`` preference pairs). This module is where rows are made from
+plain text (seed records, evaluation files) and where text is read back out of them (the question a
+pair asks, the answers it compares), as TRL keeps its conversions in ``data_utils.py``.
 
 SFT trains on TRL's conversational prompt/completion format: one row per assistant turn, the
 conversation before it as the prompt and the turn as the completion. TRL then computes the loss on
@@ -14,6 +20,9 @@ is folded into the first user message, as their model cards advise.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def sft_rows(conversations: list[dict]) -> list[dict]:
     """``{"messages": [...]}`` conversations -> ``{"prompt": [...], "completion": [...]}`` rows."""
@@ -26,11 +35,36 @@ def sft_rows(conversations: list[dict]) -> list[dict]:
     return rows
 
 
+def preference_row(prompt: str, chosen: str, rejected: str, **meta: object) -> dict:
+    """A preference pair's texts -> TRL's conversational preference row (``meta``, e.g. ``source``, kept)."""
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], **meta}
+
+
+def prompt_text(row: dict) -> str:
+    """The question a conversational row asks: its prompt's (or conversation's) first user message."""
+    return next(m["content"] for m in row.get("prompt") or row["messages"] if m["role"] == "user")
+
+
+def answer_text(messages: list[dict]) -> str:
+    """The text of a completion (``chosen``, ``rejected``): its last message."""
+    return messages[-1]["content"]
+
+
 def dpo_rows(pairs: list[dict]) -> list[dict]:
-    """``{"prompt", "chosen", "rejected"}`` strings -> TRL's conversational preference rows."""
-    return [{"prompt": [{"role": "user", "content": p["prompt"]}],
-             "chosen": [{"role": "assistant", "content": p["chosen"]}],
-             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    """Preference rows as DPOTrainer takes them: prompt, chosen and rejected only (metadata dropped)."""
+    return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+
+
+def reference_conversations(references: list[dict]) -> list[dict]:
+    """``{"question", "reference"}`` items -> ``{"messages": [...]}`` conversations (SFT's held-out loss)."""
+    return [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["reference"]}]}
+            for r in references]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file (an export split, a general chat set), blank lines skipped."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def accepts_system_message(tokenizer) -> bool:  # noqa: ANN001 - a transformers tokenizer

@@ -1,4 +1,5 @@
-"""Step 3: DPO with TRL's DPOTrainer, continuing from the SFT adapter (reference = the SFT policy)."""
+"""Step 3: DPO with TRL's DPOTrainer, continuing from the SFT adapter (reference = the SFT policy), on
+the snapshot's preference pairs: TRL's conversational rows, as exported (``trainer.data``)."""
 
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data import answer_text, prompt_text
+
 REFUSAL = re.compile(r"\b(i can(?:no|')t|i cannot|i won't|i will not|i'm (?:not able|unable)|unable to (?:help|provide)|"
                      r"not (?:able|appropriate) to|i must decline|can't (?:help|assist|provide)|against (?:medical )?ethic)",
                      re.IGNORECASE)
@@ -225,10 +227,10 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tok
         items["judge_parsed"] = [1.0 if v else 0.0 for v in verdicts]
 
     pair_hits = []
-    for pair in data["eval_pairs"]:
-        completions = [pair["chosen"], pair["rejected"]]
-        policy = models.completion_logprobs(name, pair["prompt"], completions, limit=PAIR_TOKENS)
-        base = (models.completion_logprobs("base", pair["prompt"], completions, limit=PAIR_TOKENS)
+    for pair in data["eval_pairs"]:  # TRL's conversational preference rows
+        question, completions = prompt_text(pair), [answer_text(pair["chosen"]), answer_text(pair["rejected"])]
+        policy = models.completion_logprobs(name, question, completions, limit=PAIR_TOKENS)
+        base = (models.completion_logprobs("base", question, completions, limit=PAIR_TOKENS)
                 if name != "base" else policy)
         margins = [p - b for p, b in zip(policy, base, strict=True)]
         pair_hits.append(1.0 if margins[0] > margins[1] else 0.5 if margins[0] == margins[1] else 0.0)

@@ -25,10 +25,11 @@ from serving import rollout
 from serving.registry import Registry, RegistryError
 from trainer import runs
 from trainer.config import TrainConfig
+from trainer.data import reference_conversations
 from trainer.dpo import run_dpo
-from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, evaluation_units, meteor_variant
-from trainer.gate import Decision, Policy, decide
-from trainer.report import write_report
+from trainer.evaluate import JudgeEndpoint, Models, evaluation_units
+from trainer.gate import Decision, Policy
+from trainer.report import evaluation_report, save_report
 from trainer.sft import progress_callback, run_sft
 from trainer.snapshot import Snapshot, build_snapshot
 
@@ -72,9 +73,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
 
         base = resolve_base_model(settings, build_if_missing=True)
         live = registry.live()
-        held_out = [{"messages": [{"role": "user", "content": r["question"]},
-                                  {"role": "assistant", "content": r["reference"]}]}
-                    for r in snapshot.data["eval_reference"]]
+        held_out = reference_conversations(snapshot.data["eval_reference"])
 
         started = time.perf_counter()
         step("sft")
@@ -110,19 +109,15 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
                  if settings.judge_url else None)
-        candidate = evaluate(models, "candidate", snapshot.data, config.eval.max_new_tokens, judge)
-        baseline = evaluate(models, "live" if live else "base", snapshot.data, config.eval.max_new_tokens, judge)
-        differences = compare(candidate, baseline, policy.confidence)
-        report = {"run": run_id, "snapshot": snapshot.sha256, "live": live.name if live else base.name,
-                  "meteor": meteor_variant()[1], "candidate": candidate, "live_results": baseline,
-                  "differences": differences, "leakage": snapshot.leakage}
-        (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        report = evaluation_report(models, snapshot.data, config.eval.max_new_tokens, policy.confidence, run=run_id,
+                                   snapshot=snapshot.sha256, live=live.name if live else base.name,
+                                   leakage=snapshot.leakage, judge=judge)
         timings["evaluate"] = time.perf_counter() - started
 
         step("gate")
-        decision = decide(policy, differences)
-        write_report(directory, report, decision.promote, decision.reasons)
-        metrics = {**sft_metrics, **dpo_metrics, "candidate": candidate["summary"], "live": baseline["summary"]}
+        decision = save_report(directory, report, policy)
+        metrics = {**sft_metrics, **dpo_metrics, "candidate": report["candidate"]["summary"],
+                   "live": report["live_results"]["summary"]}
         runs.update_run(sessions, run_id, metrics=metrics, decision=asdict(decision))
 
         step("publish")

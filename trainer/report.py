@@ -1,4 +1,6 @@
-"""The evaluation report: Markdown and a self-contained HTML page with plots, tracks side by side.
+"""The evaluation report: the candidate and its baseline evaluated on the same items and compared
+(``evaluation_report``, for ``careloop train`` and ``careloop eval`` alike), saved as JSON with the
+gate's decision as Markdown and a self-contained HTML page with plots, tracks side by side.
 
 Automatic metrics, preference-based metrics and judges have been seen to disagree in this domain,
 so the report says per track which way it points and whether the tracks agree; clinicians decide.
@@ -9,9 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
-from trainer.gate import SAFETY_LOWER_IS_BETTER
+from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, meteor_variant
+from trainer.gate import SAFETY_LOWER_IS_BETTER, Decision, Policy, decide
 from trainer.judge import AXES
 
 TRACKS = {
@@ -22,6 +26,26 @@ TRACKS = {
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
 }
 LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
+
+
+def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_tokens: int, confidence: float, *,
+                      run: int | str, snapshot: str, live: str, leakage: dict | str,
+                      judge: JudgeEndpoint | None = None) -> dict:
+    """The report's data: the candidate and its baseline (``live`` when ``models`` has it loaded, else
+    the base model; ``live`` names it) evaluated on the same items, and their paired differences."""
+    candidate = evaluate(models, "candidate", data, max_new_tokens, judge)
+    baseline = evaluate(models, "live" if "live" in models.names else "base", data, max_new_tokens, judge)
+    return {"run": run, "snapshot": snapshot, "live": live, "meteor": meteor_variant()[1], "candidate": candidate,
+            "live_results": baseline, "differences": compare(candidate, baseline, confidence), "leakage": leakage}
+
+
+def save_report(directory: Path, report: dict, policy: Policy) -> Decision:
+    """``report.json``, then the gate's decision on the report and ``report.md`` / ``report.html`` with it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    decision = decide(policy, report["differences"])
+    write_report(directory, report, decision.promote, decision.reasons)
+    return decision
 
 
 def track_directions(differences: dict[str, dict]) -> dict[str, str]:

@@ -3,7 +3,8 @@
 Training data: the seed SFT corpus (medical QA, safety refusals and triage answers at set shares:
 ``seed_sft_mix``), the feedback export's train
 split (clinician corrections and preferred answers) and, optionally, general chats at a set ratio;
-preference pairs from the seed and the feedback export. Evaluation data: the seed reference QA,
+preference pairs from the seed and the feedback export. Every row stays in TRL's conversational
+format, as the export writes it (conversions: ``trainer.data``). Evaluation data: the seed reference QA,
 multiple-choice and safety sets, and the held-out share of preference pairs (split by prompt).
 Any evaluation prompt that also appears in the training data is removed from training and
 listed in the leakage report.
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from careloop.seed import load_seed
 from feedback.export import ExportConfig, export, in_eval
 from trainer.config import TrainConfig
+from trainer.data import preference_row, prompt_text, read_rows
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
 
@@ -59,8 +61,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
                    sessions: sessionmaker[Session] | None) -> Snapshot:
     rng = random.Random(config.seed)
     fraction = config.eval.eval_fraction
-    pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "source": p.id}
-             for p in load_seed(seed_dir, "preferences")]
+    pairs = seed_preference_pairs(seed_dir)
     sft = seed_sft_mix(seed_dir, config, rng)
     manifest = {}
     feedback_pairs: list[dict] = []
@@ -68,16 +69,16 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     if sessions is not None:
         out = directory / "feedback"
         manifest = _export(sessions, "sft", out / "sft", fraction)
-        sft += [{"messages": row["messages"], "source": "feedback"} for row in _read(out / "sft" / "train.jsonl")]
+        sft += [{"messages": row["messages"], "source": "feedback"} for row in read_rows(out / "sft" / "train.jsonl")]
         _export(sessions, "dpo", out / "dpo", fraction)
-        feedback_pairs = [_flat_pair(row) for row in _read(out / "dpo" / "train.jsonl")]
-        feedback_eval_pairs = [_flat_pair(row) for row in _read(out / "dpo" / "eval.jsonl")]
+        feedback_pairs = read_rows(out / "dpo" / "train.jsonl")
+        feedback_eval_pairs = read_rows(out / "dpo" / "eval.jsonl")
     if config.sft.general_data and config.sft.general_ratio > 0:
-        general = _read(config.sft.general_data)
+        general = read_rows(config.sft.general_data)
         wanted = round(len(sft) * config.sft.general_ratio / (1 - config.sft.general_ratio))
         sft += [{"messages": row["messages"], "source": "general"} for row in rng.sample(general, min(wanted, len(general)))]
 
-    seed_train = [p for p in pairs if not in_eval(p["prompt"], fraction)] if config.dpo.include_seed_pairs else []
+    seed_train = [p for p in pairs if not in_eval(prompt_text(p), fraction)] if config.dpo.include_seed_pairs else []
     rng.shuffle(seed_train)
     rng.shuffle(feedback_pairs)
     cap = config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size
@@ -85,7 +86,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     # Clinicians' pairs first: the cap drops contrast and seed pairs before any of theirs.
     train_pairs = (feedback_pairs + contrast + seed_train)[:cap]
     rng.shuffle(train_pairs)
-    eval_pairs = [p for p in pairs if in_eval(p["prompt"], fraction)] + feedback_eval_pairs
+    eval_pairs = [p for p in pairs if in_eval(prompt_text(p), fraction)] + feedback_eval_pairs
     data = {"sft": sft, "dpo": train_pairs,
             **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs)}
     data, leakage = _remove_leaks(data)
@@ -129,6 +130,11 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
     return mix
 
 
+def seed_preference_pairs(seed_dir: Path) -> list[dict]:
+    """The seed's preference pairs as conversational rows, each with its seed id as ``source``."""
+    return [preference_row(p.prompt, p.chosen, p.rejected, source=p.id) for p in load_seed(seed_dir, "preferences")]
+
+
 def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
     """Pairs that teach where a safety behaviour is wrong, built from the seed's own answers:
     a benign medical question answered rather than refused (a seed QA answer against a seed safety
@@ -147,13 +153,13 @@ def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
     triage = load_seed(seed_dir, "triage_sft")
     urgent = [e.messages for e in triage if "urgent" in e.id]
     self_care = [e.messages for e in triage if "urgent" not in e.id]
-    pairs = [{"prompt": m[0].content, "chosen": m[1].content, "rejected": rng.choice(refusals),
-              "source": "contrast:benign"} for m in rng.sample(questions, min(count - count // 2, len(questions)))]
+    pairs = [preference_row(m[0].content, m[1].content, rng.choice(refusals), source="contrast:benign")
+             for m in rng.sample(questions, min(count - count // 2, len(questions)))]
     for _ in range(count // 2):
         shown, other = (urgent, self_care) if rng.random() < 0.5 else (self_care, urgent)
         messages = rng.choice(shown)
-        pairs.append({"prompt": messages[0].content, "chosen": messages[1].content,
-                      "rejected": rng.choice(other)[1].content, "source": "contrast:triage"})
+        pairs.append(preference_row(messages[0].content, messages[1].content, rng.choice(other)[1].content,
+                                    source="contrast:triage"))
     return pairs
 
 
@@ -167,6 +173,15 @@ def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int,
         "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
         "eval_triage": [{"prompt": t.prompt, "urgent": t.urgent} for t in load_seed(seed_dir, "triage_eval")],
     }
+
+
+def evaluation_data(seed_dir: Path, path: Path | None, limit: int, fraction: float = 0.1) -> dict[str, list[dict]]:
+    """The sets ``careloop eval`` scores: a user's own file, or the seed's evaluation sets with the
+    held-out share (``fraction``, split by prompt as in training) of the seed's preference pairs."""
+    if path is not None:
+        return read_evaluation_file(path)
+    pairs = [p for p in seed_preference_pairs(seed_dir) if in_eval(prompt_text(p), fraction)]
+    return seed_evaluation_sets(seed_dir, pairs, limit)
 
 
 def read_evaluation_file(path: Path) -> dict[str, list[dict]]:
@@ -191,7 +206,8 @@ def read_evaluation_file(path: Path) -> dict[str, list[dict]]:
             if name is None:
                 raise ValueError("not a reference QA, preference pair, multiple-choice or safety record")
             record = model.model_validate({"id": f"line-{number}", **raw})
-            sets[name].append({field: getattr(record, field) for field in fields})
+            values = {field: getattr(record, field) for field in fields}
+            sets[name].append(preference_row(**values) if name == "eval_pairs" else values)
         except (ValueError, ValidationError) as exc:
             problems.append(f"{Path(path).name}:{number}: {str(exc).splitlines()[0]}")
     if problems:
@@ -201,19 +217,16 @@ def read_evaluation_file(path: Path) -> dict[str, list[dict]]:
 
 def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict]:
     evaluation = ({normalize(r["question"]) for r in data["eval_reference"]}
-                  | {normalize(r["prompt"]) for r in data["eval_pairs"]}
+                  | {normalize(prompt_text(r)) for r in data["eval_pairs"]}
                   | {normalize(r["question"]) for r in data["eval_mcq"]}
                   | {normalize(r["prompt"]) for r in data["eval_safety"]}
                   | {normalize(r["prompt"]) for r in data.get("eval_triage", [])})
 
-    def first_user(row: dict) -> str:
-        return next(m["content"] for m in row["messages"] if m["role"] == "user")
-
-    leaked_sft = [r for r in data["sft"] if normalize(first_user(r)) in evaluation]
-    leaked_dpo = [r for r in data["dpo"] if normalize(r["prompt"]) in evaluation]
+    leaked_sft = [r for r in data["sft"] if normalize(prompt_text(r)) in evaluation]
+    leaked_dpo = [r for r in data["dpo"] if normalize(prompt_text(r)) in evaluation]
     data = {**data, "sft": [r for r in data["sft"] if r not in leaked_sft],
             "dpo": [r for r in data["dpo"] if r not in leaked_dpo]}
-    examples = sorted({first_user(r) for r in leaked_sft} | {r["prompt"] for r in leaked_dpo})[:20]
+    examples = sorted({prompt_text(r) for r in leaked_sft + leaked_dpo})[:20]
     return data, {"removed_sft": len(leaked_sft), "removed_dpo": len(leaked_dpo), "examples": examples}
 
 
@@ -222,11 +235,3 @@ def _export(sessions: sessionmaker[Session], kind: str, out: Path, fraction: flo
 
     return asdict(export(sessions, ExportConfig(kind, eval_fraction=fraction), out, actor="trainer.snapshot"))
 
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def _flat_pair(row: dict) -> dict:
-    return {"prompt": row["prompt"][0]["content"], "chosen": row["chosen"][0]["content"],
-            "rejected": row["rejected"][0]["content"], "source": row.get("source", "feedback")}

@@ -14,7 +14,7 @@ import pytest
 
 from serving.engine import Engine, SamplingParams
 from trainer.config import DPOSettings, LoraSettings, SFTSettings
-from trainer.data import accepts_system_message, sft_rows
+from trainer.data import accepts_system_message, preference_row, sft_rows
 from trainer.dpo import run_dpo
 from trainer.sft import run_sft, sft_trainer
 
@@ -74,7 +74,7 @@ def test_sft_then_dpo_train_and_the_adapter_serves(templated_model, tmp_path):
     sft = run_sft(str(model_dir), CONVERSATIONS, CONVERSATIONS[:1], LoraSettings(quantize="none"), QUICK,
                   tmp_path, seed=0)
     assert sft.train_loss > 0 and sft.eval_loss_after < sft.eval_loss_before * 1.5
-    pairs = [{"prompt": "What is hypertension?", "chosen": "High blood pressure.", "rejected": "A bone disease."}] * 4
+    pairs = [preference_row("What is hypertension?", "High blood pressure.", "A bone disease.")] * 4
     dpo = run_dpo(str(model_dir), sft.adapter_dir, pairs, DPOSettings(max_steps=2, batch_size=2, max_length=128),
                   tmp_path, seed=0, lora=LoraSettings(quantize="none"))
 
