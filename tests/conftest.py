@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import start_bot, start_server, start_worker, stop_server
+from processes import Server, start_bot, start_server, start_worker, stop_server
 from support import (ACCOUNTS, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
                      ensure_postgres_running, train_adapter)
 
