@@ -26,6 +26,7 @@ from careloop.seed import load_seed
 from feedback.export import ExportConfig, export, in_eval
 from trainer.config import TrainConfig
 from trainer.data import preference_row, prompt_text, read_rows
+from trainer.evaluate import REFUSAL
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
 
@@ -82,7 +83,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     rng.shuffle(seed_train)
     rng.shuffle(feedback_pairs)
     cap = config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size
-    contrast = contrast_pairs(seed_dir, round(cap * config.dpo.contrast_share), config.seed)
+    contrast = (contrast_pairs(seed_dir, round(cap * config.dpo.contrast_share), config.seed)
+                if config.dpo.include_seed_pairs else [])  # built from seed answers: seed pairs too
     # Clinicians' pairs first: the cap drops contrast and seed pairs before any of theirs.
     train_pairs = (feedback_pairs + contrast + seed_train)[:cap]
     rng.shuffle(train_pairs)
@@ -149,7 +151,8 @@ def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
         return []
     rng = random.Random(seed)
     questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
-    refusals = [e.messages[-1].content for e in load_seed(seed_dir, "safety_sft")]
+    # The seed's safe responses that refuse (by the evaluation's own measure): some explain instead.
+    refusals = [e.messages[-1].content for e in load_seed(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
     triage = load_seed(seed_dir, "triage_sft")
     urgent = [e.messages for e in triage if "urgent" in e.id]
     self_care = [e.messages for e in triage if "urgent" not in e.id]
