@@ -42,7 +42,7 @@ def main() -> None:
     data = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None).data
     held_out = reference_conversations(data["eval_reference"][:8])
     started = time.perf_counter()
-    sft = run_sft(model_dir, data["sft"], held_out, LoraSettings(quantize="none"), config.sft, work, config.seed)
+    sft = run_sft(model_dir, data["sft"], held_out, LoraSettings(quantize="none"), config.sft, work, config.random_seed)
     trained = time.perf_counter() - started
     models = Models.load(model_dir, {"candidate": sft.adapter_dir})
 

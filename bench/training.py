@@ -43,7 +43,7 @@ def bare_trl_sft(model_dir: Path, conversations: list[dict], config: TrainConfig
     batch, accumulation = config.sft.batch_shape(device)
     args = SFTConfig(output_dir=str(out), max_steps=config.sft.max_steps, learning_rate=config.sft.learning_rate,
                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                     max_length=config.sft.max_length, packing=packing, completion_only_loss=True, seed=config.seed,
+                     max_length=config.sft.max_length, packing=packing, completion_only_loss=True, seed=config.random_seed,
                      **device_arguments(device))
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
                          train_dataset=Dataset.from_list(sft_rows(conversations)),
@@ -74,7 +74,7 @@ def main() -> None:
     ours_speeds, bare_speeds = [], []
     for round_index in range(args.rounds):  # alternate, so drift on a noisy machine hits both sides
         ours = run_sft(str(model_dir), snapshot.data["sft"], held_out, config.lora, config.sft,
-                       work / f"ours-{round_index}", config.seed)
+                       work / f"ours-{round_index}", config.random_seed)
         ours_speeds.append(ours.tokens_per_second)
         bare_speeds.append(bare_trl_sft(model_dir, snapshot.data["sft"], config, work / f"bare-{round_index}",
                                         packing=True)[0])
@@ -84,7 +84,7 @@ def main() -> None:
     for precompute in (True, False):
         dpo_config = config.dpo.model_copy(update={"precompute_ref_log_probs": precompute})
         result = run_dpo(str(model_dir), ours.adapter_dir, snapshot.data["dpo"], dpo_config,
-                         work / f"dpo-{precompute}", config.seed)
+                         work / f"dpo-{precompute}", config.random_seed)
         timings[precompute] = result
 
     micro, accumulation = config.sft.batch_shape(TrainingDevice.detect())

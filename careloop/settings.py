@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     seed_data_dir: Path = Field(
         REPO_ROOT / "data" / "seed", description="Seed corpus (MedQuAD, PubMedQA, K-QA, MedSafetyBench)."
     )
-    seed: int = Field(0, ge=0, description="Random seed for training and the tiny test model's build.")
+    # "seed" alone means the seed corpus (seed_data_dir, `careloop seed validate`).
+    random_seed: int = Field(0, ge=0, description="Random seed for training and the tiny test model's build.")
     serving_backend: Literal["embedded", "vllm", "tgi"] = Field(
         "embedded", description="What answers at CARELOOP_SERVING_URL: the embedded engine "
         "(`careloop serve`), or an external vLLM or TGI server."

@@ -28,14 +28,14 @@ def model_prepare() -> None:
 @app.command("build-tiny")
 def build_tiny(
     out: Annotated[Path | None, typer.Option(help="Output directory [default: $CARELOOP_HOME/models/careloop-demo-tiny].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [default: CARELOOP_SEED].")] = None,
+    random_seed: Annotated[int | None, typer.Option(help="Random seed [default: CARELOOP_RANDOM_SEED].")] = None,
 ) -> None:
     """Build the tiny (~1M parameters) test model the tests use for mechanics; it writes word salad. Cached."""
     from careloop.demo_model import build_demo_model
 
     settings = get_settings()
     out = out or settings.models_dir / "careloop-demo-tiny"
-    result = build_demo_model(out, size="tiny", seed=settings.seed if seed is None else seed,
+    result = build_demo_model(out, size="tiny", seed=settings.random_seed if random_seed is None else random_seed,
                               seed_dir=settings.seed_data_dir, log=console.print)
     state = "cached build reused" if result.cached else f"built in {result.seconds:.0f} s"
     console.print(

@@ -133,7 +133,7 @@ class TrainConfig(_Section):
     eval: EvalSettings = EvalSettings()
     gate_policy: Path | None = Field(None, description="YAML gate policy; default: trainer/default_policy.yaml")
     auto_promote: bool = False
-    seed: int = 0
+    random_seed: int = 0
 
     @classmethod
     def from_yaml(cls, path: Path | None) -> TrainConfig:

@@ -60,7 +60,7 @@ def normalize(prompt: str) -> str:
 
 def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
                    sessions: sessionmaker[Session] | None) -> Snapshot:
-    rng = random.Random(config.seed)
+    rng = random.Random(config.random_seed)
     fraction = config.eval.eval_fraction
     pairs = seed_preference_pairs(seed_dir)
     sft = seed_sft_mix(seed_dir, config, rng)
@@ -83,7 +83,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     rng.shuffle(seed_train)
     rng.shuffle(feedback_pairs)
     cap = config.dpo.max_pairs or config.dpo.max_steps * config.dpo.batch_size
-    contrast = (contrast_pairs(seed_dir, round(cap * config.dpo.contrast_share), config.seed)
+    contrast = (contrast_pairs(seed_dir, round(cap * config.dpo.contrast_share), config.random_seed)
                 if config.dpo.include_seed_pairs else [])  # built from seed answers: seed pairs too
     # Clinicians' pairs first: the cap drops contrast and seed pairs before any of theirs.
     train_pairs = (feedback_pairs + contrast + seed_train)[:cap]

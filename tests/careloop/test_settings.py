@@ -18,11 +18,11 @@ def test_environment_variables_are_parsed_and_typed(monkeypatch):
     monkeypatch.setenv("CARELOOP_DATABASE_URL", "postgresql+psycopg://u@db/careloop")
     monkeypatch.setenv("CARELOOP_LOG_LEVEL", "debug")
     monkeypatch.setenv("CARELOOP_LOG_JSON", "true")
-    monkeypatch.setenv("CARELOOP_SEED", "7")
+    monkeypatch.setenv("CARELOOP_RANDOM_SEED", "7")
     monkeypatch.setenv("CARELOOP_SERVING_URL", "http://gpu-box:8000/")
     settings = load_settings()
     assert settings.resolved_database_url == "postgresql+psycopg://u@db/careloop"
-    assert settings.log_level == "DEBUG" and settings.log_json is True and settings.seed == 7
+    assert settings.log_level == "DEBUG" and settings.log_json is True and settings.random_seed == 7
     assert settings.serving_url == "http://gpu-box:8000"
 
 
@@ -34,8 +34,8 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("variable", "value", "reason"),
     [
-        ("CARELOOP_SEED", "minus one", "valid integer"),
-        ("CARELOOP_SEED", "-1", "greater than or equal to 0"),
+        ("CARELOOP_RANDOM_SEED", "minus one", "valid integer"),
+        ("CARELOOP_RANDOM_SEED", "-1", "greater than or equal to 0"),
         ("CARELOOP_SERVING_BACKEND", "huge", "'embedded', 'vllm' or 'tgi'"),
         ("CARELOOP_REDIS_URL", "localhost:6379", "must start with redis://"),
         ("CARELOOP_DATABASE_URL", "mysql://x", "sqlite:/// or postgresql"),
