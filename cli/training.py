@@ -130,11 +130,11 @@ def evaluate(
             baseline = {"name": other.name, "path": other.path}
     sets = evaluation_data(settings.seed_data_dir, data, max_items)
     base = resolve_base_model(settings)
-    adapters = {"candidate": Path(candidate.path)} | ({"live": Path(baseline["path"])} if baseline else {})
+    adapters = {"candidate": Path(candidate.path)} | ({"baseline": Path(baseline["path"])} if baseline else {})
     against_name = baseline["name"] if baseline else base.name
     policy = Policy.load(None)
     report = evaluation_report(Models.load(base.source, adapters), sets, max_new_tokens, policy.confidence,
-                               run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), live=against_name,
+                               run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), baseline=against_name,
                                leakage="not checked")
     win = win_rate(sessions_for(settings.resolved_database_url), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}

@@ -189,9 +189,9 @@ def _mean(values: list) -> float:
     return float(np.mean(present)) if present else 0.0
 
 
-def paired_interval(candidate: list, live: list, confidence: float, seed: int = 0) -> dict:
-    """Mean of (candidate - live) over the items both have a value for, with a paired bootstrap interval."""
-    both = [(c, v) for c, v in zip(candidate, live, strict=True) if c is not None and v is not None]
+def paired_interval(candidate: list, baseline: list, confidence: float, seed: int = 0) -> dict:
+    """Mean of (candidate - baseline) over the items both have a value for, with a paired bootstrap interval."""
+    both = [(c, v) for c, v in zip(candidate, baseline, strict=True) if c is not None and v is not None]
     diff = np.asarray([c - v for c, v in both], dtype=float)
     if len(diff) == 0:
         return {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 0, "confidence": confidence}
@@ -267,6 +267,6 @@ def evaluation_units(data: dict[str, list[dict]], names: list[str]) -> int:
                for name in names)
 
 
-def compare(candidate: dict, live: dict, confidence: float) -> dict[str, dict]:
-    return {metric: paired_interval(candidate["items"][metric], live["items"][metric], confidence)
+def compare(candidate: dict, baseline: dict, confidence: float) -> dict[str, dict]:
+    return {metric: paired_interval(candidate["items"][metric], baseline["items"][metric], confidence)
             for metric in candidate["summary"]}

@@ -102,15 +102,15 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
 
         started = time.perf_counter()
         step("evaluate")
-        adapters = {"candidate": adapter} | ({"live": Path(live.path)} if live else {})
+        adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
         models = Models.load(base.source, adapters)
-        tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "live" if live else "base"]))
+        tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"]))
         models.on_batch = tracker.advance
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
                  if settings.judge_url else None)
         report = evaluation_report(models, snapshot.data, config.eval.max_new_tokens, policy.confidence, run=run_id,
-                                   snapshot=snapshot.sha256, live=live.name if live else base.name,
+                                   snapshot=snapshot.sha256, baseline=live.name if live else base.name,
                                    leakage=snapshot.leakage, judge=judge)
         timings["evaluate"] = time.perf_counter() - started
 

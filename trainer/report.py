@@ -29,13 +29,15 @@ LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
 
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_tokens: int, confidence: float, *,
-                      run: int | str, snapshot: str, live: str, leakage: dict | str,
+                      run: int | str, snapshot: str, baseline: str, leakage: dict | str,
                       judge: JudgeEndpoint | None = None) -> dict:
-    """The report's data: the candidate and its baseline (``live`` when ``models`` has it loaded, else
-    the base model; ``live`` names it) evaluated on the same items, and their paired differences."""
+    """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
+    the live version, else the base model; ``baseline`` names it) evaluated on the same items, and
+    their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
+    baseline: reports already on disk use them."""
     candidate = evaluate(models, "candidate", data, max_new_tokens, judge)
-    baseline = evaluate(models, "live" if "live" in models.names else "base", data, max_new_tokens, judge)
-    return {"run": run, "snapshot": snapshot, "live": live, "meteor": meteor_variant()[1], "candidate": candidate,
+    baseline = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge)
+    return {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1], "candidate": candidate,
             "live_results": baseline, "differences": compare(candidate, baseline, confidence), "leakage": leakage}
 
 
