@@ -29,8 +29,11 @@ from trainer.config import TrainConfig
 from trainer.pipeline import run_training
 from trainer.snapshot import build_snapshot
 
+# Mechanics on the tiny model: seed pairs only and two pairs per forward pass (the defaults add
+# contrast pairs and one pair per pass for the real model's sake; the outcomes here were tuned without).
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0},
+         "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
+                 "micro_batch_size": 2},
          "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.1}}
 
 

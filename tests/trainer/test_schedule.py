@@ -182,7 +182,7 @@ def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_kil
     sessions = db.session_factory(db.make_engine(url))
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"sft": {"max_steps": 5, "max_examples": 100, "max_length": 128},
-                                      "dpo": {"max_steps": 5, "max_length": 128, "max_pairs": 40, "contrast_share": 0},
+                                      "dpo": {"max_steps": 5, "max_length": 128, "max_pairs": 40, "contrast_share": 0, "micro_batch_size": 2},
                                       "eval": {"max_items": 8, "max_pairs": 8, "max_new_tokens": 8, "eval_fraction": 0.1}}))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url,
