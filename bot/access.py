@@ -1,5 +1,5 @@
-"""Who may open which page, checked on the server for every call; rate-limited logins; sessions
-that end.
+"""Who may open which page, checked on the server for every call; throttled logins, checked off
+the event loop; sessions that end.
 
 Hiding a tab is only a courtesy: every handler asks ``Access.require`` first, which reads the
 account from the database each time, so a role change or a disabled account takes effect on the
@@ -9,15 +9,18 @@ refused.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from careloop.accounts import REVIEWERS, ROLES, User, authenticate
+from bot.hardening import LOGIN_CLIENT
+from careloop.accounts import REVIEWERS, ROLES, USERNAME, User, authenticate
 from careloop.log import get_logger
 
 log = get_logger(__name__)
@@ -39,34 +42,105 @@ class Viewer:
 
 
 class Access:
-    def __init__(self, sessions: sessionmaker[Session], max_failures: int, lockout_seconds: float):
+    """Sign-in with throttles an outsider cannot turn against an account: failures are counted per
+    (client address, username) and per client address, so a flood from one address locks out
+    that address, never the account's owner elsewhere. Names that cannot be accounts are refused
+    before any hashing and logged by length only; both failure tables are bounded. Argon2 runs in a
+    small thread pool, off Gradio's event loop, and at most ``max_pending`` checks wait for it at
+    once (more are refused at once: a global limit)."""
+
+    MAX_TRACKED = 10_000  # entries per failure table; the oldest go first
+
+    def __init__(self, sessions: sessionmaker[Session], max_failures: int, lockout_seconds: float, *,
+                 address_failures: int | None = None, hash_workers: int = 2, max_pending: int = 16):
         self._sessions = sessions
         self._max_failures = max_failures
+        self._address_failures = address_failures or 4 * max_failures
         self._lockout = lockout_seconds
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._by_address: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=hash_workers, thread_name_prefix="careloop-login")
+        self._max_pending, self._pending = max_pending, 0
 
-    def login(self, username: str, password: str) -> bool:
-        """Gradio's ``auth=`` callback. After ``max_failures`` wrong passwords within the lockout
-        window, the username is refused (right password or not) until the window passes."""
-        username = username.strip().lower()
+    def login(self, username: str, password: str, client: str = "local") -> bool:
+        """Check a sign-in, blocking (scripts, tests). After ``max_failures`` wrong passwords within
+        the lockout window from one address, that username is refused from that address (right
+        password or not) until the window passes; other addresses are not affected."""
+        started = time.monotonic()  # a failure counts from when it was tried
+        name = self._admit(username, client)
+        if name is None:
+            return False
+        try:
+            user = authenticate(self._sessions, name, password)
+        finally:
+            self._settle(name, client, None)
+        return self._settle(name, client, user is not None, started)
+
+    async def login_async(self, username: str, password: str) -> bool:
+        """Gradio's ``auth=`` callback: as ``login``, for the address ``bot.hardening`` noted, with
+        the Argon2 check in the pool so the event loop keeps serving everyone else."""
+        client = LOGIN_CLIENT.get()
+        started = time.monotonic()  # a failure counts from when it was tried
+        name = self._admit(username, client)
+        if name is None:
+            return False
+        try:
+            user = await asyncio.get_running_loop().run_in_executor(
+                self._pool, authenticate, self._sessions, name, password)
+        finally:
+            self._settle(name, client, None)
+        return self._settle(name, client, user is not None, started)
+
+    def _admit(self, username: str, client: str) -> str | None:
+        """The normalised username if a password check may run now (counted as pending), else None."""
+        name = username.strip().lower() if len(username) <= 200 else ""
+        if not USERNAME.match(name):
+            log.warning("login_refused", reason="not a valid username", length=len(username), client=client)
+            return None
         now = time.monotonic()
         with self._lock:
-            failures = self._failures[username]
-            while failures and now - failures[0] > self._lockout:
-                failures.popleft()
-            if len(failures) >= self._max_failures:
-                log.warning("login_locked", user=username)
-                return False
-        if authenticate(self._sessions, username, password) is not None:
-            with self._lock:
-                self._failures.pop(username, None)
-            log.info("login", user=username)
-            return True
+            if len(self._recent(self._by_address, client, now)) >= self._address_failures:
+                log.warning("login_throttled", client=client)
+                return None
+            if len(self._recent(self._failures, (client, name), now)) >= self._max_failures:
+                log.warning("login_locked", user=name, client=client)
+                return None
+            if self._pending >= self._max_pending:
+                log.warning("login_busy", pending=self._pending)
+                return None
+            self._pending += 1
+        return name
+
+    def _settle(self, name: str, client: str, ok: bool | None, started: float = 0.0) -> bool:
+        """None: the check ended (no longer pending); True/False: record its outcome."""
         with self._lock:
-            self._failures[username].append(now)
-        log.warning("login_failed", user=username)
-        return False
+            if ok is None:
+                self._pending -= 1
+            elif ok:
+                self._failures.pop((client, name), None)
+            else:
+                for table, key in ((self._failures, (client, name)), (self._by_address, client)):
+                    table.setdefault(key, deque()).append(started)  # type: ignore[arg-type]
+                    table.move_to_end(key)  # type: ignore[arg-type]
+                    while len(table) > self.MAX_TRACKED:
+                        table.popitem(last=False)
+        if ok:
+            log.info("login", user=name)
+        elif ok is False:
+            log.warning("login_failed", user=name, client=client)
+        return bool(ok)
+
+    def _recent(self, table: OrderedDict, key: object, now: float) -> deque[float]:
+        """The failures of ``key`` within the lockout window (an expired entry is dropped)."""
+        failures = table.get(key)
+        if failures is None:
+            return deque()
+        while failures and now - failures[0] > self._lockout:
+            failures.popleft()
+        if not failures:
+            del table[key]
+        return failures
 
     def viewer(self, username: str | None) -> Viewer:
         """The signed-in account as it is now in the database."""

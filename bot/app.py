@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 from bot.access import PAGES, Access, Refused, SessionTokens  # noqa: E402
 from bot.admin import Admin  # noqa: E402
 from bot.chat import Chat, Conversation  # noqa: E402
-from bot.hardening import security_middleware  # noqa: E402
+from bot.hardening import guard_origins, security_middleware  # noqa: E402
 from bot.pages import guard  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
@@ -121,10 +121,16 @@ def build(services: Services) -> gr.Blocks:
     return app
 
 
-def server_options() -> dict[str, Any]:
-    """FastAPI options of the bot's server: security headers, and no schema of every route for
-    anyone to read (FastAPI serves /openapi.json and /docs by default, without sign-in)."""
-    return {"middleware": security_middleware(), "openapi_url": None, "docs_url": None, "redoc_url": None}
+def server_options(settings: Settings | None = None) -> dict[str, Any]:
+    """FastAPI options of the bot's server: security headers, the routes the page uses only, requests
+    from the bot's own origin only (``bot.hardening``), and no schema of every route for anyone to
+    read (FastAPI serves /openapi.json and /docs by default, without sign-in)."""
+    settings = settings or get_settings()
+    origins = [*settings.bot_allowed_origins, f"http://{settings.bot_host}:{settings.bot_port}"]
+    if settings.bot_host in ("127.0.0.1", "0.0.0.0", "::", "::1"):
+        origins.append(f"http://localhost:{settings.bot_port}")
+    return {"middleware": security_middleware(), "lifespan": guard_origins(origins),
+            "openapi_url": None, "docs_url": None, "redoc_url": None}
 
 
 def main(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
@@ -137,12 +143,12 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
     host, port = host or settings.bot_host, port or settings.bot_port
     log.info("bot_starting", host=host, port=port)
     try:
-        app.launch(server_name=host, server_port=port, auth=services.access.login,
+        app.launch(server_name=host, server_port=port, auth=services.access.login_async,
                    auth_message="careloop: sign in with the account your administrator gave you. "
                    "For medical education only; not medical advice.",
                    head=KEYBOARD + SESSION_ENDED, css=CSS, show_error=False, quiet=True, ssr_mode=False, pwa=False,
                    mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
-                   app_kwargs=server_options())
+                   app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port})))
         server = app.server_app
         server.tokens = SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds,
                                       signed_in=server.tokens)

@@ -14,14 +14,40 @@ outbox that keeps clinicians' judgments) or host files there. The route is refus
 
 Gradio's "call" routes (``/gradio_api/call/...``, for curl) are used by neither the page nor
 gradio_client (both join the queue) and answer a signed-in caller's unknown endpoint with a 500 and
-a traceback in the log; they are refused too.
+a traceback in the log; they are refused too. Beyond those two, Gradio serves some seventy routes
+(audio recordings, streams, proxies, run history, "vibe" editing, ...) that careloop's page never
+calls: only the routes the page and gradio_client use are let through (``ROUTES``); the rest are
+refused before their body is read, so nothing is parsed or written to a temporary file.
+
+Other sites: Gradio's CORS middleware allows any ``Origin``, with credentials, whenever the
+``Host`` header is not localhost (as behind a TLS reverse proxy passing the public Host), and sets
+its session cookie ``SameSite=None``: any web page a signed-in clinician opened could call the bot
+as them. ``OriginGuard`` sits outside Gradio's middleware (Gradio adds its own CORS after ours, so
+it is wrapped around the built stack at start-up, ``guard_origins``) and refuses every request
+whose ``Origin`` is not the bot's own (the request's own ``Host``, the address it serves, and
+``CARELOOP_BOT_ALLOWED_ORIGINS``) with 403 and the reason, preflights included; the session
+cookies it lets out are ``SameSite=Lax``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# The address of the client signing in (``POST /login``), for the login throttle (bot.access):
+# Gradio's ``auth=`` callback gets only the username and password. Behind a reverse proxy on this
+# machine, uvicorn takes it from X-Forwarded-For.
+LOGIN_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("careloop_login_client", default="local")
+LOGIN_MAX_BYTES = 4096  # a username and password form; more is refused before it is parsed
 
 POLICY = "; ".join((
     "default-src 'self'",
@@ -59,20 +85,122 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+# The routes careloop's page (Gradio's JavaScript client) and gradio_client use, by method. Paths
+# are matched whole; ``{...}`` parts of Gradio's routes are ``[^/]+`` or, for files and assets, the rest.
+_GET = (r"/", r"/config/?", r"/(assets|static|svelte)/.+", r"/favicon\.ico", r"/(gradio_api/)?theme\.css",
+        r"/robots\.txt", r"/manifest\.json", r"/logout",
+        r"/gradio_api/(info|login_check|app_id|user|startup-events)/?", r"/gradio_api/queue/data",
+        r"/gradio_api/heartbeat/[^/]+", r"/gradio_api/file=.+")
+_POST = (r"/login/?", r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/reset/?")
+ROUTES = {"GET": re.compile("|".join(_GET)), "HEAD": re.compile("|".join(_GET)),
+          "POST": re.compile("|".join(_POST))}
+
+
+def _refuse(status: int, reason: str) -> PlainTextResponse:
+    # Connection: close: the body of a refused request is never read, so the connection cannot carry another.
+    return PlainTextResponse(reason, status_code=status, headers={"connection": "close"})
+
+
 class RefusedRoutes:
-    UPLOADS = PlainTextResponse("careloop takes no file uploads.", status_code=403)
-    CALLS = PlainTextResponse("No such route: careloop's pages are used through the web page.", status_code=404)
+    """Only the routes in ``ROUTES``; the rest are refused without reading the request's body.
+    A login form is refused above ``LOGIN_MAX_BYTES`` (a megabyte username is never parsed, hashed
+    or logged), and the signing-in client's address is noted for the login throttle."""
+
+    UPLOADS = "careloop takes no file uploads."
+    UNKNOWN = "No such route: careloop's pages are used through the web page."
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
-        if path.endswith("/upload"):
-            return await self.UPLOADS(scope, receive, send)
-        if path.startswith(("/gradio_api/call/", "/call/")):
-            return await self.CALLS(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        if path.rstrip("/").endswith("/upload"):
+            return await _refuse(403, self.UPLOADS)(scope, receive, send)
+        allowed = ROUTES.get(method)
+        if method != "OPTIONS" and (allowed is None or not allowed.fullmatch(path)):
+            return await _refuse(404, self.UNKNOWN)(scope, receive, send)
+        if method == "POST" and path.rstrip("/") == "/login":
+            length = Headers(scope=scope).get("content-length", "")
+            if not length.isdigit() or int(length) > LOGIN_MAX_BYTES:
+                return await _refuse(413, "A sign-in form is a username and a password; this one is too large.")(
+                    scope, receive, send)
+            client = scope.get("client")
+            LOGIN_CLIENT.set(client[0] if client else "unknown")
         await self.app(scope, receive, send)
+
+
+def _netloc(origin: str) -> str:
+    parts = urlsplit(origin.strip().lower())
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.hostname or ""
+    return host if port in (None, default) else f"{host}:{port}"
+
+
+def _host_netloc(host: str) -> str:
+    host = host.strip().lower()
+    for default in (":80", ":443"):
+        if host.endswith(default):
+            return host[: -len(default)]
+    return host
+
+
+class OriginGuard:
+    """Refuses (403, with the reason) every request whose ``Origin`` is another site's; requests
+    without one (a navigation, a script, gradio_client) pass. Own origins: the request's own Host
+    (a same-origin call; behind a proxy that passes the Host header), and ``origins`` (the address
+    served and CARELOOP_BOT_ALLOWED_ORIGINS), compared as host[:port]. Session cookies going out
+    are made ``SameSite=Lax`` (Gradio sets ``None``)."""
+
+    def __init__(self, app: ASGIApp, origins: Iterable[str] = ()):
+        self.app = app
+        self.origins = {_netloc(origin) for origin in origins} - {""}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is not None:
+            netloc = _netloc(origin) if origin.strip().lower() != "null" else ""
+            if not netloc or (netloc != _host_netloc(headers.get("host", "")) and netloc not in self.origins):
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                shown = origin[:100]
+                return await _refuse(403, f"Refused: a page of another site ({shown}) may not call careloop. "
+                                     "If this is careloop's own address, add it to CARELOOP_BOT_ALLOWED_ORIGINS.")(
+                    scope, receive, send)
+
+        async def lax_cookies(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (name, re.sub(rb"(?i)samesite=none", b"SameSite=lax", value) if name.lower() == b"set-cookie"
+                     else value) for name, value in message.get("headers", [])]
+            await send(message)
+
+        await self.app(scope, receive, lax_cookies)
+
+
+def guard_origins(origins: Iterable[str]) -> Any:
+    """A lifespan that wraps ``OriginGuard`` around the whole built middleware stack (Gradio's
+    CORS included, which it adds after careloop's middleware and so would answer a preflight first).
+    Starlette builds the stack on the first ASGI call, the lifespan's own, before any request."""
+    origins = list(origins)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        if app.middleware_stack is None:
+            app.middleware_stack = app.build_middleware_stack()
+        if not isinstance(app.middleware_stack, OriginGuard):
+            app.middleware_stack = OriginGuard(app.middleware_stack, origins)
+        yield
+
+    return lifespan
 
 
 def security_middleware() -> list[Middleware]:

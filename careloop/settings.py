@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +102,10 @@ class Settings(BaseSettings):
                                    "accepts; larger ones get 413 before they are parsed.")
     bot_host: str = Field("127.0.0.1", description="Address `careloop bot` binds to.")
     bot_port: int = Field(7860, ge=1, le=65535, description="Port `careloop bot` listens on.")
+    bot_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Web origins (scheme://host[:port], comma-separated) besides the bot's "
+        "own whose pages may call it; the bot's own: the address it serves and the Host a request names "
+        "(a reverse proxy passing the public Host). Requests from any other origin get 403.")
     bot_max_message_chars: int = Field(
         4000, ge=1, le=20_000, description="Longest chat message a student may send, in characters.")
     bot_login_attempts: int = Field(
@@ -121,6 +125,16 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("bot_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        origins = [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        for origin in origins if isinstance(origins, list) else []:
+            parts = urlparse(str(origin))
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+                raise ValueError("each origin is scheme://host[:port], http or https, without a path")
+        return [str(origin).rstrip("/") for origin in origins] if isinstance(origins, list) else origins
 
     @field_validator("database_url")
     @classmethod

@@ -60,3 +60,62 @@ def test_no_or_a_vanished_account_is_refused(access, sessions):
     accounts.set_disabled(sessions, "ad.min", True, actor="test")
     with pytest.raises(Refused, match="disabled"):
         access.require("ad.min", "admin")
+
+
+def test_a_lock_holds_for_the_failing_address_only(access):
+    for _ in range(3):
+        assert not access.login("ad.min", "wrong-password", client="203.0.113.9")
+    assert not access.login("ad.min", PASSWORD, client="203.0.113.9"), "locked for the guessing address"
+    assert access.login("ad.min", PASSWORD, client="198.51.100.7"), "the admin elsewhere is not locked out"
+
+
+def test_an_address_that_keeps_failing_is_throttled_for_every_name(sessions):
+    access = Access(sessions, max_failures=3, lockout_seconds=60, address_failures=5)
+    accounts.add_user(sessions, "stu.dent", "student", PASSWORD, actor="test")
+    for number in range(5):
+        assert not access.login(f"guess{number}", "wrong-password", client="203.0.113.9")
+    assert not access.login("stu.dent", PASSWORD, client="203.0.113.9")
+    assert access.login("stu.dent", PASSWORD, client="198.51.100.7")
+
+
+def test_invalid_names_are_refused_unhashed_and_the_tables_stay_bounded(sessions, monkeypatch):
+    import bot.access
+
+    checks = []
+    real = bot.access.authenticate
+    monkeypatch.setattr(bot.access, "authenticate", lambda *args: checks.append(args[1]) or real(*args))
+    access = Access(sessions, max_failures=3, lockout_seconds=60)
+    for name in ("a" * 1_000_000, "", "x", "../../etc", "name with spaces", "ünï"):
+        assert not access.login(name, PASSWORD)
+    assert checks == [], "an invalid name was hashed"
+    monkeypatch.setattr(Access, "MAX_TRACKED", 50)
+    monkeypatch.setattr(bot.access, "authenticate", lambda *args: None)  # the tables, not Argon2
+    for number in range(200):
+        access.login(f"user{number}", "wrong-password", client=f"10.0.{number // 250}.{number % 250}")
+    assert len(access._failures) <= 50 and len(access._by_address) <= 50
+
+
+def test_login_async_hashes_off_the_event_loop(access):
+    import asyncio
+
+    asyncio.run(_ticks_while_signing_in(access))
+
+
+async def _ticks_while_signing_in(access):
+    import asyncio
+
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    results = await asyncio.gather(*(access.login_async("nurse.a", PASSWORD) for _ in range(4)))
+    elapsed = time.monotonic() - started
+    task.cancel()
+    assert all(results)
+    assert ticks >= 0.3 * elapsed / 0.01, f"the loop ticked {ticks} times in {elapsed:.2f} s"

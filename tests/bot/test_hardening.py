@@ -1,0 +1,146 @@
+"""The bot's server against hostile web pages and clients (issue 18, items 1-3), on the running
+`careloop bot` of the shared stack: other sites' pages get nothing, a login flood stalls nothing and
+locks no one out, and only the routes the page uses are served."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from support import PASSWORD
+
+PUBLIC_HOST = "bot.example.org"  # as behind a TLS reverse proxy that passes the public Host header
+EVIL = "https://evil.example"
+
+
+def _sign_in(url: str, username: str, **headers: str) -> httpx.Client:
+    browser = httpx.Client(base_url=url, timeout=30)
+    response = browser.post("/login", data={"username": username, "password": PASSWORD}, headers=headers)
+    assert response.status_code == 200, response.text
+    return browser
+
+
+def test_other_sites_pages_get_no_cors_and_nothing_signed_in(bot_stack):
+    admin = httpx.Client(base_url=bot_stack.url, timeout=30)
+    signed_in = admin.post("/login", data={"username": "ad.min", "password": PASSWORD})
+    assert signed_in.status_code == 200
+    cookies = signed_in.headers.get_list("set-cookie")
+    assert cookies and all("samesite=lax" in cookie.lower() for cookie in cookies), cookies
+    proxied = {"Host": PUBLIC_HOST}
+    preflight = admin.options("/gradio_api/token", headers={**proxied, "Origin": EVIL,
+                                                            "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 403 and "another site" in preflight.text, preflight
+    assert "access-control-allow-origin" not in preflight.headers
+    for method, path, body in (("GET", "/gradio_api/token", None), ("GET", "/config", None),
+                               ("POST", "/gradio_api/queue/join", {"data": [], "fn_index": 0,
+                                                                   "session_hash": "x"})):
+        response = admin.request(method, path, json=body, headers={**proxied, "Origin": EVIL})
+        assert response.status_code == 403, f"{method} {path}: {response.status_code} {response.text[:200]}"
+        assert "access-control-allow-origin" not in response.headers
+        assert "refused" in response.text.lower() and "token" not in response.text
+    for origin in ("null", "https://bot.example.org.evil.example", "http://127.0.0.1:1"):
+        assert admin.get("/config", headers={**proxied, "Origin": origin}).status_code == 403, origin
+    # The bot's own origin, through the proxy and directly, works as before.
+    assert admin.get("/config", headers={**proxied, "Origin": f"https://{PUBLIC_HOST}"}).status_code == 200
+    assert admin.get("/config", headers={"Origin": bot_stack.url}).status_code == 200
+    assert admin.get("/config").status_code == 200
+
+
+def _login(url: str, username: str, address: str, password: str = "wrong-password-123") -> int:
+    return httpx.post(f"{url}/login", data={"username": username, "password": password},
+                      headers={"X-Forwarded-For": address}, timeout=60).status_code
+
+
+def _latency(url: str, samples: int = 12) -> float:
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        assert httpx.get(f"{url}/robots.txt", timeout=60).status_code == 200
+        times.append(time.perf_counter() - started)
+        time.sleep(0.05)
+    return statistics.median(times)
+
+
+def test_a_login_flood_stalls_nothing_and_locks_no_one_out(bot_stack):
+    before = _latency(bot_stack.url)
+    stop = threading.Event()
+    attacker = "203.0.113.66"
+    sent = [0]
+
+    def flood() -> None:
+        while not stop.is_set():
+            name = "ad.min" if sent[0] % 2 else f"x{uuid.uuid4().hex[:12]}"
+            sent[0] += 1
+            _login(bot_stack.url, name, attacker)
+
+    flooders = [threading.Thread(target=flood, daemon=True) for _ in range(3)]
+    for thread in flooders:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        during = _latency(bot_stack.url)
+        # The admin, from their own address, signs in while the attacker floods (with their name too).
+        assert _login(bot_stack.url, "ad.min", "198.51.100.7", PASSWORD) == 200
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(60)
+    assert sent[0] > 20, sent
+    assert during < max(10 * before, 0.15), f"/robots.txt took {during:.3f} s during the flood, {before:.3f} s before"
+    assert _login(bot_stack.url, "ad.min", attacker, PASSWORD) != 200, "the flooding address is throttled"
+
+
+def test_megabyte_usernames_are_refused_unhashed_and_not_logged(bot_stack):
+    log = bot_stack.bot.log
+    size = log.stat().st_size
+    for _ in range(5):
+        response = httpx.post(f"{bot_stack.url}/login", data={"username": "a" * 1_000_000, "password": "x" * 12},
+                              headers={"X-Forwarded-For": "203.0.113.77"}, timeout=60)
+        assert response.status_code in (400, 413), response.status_code
+    assert log.stat().st_size - size < 20_000, "a megabyte username reached the log"
+
+
+PROBE = b"careloop-upload-probe:"
+
+
+def _probe_files(since: float) -> list[Path]:
+    """Files in the temp directory written since ``since`` that hold the probe's bytes."""
+    found = []
+    for root, _, files in os.walk(tempfile.gettempdir()):
+        if root.count(os.sep) - tempfile.gettempdir().count(os.sep) > 3:
+            continue
+        for name in files:
+            path = Path(root) / name
+            try:
+                if path.stat().st_mtime >= since and path.stat().st_size > 1_000_000:
+                    with path.open("rb") as handle:
+                        if handle.read(len(PROBE)) == PROBE:
+                            found.append(path)
+            except OSError:
+                continue
+    return found
+
+
+def test_only_the_routes_the_page_uses_are_served(bot_stack):
+    started = time.time() - 1
+    browser = _sign_in(bot_stack.url, "stu.dent")
+    big = PROBE * (20_000_000 // len(PROBE))
+    response = browser.post("/gradio_api/process_recording", files={"data": ("r.wav", big, "audio/wav")})
+    assert response.status_code in (403, 404), f"{response.status_code} {response.text[:200]}"
+    assert PROBE not in response.content
+    for method, path in (("GET", "/gradio_api/runs"), ("GET", "/gradio_api/token"), ("GET", "/gradio_api/deep_link"),
+                         ("POST", "/gradio_api/component_server"), ("GET", "/gradio_api/upload_progress"),
+                         ("GET", "/gradio_api/proxy=http://example.org/"), ("POST", "/gradio_api/vibe-code"),
+                         ("POST", "/gradio_api/run/chat"), ("POST", "/gradio_api/api/chat"),
+                         ("GET", "/gradio_api/queue/status"), ("POST", "/gradio_api/stream/x"),
+                         ("GET", "/monitoring"), ("PUT", "/config")):
+        assert browser.request(method, path).status_code in (403, 404), f"{method} {path}"
+    assert browser.get("/config").status_code == 200 and browser.get("/gradio_api/info").status_code == 200
+    time.sleep(1)
+    assert not _probe_files(started), "the refused upload left files in the temp directory"
