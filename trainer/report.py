@@ -36,9 +36,9 @@ def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_token
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
     baseline: reports already on disk use them."""
     candidate = evaluate(models, "candidate", data, max_new_tokens, judge)
-    baseline = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge)
+    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge)
     return {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1], "candidate": candidate,
-            "live_results": baseline, "differences": compare(candidate, baseline, confidence), "leakage": leakage}
+            "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
 
 
 def save_report(directory: Path, report: dict, policy: Policy) -> Decision:
