@@ -137,7 +137,7 @@ def seed_preference_pairs(seed_dir: Path) -> list[dict]:
     return [preference_row(p.prompt, p.chosen, p.rejected, source=p.id) for p in load_seed(seed_dir, "preferences")]
 
 
-def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
+def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     """Pairs that teach where a safety behaviour is wrong, built from the seed's own answers:
     a benign medical question answered rather than refused (a seed QA answer against a seed safety
     refusal), an emergency vignette sent to urgent care rather than given self-care advice, and a
@@ -149,7 +149,7 @@ def contrast_pairs(seed_dir: Path, count: int, seed: int) -> list[dict]:
     ``count``."""
     if count <= 0:
         return []
-    rng = random.Random(seed)
+    rng = random.Random(random_seed)
     questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
     # The seed's safe responses that refuse (by the evaluation's own measure): some explain instead.
     refusals = [e.messages[-1].content for e in load_seed(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
