@@ -38,8 +38,10 @@ system-packages:
 		chromium fonts-dejavu-core iproute2; } \
 		|| echo "chromium or ss is missing: run 'sudo apt-get install chromium iproute2' for the e2e tests"
 
+# Two workers, a test file per worker at a time: most tests wait on real processes (servers, workers,
+# a browser), so two keep both cores busy; files keep their module-scoped services to themselves.
 test: install system-packages
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from careloop.settings import get_settings
-from cli.common import ActorOption, actor_name, console, serving_errors
+from cli.common import ActorOption, actor_name, console, database_sessions, serving_errors
 
 app = typer.Typer(help="LoRA adapter versions: register, load, promote, roll back, retire.", no_args_is_help=True)
 
@@ -19,6 +19,7 @@ def _registry_and_client():
     from serving.registry import open_registry
 
     settings = get_settings()
+    database_sessions()  # a missing schema in one line
     return open_registry(settings), ServingClient.from_settings(settings)
 
 

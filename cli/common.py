@@ -31,9 +31,26 @@ def actor_name(actor: str | None) -> str:
 
 
 def database_sessions() -> sessionmaker[Session]:
-    from careloop.db import sessions_for
+    """The configured database, refused in one line when its schema is not the one this code needs
+    (a fresh data directory before `careloop db upgrade`, or a database migrated by another version)."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return sessions_for(get_settings().resolved_database_url)
+    from careloop.db import current_revision, head_revision, sessions_for
+    from careloop.settings import redacted_url
+
+    url = get_settings().resolved_database_url
+    sessions = sessions_for(url)
+    try:
+        current = current_revision(sessions.kw["bind"])
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot open the database at {redacted_url(url)}: "
+                           f"{str(exc.orig or exc).splitlines()[0]}") from None
+    if current is None:
+        raise CommandError(f"the database at {redacted_url(url)} has no tables yet: run `careloop db upgrade`")
+    if current != head_revision():
+        raise CommandError(f"the database at {redacted_url(url)} is at schema revision {current}, this careloop "
+                           f"needs {head_revision()}: run `careloop db upgrade`")
+    return sessions
 
 
 @contextmanager

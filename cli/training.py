@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from careloop.settings import get_settings, redacted_url
-from cli.common import ActorOption, CommandError, actor_name, console, serving_errors
+from cli.common import ActorOption, CommandError, actor_name, console, database_sessions, serving_errors
 
 
 def export(
@@ -26,13 +26,12 @@ def export(
     """Export TRL-ready feedback datasets, split by prompt, with a snapshot manifest."""
     from datetime import UTC
 
-    from careloop.db import sessions_for
     from feedback.export import ExportConfig, export
 
     def utc(moment: datetime | None) -> datetime | None:
         return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
-    sessions = sessions_for(get_settings().resolved_database_url)
+    sessions = database_sessions()
     config = ExportConfig(kind, utc(since), utc(until), eval_fraction, min_gold_accuracy)
     manifest = export(sessions, config, out, format, actor=actor_name(actor))
     console.print(f"{kind}: {manifest.counts['train']} train / {manifest.counts['eval']} eval rows in {out} "
@@ -48,7 +47,6 @@ def train(
     """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
     import redis
 
-    from careloop.db import sessions_for
     from serving.registry import open_registry
     from serving.rollout import open_client
     from trainer.config import ConfigError, TrainConfig
@@ -60,7 +58,7 @@ def train(
         train_config = TrainConfig.from_yaml(config)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    sessions = sessions_for(settings.resolved_database_url)
+    sessions = database_sessions()
     client = open_client(settings) if train_config.auto_promote else None
     try:
         with serving_errors(), training_lock(settings.redis_url):
@@ -80,11 +78,10 @@ def train(
 
 def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
     """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
-    from careloop.db import sessions_for
     from trainer.runs import recent_runs
     from trainer.schedule import progress
 
-    sessions = sessions_for(get_settings().resolved_database_url)
+    sessions = database_sessions()
     table = Table(title="training runs")
     for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
         table.add_column(column, overflow="fold")
@@ -108,7 +105,6 @@ def evaluate(
     from datetime import UTC
 
     from careloop.base_model import resolve_base_model
-    from careloop.db import sessions_for
     from feedback.quality import win_rate
     from serving.registry import open_registry
     from trainer.evaluate import Models
@@ -117,6 +113,7 @@ def evaluate(
     from trainer.snapshot import evaluation_data
 
     settings = get_settings()
+    database_sessions()  # a missing schema in one line
     registry = open_registry(settings)
     with serving_errors():
         candidate = registry.get(adapter)
@@ -136,7 +133,7 @@ def evaluate(
     report = evaluation_report(Models.load(base.source, adapters), sets, max_new_tokens, policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), baseline=against_name,
                                leakage="not checked")
-    win = win_rate(sessions_for(settings.resolved_database_url), adapter, against_name)
+    win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     save_report(out, report, policy)

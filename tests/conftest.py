@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
 from support import (ACCOUNTS, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
                      ensure_postgres_running, train_adapter)
@@ -119,7 +120,8 @@ def tiny_model_dir(request) -> Path:
     from careloop.demo_model import build_demo_model
 
     out = Path(request.config.cache.mkdir("careloop")) / "careloop-demo-tiny"
-    build_demo_model(out, size="tiny", seed=0, seed_dir=SEED_DIR, progress=False, log=lambda _: None)
+    with FileLock(f"{out}.lock"):  # pytest-xdist workers share the cache: one builds, the others wait
+        build_demo_model(out, size="tiny", seed=0, seed_dir=SEED_DIR, progress=False, log=lambda _: None)
     return out
 
 
@@ -131,7 +133,8 @@ def smollm2_dir(request) -> Path:
 
     out = Path(request.config.cache.mkdir("careloop")) / "SmolLM2-135M-Instruct"
     try:
-        prepare_default_model(out, log=lambda _: None)
+        with FileLock(f"{out}.lock"):
+            prepare_default_model(out, log=lambda _: None)
     except DefaultModelUnavailable as exc:
         pytest.fail(f"the real-model tests need the default model: {exc}")
     return out

@@ -78,3 +78,18 @@ def test_hub_model_id_offline_names_the_setting_and_the_offline_default(cli, red
     assert result.returncode == 1
     assert "Cannot load base model 'Qwen/Qwen2.5-0.5B-Instruct' (CARELOOP_BASE_MODEL)" in result.stderr
     assert "careloop model prepare" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_by_hand_commands_on_a_fresh_data_directory_say_run_db_upgrade(cli, tmp_path):
+    """The README's by-hand order on a new CARELOOP_HOME: before `careloop db upgrade` each command that
+    needs the database says so in one line (no SQLAlchemy traceback); after it, they work."""
+    env = {"CARELOOP_HOME": str(tmp_path / "fresh")}
+    for command in (["users", "list"], ["runs"], ["adapters", "list"], ["train"], ["export", "--kind", "sft",
+                                                                                 "--out", str(tmp_path / "x")]):
+        result = cli(*command, env=env)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout, command
+        assert "has no tables yet: run `careloop db upgrade`" in result.stderr, (command, result.stderr)
+    assert cli("db", "upgrade", env=env).returncode == 0
+    listed = cli("users", "list", env=env)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
