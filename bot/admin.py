@@ -28,7 +28,7 @@ from serving.client import ControlUnsupported, ServingClient, ServingRejected, S
 from serving import rollout
 from serving.registry import Registry, RegistryError, Status
 from trainer.runs import recent_runs, run_dir
-from trainer.schedule import progress
+from trainer.schedule import progress, settle_stopped_runs
 from trainer.tasks import RUN as TRAINING_RUN
 
 log = get_logger(__name__)
@@ -129,6 +129,7 @@ class Admin:
 
     def runs(self) -> pd.DataFrame:
         rows = []
+        settle_stopped_runs(self.sessions, self.settings.redis_url)
         for run in recent_runs(self.sessions, limit=20):
             done = progress(self.sessions, run)
             eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""

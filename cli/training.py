@@ -79,9 +79,10 @@ def train(
 def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
     """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
     from trainer.runs import recent_runs
-    from trainer.schedule import progress
+    from trainer.schedule import progress, settle_stopped_runs
 
     sessions = database_sessions()
+    settle_stopped_runs(sessions, get_settings().redis_url)
     table = Table(title="training runs")
     for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
         table.add_column(column, overflow="fold")

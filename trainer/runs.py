@@ -43,12 +43,19 @@ class TrainingRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+def mark_interrupted(session: Session, started_before: datetime | None = None) -> int:
+    """Runs still marked running whose process is gone (the caller knows: it holds the training lock,
+    or saw it free) never promoted anything: say so. Returns how many were marked."""
+    query = update(TrainingRun).where(TrainingRun.status == "running")
+    if started_before is not None:
+        query = query.where(TrainingRun.started_at < started_before)
+    return session.execute(query.values(status="interrupted", finished_at=utcnow(),
+                                        error="the process running it stopped before it finished")).rowcount
+
+
 def start_run(sessions: sessionmaker[Session], actor: str, config: dict) -> int:
     with transaction(sessions) as session:
-        # A run still marked running was killed: it never promoted anything; say so.
-        session.execute(update(TrainingRun).where(TrainingRun.status == "running")
-                        .values(status="interrupted", finished_at=utcnow(),
-                                error="the process running it stopped before it finished"))
+        mark_interrupted(session)  # the caller holds the training lock: any other "running" run is dead
         run = TrainingRun(actor=actor, config=config)
         session.add(run)
         session.flush()

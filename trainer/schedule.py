@@ -25,9 +25,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from careloop.db import aware
+from careloop.db import aware, transaction, utcnow
 from feedback.export import labels_since
-from trainer.runs import STEPS, TrainingRun
+from trainer.runs import STEPS, TrainingRun, mark_interrupted
 
 LOCK_NAME = "careloop:training-lock"
 LOCK_SECONDS = 60
@@ -111,6 +111,23 @@ def lock_holder(redis_url: str) -> str | None:
         return _current_holder(client)
     finally:
         client.close()
+
+
+def settle_stopped_runs(sessions: sessionmaker[Session], redis_url: str) -> None:
+    """Mark runs whose process is gone as interrupted, so listings never show a dead run as running.
+    Every run holds the lock while it works; a run that starts after the lock was seen free has a
+    later start time and is left alone."""
+    import redis
+
+
+    checked = utcnow()
+    try:
+        if lock_held(redis_url):
+            return
+    except redis.RedisError:  # Redis down: cannot tell, so change nothing (the listing still works)
+        return
+    with transaction(sessions) as session:
+        mark_interrupted(session, started_before=checked)
 
 
 def lock_held(redis_url: str) -> bool:

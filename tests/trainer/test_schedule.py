@@ -260,3 +260,31 @@ def test_progress_moves_within_a_step_and_its_eta_follows_the_steps_pace(session
     half = progress(sessions, runs.get_run(sessions, second), now=runs.get_run(sessions, second).progress["started"] + 30)
     assert half.step_label == "evaluate 50/100" and half.eta_seconds == pytest.approx(30)  # 60 s at this pace
     assert half.percent == pytest.approx(100 * (5 + 100 + 40 + 30) / (5 + 100 + 40 + 60))
+
+
+def test_listings_show_a_run_whose_process_is_gone_as_interrupted_not_running(sessions, redis_server, cli):
+    """After everything stopped, `careloop runs` must not claim a killed run is still running (it
+    used to until the next run started); a run that holds the lock is left running."""
+    from trainer.schedule import settle_stopped_runs
+
+    alive = runs.start_run(sessions, "schedule", {})
+    with training_lock(redis_server.url):
+        settle_stopped_runs(sessions, redis_server.url)
+    assert runs.get_run(sessions, alive).status == "running", "its lock is held: it is working"
+    settle_stopped_runs(sessions, redis_server.url)  # the lock is free: nobody is running it
+    stopped = runs.get_run(sessions, alive)
+    assert stopped.status == "interrupted" and "stopped before it finished" in stopped.error
+    assert stopped.finished_at is not None
+
+
+def test_careloop_runs_marks_a_dead_run_interrupted(cli, redis_server, tmp_path):
+    env = {"CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_REDIS_URL": redis_server.url}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    from careloop.db import sessions_for
+
+    sessions = sessions_for(f"sqlite:///{tmp_path / 'home' / 'careloop.db'}")
+    dead = runs.start_run(sessions, "schedule", {})  # its process was SIGKILLed: no lock, status running
+    listing = cli("runs", env=env)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if f"│ {dead} " in line)
+    assert row.split("│")[2].strip() == "interrupted", listing.stdout
