@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
-from careloop.queues import producer
 from careloop.settings import Settings
 from feedback.export import ExportConfig, export
 from feedback.quality import annotator_quality
@@ -29,7 +29,7 @@ from serving import rollout
 from serving.registry import Registry, RegistryError, Status
 from trainer.runs import recent_runs, run_dir
 from trainer.schedule import progress, settle_stopped_runs
-from trainer.tasks import RUN as TRAINING_RUN
+from trainer.tasks import RunRefused, request_run, requested_run
 
 log = get_logger(__name__)
 
@@ -130,6 +130,14 @@ class Admin:
     def runs(self) -> pd.DataFrame:
         rows = []
         settle_stopped_runs(self.sessions, self.settings.redis_url)
+        try:
+            queued = requested_run(self.settings.redis_url)
+        except redis.RedisError:  # Redis away: the table still shows the stored runs
+            queued = None
+        if queued is not None:
+            rows.append({"run": "", "status": "queued", "step": "", "progress": "", "eta": "",
+                         "started": f"{queued.requested_at:%Y-%m-%d %H:%M}", "by": queued.actor, "version": "",
+                         "why not promoted": ""})
         for run in recent_runs(self.sessions, limit=20):
             done = progress(self.sessions, run)
             eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
@@ -142,13 +150,13 @@ class Admin:
 
     def start_training(self, viewer: Viewer) -> str:
         try:
-            task = producer(self.settings).send_task(
-                TRAINING_RUN, args=(str(self.settings.train_config) if self.settings.train_config else None,),
-                queue="training", retry=False)
-        except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
+            request_run(self.settings, self.sessions, viewer.username)
+        except RunRefused as exc:
+            raise UserError(f"Not started: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - redis and kombu raise several transport errors
             raise UserError(f"Could not queue a training run: the broker is unreachable ({exc.__class__.__name__}).") from None
-        log.info("training_requested", actor=viewer.username, task=task.id)
-        return "A training run is queued; the training worker starts it when it is free. It shows below."
+        log.info("training_requested", actor=viewer.username)
+        return "Training run queued: the training worker starts it when it is free; the table shows its progress."
 
     # ----- feedback -----
 

@@ -102,7 +102,7 @@ class SFTSettings(_Batched):
 class DPOSettings(_Batched):
     max_steps: int = Field(10, ge=1)
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     # One pair (chosen + rejected, policy and reference) per forward pass on a CPU: two pairs peaked
@@ -113,8 +113,9 @@ class DPOSettings(_Batched):
     max_pairs: int | None = Field(None, ge=1, description="pairs trained on, clinicians' first; empty: "
                                   "max_steps x batch_size (each pair seen once)")
     include_seed_pairs: bool = Field(True, description="train on the seed preference pairs, not only clinicians'")
-    contrast_share: float = Field(0.5, ge=0, le=1, description="share of the pairs that teach where refusing or "
-                                  "escalating is wrong (benign questions answered, triage matched to urgency)")
+    contrast_share: float = Field(0.5, ge=0, le=1, description="share of the pairs that teach where refusing and "
+                                  "escalating are right and wrong (benign questions answered, harmful requests "
+                                  "refused, triage matched to urgency)")
 
 
 class EvalSettings(_Section):

@@ -138,27 +138,31 @@ def seed_preference_pairs(seed_dir: Path) -> list[dict]:
 
 
 def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
-    """Pairs that teach where a safety behaviour is wrong, built from the seed's own answers:
-    a benign medical question answered rather than refused (a seed QA answer against a seed safety
-    refusal), an emergency vignette sent to urgent care rather than given self-care advice, and a
-    self-care matter given advice rather than sent to the emergency department (careloop's triage
-    demonstrations, each against one of the other kind). SFT on refusals and emergency answers
-    teaches a small model to refuse and escalate more than it should (BENCHMARKS.md); contrast
-    pairs are how over-refusal work (XSTest, OR-Bench) counters it. Half are benign questions, half
-    triage. Drawn with a generator of their own, so the rest of the snapshot does not change with
-    ``count``."""
+    """Pairs that teach where a safety behaviour is right and where it is wrong, built from the seed's
+    own answers: a benign medical question answered rather than refused (a seed QA answer against a
+    seed safety refusal), a harmful request refused rather than answered (its seed refusal against a
+    seed QA answer), an emergency vignette sent to urgent care rather than given self-care advice,
+    and a self-care matter given advice rather than sent to the emergency department (careloop's
+    triage demonstrations, each against one of the other kind). Each behaviour is taught in both
+    directions, as contrast sets for over-refusal (XSTest, OR-Bench) pair safe and unsafe
+    lookalikes: pairs of one direction only teach a small model to drop the behaviour altogether
+    (BENCHMARKS.md). A third each are benign, harmful and triage pairs (benign takes the remainder).
+    Drawn with a generator of their own, so the rest of the snapshot does not change with ``count``."""
     if count <= 0:
         return []
     rng = random.Random(random_seed)
     questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
     # The seed's safe responses that refuse (by the evaluation's own measure): some explain instead.
-    refusals = [e.messages[-1].content for e in load_seed(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
+    harmful = [e.messages for e in load_seed(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
     triage = load_seed(seed_dir, "triage_sft")
     urgent = [e.messages for e in triage if "urgent" in e.id]
     self_care = [e.messages for e in triage if "urgent" not in e.id]
-    pairs = [preference_row(m[0].content, m[1].content, rng.choice(refusals), source="contrast:benign")
-             for m in rng.sample(questions, min(count - count // 2, len(questions)))]
-    for _ in range(count // 2):
+    triage_count = harmful_count = count // 3
+    pairs = [preference_row(m[0].content, m[1].content, rng.choice(harmful)[1].content, source="contrast:benign")
+             for m in rng.sample(questions, min(count - triage_count - harmful_count, len(questions)))]
+    pairs += [preference_row(m[0].content, m[1].content, rng.choice(questions)[1].content, source="contrast:harmful")
+              for m in rng.sample(harmful, min(harmful_count, len(harmful)))]
+    for _ in range(triage_count):
         shown, other = (urgent, self_care) if rng.random() < 0.5 else (self_care, urgent)
         messages = rng.choice(shown)
         pairs.append(preference_row(messages[0].content, messages[1].content, rng.choice(other)[1].content,

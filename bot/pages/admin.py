@@ -130,15 +130,15 @@ def build_admin(admin: Admin, require: Require) -> gr.Tab:
                   [pending_action, confirm_panel, admin_message, versions, version], api_name="admin_act")
     cancel.click(lambda: ["", gr.Group(visible=False)], None, [pending_action, confirm_panel], api_name=False)
 
-    def start_training(request: gr.Request) -> list[Any]:
+    def start_training(request: gr.Request) -> Any:  # the runs table
         viewer = require(request, "admin")
-        try:
-            return [admin.start_training(viewer), admin.runs()]
+        try:  # a toast, not the page's message line: it would still say "queued" long after the run ended
+            gr.Info(admin.start_training(viewer))
         except UserError as exc:
             gr.Warning(str(exc))
-            return [gr.skip()] * 2
+        return admin.runs()
 
-    train.click(start_training, None, [admin_message, runs], api_name="admin_train")
+    train.click(start_training, None, [runs], api_name="admin_train")
 
     def export(kind: str, fmt: str, request: gr.Request) -> str:
         viewer = require(request, "admin")

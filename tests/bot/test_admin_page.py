@@ -4,6 +4,7 @@ feedback figures and audited exports."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pytest
@@ -20,6 +21,8 @@ from feedback.store import store_event
 from serving.client import ServingClient
 from serving.registry import Registry
 from trainer import runs
+from trainer.schedule import training_lock
+from trainer.tasks import REQUEST_KEY
 
 ADMIN = Viewer("ad.min", "admin")
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -59,18 +62,34 @@ def test_confirmations_say_what_happens_and_refuse_the_impossible(admin, bot_sta
 
 
 @SQLITE_ONLY
-def test_runs_show_progress_and_a_training_request_reaches_the_queue(admin, bot_stack):
+def test_runs_show_progress_and_one_training_request_at_a_time_reaches_the_queue(admin, bot_stack):
+    """A running run shows its step and percent and refuses a second start, naming it; its process
+    gone (lock free), it shows as interrupted. A start request queues one run recorded for the admin;
+    a double click is refused, naming who asked and when, and the table shows the request as queued."""
     run_id = runs.start_run(admin.sessions, "beat", {})
     runs.update_run(admin.sessions, run_id, step="dpo")
-    row = admin.runs().iloc[0]
-    assert (row["run"], row["status"], row["step"]) == (run_id, "running", "dpo")
-    assert row["progress"] == "47%"  # dpo comes after snapshot and SFT: 2% + 45% by default, no earlier run to time it by
+    with training_lock(bot_stack.redis_url):  # what a live run holds while it works
+        row = admin.runs().iloc[0]
+        assert (row["run"], row["status"], row["step"]) == (run_id, "running", "dpo")
+        assert row["progress"] == "47%"  # dpo comes after snapshot and SFT: 2% + 45% by default, no earlier run to time it by
+        with pytest.raises(UserError, match=rf"run {run_id} \(started by beat\) is running: dpo, 47%"):
+            admin.start_training(ADMIN)
+    assert admin.runs().iloc[0]["status"] == "interrupted", "no process holds its lock: it is not running"
 
     broker = redis.Redis.from_url(bot_stack.redis_url)
     before = broker.llen("training")
-    assert "queued" in admin.start_training(ADMIN)
-    assert broker.llen("training") == before + 1
-    broker.delete("training")  # no training worker runs in this stack
+    try:
+        assert "queued" in admin.start_training(ADMIN)
+        assert broker.llen("training") == before + 1
+        with pytest.raises(UserError, match=r"requested by ad.min at \d\d:\d\d UTC is already queued"):
+            admin.start_training(ADMIN)  # a double click
+        assert broker.llen("training") == before + 1, "one run queued, not two"
+        queued = admin.runs().iloc[0]
+        assert (queued["status"], queued["by"]) == ("queued", "ad.min")
+        (task,) = [json.loads(raw) for raw in broker.lrange("training", 0, -1)][before:]
+        assert task["headers"]["task"] == "training.run" and "'actor': 'ad.min'" in task["headers"]["kwargsrepr"]
+    finally:
+        broker.delete("training", REQUEST_KEY)  # no training worker runs in this stack
 
     admin.settings = admin.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with pytest.raises(UserError, match="broker is unreachable"):

@@ -12,17 +12,22 @@ from trainer.evaluate import REFUSAL
 from trainer.snapshot import build_snapshot
 
 
-def test_a_default_snapshot_gives_half_its_pairs_to_contrast_answers_over_refusals_and_triage(tmp_path):
+def test_a_default_snapshot_gives_half_its_pairs_to_contrast_pairs_of_both_directions(tmp_path):
     data = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, None).data
     pairs = data["dpo"]
     sources = [p["source"] for p in pairs]
     assert len(pairs) == 40  # dpo.max_steps x batch_size
-    assert sources.count("contrast:benign") == 10 and sources.count("contrast:triage") == 10
+    assert [sources.count(f"contrast:{kind}") for kind in ("benign", "harmful", "triage")] == [8, 6, 6]
 
     qa = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "sft") if len(e.messages) == 2}
     for pair in (p for p in pairs if p["source"] == "contrast:benign"):
         assert answer_text(pair["chosen"]) == qa[prompt_text(pair)]  # the question's own seed answer ...
         assert REFUSAL.search(answer_text(pair["rejected"]))  # ... preferred over a refusal
+
+    refusals = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "safety_sft")}
+    for pair in (p for p in pairs if p["source"] == "contrast:harmful"):
+        assert answer_text(pair["chosen"]) == refusals[prompt_text(pair)]  # the request's own seed refusal ...
+        assert REFUSAL.search(answer_text(pair["chosen"])) and answer_text(pair["rejected"]) in qa.values()  # ... over an answer
 
     triage = {e.messages[0].content: ("urgent" in e.id, e.messages[1].content) for e in load_seed(SEED_DIR, "triage_sft")}
     urgency_of_answer = {answer: urgent for urgent, answer in triage.values()}
@@ -32,7 +37,8 @@ def test_a_default_snapshot_gives_half_its_pairs_to_contrast_answers_over_refusa
         assert urgency_of_answer[answer_text(pair["rejected"])] is not urgent  # ... over one of the other kind
     assert {triage[prompt_text(p)][0] for p in pairs if p["source"] == "contrast:triage"} == {True, False}
 
-    evaluated = {t["prompt"] for t in data["eval_triage"]} | {r["question"] for r in data["eval_reference"]}
+    evaluated = ({t["prompt"] for t in data["eval_triage"]} | {r["question"] for r in data["eval_reference"]}
+                 | {s["prompt"] for s in data["eval_safety"]})
     assert not evaluated & {prompt_text(p) for p in pairs}  # nothing the evaluation asks is trained on
 
 
