@@ -7,6 +7,7 @@ field here must be documented there.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -196,7 +197,10 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"CARELOOP_{field.upper()}: {error['msg']} (got {error.get('input')!r})")
+            # The value is echoed only with URL passwords starred, and never for a credential.
+            shown = ("value hidden" if field in _SECRET_FIELDS
+                     else f"got {redacted(repr(error.get('input')))}")
+            problems.append(f"CARELOOP_{field.upper()}: {redacted(error['msg'])} ({shown})")
         raise SettingsError("Invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
@@ -206,9 +210,13 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with its password starred, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+# The password of "scheme://user:password@host" (up to the last @, as a password may hold / or @),
+# or of a scheme-less "user:password@host".
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]*:)[^\s'\"]*@|((?:^|(?<=[\s'\"(]))[^\s:/@'\"]+:)[^\s'\"/]*@")
+# Settings whose value is a credential, or a URL that may carry one.
+_SECRET_FIELDS = {"control_token", "judge_api_key", "admin_password"}
+
+
+def redacted(text: str) -> str:
+    """``text`` with the password of every URL in it starred, for messages, logs and tables."""
+    return _URL_PASSWORD.sub(lambda match: f"{match.group(1) or match.group(2)}***@", text)
