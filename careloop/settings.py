@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     admin_password: str = Field(
         "", description="Password of the `admin` account `careloop up` creates when there is no admin. "
         "Empty: a generated one, printed once.")
+    bot_download_seconds: int = Field(
+        600, ge=1, description="How long a dataset export stays downloadable from the bot: then its copy in "
+        "the bot's download cache is deleted (the export itself stays in the data directory).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
 

@@ -22,9 +22,11 @@ from typing import Any
 from kombu.exceptions import OperationalError as BrokerError
 
 from careloop.log import get_logger
+from careloop.private import private_file
 from careloop.queues import producer
 from careloop.settings import Settings
 from feedback import schemas
+from feedback.phi import warm_up
 from feedback.tasks import INGEST_BATCH
 
 log = get_logger(__name__)
@@ -48,10 +50,12 @@ class Outbox:
     millisecond and survives a crash of the process), oldest first."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = private_file(path)  # 0600 before SQLite opens it; its -wal and -shm follow
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        # Delivered events are overwritten on disk when deleted, not left in free pages (events
+        # written by a version that did not scrub before the outbox held raw text).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -118,6 +122,8 @@ class FeedbackAPI:
         self._closed = False
         self._flusher = threading.Thread(target=self._flush_forever, name="careloop-outbox", daemon=True)
         self._flusher.start()
+        # The name recogniser takes seconds to load: not on the first submit.
+        threading.Thread(target=warm_up, name="careloop-phi-warm-up", daemon=True).start()
 
     # ----- the four events -----
 
@@ -144,8 +150,9 @@ class FeedbackAPI:
     # ----- delivery -----
 
     def _submit(self, kind: str, fields: dict[str, Any]) -> tuple[uuid.UUID, bool]:
-        """The event's id, and whether the outbox took it as new (False: a resend of one it holds)."""
-        event = schemas.parse_event(kind, fields)
+        """The event's id, and whether the outbox took it as new (False: a resend of one it holds).
+        Its free text is scrubbed of identifiers first: raw text never reaches the disk."""
+        event = schemas.parse_event(kind, schemas.scrubbed(schemas.parse_event(kind, fields)).model_dump())
         try:
             new = self.outbox.add(kind, event.model_dump(mode="json"))
         except sqlite3.Error as exc:  # SQLITE_FULL, a read-only or vanished disk: refused, never half-kept

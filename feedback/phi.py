@@ -150,16 +150,32 @@ _ner_lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _ner():  # noqa: ANN202 - a spacy Language
-    import spacy
+    import sys
 
-    # Only what the entity recogniser needs: loading and running stay fast.
-    return spacy.load(NER_MODEL, exclude=["parser", "lemmatizer", "attribute_ruler", "tagger", "senter"])
+    # thinc imports torch whenever it is installed, though this CNN pipeline never uses it: hide it
+    # while spaCy loads, so processes that only scrub (the bot) stay without torch (seconds, ~300 MB).
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # type: ignore[assignment] - makes `import torch` raise ImportError
+    try:
+        import spacy
+
+        # The recogniser alone (it has its own token vectors): loading and running stay fast.
+        return spacy.load(NER_MODEL, exclude=["tok2vec", "parser", "lemmatizer", "attribute_ruler", "tagger", "senter"])
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+
+
+# What a kept name needs (see ``_a_name``): two capitalised words in a row, or a capitalised word that
+# does not open the text or a sentence (it follows a cue). Texts without either skip the model.
+_MAY_NAME = re.compile(r"\b[A-Z][\w'-]*\s+[A-Z]|(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)\b[A-Z][a-z]")
 
 
 def _names(texts: list[str]) -> list[list[Span]]:
-    """PERSON entities of each text (texts without a capital letter are not run through the model)."""
+    """PERSON entities of each text that are kept as names (``_a_name``)."""
     found: list[list[Span]] = [[] for _ in texts]
-    wanted = [i for i, text in enumerate(texts) if text and re.search(r"[A-Z]", text)]
+    wanted = [i for i, text in enumerate(texts) if text and _MAY_NAME.search(text.strip())]
     if not wanted:
         return found
     with _ner_lock:  # a spaCy pipeline is not documented as thread-safe; the bot calls from many threads
@@ -200,4 +216,5 @@ def _replace(text: str, spans: list[Span]) -> str:
 
 def warm_up() -> None:
     """Load the name recogniser now (a few seconds), so the first scrub does not wait for it."""
-    _ner()
+    with _ner_lock:
+        _ner()

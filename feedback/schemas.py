@@ -16,6 +16,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from feedback.phi import scrub_many
+
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
@@ -110,6 +112,17 @@ class Comparison(Event):
         if self.safety_flag and self.safety_category is None:
             raise ValueError("safety_category is required when safety_flag is set")
         return self
+
+
+# Free-text fields, scrubbed of identifiers before the event is written anywhere.
+FREE_TEXT = ("content", "comment", "prompt", "original", "corrected", "response_a", "response_b", "corrected_answer")
+
+
+def scrubbed(event: Event) -> Event:
+    """``event`` with its free text scrubbed of identifiers (``feedback.phi``)."""
+    fields = [name for name in FREE_TEXT if isinstance(getattr(event, name, None), str)]
+    return event.model_copy(update=dict(zip(fields, scrub_many([getattr(event, name) for name in fields]),
+                                            strict=True)))
 
 
 EVENTS: dict[str, type[Event]] = {"turn": Message, "rating": Rating, "correction": Correction,

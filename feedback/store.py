@@ -162,9 +162,6 @@ class SupersededEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
-# Free-text fields scrubbed of identifiers before they are stored.
-_FREE_TEXT = {"content", "comment", "prompt", "original", "corrected", "response_a", "response_b",
-              "corrected_answer"}
 _TABLES: dict[type[schemas.Event], type[Base]] = {
     schemas.Message: Message, schemas.Rating: Rating, schemas.Correction: Correction,
     schemas.Comparison: Comparison}
@@ -188,10 +185,7 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
         insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         for event in events:
             table = _TABLES[type(event)]
-            values = event.model_dump()
-            for key in _FREE_TEXT & values.keys():
-                if values[key] is not None:
-                    values[key] = scrub(values[key])
+            values = schemas.scrubbed(event).model_dump()
             if isinstance(event, schemas.Rating):
                 new += _store_rating(session, insert, values)
                 continue
