@@ -47,7 +47,7 @@ _WEAK = (r"medical record|record|patient|pt|encounter|visit|account|acct|chart|i
          r"|specimen|subscriber|claim")
 _QUALIFIER = r"(?:(?:number|num|no|id)\b\.?|#)"
 KEYED_ID = re.compile(
-    rf"\b(?:(?:{_STRONG})(?:\s*{_QUALIFIER})?|(?:{_WEAK})\s*{_QUALIFIER})[\s:#=-]*(?:is\s+)?"
+    rf"\b(?:(?:{_STRONG})(?!\w)(?:\s*{_QUALIFIER})?|(?:{_WEAK})(?!\w)\s*{_QUALIFIER})[\s:#=-]*(?:is\s+)?"
     r"(?P<value>[A-Z0-9](?:[A-Z0-9]|[-./](?=[A-Z0-9])|\s(?=\d{2,}))*)", re.IGNORECASE)
 SSN = re.compile(r"\b\d{3}([-. ])\d{2}\1\d{4}\b")
 # Medicare Beneficiary Identifier: 11 characters in a fixed pattern (letters without S, L, O, I, B, Z).
@@ -63,7 +63,8 @@ STREET_ADDRESS = re.compile(
 PO_BOX = re.compile(r"\bp\.?\s?o\.?\s+box\s+\d+\b", re.IGNORECASE)
 _STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
            "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
-ZIP_CODE = re.compile(rf"\b(?:{'|'.join(_STATES)})\s+\d{{5}}(?:-\d{{4}})?\b|(?i:\bzip(?:\s*code)?[\s:#]*)\d{{5}}(?:-\d{{4}})?\b")
+# A ZIP code after ", ST" (a state after a town: "Springfield, IL 62704"; not "Patient ID 12345"), or labelled.
+ZIP_CODE = re.compile(rf"(?<=, )(?:{'|'.join(_STATES)})\s+\d{{5}}(?:-\d{{4}})?\b|(?i:\bzip(?:\s*code)?[\s:#]*)\d{{5}}(?:-\d{{4}})?\b")
 UK_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s+\d[A-Z]{2}\b")
 IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?![\w:])", re.IGNORECASE)
