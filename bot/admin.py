@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
+from careloop.private import private_dir
 from careloop.settings import Settings
 from feedback.export import ExportConfig, export
 from feedback.quality import annotator_quality
@@ -192,10 +193,12 @@ class Admin:
         if kind not in ("sft", "dpo", "kto") or fmt not in ("jsonl", "parquet", "hf"):
             raise UserError(f"Unknown export {kind!r} / {fmt!r}: choose sft, dpo or kto as jsonl, parquet or hf.")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        out = self.settings.home / "exports" / f"{stamp}-{kind}"
+        out = private_dir(self.settings.home / "exports") / f"{stamp}-{kind}"
         try:
             export(self.sessions, ExportConfig(kind), out, fmt, actor=f"bot:{viewer.username}")
-            return shutil.make_archive(str(out), "zip", out)
+            archive = Path(shutil.make_archive(str(out), "zip", out))
+            archive.chmod(0o600)  # the copy Gradio serves keeps this mode
+            return str(archive)
         except ValueError as exc:
             raise UserError(f"Export failed: {exc}") from None
         except OSError as exc:

@@ -30,6 +30,7 @@ from bot.review import Review, ReviewState  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
 from careloop.db import sessions_for  # noqa: E402
 from careloop.log import ensure_logging, get_logger  # noqa: E402
+from careloop.private import private_dir  # noqa: E402
 from careloop.settings import Settings, get_settings  # noqa: E402
 from feedback.api import FeedbackAPI  # noqa: E402
 from serving.registry import Registry  # noqa: E402
@@ -95,7 +96,9 @@ def build(services: Services) -> gr.Blocks:
     and the status timer."""
     access = services.access
     require = guard(access)
-    with gr.Blocks(title="careloop") as app:
+    keep = services.settings.bot_download_seconds
+    # Files handed to the browser (exports) are deleted from Gradio's cache `keep` seconds after.
+    with gr.Blocks(title="careloop", delete_cache=(min(60, keep), keep)) as app:
         with gr.Row():
             header = gr.Markdown("## careloop", elem_id="header")
             gr.Button("Sign out", link="/logout", size="sm", scale=0, elem_id="sign-out")
@@ -136,6 +139,8 @@ def server_options(settings: Settings | None = None) -> dict[str, Any]:
 def main(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     settings = settings or get_settings()
     ensure_logging(settings.log_level, settings.log_json)
+    # Gradio's file cache (downloads) in the data directory, owner-only, not the shared system temp dir.
+    os.environ["GRADIO_TEMP_DIR"] = str(private_dir(settings.home / "gradio-cache"))
     services = open_services(settings)
     app = build(services)
     # Streams wait on serving, not on this process: many may run at once.

@@ -20,7 +20,7 @@ from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
 from feedback import review_queue
-from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
+from feedback.api import AlreadySubmitted, FeedbackAPI, FeedbackUnavailable, InvalidFeedback
 from feedback.quality import annotator_quality
 from feedback.schemas import AXES, CHOICES as STORED_CHOICES, SAFETY_CATEGORIES
 
@@ -31,6 +31,13 @@ CHOICES = {"left": "A is better", "right": "B is better",
 
 log = get_logger(__name__)
 
+ALREADY_JUDGED = ("You have already judged this item (in another tab or window). Your first judgment stands; "
+                  "this one was not recorded. Here is your next item.")
+
+
+class AlreadyJudged(UserError):
+    """A second judgment of the same item by the same reviewer: refused, the first one stands."""
+
 
 @dataclass
 class Shown:
@@ -39,7 +46,11 @@ class Shown:
     item: review_queue.QueueItem
     order: str  # "ab": the item's A on the left; "ba": B on the left
     shown_at: float = field(default_factory=time.monotonic)
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)  # one per showing: a double submit is one row
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """The assignment's: every tab showing this item to this reviewer sends the same id."""
+        return self.item.event_id
 
     @property
     def left(self) -> str:
@@ -93,6 +104,8 @@ class Review:
         as_item = {"left": "b" if flipped else "a", "right": "a" if flipped else "b"}.get(choice, choice)
         scores_a, scores_b = (right_scores, left_scores) if flipped else (left_scores, right_scores)
         item = shown.item
+        if review_queue.judged(self.sessions, item.id, viewer.username):
+            self._refuse_second(viewer, state, item)
         try:
             event_id = self.feedback.submit_comparison(
                 event_id=shown.event_id, review_item_id=item.id, annotator=viewer.username, prompt=item.prompt,
@@ -101,12 +114,20 @@ class Review:
                 scores_b=scores_b, safety_flag=bool(safety_flag), safety_category=safety_category or None,
                 corrected_answer=(corrected or "").strip() or None,
                 seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))
+        except AlreadySubmitted:  # another tab sent this item's judgment; it is on its way
+            self._refuse_second(viewer, state, item)
         except (InvalidFeedback, FeedbackUnavailable) as exc:
             raise UserError(f"The judgment was not sent: {exc}") from None
         log.info("judgment_sent", user=viewer.username, item=item.id, event_id=str(event_id))
         state.submitted.append(item.id)
         state.shown = None
         return event_id
+
+    def _refuse_second(self, viewer: Viewer, state: ReviewState, item: review_queue.QueueItem) -> None:
+        log.warning("second_judgment_refused", user=viewer.username, item=item.id)
+        state.submitted.append(item.id)
+        state.shown = None
+        raise AlreadyJudged(ALREADY_JUDGED)
 
     def skip(self, viewer: Viewer, state: ReviewState) -> None:
         if state.shown is not None:

@@ -19,6 +19,8 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from careloop.private import private_file
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Stable constraint names so migrations can drop/alter them on both SQLite and PostgreSQL.
@@ -51,7 +53,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(parsed.database))  # 0600 before SQLite opens it; its -wal and -shm follow
     engine = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")

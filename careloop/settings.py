@@ -7,6 +7,7 @@ field here must be documented there.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -118,6 +119,9 @@ class Settings(BaseSettings):
     admin_password: str = Field(
         "", description="Password of the `admin` account `careloop up` creates when there is no admin. "
         "Empty: a generated one, printed once.")
+    bot_download_seconds: int = Field(
+        600, ge=1, description="How long a dataset export stays downloadable from the bot: then its copy in "
+        "the bot's download cache is deleted (the export itself stays in the data directory).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of key=value text.")
 
@@ -196,7 +200,10 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"CARELOOP_{field.upper()}: {error['msg']} (got {error.get('input')!r})")
+            # The value is echoed only with URL passwords starred, and never for a credential.
+            shown = ("value hidden" if field in _SECRET_FIELDS
+                     else f"got {redacted(repr(error.get('input')))}")
+            problems.append(f"CARELOOP_{field.upper()}: {redacted(error['msg'])} ({shown})")
         raise SettingsError("Invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
@@ -206,9 +213,13 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with its password starred, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+# The password of "scheme://user:password@host" (up to the last @, as a password may hold / or @),
+# or of a scheme-less "user:password@host".
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]*:)[^\s'\"]*@|((?:^|(?<=[\s'\"(]))[^\s:/@'\"]+:)[^\s'\"/]*@")
+# Settings whose value is a credential, or a URL that may carry one.
+_SECRET_FIELDS = {"control_token", "judge_api_key", "admin_password"}
+
+
+def redacted(text: str) -> str:
+    """``text`` with the password of every URL in it starred, for messages, logs and tables."""
+    return _URL_PASSWORD.sub(lambda match: f"{match.group(1) or match.group(2)}***@", text)

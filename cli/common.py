@@ -36,19 +36,19 @@ def database_sessions() -> sessionmaker[Session]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from careloop.db import current_revision, head_revision, sessions_for
-    from careloop.settings import redacted_url
+    from careloop.settings import redacted
 
     url = get_settings().resolved_database_url
     sessions = sessions_for(url)
     try:
         current = current_revision(sessions.kw["bind"])
     except SQLAlchemyError as exc:
-        raise CommandError(f"cannot open the database at {redacted_url(url)}: "
+        raise CommandError(f"cannot open the database at {redacted(url)}: "
                            f"{str(exc.orig or exc).splitlines()[0]}") from None
     if current is None:
-        raise CommandError(f"the database at {redacted_url(url)} has no tables yet: run `careloop db upgrade`")
+        raise CommandError(f"the database at {redacted(url)} has no tables yet: run `careloop db upgrade`")
     if current != head_revision():
-        raise CommandError(f"the database at {redacted_url(url)} is at schema revision {current}, this careloop "
+        raise CommandError(f"the database at {redacted(url)} is at schema revision {current}, this careloop "
                            f"needs {head_revision()}: run `careloop db upgrade`")
     return sessions
 

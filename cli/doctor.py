@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from careloop.settings import Settings
+from careloop.settings import Settings, redacted
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ def run_checks(settings: Settings) -> list[Check]:
     results = []
     for name, required, probe in CHECKS:
         try:
-            results.append(Check(name, True, required, probe(settings)))
+            results.append(Check(name, True, required, redacted(probe(settings))))
         except Exception as exc:  # noqa: BLE001 - a doctor reports failures, it does not crash on them
             detail = str(exc).strip() or type(exc).__name__
-            results.append(Check(name, False, required, detail.replace(os.linesep, " ")))
+            results.append(Check(name, False, required, redacted(detail.replace(os.linesep, " "))))
     return results

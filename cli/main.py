@@ -32,7 +32,9 @@ app.command("eval")(training.evaluate)
 @app.callback()
 def _configure() -> None:
     from careloop.log import configure_logging
+    from careloop.private import restrict_umask
 
+    restrict_umask()  # every file a careloop command creates is its owner's alone (0600 / 0700)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from careloop.settings import get_settings, redacted_url
+from careloop.settings import get_settings, redacted
 from cli.common import ActorOption, CommandError, actor_name, console, database_sessions, serving_errors
 
 
@@ -70,7 +70,7 @@ def train(
         raise CommandError(f"{exc}: careloop trains one run at a time; `careloop runs` shows it.") from None
     except redis.ConnectionError as exc:
         raise CommandError(f"careloop train takes the one-run-at-a-time training lock in Redis at "
-                           f"{redacted_url(settings.redis_url)}, which does not answer: {exc}") from None
+                           f"{redacted(settings.redis_url)}, which does not answer: {exc}") from None
     console.print(f"run {result.run_id}: {result.status} ({result.adapter_version})")
     for reason in result.decision.reasons:
         console.print(f"  {reason}", markup=False)

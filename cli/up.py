@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import httpx
 
 from careloop.log import get_logger
-from careloop.settings import Settings, redacted_url
+from careloop.settings import Settings, redacted
 
 log = get_logger(__name__)
 
@@ -125,7 +125,7 @@ class Supervisor:
             raise UpError(f"careloop up is already running here (pid {running['pid']}); "
                           "`careloop up --status` shows it, Ctrl-C in its terminal stops it")
         db.upgrade(settings.resolved_database_url)
-        self.say(f"database ready: {redacted_url(settings.resolved_database_url)}")
+        self.say(f"database ready: {redacted(settings.resolved_database_url)}")
         if not settings.base_model and settings.serving_backend == "embedded":
             self._prepare_default_model()
         sessions = db.sessions_for(settings.resolved_database_url)
@@ -152,13 +152,13 @@ class Supervisor:
         children = []
         redis_url = settings.redis_url
         if _redis_answers(redis_url):
-            self.say(f"redis: using {redacted_url(redis_url)}")
+            self.say(f"redis: using {redacted(redis_url)}")
         else:
             from careloop.redis_server import redis_server_args
 
             parsed = urlparse(redis_url)
             if parsed.scheme != "redis" or parsed.hostname not in ("127.0.0.1", "localhost"):
-                raise UpError(f"Redis at {redacted_url(redis_url)} does not answer, and careloop up starts a local one "
+                raise UpError(f"Redis at {redacted(redis_url)} does not answer, and careloop up starts a local one "
                               "only for a redis://127.0.0.1 URL: start that Redis or change CARELOOP_REDIS_URL")
             port = parsed.port or 6379
             children.append(Child("redis", redis_server_args(home / "redis", port), logs / "redis.log",

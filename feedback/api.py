@@ -22,9 +22,11 @@ from typing import Any
 from kombu.exceptions import OperationalError as BrokerError
 
 from careloop.log import get_logger
+from careloop.private import private_file
 from careloop.queues import producer
 from careloop.settings import Settings
 from feedback import schemas
+from feedback.phi import warm_up
 from feedback.tasks import INGEST_BATCH
 
 log = get_logger(__name__)
@@ -38,15 +40,22 @@ class FeedbackUnavailable(Exception):
     accepted; the message is fit to show, and the caller keeps what the user entered."""
 
 
+class AlreadySubmitted(Exception):
+    """The outbox already holds an event with this id (the same judgment sent from another tab):
+    nothing new was recorded."""
+
+
 class Outbox:
     """Events on their way to the broker, in a local SQLite file (WAL: a submit costs well under a
     millisecond and survives a crash of the process), oldest first."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = private_file(path)  # 0600 before SQLite opens it; its -wal and -shm follow
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        # Delivered events are overwritten on disk when deleted, not left in free pages (events
+        # written by a version that did not scrub before the outbox held raw text).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -55,10 +64,11 @@ class Outbox:
         if "sent_at" not in columns:  # an outbox written before sends were confirmed
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
 
-    def add(self, kind: str, payload: dict[str, Any]) -> None:
+    def add(self, kind: str, payload: dict[str, Any]) -> bool:
+        """Queue the event; False if one with its id is already here (a resend)."""
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO outbox (event_id, kind, payload) VALUES (?, ?, ?)",
-                             (payload["event_id"], kind, json.dumps(payload)))
+            return self._db.execute("INSERT OR IGNORE INTO outbox (event_id, kind, payload) VALUES (?, ?, ?)",
+                                    (payload["event_id"], kind, json.dumps(payload))).rowcount == 1
 
     def unsent(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
@@ -112,31 +122,39 @@ class FeedbackAPI:
         self._closed = False
         self._flusher = threading.Thread(target=self._flush_forever, name="careloop-outbox", daemon=True)
         self._flusher.start()
+        # The name recogniser takes seconds to load: not on the first submit.
+        threading.Thread(target=warm_up, name="careloop-phi-warm-up", daemon=True).start()
 
     # ----- the four events -----
 
     def submit_comparison(self, **fields: Any) -> uuid.UUID:
-        """A side-by-side judgment (see ``schemas.Comparison``)."""
-        return self._submit("comparison", fields)
+        """A side-by-side judgment (see ``schemas.Comparison``). Raises ``AlreadySubmitted`` when a
+        judgment with this event id is still on its way (the same item judged in another tab)."""
+        event_id, new = self._submit("comparison", fields)
+        if not new:
+            raise AlreadySubmitted(str(event_id))
+        return event_id
 
     def submit_rating(self, **fields: Any) -> uuid.UUID:
         """Thumbs up/down on an answer (see ``schemas.Rating``)."""
-        return self._submit("rating", fields)
+        return self._submit("rating", fields)[0]
 
     def submit_correction(self, **fields: Any) -> uuid.UUID:
         """A clinician's corrected answer (see ``schemas.Correction``)."""
-        return self._submit("correction", fields)
+        return self._submit("correction", fields)[0]
 
     def log_turn(self, **fields: Any) -> uuid.UUID:
         """One chat message, question or answer (see ``schemas.Message``; kind "turn" on the wire)."""
-        return self._submit("turn", fields)
+        return self._submit("turn", fields)[0]
 
     # ----- delivery -----
 
-    def _submit(self, kind: str, fields: dict[str, Any]) -> uuid.UUID:
-        event = schemas.parse_event(kind, fields)
+    def _submit(self, kind: str, fields: dict[str, Any]) -> tuple[uuid.UUID, bool]:
+        """The event's id, and whether the outbox took it as new (False: a resend of one it holds).
+        Its free text is scrubbed of identifiers first: raw text never reaches the disk."""
+        event = schemas.parse_event(kind, schemas.scrubbed(schemas.parse_event(kind, fields)).model_dump())
         try:
-            self.outbox.add(kind, event.model_dump(mode="json"))
+            new = self.outbox.add(kind, event.model_dump(mode="json"))
         except sqlite3.Error as exc:  # SQLITE_FULL, a read-only or vanished disk: refused, never half-kept
             log.error("outbox_write_failed", kind=kind, path=str(self.outbox.path), error=str(exc))
             raise FeedbackUnavailable(
@@ -144,7 +162,7 @@ class FeedbackAPI:
                 "Nothing was recorded; keep your work on the page and try again in a minute, and tell your "
                 "administrator if it persists.") from None
         self._wake.set()
-        return event.event_id
+        return event.event_id, new
 
     def flush(self) -> int:
         """Send what waits unsent in the outbox, oldest first, until none is left or Redis fails.

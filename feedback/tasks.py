@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from celery import shared_task
+from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,16 @@ FILL_REVIEW_QUEUE = "generation.fill_review_queue"
 
 def _sessions() -> sessionmaker[Session]:
     return sessions_for(get_settings().resolved_database_url)
+
+
+@worker_process_init.connect(weak=False)
+def _load_name_recogniser(**_: object) -> None:
+    """Load the scrubber's name recogniser beside the worker's start, not inside its first task."""
+    import threading
+
+    from feedback.phi import warm_up
+
+    threading.Thread(target=warm_up, name="careloop-phi-warm-up", daemon=True).start()
 
 
 INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=(OperationalError,),

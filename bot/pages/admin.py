@@ -4,33 +4,27 @@ roll back, training runs, feedback volume and annotator agreement, and dataset e
 from __future__ import annotations
 
 import shutil
-import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from bot.admin import Admin
 from bot.errors import UserError
 from bot.pages import Require
 
-HANDOUT_SECONDS = 600  # a handed-out copy is removed after this
-
-
 def handout(path: str | None) -> str | None:
     """A copy of ``path`` for Gradio to serve. Gradio serves every file under ``allowed_paths`` to
     anyone signed in, students included, so careloop's home (exports, run snapshots holding
-    clinicians' corrections) is never one: a handler hands out a copy from the system temp dir,
-    which Gradio moves into its cache under a name no one can guess."""
+    clinicians' corrections) is never one: a handler hands out a copy (mode 0600) put straight into
+    Gradio's cache (the bot's private ``gradio-cache``, see ``bot.app``) under a name no one can
+    guess. Gradio serves it from there without a second copy and deletes it after
+    CARELOOP_BOT_DOWNLOAD_SECONDS."""
     if path is None:
         return None
-    handouts = Path(tempfile.gettempdir()) / "careloop-handout"
-    for old in handouts.glob("*"):  # Gradio has long since cached them
-        if time.time() - old.stat().st_mtime > HANDOUT_SECONDS:
-            shutil.rmtree(old, ignore_errors=True)
-    folder = handouts / uuid.uuid4().hex
+    folder = Path(get_upload_folder()) / uuid.uuid4().hex
     folder.mkdir(parents=True, mode=0o700)
     return shutil.copy(path, folder)
 

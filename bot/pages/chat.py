@@ -138,7 +138,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
         except UserError as exc:
             gr.Warning(str(exc))
             return gr.skip()
-        gr.Info("Thank you: your rating was recorded.")
+        gr.Info("Thank you: your rating was recorded. It replaces any earlier rating you gave this answer.")
         return gr.Group(visible=False)
 
     send_rating.click(rate, [conversation, rating_index, rating_event, thumbs, reason, comment], [rating_panel],

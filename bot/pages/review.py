@@ -11,7 +11,7 @@ import gradio as gr
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.pages import Require
-from bot.review import CHOICES, Review, ReviewState
+from bot.review import CHOICES, AlreadyJudged, Review, ReviewState
 from feedback.schemas import AXES, SAFETY_CATEGORIES
 
 SCORE_CHOICES = [1, 2, 3, 4, 5]
@@ -107,6 +107,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
             review.submit(viewer, state, values[choice], dict(zip(AXES, scores[:half], strict=True)),
                           dict(zip(AXES, scores[half:], strict=True)), values[safety_flag],
                           values[safety_category], values[corrected])
+        except AlreadyJudged as exc:  # refused: the first judgment stands; move on
+            gr.Warning(str(exc))
         except UserError as exc:
             gr.Warning(str(exc))
             return [gr.skip()] * (1 + len(outputs))

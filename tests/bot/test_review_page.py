@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.access import Viewer
 from bot.errors import UserError
-from bot.review import AXES, Review, ReviewState
+from bot.review import AXES, AlreadyJudged, Review, ReviewState
 from feedback import review_queue as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
@@ -71,10 +71,42 @@ def test_a_resent_judgment_is_stored_once(bot_stack, page):
     shown = page.next(viewer, state)
     page.submit(viewer, state, "tie", LEFT, LEFT)
     state.shown = shown  # the same showing submitted again (a double click racing the first)
-    page.submit(viewer, state, "tie", LEFT, LEFT)
+    with pytest.raises(AlreadyJudged):
+        page.submit(viewer, state, "tie", LEFT, LEFT)
     wait_for(lambda: _stored(bot_stack, "nurse.resend"), message="the judgment stored")
     page.feedback.flush()
     assert len(_stored(bot_stack, "nurse.resend")) == 1
+
+
+def test_a_second_tab_cannot_judge_the_same_item_again(bot_stack, page, tmp_path):
+    viewer = Viewer("nurse.tabs", "nurse")
+    _items(bot_stack, 2, "tabs", "nurse.tabs")
+    first_tab, second_tab = ReviewState(), ReviewState()
+    shown = page.next(viewer, first_tab)
+    assert page.next(viewer, second_tab).item.id == shown.item.id  # both tabs show the open item
+    page.submit(viewer, first_tab, "left", LEFT, RIGHT)
+    with pytest.raises(AlreadyJudged, match="first judgment stands"):  # still in the outbox
+        page.submit(viewer, second_tab, "right", RIGHT, LEFT)
+    assert second_tab.shown is None and page.next(viewer, second_tab).item.id != shown.item.id
+    wait_for(lambda: _stored(bot_stack, "nurse.tabs"), message="the judgment stored")
+    # A third tab, opened before the label was stored, submits after: refused by the store check.
+    third_tab = ReviewState(shown=shown)
+    with pytest.raises(AlreadyJudged):
+        page.submit(viewer, third_tab, "right", RIGHT, LEFT)
+    # Another bot process (its own outbox) sends the same showing: one row, the first judgment.
+    other = Review(FeedbackAPI(bot_stack.settings(home=tmp_path / "other-bot"), flush_interval=0.1),
+                   bot_stack.sessions, random.Random(1))
+    try:
+        event_id = other.feedback.submit_comparison(
+            event_id=shown.event_id, review_item_id=shown.item.id, annotator=viewer.username,
+            prompt=shown.item.prompt, response_a=shown.item.response_a, response_b=shown.item.response_b,
+            source_a="x", source_b="y", shown_order="ab", choice="tie", scores_a=LEFT, scores_b=LEFT)
+        wait_for(lambda: len(other.feedback.outbox) == 0, message="the other bot's copy confirmed as delivered")
+    finally:
+        other.feedback.close()
+    assert event_id == shown.event_id
+    (stored,) = _stored(bot_stack, "nurse.tabs")
+    assert stored.choice == ("a" if shown.order == "ab" else "b"), "the first tab's judgment stands"
 
 
 def test_each_bad_input_gets_a_message(bot_stack, page):

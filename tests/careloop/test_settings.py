@@ -51,6 +51,29 @@ def test_bad_values_give_one_clear_message_naming_the_variable(monkeypatch, vari
     assert variable in message and reason in message and repr(value) in message
 
 
+@pytest.mark.parametrize(("variable", "value", "shown"), [
+    ("CARELOOP_REDIS_URL", "http://:hunter2@cache:6379/0", "'http://:***@cache:6379/0'"),
+    ("CARELOOP_DATABASE_URL", "mysql://app:hunter2@db/careloop", "'mysql://app:***@db/careloop'"),
+    ("CARELOOP_REDIS_URL", "app:hunter2@cache:6379", "'app:***@cache:6379'"),
+    ("CARELOOP_SERVING_URL", "gpu:8000?key=a b", "'gpu:8000?key=a b'"),
+])
+def test_bad_values_are_shown_without_their_passwords(monkeypatch, variable, value, shown):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert variable in message and shown in message and "hunter2" not in message
+
+
+def test_a_bad_credential_setting_is_never_echoed(monkeypatch):
+    monkeypatch.setenv("CARELOOP_BOT_ALLOWED_ORIGINS", "https://ok.example")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(admin_password=["hunter2"], judge_api_key={"k": "hunter2"})
+    message = str(caught.value)
+    assert "CARELOOP_ADMIN_PASSWORD" in message and "CARELOOP_JUDGE_API_KEY" in message
+    assert "value hidden" in message and "hunter2" not in message
+
+
 def test_cli_reports_bad_settings_without_a_traceback(cli):
     result = cli("doctor", env={"CARELOOP_SERVING_BACKEND": "huge"})
     assert result.returncode == 2

@@ -70,6 +70,18 @@ def test_doctor_fails_with_the_reason(cli, redis_server, tiny_model_dir, env, mi
     assert "Traceback" not in result.stderr
 
 
+def test_doctor_never_shows_the_redis_password(cli, redis_server, tiny_model_dir):
+    env = {"CARELOOP_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0", "CARELOOP_BASE_MODEL": str(tiny_model_dir),
+           "CARELOOP_SERVING_URL": "http://ops:hunter2@127.0.0.1:1"}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    result = cli("doctor", env=env)
+    assert result.returncode == 1
+    assert "redis://:***@127.0.0.1:1/0 unreachable" in result.stderr  # the error
+    assert "redis://:***@127.0.0.1:1/0" in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")  # the table
+    assert "http://ops:***@127.0.0.1:1" in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+    assert "hunter2" not in result.stdout + result.stderr
+
+
 def test_hub_model_id_offline_names_the_setting_and_the_offline_default(cli, redis_server):
     env = {"CARELOOP_REDIS_URL": redis_server.url, "CARELOOP_BASE_MODEL": "Qwen/Qwen2.5-0.5B-Instruct",
            "HF_HUB_OFFLINE": "1"}

@@ -45,7 +45,7 @@ def test_every_event_kind_is_stored_once_and_scrubbed(settings, worker, store):
 
     messages = store.rows(tables.Message)
     assert [m.event_id for m in messages] == [question, answer]
-    assert messages[0].content == "My [ID], what does 140/90 mean?"  # identifier gone, BP kept
+    assert messages[0].content == "My MRN is [ID], what does 140/90 mean?"  # the number gone, BP kept
     assert (messages[1].adapter_version, messages[1].demo_model, messages[1].latency_ms) == ("med-v0002", True, 850)
     assert store.rows(tables.Rating)[0].comment == "call me on [PHONE]"
     stored = store.rows(tables.Comparison)[0]

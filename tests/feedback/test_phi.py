@@ -1,8 +1,10 @@
-"""PHI scrubbing on realistic clinical text: identifiers go, clinical facts stay."""
+"""PHI scrubbing on realistic clinical text: identifiers go, clinical facts stay, and the scrubber
+meets its precision and recall on the labelled corpus."""
 
 import pytest
 
-from feedback.phi import scrub
+from bench.phi import evaluate, load_corpus
+from feedback.phi import scrub, scrub_many
 
 NOTE = ("Mrs. Alvarez (DOB: 03/14/1962, MRN 44829173) lives at 1420 Oak Grove Avenue, Apt 5B. "
         "Reach her at (415) 555-0132 or maria.alvarez@example.com; her daughter is on +44 20 7946 0958. "
@@ -16,7 +18,7 @@ def test_a_clinic_note_loses_every_identifier():
         assert identifier not in cleaned, identifier
     for placeholder in ("[DOB]", "[ID]", "[ADDRESS]", "[PHONE]", "[EMAIL]", "[URL]"):
         assert placeholder in cleaned, placeholder
-    assert cleaned.startswith("Mrs. Alvarez (")  # names are not detected: see the module docstring
+    assert cleaned.startswith("Mrs. [NAME] (")
 
 
 @pytest.mark.parametrize("clinical", [
@@ -36,8 +38,8 @@ def test_clinical_content_is_kept(clinical):
 @pytest.mark.parametrize("text, expected", [
     ("born on March 3, 1975 in Ohio", "[DOB] in Ohio"),
     ("date of birth 1980-01-02.", "[DOB]."),
-    ("Patient ID: AB12345 admitted", "[ID] admitted"),
-    ("medical record number is 00123456", "[ID]"),
+    ("Patient ID: AB12345 admitted", "Patient ID: [ID] admitted"),  # the label stays, the number goes
+    ("medical record number is 00123456", "medical record number is [ID]"),
     ("call 415-555-0199 tomorrow", "call [PHONE] tomorrow"),
     ("write to j.doe+clinic@mail.example.org", "write to [EMAIL]"),
     ("moved to 77 Sunset Blvd. last year", "moved to [ADDRESS] last year"),
@@ -45,3 +47,61 @@ def test_clinical_content_is_kept(clinical):
 ])
 def test_each_identifier_kind_gets_its_typed_placeholder(text, expected):
     assert scrub(text) == expected
+
+
+# Each of these passed through unchanged before (issue 18, item 8).
+@pytest.mark.parametrize("text, identifier", [
+    ("Medical record no. 7781234 reviewed.", "7781234"),
+    ("MRN #: A-99812, admitted", "99812"),
+    ("MRN-556677 labs", "556677"),
+    ("link used mrn=88231 today", "88231"),
+    ("Patient #20931 called", "20931"),
+    ("Encounter #E7733102 closed", "7733102"),
+    ("Accession number S24-118392 shows", "118392"),
+    ("Accession: 24-118392", "118392"),
+    ("Medicare MBI 1EG4-TE5-MK73 on file", "MK73"),
+    ("card shows 1EG4TE5MK73", "1EG4TE5MK73"),
+    ("driver's licence no. D1234567 copied", "1234567"),
+    ("license number CA-8812345", "8812345"),
+    ("passport number X12345678 seen", "12345678"),
+    ("SSN 123 45 6789 on the sheet", "6789"),
+    ("written 123.45.6789 on the form", "6789"),
+    ("social security no. 123456789 given", "123456789"),
+    ("her DOB is 03/14/1962 and", "1962"),
+    ("date of birth is July 4, 1976;", "1976"),
+    ("DOB 14-Mar-1962, BP 150/95", "1962"),
+    ("dob 19760704 gender F", "19760704"),
+    ("reach her on 07911 123456 after six", "123456"),
+    ("mobile: 07700 900123", "900123"),
+    ("Discharged to 221B Baker Street, London", "221B Baker"),
+    ("New address: 350 5th Ave, New York", "350 5th"),
+    ("Mail to PO Box 4471, Springfield", "4471"),
+    ("Springfield, IL 62704 is the town", "62704"),
+    ("zip code 02114", "02114"),
+    ("London NW1 6XE", "NW1 6XE"),
+    ("device at 192.168.10.24 stopped", "192.168"),
+    ("session from 2001:db8:85a3::8a2e:370:7334 dropped", "8a2e"),
+    ("Patient John Smith has diabetes", "John Smith"),
+    ("seen by Dr. Okafor today", "Okafor"),
+])
+def test_every_identifier_of_the_review_is_caught(text, identifier):
+    cleaned = scrub(text)
+    assert identifier not in cleaned, cleaned
+
+
+def test_precision_and_recall_on_the_labelled_corpus():
+    notes = load_corpus()
+    assert len(notes) >= 40
+    scores = evaluate(notes)
+    assert sum(scores.labelled.values()) >= 60 and scores.labelled["NAME"] >= 15
+    assert scores.recall >= 0.95, scores.misses
+    assert scores.caught["NAME"] / scores.labelled["NAME"] >= 0.9, scores.misses
+    assert scores.precision >= 0.9, scores.false_positives
+    assert scores.keep_kept == scores.keep_labelled, scores.lost_clinical  # doses, labs, ages all kept
+
+
+def test_scrubbing_twice_changes_nothing_more_and_batches_agree():
+    texts = [NOTE, "Dr. Okafor saw John Smith (MRN 4482) at 10:30.", "", "BP 140/90"]
+    once = scrub_many(texts)
+    assert scrub_many(once) == once  # the worker scrubs again what the bot already scrubbed
+    assert once == [scrub(text) for text in texts]
