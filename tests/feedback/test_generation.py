@@ -65,6 +65,7 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
     import subprocess
     import sys
     from datetime import datetime
+    from itertools import pairwise
 
     interval = 2.0
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
@@ -91,7 +92,7 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
             process.wait(30)
     (started,) = moments("beat: Starting...")
     times = [started, *moments(sent)]
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
     # Celery beat sends a task once its interval has passed since the last send (or the start).
     assert min(gaps) >= interval - 0.05, f"a fill came sooner than every {interval} s: {gaps}"
     assert sum(gaps) / len(gaps) <= 2 * interval, f"fills came far more rarely than every {interval} s: {gaps}"

@@ -171,7 +171,6 @@ def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, wo
     """The process that accepted a rating is SIGKILLed before its sender could deliver it (Redis is
     down); a new process on the same outbox delivers it, and it is stored exactly once."""
     import redis
-
     from processes import careloop_env
 
     env = careloop_env(settings.home, database_url=store.database_url, redis_url=broker.url)
