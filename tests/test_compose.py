@@ -39,8 +39,8 @@ def render(profile: str, env: dict[str, str]) -> dict:
                     "it when run as root); these tests render compose.yaml with `docker-compose config`.")
     text = "\n".join(line for line in COMPOSE.read_text().splitlines() if not line.startswith("name:"))
     environment = {key: value for key, value in os.environ.items() if key not in ENV and not key.startswith("COMPOSE_")}
-    done = subprocess.run(["docker-compose", "-f", "-", "--project-directory", str(ROOT), "config"], input=text, check=False,
-                          capture_output=True, text=True, env={**environment, **env}, timeout=60)
+    done = subprocess.run(["docker-compose", "-f", "-", "--project-directory", str(ROOT), "config"], input=text,
+                          check=False, capture_output=True, text=True, env={**environment, **env}, timeout=60)
     if done.returncode != 0:
         raise ValueError(done.stderr)
     config = yaml.safe_load(done.stdout)
