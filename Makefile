@@ -33,10 +33,10 @@ up: install
 # reachable here) and `ss` (iproute2) for the listening-socket check. As root, install what is
 # missing; otherwise the tests fail saying what to install.
 system-packages:
-	@command -v chromium >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		chromium fonts-dejavu-core iproute2; } \
-		|| echo "chromium or ss is missing: run 'sudo apt-get install chromium iproute2' for the e2e tests"
+	@command -v chromium >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends chromium fonts-dejavu-core iproute2 docker-compose; } \
+		|| echo "chromium, ss or docker-compose is missing: run 'sudo apt-get install chromium iproute2 docker-compose' for the e2e and compose tests"
 
 # Two workers, a test file per worker at a time: most tests wait on real processes (servers, workers,
 # a browser), so two keep both cores busy; files keep their module-scoped services to themselves.

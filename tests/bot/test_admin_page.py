@@ -20,6 +20,7 @@ from feedback import schemas
 from feedback.store import store_event
 from serving.client import ServingClient
 from serving.registry import Registry
+from serving.rollout import open_client
 from trainer import runs
 from trainer.schedule import training_lock
 from trainer.tasks import REQUEST_KEY
@@ -37,7 +38,7 @@ def admin(bot_stack, sessions, tmp_path):
 
 
 @SQLITE_ONLY
-def test_confirmations_say_what_happens_and_refuse_the_impossible(admin, bot_stack):
+def test_confirmations_say_what_happens_and_refuse_the_impossible(admin, bot_stack, database_url):
     with pytest.raises(UserError, match="Nothing to roll back"):
         admin.confirmation("rollback", None)
     with pytest.raises(UserError, match="Choose the version to promote"):
@@ -50,15 +51,22 @@ def test_confirmations_say_what_happens_and_refuse_the_impossible(admin, bot_sta
     assert "replaces `the base model`" in admin.confirmation("promote", "med-v0001")
     assert admin.act(ADMIN, "promote", "med-v0001") == "`med-v0001` is live (replaced the base model)."
     assert admin.registry.live().name == "med-v0001"
+    # What a student's chat then gets: the bot's client reads the live version from the same registry.
+    student = open_client(admin.settings.model_copy(update={"database_url": database_url, "live_cache_seconds": 0}))
+    question = [{"role": "user", "content": "What is hypertension?"}]
+    assert student.chat(question, max_tokens=4).model == "med-v0001", "serving answers with the promoted version"
     with pytest.raises(UserError, match="is live; only candidate or retired"):
         admin.confirmation("promote", "med-v0001")
     with pytest.raises(UserError, match="roll it back"):
         admin.act(ADMIN, "reject", "med-v0001")
     assert "the base model answers" in admin.confirmation("retire", "med-v0001")
+    assert admin.act(ADMIN, "retire", "med-v0001") == "`med-v0001` is retired."
+    assert student.chat(question, max_tokens=4).model == "careloop-demo-tiny", "the base model answers again"
+    student.close()
     with admin.sessions() as session:
         (event,) = [e for e in audit.recent(session) if e.action == "adapter.promote"]
     assert event.actor == "bot:ad.min"
-    assert list(admin.versions()["status"]) == ["live"]
+    assert list(admin.versions()["status"]) == ["retired"]
 
 
 @SQLITE_ONLY

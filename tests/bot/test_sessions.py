@@ -43,10 +43,13 @@ def test_signing_out_ends_every_session_of_that_account_only(bot_stack):
 def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
     client = Client(short_sessions_bot.url, auth=("stu.dent", PASSWORD), verbose=False)
     browser = _sign_in(short_sessions_bot.url, "nurse.a")
-    for _ in range(4):  # requests keep a session alive past the idle limit
-        time.sleep(IDLE / 2)
+    # Requests keep a session alive past the idle limit: one every IDLE/6 s, so only a request slower
+    # than two thirds of the limit (2 s) on a loaded machine could let it lapse.
+    keep_until = time.monotonic() + 2 * IDLE
+    while time.monotonic() < keep_until:
+        time.sleep(IDLE / 6)
         assert _signed_in(browser)
-    time.sleep(IDLE + 0.5)
+    time.sleep(IDLE + 0.5)  # the bot checks the idle time on the next request: no race with a timer
     assert not _signed_in(browser)
     with pytest.raises(Exception, match="401 Unauthorized"):  # a script (gradio_client) sees 401
         client.predict(api_name="/new_conversation")
@@ -58,6 +61,6 @@ def test_a_session_ends_at_its_maximum_age_however_active(short_sessions_bot):
     started = time.monotonic()
     while _signed_in(browser):
         assert time.monotonic() - started < MAX + 2, "the session outlived CARELOOP_BOT_SESSION_MAX_SECONDS"
-        time.sleep(0.5)
+        time.sleep(IDLE / 6)  # well inside the idle limit, so only the maximum age can end it
     assert time.monotonic() - started >= MAX - 1
     assert _signed_in(_sign_in(short_sessions_bot.url, "dr.p"))

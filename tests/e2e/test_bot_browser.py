@@ -4,14 +4,17 @@ tests/artifacts/screenshots/ (the README shows them)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
+from support import PASSWORD
 from e2e_browser import judge_with_keys, only_local, open_review, shot, tabs
 from processes import wait_for
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from careloop import accounts
 from feedback import review_queue as queue
 from feedback.store import Comparison, Rating
 from serving import rollout
@@ -90,30 +93,51 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     only_local(page)
 
 
-def test_a_nurse_labels_three_items_with_the_keyboard(visit, bot_stack):
-    for index in range(3):
-        queue.add_item(bot_stack.sessions, f"Browser question {index}: how is asthma treated?",
+def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_side(visit, bot_stack):
+    """Keys 1 and 2 choose the answer shown on the left and on the right, whichever of the item's
+    answers the blind order put there: the stored choice names that answer. Key 3 is a tie. The
+    nurse judges until both orders came up under a side key (each showing is a coin toss)."""
+    nurse = "nurse.keys"
+    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
+    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
+        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items come first
+    for index in range(14):
+        queue.add_item(bot_stack.sessions, f"Keyboard question {index}: how is asthma treated?",
                        f"Inhaled corticosteroids ({index}).", f"Antibiotics ({index}).", "med-v0002", "med-v0001",
-                       labels_needed=2, prompt_source="seed")
-
-    def stored() -> int:
-        with bot_stack.sessions() as session:
-            return session.scalar(select(func.count()).select_from(Comparison).where(Comparison.annotator == "nurse.a"))
-
-    before = stored()
-    page = visit("nurse.a")
+                       labels_needed=1, prompt_source="seed")
+    page = visit(nurse)
     assert tabs(page) == {"Chat", "Review"}
     open_review(page)
-    for key in ("1", "2", "3"):
-        if key == "2":
+    judged = {}  # question number -> (key, left text, right text)
+    orders_under_a_side_key = set()
+    for index in range(14):
+        key = "123"[index] if index < 3 else "12"[index % 2]
+        question = int(re.search(r"Keyboard question (\d+)", page.locator("#review-prompt").inner_text()).group(1))
+        left, right = (page.locator(f"#review-{side}-text").inner_text().strip() for side in ("left", "right"))
+        if index == 1:
             shot(page, "review")
         judge_with_keys(page, key)
-    wait_for(lambda: stored() == before + 3, message="three judgments in the store")
-    with bot_stack.sessions() as session:
-        choices = list(session.scalars(select(Comparison.choice).where(Comparison.annotator == "nurse.a")
-                                       .order_by(Comparison.id.desc()).limit(3)))
-    assert "tie" in choices and len(set(choices) - {"a", "b", "tie"}) == 0
-    page.locator("#review-figures").get_by_text("3 judged this session").wait_for(timeout=15_000)
+        judged[question] = (key, left, right)
+        if key != "3":
+            orders_under_a_side_key.add("ab" if left.startswith("Inhaled") else "ba")
+        if index >= 2 and orders_under_a_side_key == {"ab", "ba"}:
+            break
+    assert orders_under_a_side_key == {"ab", "ba"}, "14 showings all in one order: the order is not blind"
+
+    def stored() -> list[Comparison]:
+        with bot_stack.sessions() as session:
+            return list(session.scalars(select(Comparison).where(Comparison.annotator == nurse)))
+
+    wait_for(lambda: len(stored()) == len(judged), message=f"{len(judged)} judgments in the store")
+    for comparison in stored():
+        key, left, right = judged[int(re.search(r"Keyboard question (\d+)", comparison.prompt).group(1))]
+        assert comparison.shown_order == ("ab" if left == comparison.response_a else "ba")
+        if key == "3":
+            assert comparison.choice == "tie"
+        else:
+            chosen = {"a": comparison.response_a, "b": comparison.response_b}[comparison.choice]
+            assert chosen == (left if key == "1" else right), (key, left, right, comparison.choice)
+    page.locator("#review-figures").get_by_text(f"{len(judged)} judged this session").wait_for(timeout=15_000)
     only_local(page)
 
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -69,10 +68,10 @@ def test_a_full_disk_under_the_sqlite_store_delays_events_and_loses_none(broker,
         wait_for(lambda: len(stored()) == 3, message="the first events stored")
         filler = fill_disk(small_disk)
         accepted += [api.submit_comparison(**comparison(annotator=f"nurse.full{i}")) for i in range(20)]
-        time.sleep(6)  # the worker tries, fails on the full disk, and retries
+        wait_for(lambda: worker.log.read_text().count("database or disk is full") >= 2, timeout=120,
+                 message="the worker to fail on the full disk and retry, twice")
         assert len(stored()) < len(accepted), "the store wrote on a full disk?"
         assert worker.process.poll() is None, "the worker keeps running"
-        assert "database or disk is full" in worker.log.read_text()
 
         filler.unlink()  # the administrator makes room
         wait_for(lambda: len(stored()) == len(accepted), timeout=120,

@@ -60,27 +60,43 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
 
 
 def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_model_dir):
-    import os
+    """Beat asks for a fill every CARELOOP_REVIEW_FILL_INTERVAL_SECONDS (2 s here): never sooner, and
+    not skipping beats; each fill reaches the worker and adds its batch."""
     import subprocess
     import sys
+    from datetime import datetime
+    from itertools import pairwise
 
+    interval = 2.0
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
                "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
-               "review_fill_interval_seconds": "2"}
+               "review_fill_interval_seconds": str(interval)}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     env = {**worker.env, "CARELOOP_HOME": str(tmp_path / "beat")}
     log = tmp_path / "beat.log"
     beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
+
+    def moments(event: str) -> list[datetime]:
+        return [datetime.fromisoformat(line.split("timestamp='")[1].split("'")[0])
+                for line in log.read_text().splitlines() if event in line and "timestamp='" in line]
+
+    sent = "Sending due task fill-review-queue (generation.fill_review_queue)"
     try:
-        wait_for(lambda: store.count(ReviewItem) >= 4, timeout=120,
-                 message=f"two scheduled runs of 2 items; beat log:\n{log.read_text()[-2000:] if log.exists() else ''}")
-        assert "fill-review-queue" in log.read_text() or "generation.fill_review_queue" in log.read_text()
+        wait_for(lambda: len(moments(sent)) >= 4 and store.count(ReviewItem) >= 4, timeout=120,
+                 message=f"four scheduled fills and two batches of 2 items; beat log:\n"
+                         f"{log.read_text()[-2000:] if log.exists() else ''}")
     finally:
         for process in (beat, worker.process):
             process.terminate()
             process.wait(30)
-    assert os.path.exists(tmp_path / "beat" / "celerybeat-schedule") or any((tmp_path / "beat").glob("celerybeat-schedule*"))
+    (started,) = moments("beat: Starting...")
+    times = [started, *moments(sent)]
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
+    # Celery beat sends a task once its interval has passed since the last send (or the start).
+    assert min(gaps) >= interval - 0.05, f"a fill came sooner than every {interval} s: {gaps}"
+    assert sum(gaps) / len(gaps) <= 2 * interval, f"fills came far more rarely than every {interval} s: {gaps}"
+    assert any((tmp_path / "beat").glob("celerybeat-schedule*")), "beat keeps its schedule's state in its home"
 
 
 def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny_model_dir, settings):

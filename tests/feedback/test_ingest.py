@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 import uuid
+from contextlib import closing
 
 import pytest
 
@@ -143,15 +146,64 @@ def test_events_a_broker_accepted_and_then_lost_are_sent_again(settings, store, 
         api.close()
 
 
+# A bot process of its own: submits one rating and keeps running (its sender retrying) until killed.
+WRITER = """
+import sys, time, uuid
+from careloop.settings import load_settings
+from feedback.api import FeedbackAPI
+api = FeedbackAPI(load_settings(), flush_interval=float(sys.argv[1]))
+if sys.argv[2] == "submit":
+    print(api.submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up"), flush=True)
+else:
+    print("sending", flush=True)
+time.sleep(600)
+"""
+
+
+def _outbox_rows(path) -> int:
+    import sqlite3
+
+    with closing(sqlite3.connect(path)) as outbox:
+        return outbox.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
 def test_the_outbox_survives_a_restart_of_the_process_that_wrote_it(settings, worker, store, broker):
+    """The process that accepted a rating is SIGKILLed before its sender could deliver it (Redis is
+    down); a new process on the same outbox delivers it, and it is stored exactly once."""
+    import redis
+    from processes import careloop_env
+
+    env = careloop_env(settings.home, database_url=store.database_url, redis_url=broker.url)
     broker.stop()
-    written = FeedbackAPI(settings).submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up")
+
+    def start(mode: str) -> tuple[subprocess.Popen, str]:
+        process = subprocess.Popen([sys.executable, "-c", WRITER, "0.2", mode], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+        return process, process.stdout.readline().strip()
+
+    first, written = start("submit")
+    assert written, "the writing process printed the rating's id"
+    first.kill()  # SIGKILL: no close(), no last flush
+    first.wait(30)
+    outbox = settings.home / "outbox.db"
+    assert _outbox_rows(outbox) == 1, "the accepted rating waits in the outbox"
+    assert store.count(tables.Rating) == 0
+
     restarted = start_local_redis(broker.directory, port=broker.port)
+    second, said = start("send")
     try:
-        FeedbackAPI(settings, flush_interval=0.2)  # a new process finds the outbox and flushes it
-        wait_for(lambda: store.count(tables.Rating) == 1, timeout=60, message="the outboxed rating")
-        assert store.rows(tables.Rating)[0].event_id == written
+        assert said == "sending"
+        wait_for(lambda: store.count(tables.Rating) == 1, timeout=60, message="the outboxed rating delivered")
+        # Delivered and confirmed: the outbox is empty and nothing waits in Redis to be stored again.
+        wait_for(lambda: _outbox_rows(outbox) == 0, timeout=30, message="the new process to see it stored")
+        queued = redis.Redis.from_url(restarted.url)
+        wait_for(lambda: queued.llen("feedback") == 0 and queued.hlen("unacked") == 0,
+                 message="the broker to hold nothing more")
+        queued.close()
+        assert [str(r.event_id) for r in store.rows(tables.Rating)] == [written]
     finally:
+        second.kill()
+        second.wait(30)
         restarted.stop()
 
 

@@ -134,6 +134,9 @@ def test_leakage_is_removed_and_reported(setup):
 
 def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path, redis_server):
     settings, sessions, registry, client = setup
+    question = [{"role": "user", "content": "What is asthma?"}]
+    registry.register("kl-v0001", settings.adapter_dir / "med-v0001", actor="test")
+    rollout.promote(registry, "kl-v0001", client, actor="test")  # what students are answered by
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({**QUICK, "sft": {**QUICK["sft"], "max_steps": 6}}))  # killed in DPO
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
@@ -155,7 +158,8 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     process.wait(30)
     killed = runs.recent_runs(sessions, 1)[0]
     assert killed.status == "running" and killed.adapter_version is None
-    assert registry.live() is None and registry.versions() == []
+    assert registry.live().name == "kl-v0001" and [v.name for v in registry.versions()] == ["kl-v0001"]
+    assert client.chat(question, max_tokens=4).model == "kl-v0001", "students are still answered by it"
 
     # The next run only has to finish: a shorter one keeps the suite quick. The killed run's training
     # lock names a process gone from this host: the next run does not wait for it to lapse.
@@ -169,7 +173,11 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     listing = subprocess.run([sys.executable, "-m", "cli", "runs"], env={**env, "COLUMNS": "200"},
                              capture_output=True, text=True, timeout=60).stdout
     assert "interrupted" in listing and f"│ {killed.id + 1} " in listing
-    assert registry.live() is None  # auto-promote is off: a passing candidate waits for an admin
+    # Auto-promote is off: a passing candidate waits for an admin; the live version still answers.
+    assert registry.live().name == "kl-v0001"
+    assert client.chat(question, max_tokens=4).model == "kl-v0001"
+    registry.retire("kl-v0001", actor="test")
+    client.unload_adapter("kl-v0001")
 
 
 def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishes_it(setup, small_disk):
@@ -186,8 +194,13 @@ def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishe
     assert failed.status == "failed" and failed.step == "publish" and "No space left on device" in failed.error
     assert registry.versions() == [] and list(adapters.iterdir()) == [], "nothing half-published"
 
+    trained = {path: path.stat().st_mtime_ns for step in ("sft-adapter", "adapter")
+               for path in (settings.home / "runs" / str(failed.id) / step).iterdir()}
+    assert len(trained) >= 4, "SFT and DPO each left an adapter before the publish step failed"
+
     filler.unlink()  # the administrator makes room and resumes the run: trained steps are not redone
     result = run_training(settings, short, sessions, registry, None, actor="test", resume=failed.id)
+    assert {path: path.stat().st_mtime_ns for path in trained} == trained, "SFT and DPO did not run again"
     assert result.run_id == failed.id and result.status in ("candidate", "rejected")
     published = adapters / result.adapter_version
     assert (published / "adapter_config.json").exists() and (published / "README.md").exists()

@@ -94,9 +94,11 @@ def test_a_run_keeps_its_lock_across_a_redis_restart_that_lost_it(tmp_path):
         server.stop()
 
 
-def test_a_scheduled_run_killed_with_its_worker_blocks_nothing_and_its_labels_count_again(sessions):
-    """The training worker SIGKILLed mid-run leaves the run marked running; once its lock lapsed,
-    the next check must train again (it used to wait for that run forever)."""
+def test_a_run_left_running_without_its_lock_counts_as_stopped_and_its_labels_count_again(sessions):
+    """What the due check decides about a run still marked running: while the lock is held it is
+    running; once the lock is gone (its worker was SIGKILLed: the real kill is in
+    test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_killed_mid_run) it was
+    stopped, and the labels it never learned from make training due again (it used to wait for it forever)."""
     _label(sessions, "a")
     _label(sessions, "b")
     killed = runs.start_run(sessions, "schedule", {})
@@ -112,27 +114,52 @@ def test_a_scheduled_run_killed_with_its_worker_blocks_nothing_and_its_labels_co
     assert is_due(sessions, 2, timedelta(hours=24), lock_held=False).reason.endswith(f"(run {by_hand} was stopped)")
 
 
-def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, monkeypatch):
-    """Checks that found training due while the training worker was away each queued a run: the
-    first trains, the ones after it find nothing new and skip without starting a run."""
+def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_model_dir):
+    """Two checks found training due while the training worker was away, and each queued a
+    `training.run`: a real worker then takes both, one trains, the other finds nothing new (or the
+    lock held) and skips without starting a run."""
     from careloop import db
-    from careloop.settings import get_settings
-    from trainer import tasks
+    from careloop.queues import producer
+    from careloop.settings import load_settings
+    from processes import start_worker
+    from trainer.tasks import RUN
 
     url = f"sqlite:///{tmp_path / 'careloop.db'}"
     db.upgrade(url)
     sessions = db.session_factory(db.make_engine(url))
-    for name, value in {"HOME": str(tmp_path / "home"), "DATABASE_URL": url, "REDIS_URL": redis_server.url,
-                        "TRAIN_MIN_NEW_PAIRS": "1"}.items():
-        monkeypatch.setenv(f"CARELOOP_{name}", value)
-    get_settings.cache_clear()
+    _label(sessions, "a")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"sft": {"max_steps": 2, "max_examples": 40, "max_length": 128},
+                                      "dpo": {"max_steps": 2, "max_length": 128, "max_pairs": 12, "contrast_share": 0,
+                                              "micro_batch_size": 2},
+                                      "eval": {"max_items": 4, "max_pairs": 4, "max_new_tokens": 8, "eval_fraction": 0.1}}))
+    broker_url = redis_server.url.replace("/0", "/4")
+    redis.Redis.from_url(broker_url).flushdb()
+    queue = producer(load_settings(home=tmp_path / "checks", database_url=url, redis_url=broker_url))
+    queued = [queue.send_task(RUN, kwargs={"scheduled": True}, queue="training").id for _ in range(2)]
+    worker = start_worker(tmp_path / "worker", url, broker_url, queues="training", base_model=str(tiny_model_dir),
+                          train_min_new_pairs="1", train_config=str(config))
     try:
-        first = runs.start_run(sessions, "schedule", {})  # the first queued run, finished
-        runs.update_run(sessions, first, status="candidate", finished_at=datetime.now(UTC))
-        assert tasks.run.run(scheduled=True) == {"status": "skipped", "reason": "0 of 1 new labels"}
-        assert [r.id for r in runs.recent_runs(sessions)] == [first]
+        def results() -> dict[str, list[str]]:
+            """What each queued task returned (a task prefetched past the visibility timeout while the
+            first one trained is handed out again, and skips again: it may show twice)."""
+            done = {task: [] for task in queued}
+            for line in worker.log.read_text().splitlines():
+                for task in queued:
+                    if f"Task {RUN}[{task}] succeeded" in line:
+                        done[task].append(line.split(": ", 1)[-1])
+            return done
+
+        wait_for(lambda: all(results().values()), timeout=300,
+                 message=f"both queued runs to finish; worker log:\n{worker.log.read_text()[-3000:]}")
+        (trained,) = runs.recent_runs(sessions)
+        assert trained.status in ("candidate", "rejected") and trained.actor == "schedule"
+        assert trained.adapter_version is not None
+        outcomes = sorted(("skipped" if "'status': 'skipped'" in r else "trained", r) for rs in results().values() for r in rs)
+        assert [o for o, _ in outcomes].count("trained") == 1, outcomes
+        assert all("0 of 1 new labels" in r or "holds the lock" in r for o, r in outcomes if o == "skipped"), outcomes
     finally:
-        get_settings.cache_clear()
+        worker.stop()
 
 
 def test_careloop_train_runs_beside_no_other_run(tmp_path, redis_server, cli):
