@@ -10,6 +10,7 @@ same judgment (a double click) is stored once.
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,16 @@ CHOICES = {"left": "A is better", "right": "B is better",
            **{choice: choice.replace("_", " ") for choice in STORED_CHOICES if choice not in ("a", "b")}}
 
 log = get_logger(__name__)
+
+
+_IMAGE = re.compile(r"!(?=\[)")
+
+
+def without_images(markdown: str) -> str:
+    """Student (and model) text as the review page renders it: markdown images shown as text
+    (``![x](/logout)`` would otherwise make the nurse's browser fetch a URL of careloop's own
+    origin, which its Content-Security-Policy allows); Gradio's sanitiser already removes HTML."""
+    return _IMAGE.sub(r"\\!", markdown)
 
 
 @dataclass
@@ -56,6 +67,7 @@ class ReviewState:
 
     shown: Shown | None = None
     submitted: list[int] = field(default_factory=list)  # sent, perhaps not stored yet
+    owner: str = ""  # the account whose page holds it (bot.pages.own refuses it to any other)
 
 
 class Review:
