@@ -17,6 +17,7 @@ SEED_DIR = REPO_ROOT / "data" / "seed"
 PASSWORD = "correct-horse-battery"
 ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
 SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
+LIMITED_IDLE = 8.0  # the limited bot's idle limit: longer than its 1 s status refresh, and than the old 5 s timer
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
 
 
