@@ -103,3 +103,25 @@ def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) 
     store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
                                              shown_order="ab", scores_a=SCORES, scores_b=SCORES,
                                              **{**item, **fields}))
+
+
+def page_csrf_token(browser) -> str:
+    """The CSRF token of the Sign out form the page gets when it loads (the page's start-up handler,
+    called the way the page calls it), for a signed-in ``httpx.Client``."""
+    import json
+    import re
+    import uuid
+
+    dependencies = browser.get("/config").json()["dependencies"]
+    on_load = next(d["id"] for d in dependencies if any(t[1] == "load" for t in d["targets"]))
+    session_hash = uuid.uuid4().hex[:11]
+    joined = browser.post("/gradio_api/queue/join", json={"data": [], "fn_index": on_load, "session_hash": session_hash})
+    assert joined.status_code == 200, joined.text
+    with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', " ".join(map(str, message["output"]["data"])))
+                assert found, message["output"]
+                return found.group(1)
+    raise AssertionError("the page's start-up handler gave no answer")

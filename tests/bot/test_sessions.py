@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from support import PASSWORD
+from support import PASSWORD, page_csrf_token
 from support import SHORT_SESSION_IDLE as IDLE
 from support import SHORT_SESSION_MAX as MAX
 from gradio_client import Client
@@ -32,7 +32,7 @@ def test_signing_out_ends_every_session_of_that_account_only(bot_stack):
     laptop, phone, colleague = (_sign_in(bot_stack.url, "nurse.a"), _sign_in(bot_stack.url, "nurse.a"),
                                 _sign_in(bot_stack.url, "dr.p"))
     assert _signed_in(laptop) and _signed_in(phone)
-    response = laptop.get("/logout")
+    response = laptop.post("/logout", data={"csrf_token": page_csrf_token(laptop)})
     assert response.status_code == 302  # back to the sign-in page
     assert not _signed_in(laptop) and not _signed_in(phone)
     assert laptop.get("/gradio_api/info").status_code == 401
@@ -41,13 +41,16 @@ def test_signing_out_ends_every_session_of_that_account_only(bot_stack):
 
 
 def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
+    """User actions keep a session alive past the idle limit; requests that only read (the page's
+    status timer, Gradio's heartbeat, `/config`) do not (issue 18, 5: they used to)."""
     client = Client(short_sessions_bot.url, auth=("stu.dent", PASSWORD), verbose=False)
     browser = _sign_in(short_sessions_bot.url, "nurse.a")
-    for _ in range(4):  # requests keep a session alive past the idle limit
+    for _ in range(4):  # the student acts every IDLE/2; the nurse's page only reads
         time.sleep(IDLE / 2)
-        assert _signed_in(browser)
+        client.predict(api_name="/new_conversation")
+        _signed_in(browser)
+    assert not _signed_in(browser), "reading pages kept an idle session alive"
     time.sleep(IDLE + 0.5)
-    assert not _signed_in(browser)
     with pytest.raises(Exception, match="401 Unauthorized"):  # a script (gradio_client) sees 401
         client.predict(api_name="/new_conversation")
     assert "session_ended" in short_sessions_bot.log.read_text()
