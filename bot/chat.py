@@ -77,9 +77,9 @@ class Conversation:
 class ChatLimits:
     """Per account: at most ``per_minute`` answers started in any 60 s, and ``concurrent`` being
     written at once (all the account's tabs and scripts together), so one student cannot occupy
-    the model server for everyone. In this process's memory: one bot process serves the page.
-    (A sliding window of start times; no library offers the concurrency half, and the window is a
-    deque per account.)"""
+    the model server for everyone. In this process's memory (one bot process serves the page), one
+    entry per account that chatted: only signed-in accounts get here. A sliding window of start
+    times; no installed library offers the concurrency half, and the window is a deque."""
 
     WINDOW = 60.0
 
@@ -115,8 +115,6 @@ class ChatLimits:
                 self._running[username] -= 1
                 if not self._running[username]:
                     del self._running[username]
-                if not self._started.get(username):
-                    self._started.pop(username, None)
 
 
 class Chat:
