@@ -101,7 +101,8 @@ def build(services: Services) -> gr.Blocks:
     with gr.Blocks(title="careloop") as app:
         with gr.Row():
             header = gr.Markdown("## careloop", elem_id="header")
-            sign_out = gr.HTML("", elem_id="sign-out")  # a POST form with the session's CSRF token (on load)
+            # A POST form; its value, the session's CSRF token, is filled in on load.
+            sign_out = gr.HTML("", html_template=SIGN_OUT, elem_id="sign-out", padding=False)
         with gr.Tabs():
             chat = build_chat(services.chat, require)
             review = build_review(services.review, require)
@@ -127,13 +128,16 @@ def build(services: Services) -> gr.Blocks:
     return app
 
 
-def sign_out_form(sessions: list[str]) -> str:
-    """The Sign out button: a POST form carrying the CSRF token of the page's session
-    (``bot.hardening``: a GET, or a POST without it, cannot sign anyone out)."""
-    token = csrf_token(sessions[0]) if sessions else ""
-    return ('<form method="post" action="/logout" style="margin:0">'
-            f'<input type="hidden" name="csrf_token" value="{token}">'
+# The Sign out button: a POST form carrying the CSRF token of the page's session (``bot.hardening``:
+# a GET, or a POST without it, cannot sign anyone out).
+SIGN_OUT = ('<form method="post" action="/logout" style="margin:0">'
+            '<input type="hidden" name="csrf_token" value="${value}">'
             '<button type="submit" class="lg secondary sm" id="sign-out-button">Sign out</button></form>')
+
+
+def sign_out_form(sessions: list[str]) -> str:
+    """The value of the Sign out form: the CSRF token of the page's session."""
+    return csrf_token(sessions[0]) if sessions else ""
 
 
 def server_options(settings: Settings | None = None) -> dict[str, Any]:

@@ -121,7 +121,8 @@ def page_csrf_token(browser) -> str:
         for line in events.iter_lines():
             message = json.loads(line[5:]) if line.startswith("data:") else {}
             if message.get("msg") == "process_completed":
-                found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', " ".join(map(str, message["output"]["data"])))
+                found = [value for value in message["output"]["data"]
+                         if isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value)]
                 assert found, message["output"]
-                return found.group(1)
+                return found[0]
     raise AssertionError("the page's start-up handler gave no answer")
