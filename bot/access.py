@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.hardening import LOGIN_CLIENT
-from careloop.accounts import REVIEWERS, ROLES, USERNAME, User, authenticate
+from careloop.accounts import REVIEWERS, ROLES, USERNAME, User, authenticate, normalize_username
 from careloop.log import get_logger
 
 log = get_logger(__name__)
@@ -94,7 +94,7 @@ class Access:
 
     def _admit(self, username: str, client: str) -> str | None:
         """The normalised username if a password check may run now (counted as pending), else None."""
-        name = username.strip().lower() if len(username) <= 200 else ""
+        name = normalize_username(username)
         if not USERNAME.match(name):
             log.warning("login_refused", reason="not a valid username", length=len(username), client=client)
             return None
@@ -148,7 +148,7 @@ class Access:
             raise Refused("You are signed out (you signed out, or the session ended). "
                           "Reload the page to sign in again.")
         with self._sessions() as session:
-            user = session.scalar(select(User).where(User.username == username))
+            user = session.scalar(select(User).where(User.username == normalize_username(username)))
         if user is None or user.disabled:
             raise Refused("This account is disabled or no longer exists; please sign in again.")
         return Viewer(user.username, user.role)
@@ -163,24 +163,37 @@ class Access:
 
 class SessionTokens(dict):
     """Gradio's map of session cookie to username (``App.tokens``), with sessions that end: after
-    ``idle_seconds`` without a request, or ``max_seconds`` after signing in, whichever comes first.
-    Gradio resolves the user of every request (page, API call, file) with ``tokens.get``, so an
-    ended session is refused everywhere at once, and a shared ward computer left signed in does
-    not stay so."""
+    ``idle_seconds`` without a user action, or ``max_seconds`` after signing in, whichever comes
+    first. Gradio resolves the user of every request (page, API call, file) with ``tokens.get``, so
+    an ended session is refused everywhere at once, and a shared ward computer left signed in does
+    not stay so.
 
-    def __init__(self, idle_seconds: float, max_seconds: float, signed_in: dict[str, str] | None = None):
+    Only user actions count as activity (``touch``: the page's handlers call it through
+    ``bot.pages.guard``); reading a token does not, or the open page's own status timer and
+    Gradio's heartbeat would keep an unattended session alive until its maximum age. Usernames are
+    stored normalised (Gradio keeps the name as typed at sign-in), so ``Stu.One`` is ``stu.one``
+    in every handler."""
+
+    def __init__(self, idle_seconds: float, max_seconds: float):
         super().__init__()
         self._idle, self._max = idle_seconds, max_seconds
-        self._times: dict[str, tuple[float, float]] = {}  # token -> (signed in, last request)
+        self._times: dict[str, tuple[float, float]] = {}  # token -> (signed in, last user action)
         self._lock = threading.Lock()
-        for token, username in (signed_in or {}).items():
-            self[token] = username
 
     def __setitem__(self, token: str, username: str) -> None:
         now = time.monotonic()
         with self._lock:
-            super().__setitem__(token, username)
+            super().__setitem__(token, normalize_username(username))
             self._times[token] = (now, now)
+
+    def touch(self, tokens: list[str]) -> None:
+        """A user action in the sessions ``tokens`` (the request's session cookies): they stay alive
+        for another ``idle_seconds``. Ended or unknown tokens are ignored."""
+        now = time.monotonic()
+        with self._lock:
+            for token in tokens:
+                if self._active(token):
+                    self._times[token] = (self._times[token][0], now)
 
     def __delitem__(self, token: str) -> None:
         with self._lock:  # Gradio's logout may delete a token that just ended
@@ -196,7 +209,7 @@ class SessionTokens(dict):
             return self._active(token)
 
     def _active(self, token: object) -> bool:
-        """Whether ``token`` is a session that has not ended; counts this request as activity."""
+        """Whether ``token`` is a session that has not ended (an ended one is forgotten)."""
         if token not in self._times:
             return False
         started, seen = self._times[token]
@@ -206,5 +219,4 @@ class SessionTokens(dict):
             del self._times[token]
             log.info("session_ended", user=username, idle=now - seen > self._idle)
             return False
-        self._times[token] = (started, now)
         return True

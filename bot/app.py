@@ -20,8 +20,8 @@ import gradio as gr  # noqa: E402
 
 from bot.access import PAGES, Access, Refused, SessionTokens  # noqa: E402
 from bot.admin import Admin  # noqa: E402
-from bot.chat import Chat, Conversation  # noqa: E402
-from bot.hardening import guard_origins, security_middleware  # noqa: E402
+from bot.chat import Chat, ChatLimits, Conversation  # noqa: E402
+from bot.hardening import csrf_token, guard_origins, security_middleware, session_tokens  # noqa: E402
 from bot.pages import guard  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
@@ -75,6 +75,7 @@ class Services:
     review: Review
     admin: Admin
     feedback: FeedbackAPI
+    tokens: SessionTokens  # installed as the server's session table at launch
 
     def close(self) -> None:
         self.feedback.close()
@@ -86,42 +87,60 @@ def open_services(settings: Settings) -> Services:
     client = open_client(settings)
     feedback = FeedbackAPI(settings)
     registry = Registry(sessions, base_model_name(settings))
+    limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
-                    Chat(client, feedback, sessions, settings.bot_max_message_chars),
-                    Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback)
+                    Chat(client, feedback, sessions, settings.bot_max_message_chars, limits),
+                    Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback,
+                    SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds))
 
 
 def build(services: Services) -> gr.Blocks:
     """The whole page: a header, one tab per page (hidden until the first load shows the viewer's own),
     and the status timer."""
     access = services.access
-    require = guard(access)
+    require = guard(access, services.tokens)
     keep = services.settings.bot_download_seconds
     # Files handed to the browser (exports) are deleted from Gradio's cache `keep` seconds after.
     with gr.Blocks(title="careloop", delete_cache=(min(60, keep), keep)) as app:
         with gr.Row():
             header = gr.Markdown("## careloop", elem_id="header")
-            gr.Button("Sign out", link="/logout", size="sm", scale=0, elem_id="sign-out")
+            # A POST form; its value, the session's CSRF token, is filled in on load.
+            sign_out = gr.HTML("", html_template=SIGN_OUT, elem_id="sign-out", padding=False)
         with gr.Tabs():
             chat = build_chat(services.chat, require)
             review = build_review(services.review, require)
             admin_tab = build_admin(services.admin, require)
-        chat.follow_status(gr.Timer(5.0))
+        chat.follow_status(gr.Timer(services.settings.bot_status_refresh_seconds))
 
         def on_load(request: gr.Request) -> list[Any]:
             try:
                 viewer = access.viewer(request.username)
             except Refused as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
+            sessions = session_tokens(dict(request.cookies))
+            services.tokens.touch(sessions)  # opening the page is a user action
             visible = {page: viewer.may_open(page) for page in PAGES}
-            return [f"## careloop · signed in as **{viewer.username}** ({viewer.role})",
+            return [f"## careloop · signed in as **{viewer.username}** ({viewer.role})", sign_out_form(sessions),
                     gr.Tab(visible=visible["chat"]), gr.Tab(visible=visible["review"]),
                     gr.Tab(visible=visible["admin"]), services.chat.status(),
-                    gr.Dropdown(choices=services.chat.conversations(viewer)), Conversation(), ReviewState()]
+                    gr.Dropdown(choices=services.chat.conversations(viewer)), Conversation(owner=viewer.username),
+                    ReviewState(owner=viewer.username)]
 
-        app.load(on_load, None, [header, chat.tab, review.tab, admin_tab, chat.status, chat.history,
+        app.load(on_load, None, [header, sign_out, chat.tab, review.tab, admin_tab, chat.status, chat.history,
                                  chat.conversation, review.state], api_name=False)
     return app
+
+
+# The Sign out button: a POST form carrying the CSRF token of the page's session (``bot.hardening``:
+# a GET, or a POST without it, cannot sign anyone out).
+SIGN_OUT = ('<form method="post" action="/logout" style="margin:0">'
+            '<input type="hidden" name="csrf_token" value="${value}">'
+            '<button type="submit" class="lg secondary sm" id="sign-out-button">Sign out</button></form>')
+
+
+def sign_out_form(sessions: list[str]) -> str:
+    """The value of the Sign out form: the CSRF token of the page's session."""
+    return csrf_token(sessions[0]) if sessions else ""
 
 
 def server_options(settings: Settings | None = None) -> dict[str, Any]:
@@ -132,7 +151,7 @@ def server_options(settings: Settings | None = None) -> dict[str, Any]:
     origins = [*settings.bot_allowed_origins, f"http://{settings.bot_host}:{settings.bot_port}"]
     if settings.bot_host in ("127.0.0.1", "0.0.0.0", "::", "::1"):
         origins.append(f"http://localhost:{settings.bot_port}")
-    return {"middleware": security_middleware(), "lifespan": guard_origins(origins),
+    return {"middleware": security_middleware(settings.bot_max_request_bytes), "lifespan": guard_origins(origins),
             "openapi_url": None, "docs_url": None, "redoc_url": None}
 
 
@@ -143,8 +162,9 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
     os.environ["GRADIO_TEMP_DIR"] = str(private_dir(settings.home / "gradio-cache"))
     services = open_services(settings)
     app = build(services)
-    # Streams wait on serving, not on this process: many may run at once.
-    app.queue(default_concurrency_limit=4 * settings.max_batch)
+    # Streams wait on serving, not on this process: many may run at once; beyond them at most
+    # bot_queue_max_size wait (more are told the server is busy) instead of piling up in memory.
+    app.queue(default_concurrency_limit=4 * settings.max_batch, max_size=settings.bot_queue_max_size)
     host, port = host or settings.bot_host, port or settings.bot_port
     log.info("bot_starting", host=host, port=port)
     try:
@@ -155,8 +175,9 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
                    mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
                    app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port})))
         server = app.server_app
-        server.tokens = SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds,
-                                      signed_in=server.tokens)
+        for token, username in server.tokens.items():
+            services.tokens[token] = username
+        server.tokens = services.tokens
         app.block_thread()
     finally:
         services.close()

@@ -7,9 +7,12 @@ logged; the page keeps it in the input box to send again.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,6 +49,7 @@ class Turn:
 class Conversation:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     turns: list[Turn] = field(default_factory=list)
+    owner: str = ""  # the account whose page holds it (bot.pages.own refuses it to any other)
 
     def for_model(self) -> list[dict[str, str]]:
         return [{"role": t.role, "content": t.content} for t in self.turns if t.content]
@@ -70,13 +74,57 @@ class Conversation:
         return shown
 
 
+class ChatLimits:
+    """Per account: at most ``per_minute`` answers started in any 60 s, and ``concurrent`` being
+    written at once (all the account's tabs and scripts together), so one student cannot occupy
+    the model server for everyone. In this process's memory (one bot process serves the page), one
+    entry per account that chatted: only signed-in accounts get here. A sliding window of start
+    times; no installed library offers the concurrency half, and the window is a deque."""
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int, concurrent: int):
+        self.per_minute, self.concurrent = per_minute, concurrent
+        self._started: dict[str, deque[float]] = {}
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, username: str) -> Iterator[None]:
+        """Hold one of ``username``'s answer slots, or raise ``UserError`` saying why not and when to retry."""
+        now = time.monotonic()
+        with self._lock:
+            started = self._started.setdefault(username, deque())
+            while started and now - started[0] >= self.WINDOW:
+                started.popleft()
+            if self._running.get(username, 0) >= self.concurrent:
+                log.warning("chat_limited", user=username, reason="concurrent")
+                raise UserError("An answer for you is still being written (in this or another tab). Wait for it "
+                                "to finish, or press Stop, before asking again.")
+            if len(started) >= self.per_minute:
+                wait = int(self.WINDOW - (now - started[0])) + 1
+                log.warning("chat_limited", user=username, reason="rate")
+                raise UserError(f"You have sent {self.per_minute} messages in the last minute, the most one account "
+                                f"may send. Please wait {wait} s and send it again (your message is kept).")
+            started.append(now)
+            self._running[username] = self._running.get(username, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[username] -= 1
+                if not self._running[username]:
+                    del self._running[username]
+
+
 class Chat:
     def __init__(self, client: ServingClient, feedback: FeedbackAPI, sessions: sessionmaker[Session],
-                 max_chars: int):
+                 max_chars: int, limits: ChatLimits | None = None):
         self.client = client
         self.feedback = feedback
         self.sessions = sessions
         self.max_chars = max_chars
+        self.limits = limits or ChatLimits(per_minute=20, concurrent=1)
         self._demo: tuple[float, bool] | None = None
 
     def check_message(self, text: str) -> str:
@@ -90,11 +138,28 @@ class Chat:
 
     def answer(self, viewer: Viewer, conversation: Conversation, text: str | None = None) -> Iterator[Conversation]:
         """Stream an answer to ``text`` (or, with None, a new answer to the last question),
-        yielding the conversation as it grows. Closing the iterator stops the answer (Stop button)."""
+        yielding the conversation as it grows. Closing the iterator stops the answer (Stop button).
+        Refused (``UserError``, nothing added) over the account's ``ChatLimits``."""
         if text is not None:
-            conversation.turns.append(Turn("user", self.check_message(text)))
+            text = self.check_message(text)
         elif not conversation.turns or conversation.turns[-1].role != "user":
             raise UserError("There is no question to answer again yet.")
+        with self.limits.slot(viewer.username):
+            yield from self._answer(viewer, conversation, text)
+
+    def regenerate(self, viewer: Viewer, conversation: Conversation) -> Iterator[Conversation]:
+        """Drop the last answer from the conversation and answer its question again (the answer is
+        kept if the account's limits refuse)."""
+        keep = len(conversation.turns) - (bool(conversation.turns) and conversation.turns[-1].role == "assistant")
+        if not keep or conversation.turns[keep - 1].role != "user":
+            raise UserError("There is no question to answer again yet.")
+        with self.limits.slot(viewer.username):
+            del conversation.turns[keep:]
+            yield from self._answer(viewer, conversation, None)
+
+    def _answer(self, viewer: Viewer, conversation: Conversation, text: str | None) -> Iterator[Conversation]:
+        if text is not None:
+            conversation.turns.append(Turn("user", text))
         question = conversation.turns[-1]
         reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
@@ -122,12 +187,6 @@ class Chat:
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
         yield conversation  # the finished answer, with its footer
-
-    def regenerate(self, viewer: Viewer, conversation: Conversation) -> Iterator[Conversation]:
-        """Drop the last answer from the conversation and answer its question again."""
-        if conversation.turns and conversation.turns[-1].role == "assistant":
-            conversation.turns.pop()
-        return self.answer(viewer, conversation)
 
     def rate(self, viewer: Viewer, conversation: Conversation, index: int, thumbs: str, reason: str = "",
              comment: str = "", event_id: uuid.UUID | None = None) -> uuid.UUID:
@@ -164,7 +223,7 @@ class Chat:
         if not rows:
             raise UserError("That conversation is not among yours (or has not been saved yet).")
         return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True)
-                                     for m in rows])
+                                     for m in rows], owner=viewer.username)
 
     def is_demo(self) -> bool:
         now = time.monotonic()

@@ -27,16 +27,28 @@ it is wrapped around the built stack at start-up, ``guard_origins``) and refuses
 whose ``Origin`` is not the bot's own (the request's own ``Host``, the address it serves, and
 ``CARELOOP_BOT_ALLOWED_ORIGINS``) with 403 and the reason, preflights included; the session
 cookies it lets out are ``SameSite=Lax``.
+
+Size: every other request body is refused above ``CARELOOP_BOT_MAX_REQUEST_BYTES`` (413), and one
+that declares no length (chunked) with 411, before any of it is read: Gradio parsed a 30 MB chat
+message whole (57 MB of memory each) before the page's own limit refused it. Neither Starlette nor
+uvicorn has a body limit of its own.
+
+Signing out is ``POST /logout`` with the page's CSRF token (``csrf_token``: an HMAC of the session
+cookie under a per-process key), handed to Gradio's own logout; Gradio's ``GET /logout`` is refused,
+so a link or an image in a student's text (``![x](/logout)``) cannot end a clinician's sessions.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import hmac
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -64,8 +76,10 @@ POLICY = "; ".join((
     "form-action 'self'",
     "frame-ancestors 'none'",
 ))
+# Referrer-Policy same-origin, not no-referrer: other sites still learn nothing, and the page's own
+# form posts (Sign out) carry its Origin; under no-referrer Chromium sends "Origin: null", refused above.
 HEADERS = [(b"content-security-policy", POLICY.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+           (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
 
 
 class SecurityHeaders:
@@ -88,12 +102,37 @@ class SecurityHeaders:
 # The routes careloop's page (Gradio's JavaScript client) and gradio_client use, by method. Paths
 # are matched whole; ``{...}`` parts of Gradio's routes are ``[^/]+`` or, for files and assets, the rest.
 _GET = (r"/", r"/config/?", r"/(assets|static|svelte)/.+", r"/favicon\.ico", r"/(gradio_api/)?theme\.css",
-        r"/robots\.txt", r"/manifest\.json", r"/logout",
+        r"/robots\.txt", r"/manifest\.json",
         r"/gradio_api/(info|login_check|app_id|user|startup-events)/?", r"/gradio_api/queue/data",
         r"/gradio_api/heartbeat/[^/]+", r"/gradio_api/file=.+")
-_POST = (r"/login/?", r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/reset/?")
+_POST = (r"/login/?", r"/logout", r"/gradio_api/queue/join", r"/gradio_api/cancel", r"/gradio_api/reset/?")
 ROUTES = {"GET": re.compile("|".join(_GET)), "HEAD": re.compile("|".join(_GET)),
           "POST": re.compile("|".join(_POST))}
+
+
+_CSRF_KEY = secrets.token_bytes(32)  # per process: sessions live in its memory and end with it too
+SESSION_COOKIE = "access-token"  # Gradio's session cookies: access-token[-unsecure]-<app id>
+
+
+def csrf_token(session_token: str) -> str:
+    """The token the page's sign-out form must carry, for the session cookie ``session_token``."""
+    return hmac.new(_CSRF_KEY, session_token.encode(), hashlib.sha256).hexdigest()
+
+
+def session_tokens(cookies: dict[str, str]) -> list[str]:
+    """The values of Gradio's session cookies among ``cookies``."""
+    return [value for name, value in cookies.items() if name.startswith(SESSION_COOKIE)]
+
+
+def _cookies(headers: Headers) -> dict[str, str]:
+    from http.cookies import SimpleCookie
+
+    jar = SimpleCookie()
+    try:
+        jar.load(headers.get("cookie", ""))
+    except Exception:  # noqa: BLE001 - a malformed cookie header carries no session
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
 
 
 def _refuse(status: int, reason: str) -> PlainTextResponse:
@@ -109,8 +148,9 @@ class RefusedRoutes:
     UPLOADS = "careloop takes no file uploads."
     UNKNOWN = "No such route: careloop's pages are used through the web page."
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, max_body: int = 1024 * 1024):
         self.app = app
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,14 +161,47 @@ class RefusedRoutes:
         allowed = ROUTES.get(method)
         if method != "OPTIONS" and (allowed is None or not allowed.fullmatch(path)):
             return await _refuse(404, self.UNKNOWN)(scope, receive, send)
-        if method == "POST" and path.rstrip("/") == "/login":
+        if method == "POST":
             length = Headers(scope=scope).get("content-length", "")
-            if not length.isdigit() or int(length) > LOGIN_MAX_BYTES:
-                return await _refuse(413, "A sign-in form is a username and a password; this one is too large.")(
-                    scope, receive, send)
-            client = scope.get("client")
-            LOGIN_CLIENT.set(client[0] if client else "unknown")
+            if not length.isdigit():
+                return await _refuse(411, "Send the request with its length (Content-Length); "
+                                     "careloop reads no body of unknown size.")(scope, receive, send)
+            if int(length) > self.max_body:
+                return await _refuse(413, f"The request is {int(length):,} bytes; careloop accepts at most "
+                                     f"{self.max_body:,} (a chat message is at most a few thousand characters)."
+                                     )(scope, receive, send)
+            if path.rstrip("/") == "/login":
+                if int(length) > LOGIN_MAX_BYTES:
+                    return await _refuse(413, "A sign-in form is a username and a password; this one is too large."
+                                         )(scope, receive, send)
+                client = scope.get("client")
+                LOGIN_CLIENT.set(client[0] if client else "unknown")
+            elif path == "/logout":
+                return await self._logout(scope, receive, send, int(length))
         await self.app(scope, receive, send)
+
+    async def _logout(self, scope: Scope, receive: Receive, send: Send, length: int) -> None:
+        """``POST /logout`` with the session's CSRF token: Gradio's own logout (ends every session of
+        the account), called as the GET it is; without the token, 403."""
+        if length > LOGIN_MAX_BYTES:
+            return await _refuse(413, "A sign-out form carries one token; this one is too large.")(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        sent = parse_qs(body.decode("latin-1")).get("csrf_token", [""])[0]
+        sessions = session_tokens(_cookies(Headers(scope=scope)))
+        if not any(hmac.compare_digest(sent, csrf_token(token)) for token in sessions):
+            return await _refuse(403, "Refused: sign out with the Sign out button of careloop's own page.")(
+                scope, receive, send)
+
+        async def no_body() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await self.app({**scope, "method": "GET", "query_string": b""}, no_body, send)
 
 
 def _netloc(origin: str) -> str:
@@ -203,7 +276,7 @@ def guard_origins(origins: Iterable[str]) -> Any:
     return lifespan
 
 
-def security_middleware() -> list[Middleware]:
+def security_middleware(max_body: int = 1024 * 1024) -> list[Middleware]:
     """``app_kwargs={"middleware": ...}`` for ``Blocks.launch`` (the first wraps the others, so a
     refused upload carries the headers too)."""
-    return [Middleware(SecurityHeaders), Middleware(RefusedRoutes)]
+    return [Middleware(SecurityHeaders), Middleware(RefusedRoutes, max_body=max_body)]

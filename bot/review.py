@@ -10,6 +10,7 @@ same judgment (a double click) is stored once.
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +38,16 @@ ALREADY_JUDGED = ("You have already judged this item (in another tab or window).
 
 class AlreadyJudged(UserError):
     """A second judgment of the same item by the same reviewer: refused, the first one stands."""
+
+
+_IMAGE = re.compile(r"!(?=\[)")
+
+
+def without_images(markdown: str) -> str:
+    """Student (and model) text as the review page renders it: markdown images shown as text
+    (``![x](/logout)`` would otherwise make the nurse's browser fetch a URL of careloop's own
+    origin, which its Content-Security-Policy allows); Gradio's sanitiser already removes HTML."""
+    return _IMAGE.sub(r"\\!", markdown)
 
 
 @dataclass
@@ -67,6 +78,7 @@ class ReviewState:
 
     shown: Shown | None = None
     submitted: list[int] = field(default_factory=list)  # sent, perhaps not stored yet
+    owner: str = ""  # the account whose page holds it (bot.pages.own refuses it to any other)
 
 
 class Review:

@@ -23,6 +23,7 @@ from careloop.db import Base, transaction, utcnow
 ROLES = ("student", "nurse", "physician", "admin")
 REVIEWERS = ("nurse", "physician")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+MAX_TYPED_USERNAME = 200  # longer input is not a name; it is never normalised, hashed or logged whole
 MIN_PASSWORD = 10
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so a wrong name takes as long as a wrong password.
@@ -45,11 +46,19 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+def normalize_username(username: str) -> str:
+    """The one spelling of a username: trimmed and lower-case (``Stu.One`` is ``stu.one``). Every
+    way in (sign-in, the bot's handlers, ``careloop users``) goes through it, so an account is
+    found however its owner typed it."""
+    return username.strip().lower() if len(username) <= MAX_TYPED_USERNAME else ""
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
 def add_user(sessions: sessionmaker[Session], username: str, role: str, password: str, *, actor: str) -> User:
+    username = normalize_username(username)
     _check_username(username)
     _check_role(role)
     if len(password) < MIN_PASSWORD:
@@ -67,6 +76,7 @@ def add_user(sessions: sessionmaker[Session], username: str, role: str, password
 
 def authenticate(sessions: sessionmaker[Session], username: str, password: str) -> User | None:
     """The enabled account with this username and password, or None (never says which was wrong)."""
+    username = normalize_username(username)
     with sessions() as session:
         user = session.scalar(select(User).where(User.username == username))
     try:
@@ -85,22 +95,24 @@ def set_role(sessions: sessionmaker[Session], username: str, role: str, *, actor
     _check_role(role)
     with transaction(sessions) as session:
         user = _get(session, username)
-        audit.record(session, actor, "user.set_role", username, before=user.role, after=role)
+        audit.record(session, actor, "user.set_role", user.username, before=user.role, after=role)
         user.role = role
 
 
 def set_disabled(sessions: sessionmaker[Session], username: str, disabled: bool, *, actor: str) -> None:
     with transaction(sessions) as session:
-        _get(session, username).disabled = disabled
-        audit.record(session, actor, "user.disable" if disabled else "user.enable", username)
+        user = _get(session, username)
+        user.disabled = disabled
+        audit.record(session, actor, "user.disable" if disabled else "user.enable", user.username)
 
 
 def set_password(sessions: sessionmaker[Session], username: str, password: str, *, actor: str) -> None:
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
     with transaction(sessions) as session:
-        _get(session, username).password_hash = _hasher.hash(password)
-        audit.record(session, actor, "user.set_password", username)
+        user = _get(session, username)
+        user.password_hash = _hasher.hash(password)
+        audit.record(session, actor, "user.set_password", user.username)
 
 
 def users(sessions: sessionmaker[Session]) -> list[User]:
@@ -109,7 +121,7 @@ def users(sessions: sessionmaker[Session]) -> list[User]:
 
 
 def _get(session: Session, username: str) -> User:
-    user = session.scalar(select(User).where(User.username == username).with_for_update())
+    user = session.scalar(select(User).where(User.username == normalize_username(username)).with_for_update())
     if user is None:
         raise AccountError(f"no account named {username!r} (see `careloop users list`)")
     return user

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets none.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body serving "
                                    "accepts; larger ones get 413 before they are parsed.")
+    max_prompt_chars_per_token: float = Field(
+        8.0, gt=0, description="Serving refuses (400) a prompt of more characters than this many per token of "
+        "the context, before tokenizing it: a prompt that long cannot fit (English averages about 4).")
     bot_host: str = Field("127.0.0.1", description="Address `careloop bot` binds to.")
     bot_port: int = Field(7860, ge=1, le=65535, description="Port `careloop bot` listens on.")
     bot_allowed_origins: Annotated[list[str], NoDecode] = Field(
@@ -109,11 +112,26 @@ class Settings(BaseSettings):
         "(a reverse proxy passing the public Host). Requests from any other origin get 403.")
     bot_max_message_chars: int = Field(
         4000, ge=1, le=20_000, description="Longest chat message a student may send, in characters.")
+    bot_max_request_bytes: int = Field(
+        1024 * 1024, ge=16 * 1024, description="Largest request body the bot accepts; larger ones (and bodies "
+        "that declare no length) are refused (413 / 411) before they are read.")
+    bot_queue_max_size: int = Field(
+        64, ge=1, description="Requests waiting in the bot's Gradio queue beyond those running; more are told the "
+        "server is busy.")
+    bot_chat_per_minute: int = Field(
+        20, ge=1, description="Chat messages (and regenerations) one account may send per minute; more are "
+        "refused with a message saying when to try again.")
+    bot_chat_concurrent: int = Field(
+        1, ge=1, description="Answers one account may have being written at once (all its tabs together).")
+    bot_status_refresh_seconds: float = Field(
+        5.0, gt=0, description="How often the chat page refreshes its model-server status line (this is not "
+        "user activity: it keeps no session alive).")
     bot_login_attempts: int = Field(
         5, ge=1, description="Failed logins per username before it is locked for CARELOOP_BOT_LOGIN_LOCKOUT_SECONDS.")
     bot_login_lockout_seconds: float = Field(300, gt=0, description="How long a username stays locked after too many failed logins.")
     bot_session_idle_seconds: float = Field(
-        1800, gt=0, description="A bot session ends after this long without a request; the user signs in again.")
+        1800, gt=0, description="A bot session ends after this long without a user action (the page's own "
+        "refreshes do not count); the user signs in again.")
     bot_session_max_seconds: float = Field(
         43200, gt=0, description="A bot session ends this long after signing in, however active.")
     admin_password: str = Field(
@@ -184,11 +202,23 @@ class Settings(BaseSettings):
         path = self.home / "control.token"
         if not path.exists():
             import secrets
+            import tempfile
 
             self.home.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
+            # Written beside its place and linked in whole: processes starting together never read
+            # a half-written (empty) token, and the first to link wins; the others read its token.
+            fd, written = tempfile.mkstemp(prefix=".control.token.", dir=self.home)  # mode 600
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(32))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                try:
+                    os.link(written, path)
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(written)
         return path.read_text().strip()
 
 

@@ -49,8 +49,8 @@ def users_add(
 
     password, generated = _password(password_stdin)
     with _account_errors():
-        add_user(database_sessions(), username, role, password, actor=actor_name(actor))
-    console.print(f"{username}: added as {role}" + (f"; one-time password: {password}" if generated else ""),
+        user = add_user(database_sessions(), username, role, password, actor=actor_name(actor))
+    console.print(f"{user.username}: added as {role}" + (f"; one-time password: {password}" if generated else ""),
                   markup=False)
 
 

@@ -3,8 +3,10 @@
 An item needs ``labels_needed`` labels from different annotators. ``next_item`` hands an
 annotator an item they have not seen, preferring items closest to complete (so labels finish
 items rather than spread thin), and reserves it for them for ``reservation`` so two people do
-not both take the last slot. An annotator who comes back gets their open item again, with the same
-``event_id`` (the assignment's): however many tabs show it, their judgment is one event.
+not both take the last slot: the reservation is written with the item's row locked (a write to it,
+which PostgreSQL's row lock and SQLite's single writer both serialise), and the free slots are
+counted again under that lock. An annotator who comes back gets their open item again, with the
+same ``event_id`` (the assignment's): however many tabs show it, their judgment is one event.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,6 +90,14 @@ def next_item(sessions: sessionmaker[Session], annotator: str, reservation: time
                 return None
         try:
             with transaction(sessions) as session:
+                # Lock the item first (a no-op write), then count its slots again: two annotators who
+                # both read a free last slot above reach this one after the other.
+                session.execute(update(ReviewItem).where(ReviewItem.id == candidate.id)
+                                .values(labels_needed=ReviewItem.labels_needed))
+                free = session.scalar(select(_taken(now - reservation) < ReviewItem.labels_needed)
+                                      .where(ReviewItem.id == candidate.id))
+                if not free:
+                    continue  # someone took the last slot between our read and our lock
                 stale = session.scalar(select(ReviewAssignment).where(
                     ReviewAssignment.item_id == candidate.id, ReviewAssignment.annotator == annotator))
                 if stale is not None:  # their earlier reservation lapsed: renew it (same event id)
@@ -142,11 +152,7 @@ def unfinished(sessions: sessionmaker[Session]) -> int:
 
 def _open_items(annotator: str, reserved_since: datetime):  # noqa: ANN202 - a Select
     """Items the annotator has not labelled or skipped, with a free slot; nearest to done first."""
-    taken = (select(func.count()).where(
-        ReviewAssignment.item_id == ReviewItem.id,
-        or_(ReviewAssignment.completed_at.is_not(None),
-            and_(ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > reserved_since)))
-        .correlate(ReviewItem).scalar_subquery())
+    taken = _taken(reserved_since)
     done = (select(func.count()).where(ReviewAssignment.item_id == ReviewItem.id,
                                        ReviewAssignment.completed_at.is_not(None))
             .correlate(ReviewItem).scalar_subquery())
@@ -155,6 +161,15 @@ def _open_items(annotator: str, reserved_since: datetime):  # noqa: ANN202 - a S
         or_(ReviewAssignment.completed_at.is_not(None), ReviewAssignment.skipped.is_(True)))
     return (select(ReviewItem).where(ReviewItem.id.not_in(seen), taken < ReviewItem.labels_needed)
             .order_by(done.desc(), ReviewItem.id))
+
+
+def _taken(reserved_since: datetime):  # noqa: ANN202 - a scalar subquery
+    """An item's slots in use: labels stored, and reservations made after ``reserved_since``."""
+    return (select(func.count()).where(
+        ReviewAssignment.item_id == ReviewItem.id,
+        or_(ReviewAssignment.completed_at.is_not(None),
+            and_(ReviewAssignment.skipped.is_(False), ReviewAssignment.assigned_at > reserved_since)))
+        .correlate(ReviewItem).scalar_subquery())
 
 
 def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:

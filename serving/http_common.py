@@ -6,16 +6,19 @@ request metrics). The routers in ``serving/routes/`` hold the endpoints; ``servi
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,6 +85,21 @@ class ServingState:
     metrics: Metrics
     control_token: str
     default_max_tokens: int
+    max_prompt_chars_per_token: float = 8.0
+
+    def holds_token(self, credentials: HTTPAuthorizationCredentials | None) -> bool:
+        return credentials is not None and hmac.compare_digest(credentials.credentials.encode(),
+                                                                self.control_token.encode())
+
+    async def prompt_ids(self, characters: int, tokenize: Callable[..., list[int]], *args: object) -> list[int]:
+        """``tokenize(*args)`` in a worker thread, so a long prompt does not stall the event loop (and
+        with it every other request and ``/health``); a prompt of more ``characters`` than could fit
+        in the context is refused (400) before any tokenizing."""
+        limit = int(self.engine.context_length * self.max_prompt_chars_per_token)
+        if characters > limit:
+            raise PromptTooLong(f"The prompt is {characters:,} characters; this model's context is "
+                                f"{self.engine.context_length} tokens, so at most {limit:,} characters are accepted.")
+        return await run_in_threadpool(tokenize, *args)
 
     def resolve_adapter(self, model: str | None) -> str | None:
         """The adapter a request names, None for the base model; an unknown name is a 404."""
@@ -97,6 +115,8 @@ def _serving_state(request: Request) -> ServingState:
 
 
 State = Annotated[ServingState, Depends(_serving_state)]
+bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 # ----- error shapes -----

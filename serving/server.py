@@ -53,7 +53,7 @@ def main(settings: Settings) -> None:
     engine = build_engine(settings)
     _restore_live_version(engine, settings)
     app = create_app(engine, settings.resolved_control_token(), settings.default_max_tokens,
-                     settings.max_request_bytes)
+                     settings.max_request_bytes, settings.max_prompt_chars_per_token)
     log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo,
              host=settings.serving_host, port=settings.serving_port)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
-from support import (ACCOUNTS, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
+from support import (ACCOUNTS, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
                      ensure_postgres_running, train_adapter)
 
 # No telemetry. HF_HUB_OFFLINE is deliberately not set: huggingface_hub's InferenceClient then refuses
@@ -223,6 +223,23 @@ def short_sessions_bot(bot_stack, tmp_path_factory):
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
                     base_model=str(bot_stack.model_dir), bot_session_idle_seconds=str(SHORT_SESSION_IDLE),
                     bot_session_max_seconds=str(SHORT_SESSION_MAX))
+    yield bot
+    bot.stop()
+
+
+@pytest.fixture(scope="session")
+def limited_bot(bot_stack, tmp_path_factory):
+    """A third `careloop bot` on the same system with small limits (issue 18, 4 and 5): 3 chat
+    messages a minute and one answer at a time per account, room for one waiting request (and 4
+    running ones: CARELOOP_MAX_BATCH=1), the status line refreshed every second and sessions idle
+    for LIMITED_IDLE seconds, longer than that."""
+    from careloop.redis_server import free_port
+
+    bot = start_bot(tmp_path_factory.mktemp("limited"), free_port(), database_url=bot_stack.database_url,
+                    redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
+                    base_model=str(bot_stack.model_dir), bot_chat_per_minute="3", bot_chat_concurrent="1",
+                    bot_queue_max_size="1", max_batch="1", bot_status_refresh_seconds="1",
+                    bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600")
     yield bot
     bot.stop()
 

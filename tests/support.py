@@ -17,6 +17,7 @@ SEED_DIR = REPO_ROOT / "data" / "seed"
 PASSWORD = "correct-horse-battery"
 ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
 SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
+LIMITED_IDLE = 8.0  # the limited bot's idle limit: longer than its 1 s status refresh, and than the old 5 s timer
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
 
 
@@ -102,3 +103,26 @@ def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) 
     store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
                                              shown_order="ab", scores_a=SCORES, scores_b=SCORES,
                                              **{**item, **fields}))
+
+
+def page_csrf_token(browser) -> str:
+    """The CSRF token of the Sign out form the page gets when it loads (the page's start-up handler,
+    called the way the page calls it), for a signed-in ``httpx.Client``."""
+    import json
+    import re
+    import uuid
+
+    dependencies = browser.get("/config").json()["dependencies"]
+    on_load = next(d["id"] for d in dependencies if any(t[1] == "load" for t in d["targets"]))
+    session_hash = uuid.uuid4().hex[:11]
+    joined = browser.post("/gradio_api/queue/join", json={"data": [], "fn_index": on_load, "session_hash": session_hash})
+    assert joined.status_code == 200, joined.text
+    with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                found = [value for value in message["output"]["data"]
+                         if isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value)]
+                assert found, message["output"]
+                return found[0]
+    raise AssertionError("the page's start-up handler gave no answer")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation
 from bot.errors import UserError
-from bot.pages import Require
+from bot.pages import Require, own
 from bot.safety import EDUCATIONAL_NOTICE, URGENT_CARE
 
 
@@ -35,6 +35,10 @@ class ChatPage:
         timer.tick(tick, None, [self.status], api_name=False, show_progress="hidden")
 
 
+def _fresh(username: str) -> Conversation:
+    return Conversation(owner=username)
+
+
 def build_chat(chat: Chat, require: Require) -> ChatPage:
     with gr.Tab("Chat", id="chat", visible=False, elem_id="tab-chat") as tab:
         gr.Markdown(f"_{EDUCATIONAL_NOTICE}_ {URGENT_CARE}", elem_classes="careloop-notice", elem_id="chat-notice")
@@ -43,7 +47,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
         chatbot = gr.Chatbot(label="careloop", height=460, elem_id="chatbot", buttons=["copy"])
         with gr.Row():
             message = gr.Textbox(placeholder="Ask a medical question (educational use)…", show_label=False,
-                                 lines=2, max_lines=8, scale=8, elem_id="chat-input")
+                                 lines=2, max_lines=8, scale=8, elem_id="chat-input", max_length=chat.max_chars)
             send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
             stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
         with gr.Row():
@@ -69,7 +73,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
 
     def ask(text: str, state: Conversation, request: gr.Request):
         viewer = require(request, "chat")
-        state = state or Conversation()  # API clients do not run the app's load
+        state = own(state, viewer, _fresh)  # API clients do not run the app's load
         try:
             for current in chat.answer(viewer, state, text):
                 yield current, current.display(), ""
@@ -79,7 +83,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
 
     def again(state: Conversation, request: gr.Request):
         viewer = require(request, "chat")
-        state = state or Conversation()
+        state = own(state, viewer, _fresh)
         try:
             for current in chat.regenerate(viewer, state):
                 yield current, current.display()
@@ -96,14 +100,13 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
     for event in asked:
         event.then(history_choices, None, [past], api_name=False)
 
-    def stopped(state: Conversation | None) -> list:
-        return state.display() if state else []
+    def stopped(state: Conversation | None, request: gr.Request) -> list:
+        return own(state, require(request, "chat"), _fresh).display()
 
     stop.click(stopped, [conversation], [chatbot], cancels=[*asked, regenerated], api_name=False)
 
     def fresh(request: gr.Request) -> tuple[Conversation, list]:
-        require(request, "chat")
-        return Conversation(), []
+        return Conversation(owner=require(request, "chat").username), []
 
     new_chat.click(fresh, None, [conversation, chatbot], api_name="new_conversation")
     chatbot.clear(fresh, None, [conversation, chatbot], api_name=False)  # the chat's own bin icon
@@ -132,7 +135,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
     def rate(state: Conversation, index: int, event_id: str, thumb: str, why: str | None, text: str,
              request: gr.Request):
         viewer = require(request, "chat")
-        state = state or Conversation()
+        state = own(state, viewer, _fresh)
         try:
             chat.rate(viewer, state, int(index), thumb, why or "", text, uuid.UUID(event_id) if event_id else None)
         except UserError as exc:

@@ -10,8 +10,8 @@ import gradio as gr
 
 from bot.access import Viewer
 from bot.errors import UserError
-from bot.pages import Require
-from bot.review import CHOICES, AlreadyJudged, Review, ReviewState
+from bot.pages import Require, own
+from bot.review import CHOICES, AlreadyJudged, Review, ReviewState, without_images
 from feedback.schemas import AXES, SAFETY_CATEGORIES
 
 SCORE_CHOICES = [1, 2, 3, 4, 5]
@@ -47,6 +47,10 @@ class ReviewPage:
 
     tab: gr.Tab
     state: gr.State
+
+
+def _fresh(username: str) -> ReviewState:
+    return ReviewState(owner=username)
 
 
 def build_review(review: Review, require: Require) -> ReviewPage:
@@ -87,11 +91,12 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         if item is None:
             return [review.figures(viewer, state), "**The queue is empty.** New items arrive as students ask "
                     "questions; check back later.", "", "", *blank]
-        return [review.figures(viewer, state), f"### Question\n\n{item.item.prompt}", item.left, item.right, *blank]
+        return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
+                without_images(item.left), without_images(item.right), *blank]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = state or ReviewState()
+        state = own(state, viewer, _fresh)
         return [state, *show(viewer, state)]
 
     tab.select(open_review, [review_state], [review_state, *outputs], api_name="review_next", show_progress="hidden")
@@ -100,7 +105,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def submit_judgment(values: dict[Any, Any], request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = values[review_state] or ReviewState()
+        state = own(values[review_state], viewer, _fresh)
         scores = [values[component] for component in score_inputs]
         half = len(AXES)
         try:
@@ -121,7 +126,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def pass_item(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = state or ReviewState()
+        state = own(state, viewer, _fresh)
         review.skip(viewer, state)
         return [state, *show(viewer, state)]
 

@@ -3,25 +3,19 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from careloop.log import get_logger
 from serving import protocol as p
 from serving.engine import EngineError
-from serving.http_common import State, Unauthorized
+from serving.http_common import Credentials, State, Unauthorized
 
 log = get_logger(__name__)
 
-bearer = HTTPBearer(auto_error=False)
 
-
-def require_token(state: State, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
-                                                      state.control_token.encode()):
+def require_token(state: State, credentials: Credentials) -> None:
+    if not state.holds_token(credentials):
         raise Unauthorized()
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serving import protocol as p
 from serving.engine import RequestHandle, SamplingParams, TextDelta
-from serving.http_common import Metrics, State, openai_error, result_or_cancel, sse
+from serving.http_common import Credentials, Metrics, State, openai_error, result_or_cancel, sse
 
 OPENAI_FINISH = {"eos": "stop", "stop_sequence": "stop", "length": "length"}
 
@@ -19,11 +19,15 @@ router = APIRouter()
 
 
 @router.get("/v1/models")
-async def models(state: State) -> p.ModelList:
+async def models(state: State, credentials: Credentials) -> p.ModelList:
+    """The base model and loaded adapters. An adapter's ``root`` is its directory for the control
+    token's holder (as vLLM shows it); anyone else sees its name: the path tells them the layout of
+    the server's disk."""
     engine = state.engine
+    shows_paths = state.holds_token(credentials)
     cards = [p.ModelCard(id=engine.model_name, root=engine.model_name,
                          max_model_len=engine.context_length, demo_model=engine.is_demo)]
-    cards += [p.ModelCard(id=name, root=path, parent=engine.model_name,
+    cards += [p.ModelCard(id=name, root=path if shows_paths else name, parent=engine.model_name,
                           max_model_len=engine.context_length, demo_model=engine.is_demo)
               for name, path in sorted(engine.adapters.items())]
     return p.ModelList(data=cards)
@@ -34,7 +38,8 @@ async def chat(body: p.ChatCompletionRequest, request: Request,
                state: State) -> p.ChatCompletionResponse | StreamingResponse:
     engine = state.engine
     adapter = state.resolve_adapter(body.model)
-    prompt = engine.chat_prompt_ids([{"role": m.role, "content": m.text()} for m in body.messages])
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    prompt = await state.prompt_ids(sum(len(m["content"]) for m in messages), engine.chat_prompt_ids, messages)
     max_tokens = engine.check_length(len(prompt), body.token_limit or min(
         state.default_max_tokens, engine.context_length - len(prompt)))
     params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, tuple(body.stop or ()),

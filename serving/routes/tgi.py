@@ -49,10 +49,10 @@ async def prometheus(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _submit(body: p.GenerateRequest, state: ServingState) -> RequestHandle:
+async def _submit(body: p.GenerateRequest, state: ServingState) -> RequestHandle:
     engine, params = state.engine, body.parameters
     adapter = state.resolve_adapter(params.adapter_id)
-    prompt = engine.text_prompt_ids(body.inputs)
+    prompt = await state.prompt_ids(len(body.inputs), engine.text_prompt_ids, body.inputs)
     max_tokens = engine.check_length(len(prompt), params.max_new_tokens or min(
         TGI_DEFAULT_MAX_NEW_TOKENS, engine.context_length - len(prompt)))
     sampling = params.do_sample or params.temperature is not None or params.top_p is not None
@@ -68,7 +68,7 @@ def _details(result: Finished, seed: int | None) -> p.GenerateDetails:
 
 @router.post("/generate", response_model=None)
 async def generate(body: p.GenerateRequest, request: Request, state: State) -> p.GenerateResponse | JSONResponse:
-    handle = _submit(body, state)
+    handle = await _submit(body, state)
     result = await result_or_cancel(request, handle)
     state.metrics.finished(result)
     if result.error:
@@ -79,7 +79,7 @@ async def generate(body: p.GenerateRequest, request: Request, state: State) -> p
 
 @router.post("/generate_stream")
 async def generate_stream(body: p.GenerateRequest, state: State) -> StreamingResponse:
-    handle = _submit(body, state)
+    handle = await _submit(body, state)
 
     async def events() -> AsyncIterator[bytes]:
         index = 0

@@ -1,6 +1,7 @@
-"""The bot's server against hostile web pages and clients (issue 18, items 1-3), on the running
-`careloop bot` of the shared stack: other sites' pages get nothing, a login flood stalls nothing and
-locks no one out, and only the routes the page uses are served."""
+"""The bot's server against hostile web pages and clients (issue 18, items 1-4 and the suspected
+logout), on the running `careloop bot` of the shared stack: other sites' pages get nothing, a login
+flood stalls nothing and locks no one out, only the routes the page uses are served, oversized
+requests are refused unread, and nothing but the page's own Sign out form signs anyone out."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from support import PASSWORD
+from support import PASSWORD, page_csrf_token
 
 PUBLIC_HOST = "bot.example.org"  # as behind a TLS reverse proxy that passes the public Host header
 EVIL = "https://evil.example"
@@ -144,3 +145,60 @@ def test_only_the_routes_the_page_uses_are_served(bot_stack):
     assert browser.get("/config").status_code == 200 and browser.get("/gradio_api/info").status_code == 200
     time.sleep(1)
     assert not _probe_files(started), "the refused upload left files in the temp directory"
+
+
+def _rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+
+
+def test_oversized_chat_requests_are_refused_before_they_are_read(bot_stack):
+    """Issue 18, 4: a 30 MB chat message was parsed whole (57 MB of bot memory each) before the page
+    refused it. Now a body over CARELOOP_BOT_MAX_REQUEST_BYTES gets 413 with the reason, and one that
+    declares no length 411, before any of it is read; the chat box itself stops at the message limit."""
+    browser = _sign_in(bot_stack.url, "stu.dent")
+    config = browser.get("/config").json()
+    chat_input = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "chat-input")
+    assert chat_input["props"]["max_length"] == 4000, "the chat box takes at most CARELOOP_BOT_MAX_MESSAGE_CHARS"
+    chat = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+    pid = bot_stack.bot.process.pid
+    before = _rss_bytes(pid)
+    message = "What is asthma? " * (30_000_000 // 16)
+    for _ in range(3):
+        response = browser.post("/gradio_api/queue/join", json={"data": [message, None], "fn_index": chat,
+                                                                "session_hash": uuid.uuid4().hex[:11]})
+        assert response.status_code == 413, f"{response.status_code} {response.text[:200]}"
+        assert "accepts at most 1,048,576" in response.text and "What is asthma" not in response.text
+    chunked = browser.post("/gradio_api/queue/join", content=iter([b'{"data": ["', b"a" * 2_000_000, b'"]}']),
+                           headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 411 and "Content-Length" in chunked.text, chunked.status_code
+    grown = _rss_bytes(pid) - before
+    assert grown < 20_000_000, f"the bot grew by {grown / 1e6:.0f} MB refusing three 30 MB messages"
+    assert browser.get("/config").status_code == 200, "still signed in and served"
+    for route in ("/gradio_api/cancel", "/gradio_api/reset", "/login"):
+        refused = browser.post(route, content=b"x" * 2_000_000)
+        assert refused.status_code == 413, (route, refused.status_code)
+
+
+def test_only_the_pages_own_sign_out_form_signs_out(bot_stack):
+    """Issue 18 (suspected, confirmed): Gradio's `GET /logout` ended every session of the account,
+    so a student's `![x](/logout)` on a nurse's review page (an image of careloop's own origin, which
+    the Content-Security-Policy allows) signed the nurse out. Now signing out is a POST carrying the
+    page's CSRF token, and the review page shows markdown images in student text as text."""
+    from bot.review import without_images
+
+    nurse, other_tab = _sign_in(bot_stack.url, "nurse.b"), _sign_in(bot_stack.url, "nurse.b")
+    colleague = _sign_in(bot_stack.url, "dr.p")
+    for attempt in (lambda: nurse.get("/logout"), lambda: nurse.get("/logout", params={"all_session": "true"}),
+                    lambda: nurse.post("/logout"), lambda: nurse.post("/logout", data={"csrf_token": "0" * 64}),
+                    lambda: nurse.post("/logout", data={"csrf_token": page_csrf_token(colleague)}),
+                    lambda: nurse.post("/logout", data={"csrf_token": page_csrf_token(nurse)},
+                                       headers={"Origin": EVIL})):
+        assert attempt().status_code in (403, 404)
+        assert nurse.get("/config").status_code == 200, "the nurse is still signed in"
+    signed_out = nurse.post("/logout", data={"csrf_token": page_csrf_token(nurse)})
+    assert signed_out.status_code == 302
+    assert nurse.get("/config").status_code == 401 and other_tab.get("/config").status_code == 401
+    assert colleague.get("/config").status_code == 200
+    shown = without_images("Is this rash bad? ![x](/logout) ![y][1]\n\n[1]: /logout")
+    assert shown == "Is this rash bad? \\![x](/logout) \\![y][1]\n\n[1]: /logout", "images are shown as text"

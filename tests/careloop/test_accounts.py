@@ -69,3 +69,13 @@ def test_users_commands(cli, tmp_path):
     sessions = db.session_factory(db.make_engine(f"sqlite:///{(tmp_path / 'home' / 'careloop.db').resolve()}"))
     assert accounts.authenticate(sessions, "dr.osei", password).role == "nurse"
     assert accounts.authenticate(sessions, "admin.ana", "a very good password") is None  # disabled
+
+    # Issue 18, 13: one spelling of a name, however it is typed, in every command.
+    mixed = cli("users", "add", "Nurse.Kim", "--role", "nurse", env=env)
+    assert mixed.returncode == 0 and mixed.stdout.startswith("nurse.kim: added as nurse"), mixed.stdout + mixed.stderr
+    mixed_password = mixed.stdout.split("one-time password: ")[1].split()[0]
+    assert cli("users", "set-role", "NURSE.KIM", "physician", env=env).returncode == 0
+    again = cli("users", "add", "nurse.KIM", "--role", "nurse", env=env)
+    assert again.returncode == 1 and "taken" in again.stderr
+    assert accounts.authenticate(sessions, " Nurse.Kim", mixed_password).username == "nurse.kim"
+    assert accounts.authenticate(sessions, "nurse.kim", mixed_password).role == "physician"

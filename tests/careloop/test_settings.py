@@ -86,3 +86,35 @@ def test_readme_documents_every_setting():
     missing = [f"CARELOOP_{name.upper()}" for name in Settings.model_fields
                if f"`CARELOOP_{name.upper()}`" not in readme]
     assert not missing, f"README.md configuration table lacks {missing}"
+
+
+
+def test_processes_starting_together_read_one_whole_control_token(tmp_path):
+    """Issue 18 (suspected, confirmed): the first reader created `control.token` empty and wrote it
+    afterwards, so another starting beside it read an empty token (and answered every control call
+    401), or, seeing no file yet, crashed creating it too. Now the token is written beside its place
+    and linked in whole. Readers here are threads switching as often as Python allows (the race
+    between processes is the same, but rarer to hit on demand)."""
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for attempt in range(30):
+            home = tmp_path / f"home{attempt}"
+            start = threading.Barrier(8)
+
+            def read(_: int, home: Path = home, start: threading.Barrier = start) -> str:
+                settings = Settings(home=home, control_token="")
+                start.wait()
+                return settings.resolved_control_token()
+
+            with ThreadPoolExecutor(8) as pool:
+                tokens = set(pool.map(read, range(8)))
+            assert len(tokens) == 1 and "" not in tokens, f"attempt {attempt}: readers got {tokens}"
+            assert (home / "control.token").stat().st_mode & 0o777 == 0o600
+            assert [path.name for path in home.iterdir()] == ["control.token"], "no temporary file is left"
+    finally:
+        sys.setswitchinterval(interval)

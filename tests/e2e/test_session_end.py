@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from support import PASSWORD, SHORT_SESSION_IDLE
+from support import LIMITED_IDLE, PASSWORD, SHORT_SESSION_IDLE
 from e2e_browser import shot, sign_in
 
 
@@ -19,6 +19,35 @@ def test_a_page_whose_session_ended_says_so_and_leads_to_sign_in(browser, short_
         assert "What you just sent was not saved" in notice.inner_text()
         shot(page, "session-ended")
         notice.get_by_role("link", name="Sign in again").click()
+        page.get_by_label("username").wait_for(timeout=15_000)  # the sign-in form, not the app
+        assert page.locator("#header").count() == 0
+    finally:
+        page.context.close()
+
+
+def test_an_open_page_left_alone_ends_its_session(browser, limited_bot):
+    """Issue 18, 5: the page's status timer (every second on this bot, the old one every 5 s) used
+    to count as activity, so an open page never went idle. Only user actions count now: a click
+    part-way keeps the session, and the page left alone then says its session has ended."""
+    page = sign_in(browser, limited_bot.url, "stu.dent", PASSWORD)
+    try:
+        time.sleep(LIMITED_IDLE / 2)
+        page.locator("#chat-new").click()  # a user action
+        time.sleep(LIMITED_IDLE / 2 + 1)  # past the idle limit since signing in, not since the click
+        assert page.locator("#session-ended").count() == 0, "a user action did not keep the session"
+        left_alone = time.monotonic()
+        notice = page.get_by_role("alert").filter(has_text="Your session has ended")
+        notice.wait_for(timeout=(LIMITED_IDLE + 15) * 1000)  # the timer's next call finds it ended
+        assert time.monotonic() - left_alone < LIMITED_IDLE + 5
+    finally:
+        page.context.close()
+
+
+def test_the_sign_out_button_signs_out(browser, bot_stack):
+    """Signing out is the page's POST form with its CSRF token (issue 18, suspected logout)."""
+    page = sign_in(browser, bot_stack.url, "nurse.a", PASSWORD)
+    try:
+        page.locator("#sign-out-button").click()
         page.get_by_label("username").wait_for(timeout=15_000)  # the sign-in form, not the app
         assert page.locator("#header").count() == 0
     finally:

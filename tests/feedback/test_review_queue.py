@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from feedback import review_queue
@@ -66,3 +68,25 @@ def test_a_student_question_is_queued_once(sessions):
     args = ("What is a normal heart rate?", "60-100", "60-100 at rest", "med-v0002", "med-v0001")
     assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_source="student", source_message_id=question)
     assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_source="student", source_message_id=question) is None
+
+
+def test_two_annotators_never_both_take_the_last_slot(sessions):
+    """Issue 18 (suspected, confirmed): annotators asking at the same moment each read the item's
+    last slot as free and both reserved it (read-then-insert without a lock); now one gets it."""
+    annotators = [f"nurse.{n}" for n in range(6)]
+    for round_ in range(5):
+        item = review_queue.add_item(sessions, f"Race {round_}?", "answer A", "answer B", "med-v0002", "med-v0001",
+                                     labels_needed=1, prompt_source="seed")
+        start = threading.Barrier(len(annotators))
+
+        def take(annotator: str) -> int | None:
+            start.wait()
+            got = review_queue.next_item(sessions, annotator)
+            return got.id if got else None
+
+        with ThreadPoolExecutor(len(annotators)) as pool:
+            taken = list(pool.map(take, annotators))
+        assert taken.count(item) == 1, f"round {round_}: the one slot of item {item} went to {taken}"
+        for annotator, got in zip(annotators, taken, strict=True):
+            if got == item:
+                label(sessions, item, annotator, "a")

@@ -113,6 +113,24 @@ def test_adapters_load_route_and_unload(server, base_model):
     assert server.unload("med-v0001").status_code == 404
 
 
+def test_adapter_paths_are_shown_to_the_token_holder_only(server, base_model):
+    """Issue 18, 12: `/v1/models` showed every adapter's directory on the server's disk to anyone."""
+    assert server.load("med-v0002").status_code == 200
+    try:
+        shown = httpx.get(f"{server.url}/v1/models")
+        anyone = {m["id"]: m for m in shown.json()["data"]}
+        holder = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models", headers=server.control_headers)
+                  .json()["data"]}
+        wrong = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models", headers={
+            "Authorization": "Bearer not-the-token"}).json()["data"]}
+    finally:
+        server.unload("med-v0002")
+    assert anyone["med-v0002"]["root"] == wrong["med-v0002"]["root"] == "med-v0002"
+    assert str(server.adapter_dir) not in shown.text
+    assert holder["med-v0002"]["root"] == str(server.adapter_dir / "med-v0002")
+    assert anyone[base_model] == holder[base_model] | {"created": anyone[base_model]["created"]}
+
+
 def test_mixed_adapter_batch_equals_one_at_a_time(server, base_model):
     for name in ("mix-a", "mix-b"):
         assert server.load(name, server.adapter_dir / ("med-v0001" if name == "mix-a" else "med-v0002")).status_code == 200

@@ -5,6 +5,9 @@ answering."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import pytest
 import schemathesis
@@ -61,3 +64,34 @@ def test_payloads_no_schema_describes_get_a_4xx_with_a_reason(server, route):
     ok = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
         "model": base_model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert ok.status_code == 200, "the server keeps answering"
+
+
+def test_megabyte_prompts_are_refused_untokenized_and_stall_nothing(server):
+    """Issue 18, 12: a 7.5 MB prompt (under the body limit) was tokenized on the event loop and
+    stalled `/health` for seconds. Now a prompt longer than the context could hold is refused (400,
+    with the reason) before tokenizing, and tokenizing runs off the loop."""
+    base_model = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
+    prompt = "word " * (1_500_000)  # 7.5 MB: words the tokenizer must split one by one
+    bodies = {"/v1/chat/completions": {"model": base_model, "messages": [{"role": "user", "content": prompt}]},
+              "/generate": {"inputs": prompt}}
+    answers: list[httpx.Response] = []
+
+    def flood() -> None:
+        for route, body in bodies.items():
+            answers.append(httpx.post(f"{server.url}{route}", json=body, timeout=120))
+
+    floods = [threading.Thread(target=flood) for _ in range(3)]
+    for thread in floods:
+        thread.start()
+    latencies = []
+    while any(thread.is_alive() for thread in floods):
+        started = time.perf_counter()
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        latencies.append(time.perf_counter() - started)
+    for thread in floods:
+        thread.join()
+    assert len(answers) == 6
+    for answer in answers:
+        assert answer.status_code == 400, answer.text[:300]
+        assert "7,500,000 characters" in answer.text and "context is 512 tokens" in answer.text, answer.text[:300]
+    assert max(latencies) < 1.0, f"/health took up to {max(latencies):.2f} s while the prompts were refused"
