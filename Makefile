@@ -38,10 +38,10 @@ system-packages:
 		--no-install-recommends chromium fonts-dejavu-core iproute2 docker-compose; } \
 		|| echo "chromium, ss or docker-compose is missing: run 'sudo apt-get install chromium iproute2 docker-compose' for the e2e and compose tests"
 
-# Two workers, a test file per worker at a time: most tests wait on real processes (servers, workers,
-# a browser), so two keep both cores busy; files keep their module-scoped services to themselves.
+# One process: on 2 cores, two pytest-xdist workers (`-n 2 --dist loadfile`, which the suite supports)
+# took 27-29 minutes and made load-sensitive tests (short session limits, the loop's gate) flaky.
 test: install system-packages
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
