@@ -133,8 +133,10 @@ class Supervisor:
             self.say("admin account: exists (`careloop users list`)")
         else:
             password = settings.admin_password or accounts.new_password()
-            accounts.add_user(sessions, "admin", "admin", password, actor="careloop up")
-            shown = "from CARELOOP_ADMIN_PASSWORD" if settings.admin_password else f"{password}  (shown once)"
+            accounts.add_user(sessions, "admin", "admin", password, actor="careloop up",
+                              temporary=not settings.admin_password)
+            shown = ("from CARELOOP_ADMIN_PASSWORD" if settings.admin_password
+                     else f"{password}  (temporary, shown once: choose your own at the first sign-in)")
             self.say(f"admin account created: user admin, password {shown}")
 
         serving_url = settings.serving_url
