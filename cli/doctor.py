@@ -76,6 +76,51 @@ def _serving(settings: Settings) -> str:
     return f"{settings.serving_url} (healthy)"
 
 
+def _bot(settings: Settings) -> str:
+    import httpx
+
+    host = "127.0.0.1" if settings.bot_host in ("0.0.0.0", "::", "") else settings.bot_host
+    url = f"http://{host}:{settings.bot_port}"
+    try:
+        response = httpx.get(f"{url}/", timeout=2)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"{url} not answering ({type(exc).__name__}); start it with `careloop bot`") from None
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}/ returned {response.status_code}")
+    return f"{url} (the sign-in page answers)"
+
+
+def _workers(settings: Settings) -> str:
+    """Which running workers consume which queue, asked over the broker (a second at most)."""
+    from careloop.queues import QUEUES, configure
+
+    try:
+        replies = configure(settings).control.inspect(timeout=1.0).active_queues() or {}
+    except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
+        raise RuntimeError(f"could not ask the workers over {settings.redis_url} ({type(exc).__name__})") from None
+    if not replies:
+        raise RuntimeError("no worker answered within 1 s: start `careloop worker` (or `careloop up`)")
+    consumed = {queue["name"] for queues in replies.values() for queue in queues}
+    missing = [queue for queue in QUEUES if queue not in consumed]
+    answered = f"{len(replies)} answered, consuming {', '.join(q for q in QUEUES if q in consumed)}"
+    if missing:
+        raise RuntimeError(f"{answered}; none consumes {', '.join(missing)}: "
+                           f"start `careloop worker --queues {','.join(missing)}`")
+    return answered
+
+
+def _beat(settings: Settings) -> str:
+    import time
+
+    from careloop.queues import BEAT_HEARTBEAT_SECONDS, beat_heartbeat
+
+    heartbeat = beat_heartbeat(settings.redis_url)
+    if heartbeat is None:
+        raise RuntimeError(f"no heartbeat in the last {3 * BEAT_HEARTBEAT_SECONDS} s: start `careloop beat` "
+                           "(exactly one; or `careloop up`)")
+    return f"alive: pid {heartbeat['pid']} on {heartbeat['host']}, {time.time() - heartbeat['at']:.0f} s ago"
+
+
 def _base_model(settings: Settings) -> str:
     from careloop.base_model import describe_base_model, resolve_base_model
 
@@ -99,6 +144,9 @@ CHECKS: list[tuple[str, bool, Callable[[Settings], str]]] = [
     ("redis", True, _redis),
     ("base model", True, _base_model),
     ("serving", False, _serving),
+    ("bot", False, _bot),
+    ("workers", False, _workers),
+    ("beat", False, _beat),
     ("gpu", False, _gpu),
 ]
 
