@@ -20,8 +20,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.hardening import LOGIN_CLIENT
-from careloop.accounts import (REVIEWERS, ROLES, USERNAME, AccountError, User, authenticate, change_own_password,
-                               normalize_username)
+from careloop.accounts import (
+    REVIEWERS,
+    ROLES,
+    USERNAME,
+    AccountError,
+    User,
+    authenticate,
+    change_own_password,
+    normalize_username,
+)
 from careloop.log import get_logger
 
 log = get_logger(__name__)

@@ -64,29 +64,28 @@ def _redis(settings: Settings) -> str:
     return f"{settings.redis_url} (Redis {version})"
 
 
-def _serving(settings: Settings) -> str:
+def _answers(base: str, path: str, command: str) -> None:
+    """Raise with the reason unless GET base+path answers 200; ``command`` starts what is missing."""
     import httpx
 
     try:
-        response = httpx.get(f"{settings.serving_url}/health", timeout=2)
+        response = httpx.get(f"{base}{path}", timeout=2)
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"{settings.serving_url} not answering ({type(exc).__name__}); start it with `careloop serve`") from None
+        raise RuntimeError(f"{base} not answering ({type(exc).__name__}); start it with `{command}`") from None
     if response.status_code != 200:
-        raise RuntimeError(f"{settings.serving_url}/health returned {response.status_code}")
+        raise RuntimeError(f"{base}{path} returned {response.status_code}")
+
+
+def _serving(settings: Settings) -> str:
+    _answers(settings.serving_url, "/health", "careloop serve")
     return f"{settings.serving_url} (healthy)"
 
 
 def _bot(settings: Settings) -> str:
-    import httpx
+    from cli.up import client_host
 
-    host = "127.0.0.1" if settings.bot_host in ("0.0.0.0", "::", "") else settings.bot_host
-    url = f"http://{host}:{settings.bot_port}"
-    try:
-        response = httpx.get(f"{url}/", timeout=2)
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"{url} not answering ({type(exc).__name__}); start it with `careloop bot`") from None
-    if response.status_code != 200:
-        raise RuntimeError(f"{url}/ returned {response.status_code}")
+    url = f"http://{client_host(settings.bot_host)}:{settings.bot_port}"
+    _answers(url, "/", "careloop bot")
     return f"{url} (the sign-in page answers)"
 
 

@@ -142,7 +142,7 @@ class Supervisor:
 
         serving_url = settings.serving_url
         if settings.serving_backend == "embedded":
-            serving_url = f"http://{_client_host(settings.serving_host)}:{settings.serving_port}"
+            serving_url = f"http://{client_host(settings.serving_host)}:{settings.serving_port}"
         self.env = {**os.environ, "CARELOOP_HOME": str(home),
                     "CARELOOP_DATABASE_URL": settings.resolved_database_url,
                     "CARELOOP_SERVING_URL": serving_url, "PYTHONUNBUFFERED": "1"}
@@ -178,7 +178,7 @@ class Supervisor:
                   ready_line=WORKER_READY),
             Child("beat", [*careloop, "beat"], logs / "beat.log"),
             Child("bot", [*careloop, "bot"], logs / "bot.log",
-                  url=f"http://{_client_host(settings.bot_host)}:{settings.bot_port}/"),
+                  url=f"http://{client_host(settings.bot_host)}:{settings.bot_port}/"),
         ]
         return children
 
@@ -252,7 +252,7 @@ class Supervisor:
 
     def _write_state(self) -> None:
         bot = next((c for c in self.children if c.name == "bot"), None)
-        state = {"pid": os.getpid(), "started_at": time.time(), "bot_url": bot.url if bot else "",
+        state = {"pid": os.getpid(), "started_at": time.time(), "bot_url": bot.url.rstrip("/") if bot else "",
                  "redis_url": redacted(self.env.get("CARELOOP_REDIS_URL", "")), "redis_started": self.redis_started,
                  "children": {c.name: {"pid": c.process.pid if c.process else None, "started_at": c.started_at,
                                        "restarts": c.restarts, "log": str(c.log), "url": c.url,
@@ -346,7 +346,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _client_host(bind: str) -> str:
+def client_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 

@@ -42,7 +42,7 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
     assert cli("db", "upgrade", env=env).returncode == 0
     result = cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "gpu"):
+    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "bot", "workers", "beat", "gpu"):
         assert check in result.stdout
     assert "not fit for clinical use" in result.stdout  # a small base model is labelled as such
     assert "careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout and "MB of weights" in result.stdout

@@ -88,6 +88,7 @@ def test_a_run_moves_on_the_page_and_a_second_start_is_refused_naming_it(visit, 
         refused.wait_for(timeout=15_000)
         assert "requested by ad.min at" in refused.inner_text()
         assert broker.llen("training") == queued_before + 1
+        assert "queued" not in page.locator("#admin-message").inner_text(), "a notice that fades, not a line that stays"
     finally:
         broker.delete("training", REQUEST_KEY)  # no training worker runs in this stack
         broker.close()
