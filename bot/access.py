@@ -176,7 +176,6 @@ class Access:
             raise Refused(f"Your role ({viewer.role}) cannot use the {page} page.")
         return viewer
 
-
     def change_password(self, username: str | None, current: str, new: str, repeated: str) -> Viewer:
         """The signed-in account replaces its password; Refused says why not (the message is fit to show)."""
         viewer = self.viewer(username)

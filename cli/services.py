@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -121,8 +122,12 @@ def worker(
     settings = get_settings()
     # Said on stdout whatever the log level: `careloop up` and scripts wait for this line.
     worker_ready.connect(lambda **_: print(f"{WORKER_READY} ({queues})", flush=True), weak=False)
+    # A node name of its own per process: two workers named alike (Celery's default, celery@host) answer
+    # `careloop doctor`'s broadcast as one, and Celery warns of the clash.
+    node = f"careloop-{queues.replace(',', '-')}-{os.getpid()}@%h"
     configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
-                                     f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
+                                     f"--loglevel={settings.log_level}", f"--hostname={node}", "--without-gossip",
+                                     "--without-mingle"])
 
 
 def beat() -> None:

@@ -61,14 +61,15 @@ def users_add(
 
 @app.command("list")
 def users_list() -> None:
-    """Every account with its role and whether it is disabled."""
+    """Every account with its role, whether it is disabled and whether its password is temporary."""
     from careloop.accounts import users
 
     table = Table(title="accounts")
-    for column in ("username", "role", "disabled", "created"):
+    for column in ("username", "role", "disabled", "password", "created"):
         table.add_column(column)
     for user in users(database_sessions()):
-        table.add_row(user.username, user.role, "yes" if user.disabled else "no", f"{user.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(user.username, user.role, "yes" if user.disabled else "no",
+                      "temporary" if user.must_change_password else "own", f"{user.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
 

@@ -22,6 +22,7 @@ from careloop.log import get_logger
 
 log = get_logger(__name__)
 
+
 class Require(Protocol):
     def __call__(self, request: gr.Request, page: str, *, activity: bool = True) -> Viewer: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,7 @@ def test_users_commands(cli, tmp_path):
     assert cli("users", "disable", "admin.ana", env=env).returncode == 0
     listing = cli("users", "list", env=env).stdout
     assert "dr.osei" in listing and "nurse" in listing and "admin.ana" in listing and "yes" in listing
+    assert re.search(r"dr\.osei .* temporary", listing) and re.search(r"admin\.ana .* own", listing)
     bad = cli("users", "set-role", "dr.osei", "superuser", env=env)
     assert bad.returncode == 1 and "role 'superuser' is unknown" in bad.stderr and "Traceback" not in bad.stderr
 
