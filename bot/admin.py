@@ -200,6 +200,8 @@ class Admin:
 
     def set_role(self, viewer: Viewer, username: str | None, role: str | None) -> str:
         name = self._other_account(viewer, username, "change your own role")
+        if not role:  # no default: a click on "Change role" must not demote anyone to a preset role
+            raise UserError("Choose the new role first.")
         with _account_errors():
             accounts.set_role(self.sessions, name, role or "", actor=f"bot:{viewer.username}", keep_an_admin=True)
         return f"**{name}** is now {role}; it applies to their next click."

@@ -88,7 +88,7 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
                 add_account = gr.Button("Add account", variant="primary", elem_id="account-add", scale=1)
             with gr.Row():
                 account = gr.Dropdown([], label="Account", elem_id="account-select", scale=3)
-                account_role = gr.Dropdown(list(ROLES), value="student", label="Role", elem_id="account-role",
+                account_role = gr.Dropdown(list(ROLES), value=None, label="New role", elem_id="account-role",
                                            scale=2)
             with gr.Row():
                 set_role = gr.Button("Change role", size="sm", elem_id="account-set-role")

@@ -200,6 +200,8 @@ def test_accounts_from_the_admin_page_are_audited_like_the_cli(admin):
             act()
     with pytest.raises(UserError, match="Choose an account first"):
         admin.set_role(ADMIN, None, "nurse")
+    with pytest.raises(UserError, match="Choose the new role first"):
+        admin.set_role(ADMIN, "nurse.ward", None)
     # Another admin demoting the only enabled admin is refused too, on the page; the CLI may.
     other = Viewer("nurse.ward", "admin")
     admin.set_role(ADMIN, "nurse.ward", "admin")
