@@ -14,7 +14,7 @@ import pytest
 from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
 from support import (ACCOUNTS, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
-                     ensure_postgres_running, train_adapter)
+                     ensure_postgres_running, medquad_sample, train_adapter)
 
 # No telemetry. HF_HUB_OFFLINE is deliberately not set: huggingface_hub's InferenceClient then refuses
 # every request, even to our own server on localhost; our code loads local paths only.
@@ -141,6 +141,20 @@ def smollm2_dir(request) -> Path:
 
 
 @pytest.fixture
+def small_library_dir(tmp_path) -> Path:
+    """A library data directory of 60 shipped MedQuAD pages: indexes in a fraction of a second."""
+    import gzip
+    import json
+
+    directory = tmp_path / "small-library"
+    directory.mkdir()
+    with gzip.open(directory / "medquad.jsonl.gz", "wt", encoding="utf-8") as out:
+        for record in medquad_sample(60, seed=1):
+            out.write(json.dumps(record) + "\n")
+    return directory
+
+
+@pytest.fixture
 def cli():
     """Run the real `careloop` entry point in a subprocess, as a user would."""
 
@@ -205,7 +219,10 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
                           adapter_dir=str(adapter_dir), review_max_tokens="24")
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0")
+                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
+                    # Grounded in the shipped library, with passages short enough for the tiny model's
+                    # 512-token context.
+                    retrieval_top_k="2", retrieval_passage_chars="150")
     stack = BotStack(bot.url, database_url, redis.url, home, server, tiny_model_dir, sessions, bot, worker)
     yield stack
     bot.stop()
@@ -222,7 +239,7 @@ def short_sessions_bot(bot_stack, tmp_path_factory):
     bot = start_bot(tmp_path_factory.mktemp("short-sessions"), free_port(), database_url=bot_stack.database_url,
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
                     base_model=str(bot_stack.model_dir), bot_session_idle_seconds=str(SHORT_SESSION_IDLE),
-                    bot_session_max_seconds=str(SHORT_SESSION_MAX))
+                    bot_session_max_seconds=str(SHORT_SESSION_MAX), retrieval_enabled="false")
     yield bot
     bot.stop()
 
@@ -239,7 +256,8 @@ def limited_bot(bot_stack, tmp_path_factory):
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
                     base_model=str(bot_stack.model_dir), bot_chat_per_minute="3", bot_chat_concurrent="1",
                     bot_queue_max_size="1", max_batch="1", bot_status_refresh_seconds="1",
-                    bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600")
+                    bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600",
+                    retrieval_enabled="false")
     yield bot
     bot.stop()
 
