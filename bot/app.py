@@ -91,8 +91,6 @@ def open_services(settings: Settings) -> Services:
     registry = Registry(sessions, base_model_name(settings))
     limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
     retriever = Retriever(settings, sessions) if settings.retrieval_enabled else None
-    if retriever is not None:  # load (or build) the index now, not inside the first student's question
-        threading.Thread(target=retriever.warm_up, name="careloop-library", daemon=True).start()
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
                     Chat(client, feedback, sessions, settings.bot_max_message_chars, limits, retriever,
                          settings.retrieval_passage_chars),
@@ -181,6 +179,8 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
                    mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
                    app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port})))
         server = app.server_app
+        if services.chat.retriever is not None:  # load (or build) the index now, not in the first question
+            threading.Thread(target=services.chat.retriever.warm_up, name="careloop-library", daemon=True).start()
         for token, username in server.tokens.items():
             services.tokens[token] = username
         server.tokens = services.tokens

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     library_data_dir: Path = Field(
         REPO_ROOT / "data" / "library", description="The medical library shipped with careloop (MedQuAD's NIH and "
         "CDC pages, `medquad.jsonl.gz`); admins' own documents are kept in the database.")
+    library_index_dir: Path | None = Field(
+        None, description="Where the library's search index is kept (built once per library content, shared by the "
+        "processes that use this directory). Empty: `$CARELOOP_HOME/library/index`.")
     retrieval_enabled: bool = Field(
         True, description="Ground chat answers (and, with a training config's `grounded: true`, training and "
         "evaluation prompts) in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
@@ -206,6 +209,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def resolved_library_index_dir(self) -> Path:
+        return self.library_index_dir or self.home / "library" / "index"
 
     @property
     def resolved_adapter_dir(self) -> Path:

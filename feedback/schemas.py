@@ -21,7 +21,8 @@ from feedback.phi import scrub_many
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
-SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation", "privacy", "other")
+SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation",
+                     "not_supported_by_sources", "privacy", "other")
 Choice = Literal["a", "b", "tie", "both_bad"]  # a / b: that response is the better one
 CHOICES: tuple[str, ...] = get_args(Choice)
 

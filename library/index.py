@@ -174,7 +174,7 @@ def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str 
     built and saved there first (beside it, then renamed: a reader never sees half an index); older
     indexes are removed."""
     key = key or current_key(settings, sessions)
-    root = settings.home / "library" / "index"
+    root = settings.resolved_library_index_dir
     directory = root / key
     if (directory / "chunks.jsonl").is_file():
         try:

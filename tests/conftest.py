@@ -27,8 +27,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(monkeypatch, tmp_path):
-    """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env."""
+def _isolated_settings(monkeypatch, tmp_path, library_index_dir):
+    """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env; the
+    shipped library's search index is shared (built once: a test of another library sets its own)."""
     from careloop.settings import get_settings
 
     for key in list(os.environ):
@@ -36,6 +37,7 @@ def _isolated_settings(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)  # so a developer's .env in the repo is not read
     monkeypatch.setenv("CARELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CARELOOP_LIBRARY_INDEX_DIR", str(library_index_dir))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -146,7 +148,7 @@ def small_library_dir(tmp_path) -> Path:
     import gzip
     import json
 
-    directory = tmp_path / "small-library"
+    directory = tmp_path / "small-library"  # use it with its own index dir (not the shared one)
     directory.mkdir()
     with gzip.open(directory / "medquad.jsonl.gz", "wt", encoding="utf-8") as out:
         for record in medquad_sample(60, seed=1):
@@ -200,7 +202,14 @@ def server(tmp_path_factory, tiny_model_dir, adapter_dir):
 # ----- the whole bot: serving, a worker and `careloop bot` on one database and a private Redis -----
 
 @pytest.fixture(scope="session")
-def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
+def library_index_dir(request) -> Path:
+    """The library's search index for the processes the tests start: built once (about 10 s) and
+    kept across runs in pytest's cache directory."""
+    return Path(request.config.cache.mkdir("careloop")) / "library-index"
+
+
+@pytest.fixture(scope="session")
+def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir, library_index_dir):
     """Real serving (tiny model), a real feedback + generation worker, and `careloop bot`, sharing a
     SQLite database and a private Redis; the accounts of ACCOUNTS exist."""
     from careloop import accounts, db
@@ -216,13 +225,14 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     server = start_server(home / "serve", tiny_model_dir, adapter_dir, database_url=database_url)
     worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
                           serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                          adapter_dir=str(adapter_dir), review_max_tokens="24")
+                          adapter_dir=str(adapter_dir), review_max_tokens="24", retrieval_top_k="2",
+                          retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
                     adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
                     # Grounded in the shipped library, with passages short enough for the tiny model's
                     # 512-token context.
-                    retrieval_top_k="2", retrieval_passage_chars="150")
+                    retrieval_top_k="2", retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
     stack = BotStack(bot.url, database_url, redis.url, home, server, tiny_model_dir, sessions, bot, worker)
     yield stack
     bot.stop()

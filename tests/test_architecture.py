@@ -2,8 +2,8 @@
 
 The rooms, from the ground up: ``careloop`` (settings, database, accounts, audit, queues: the
 foundation, which imports nothing of ours above it); the domains ``serving``, ``feedback``,
-``library`` (the medical library and retrieval, which the bot and the trainer use and which uses
-no other domain), ``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
+``library`` (the medical library and retrieval, which the bot, the trainer and review generation
+use and which uses no other domain), ``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
 which no other package imports. Every import counts, the lazy ones inside functions and the
 type-checking ones too: an arrow is an arrow whenever it is followed.
 """
@@ -20,7 +20,7 @@ PACKAGES = ["careloop", "serving", "feedback", "library", "trainer", "bot", "cli
 DOMAINS = {"serving", "feedback", "library", "trainer", "bot"}
 # package -> packages it must never import
 FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"bot", "trainer", "feedback", "cli"},
-             "feedback": {"bot", "trainer", "library", "cli"}, "library": DOMAINS - {"library"} | {"cli"},
+             "feedback": {"bot", "trainer", "cli"}, "library": DOMAINS - {"library"} | {"cli"},
              "trainer": {"bot", "cli"}, "bot": {"cli"}}
 # package -> the only modules of another package it may import
 ONLY = {("trainer", "feedback"): {"feedback.export"}}

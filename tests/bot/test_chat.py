@@ -199,7 +199,8 @@ def grounded_chat(bot_stack, feedback, small_library_dir, tmp_path):
     """The chat with retrieval on, over 60 of the shipped library's pages."""
     from library.index import Retriever
 
-    settings = bot_stack.settings(home=tmp_path / "grounded", library_data_dir=small_library_dir, retrieval_top_k=2)
+    settings = bot_stack.settings(home=tmp_path / "grounded", library_data_dir=small_library_dir, retrieval_top_k=2,
+                                  library_index_dir=tmp_path / "index")
     client = open_client(settings)
     yield Chat(client, feedback, bot_stack.sessions, max_chars=4000,
                retriever=Retriever(settings, bot_stack.sessions), passage_chars=150)

@@ -112,7 +112,8 @@ def test_the_search_finds_an_added_document_until_it_is_removed(sessions, files,
     from careloop.settings import load_settings
     from library.index import Retriever
 
-    settings = load_settings(home=tmp_path / "home", library_data_dir=small_library_dir)
+    settings = load_settings(home=tmp_path / "home", library_data_dir=small_library_dir,
+                             library_index_dir=tmp_path / "index")
     retriever = Retriever(settings, sessions, refresh_seconds=0)  # sees each change at once
     question = "What does the ward protocol say about zolendronate infusions?"
     assert retriever.search(question) == []
@@ -123,4 +124,4 @@ def test_the_search_finds_an_added_document_until_it_is_removed(sessions, files,
     assert passage.publisher == "added by ad.min (ward-protocol.md)"
     remove_document(sessions, added.id, actor="ad.min")
     assert retriever.search(question) == []
-    assert len(list((settings.home / "library" / "index").iterdir())) == 1, "older indexes are removed"
+    assert len(list((tmp_path / "index").iterdir())) == 1, "older indexes are removed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_add_list_and_remove_documents(cli, tmp_path, small_library_dir):
-    env = {"CARELOOP_LIBRARY_DATA_DIR": str(small_library_dir)}
+    env = {"CARELOOP_LIBRARY_DATA_DIR": str(small_library_dir), "CARELOOP_LIBRARY_INDEX_DIR": str(tmp_path / "index")}
     notes = tmp_path / "asthma-notes.md"
     notes.write_text("# Asthma care notes\n\nInhaled corticosteroids control asthma; use a spacer.\n")
     assert "run `careloop db upgrade`" in cli("library", "list", env=env).stderr

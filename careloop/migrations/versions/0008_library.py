@@ -1,4 +1,4 @@
-"""The library: admins' documents, and the passages each chat answer was given.
+"""The library: admins' documents, and the passages each chat answer and review item was given.
 
 Revision ID: 0008
 Revises: 0007
@@ -30,9 +30,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('sources', sa.JSON(), nullable=True))
+    with op.batch_alter_table('review_items', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('sources', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('review_items', schema=None) as batch_op:
+        batch_op.drop_column('sources')
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_column('sources')
     op.drop_table('library_documents')
