@@ -1,6 +1,6 @@
 """Retrieval benchmark: quality, added latency, build time and memory of the library's search.
 
-    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0]
+    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--rouge N [--model DIR]]
 
 Builds the whole shipped library's index from scratch in a temporary data directory (as a fresh
 `careloop up` does), loads it back from disk (as every later start does), then asks each of a fixed
@@ -8,6 +8,12 @@ sample of MedQuAD pages' own questions (each page's `question` field) and report
 the page the question was written from, with the default relevance threshold applied. Latency is
 the time a chat question waits for its passages: `Retriever.search` (the database check for
 admins' changes, tokenizing, BM25, the relevance score), one question at a time.
+
+``--rouge N``: the base model (``--model``, default the configured one) answers the first N items
+of each source of the held-out seed QA (data/seed/medqa_eval.jsonl: K-QA, MedQuAD) greedily, with
+and without the chat's grounded prompt; ROUGE-L of each against the reference, the paired
+difference with a 90% bootstrap interval, and the lexical citation-support rate. The library holds
+the MedQuAD eval items' own pages (split "eval"), so that half is open-book; K-QA's are not in it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=1000, help="pages whose question is asked")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rouge", type=int, default=0, help="held-out seed QA items per source to answer (0: skip)")
+    parser.add_argument("--model", default="", help="model directory for --rouge [default: the configured base model]")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as home:
@@ -92,6 +101,37 @@ def main() -> None:
           f"p95 {cpu_times[int(0.95 * len(cpu_times)) - 1] * 1000:.1f} ms")
     print(f"load average while it ran: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.rouge:
+        rouge_with_and_without(retriever, settings, args.rouge, args.model, args.max_new_tokens)
+
+
+def rouge_with_and_without(retriever: Retriever, settings, per_source: int, model: str, max_new_tokens: int) -> None:
+    from careloop.base_model import resolve_base_model
+    from careloop.seed import load_seed
+    from library.grounding import citation_support, grounded_question
+    from trainer.evaluate import Grounding, Models, paired_interval, reference_scores
+
+    items = load_seed(settings.seed_data_dir, "eval")
+    started = time.perf_counter()
+    models = Models.load(model or resolve_base_model(settings).source, {})
+    for source in sorted({item.source for item in items}):
+        chosen = [{"question": i.question, "reference": i.reference} for i in items if i.source == source][:per_source]
+        grounding = Grounding.find(retriever, chosen, settings.retrieval_passage_chars)
+        plain = models.generate("base", [c["question"] for c in chosen], max_new_tokens)
+        grounded = models.generate("base", [grounded_question(c["question"], p, grounding.passage_chars) if p
+                                            else c["question"] for c, p in zip(chosen, grounding.passages, strict=True)],
+                                   max_new_tokens)
+        references = [c["reference"] for c in chosen]
+        without, with_ = reference_scores(plain, references)["rougeL"], reference_scores(grounded, references)["rougeL"]
+        effect = paired_interval(with_, without, 0.9)
+        support = [citation_support(a, p) for a, p in zip(grounded, grounding.passages, strict=True)]
+        cited = sum(s.cited for s in support)
+        print(f"{source}: {len(chosen)} items, {sum(bool(p) for p in grounding.passages)} with passages; ROUGE-L "
+              f"without {statistics.mean(without):.3f}, with {statistics.mean(with_):.3f}, with - without "
+              f"{effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] (90%, paired); answers citing "
+              f"[n]: {sum(s.cited > 0 for s in support)}; citation support (lexical) "
+              + (f"{sum(s.supported for s in support) / cited:.2f} of {cited} cited sentences" if cited else "n/a"))
+    print(f"generation: {time.perf_counter() - started:.0f} s, {max_new_tokens} new tokens, greedy")
 
 
 if __name__ == "__main__":
