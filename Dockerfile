@@ -6,7 +6,7 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    CARELOOP_HOME=/data CARELOOP_SEED_DATA_DIR=/app/data/seed
+    CARELOOP_HOME=/data CARELOOP_SEED_DATA_DIR=/app/data/seed CARELOOP_LIBRARY_DATA_DIR=/app/data/library
 
 # torch first and from its own index: a bare `torch` requirement would pull another build.
 RUN pip install torch==${TORCH_VERSION} --index-url ${TORCH_INDEX}
@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY careloop careloop
 COPY serving serving
 COPY feedback feedback
+COPY library library
 COPY trainer trainer
 COPY bot bot
 COPY cli cli

@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import threading  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -34,6 +35,7 @@ from careloop.log import ensure_logging, get_logger  # noqa: E402
 from careloop.private import private_dir  # noqa: E402
 from careloop.settings import Settings, get_settings  # noqa: E402
 from feedback.api import FeedbackAPI  # noqa: E402
+from library.index import Retriever  # noqa: E402
 from serving.registry import Registry  # noqa: E402
 from serving.rollout import open_client  # noqa: E402
 
@@ -89,8 +91,10 @@ def open_services(settings: Settings) -> Services:
     feedback = FeedbackAPI(settings)
     registry = Registry(sessions, base_model_name(settings))
     limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
+    retriever = Retriever(settings, sessions) if settings.retrieval_enabled else None
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
-                    Chat(client, feedback, sessions, settings.bot_max_message_chars, limits),
+                    Chat(client, feedback, sessions, settings.bot_max_message_chars, limits, retriever,
+                         settings.retrieval_passage_chars),
                     Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback,
                     SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds))
 
@@ -195,6 +199,8 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
                    mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
                    app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port})))
         server = app.server_app
+        if services.chat.retriever is not None:  # load (or build) the index now, not in the first question
+            threading.Thread(target=services.chat.retriever.warm_up, name="careloop-library", daemon=True).start()
         for token, username in server.tokens.items():
             services.tokens[token] = username
         server.tokens = services.tokens

@@ -1,19 +1,22 @@
 """The chat page's logic, apart from Gradio: conversations, streamed answers, ratings, history.
 
-Turns are logged through ``feedback.api`` (outbox first), so chat keeps working while the broker
-is down. A question whose answer never started (serving down, or the request refused) is not
+With retrieval on, each question is searched in the library first and the answer is written from
+the passages found (``library.grounding``), which are listed under it as numbered sources; when none
+is relevant the answer says so. Turns are logged through ``feedback.api`` (outbox first), with the
+passages an answer was given, so chat keeps working while the broker is down. A question whose answer never started (serving down, or the request refused) is not
 logged; the page keeps it in the input box to send again.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +26,8 @@ from bot.safety import answer_footer, urgent_notice
 from careloop.log import get_logger
 from feedback import history
 from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
+from library.grounding import NO_SOURCE, grounded_messages
+from library.index import Passage, Retriever
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
 
 log = get_logger(__name__)
@@ -43,6 +48,7 @@ class Turn:
     logged: bool = False
     done: bool = True  # False while the answer is still streaming
     interrupted: str = ""  # why an answer stopped early, if it did
+    sources: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
 
 
 @dataclass
@@ -68,10 +74,25 @@ class Conversation:
                 parts.append(turn.content or "_(The model gave no answer; press Regenerate.)_")
                 if turn.interrupted:
                     parts.append(f"_({turn.interrupted})_")
+                if turn.sources is not None:
+                    parts.append(sources_markdown(turn.sources))
                 if turn.model:
                     parts.append(answer_footer(turn.model, turn.demo))
             shown.append({"role": "assistant", "content": "\n\n".join(parts)})
         return shown
+
+
+def sources_markdown(passages: list[Passage]) -> str:
+    """The numbered sources under an answer, each linked to its page (the browser opens it in a new
+    tab), or the note that none was relevant."""
+    if not passages:
+        return f"_{NO_SOURCE}_"
+    lines = ["**Sources**"]
+    for passage in passages:
+        title = re.sub(r"([\\\[\]*_`<>])", r"\\\1", passage.title)
+        shown = f"[{title}]({passage.url.replace(' ', '%20').replace(')', '%29')})" if passage.url else title
+        lines.append(f"{passage.number}. {shown} · {passage.publisher}")
+    return "\n".join(lines)
 
 
 class ChatLimits:
@@ -119,8 +140,11 @@ class ChatLimits:
 
 class Chat:
     def __init__(self, client: ServingClient, feedback: FeedbackAPI, sessions: sessionmaker[Session],
-                 max_chars: int, limits: ChatLimits | None = None):
+                 max_chars: int, limits: ChatLimits | None = None, retriever: Retriever | None = None,
+                 passage_chars: int = 600):
         self.client = client
+        self.retriever = retriever  # None: retrieval is off in this deployment
+        self.passage_chars = passage_chars
         self.feedback = feedback
         self.sessions = sessions
         self.max_chars = max_chars
@@ -163,7 +187,9 @@ class Chat:
         question = conversation.turns[-1]
         reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
-        deltas = self.client.stream_chat(conversation.for_model())
+        reply.sources = self._retrieve(question.content)
+        deltas = self.client.stream_chat(grounded_messages(conversation.for_model(), reply.sources or [],
+                                                           self.passage_chars))
         try:
             first = next(deltas, None)
         except (ServingUnavailable, ServingRejected) as exc:
@@ -187,6 +213,17 @@ class Chat:
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
         yield conversation  # the finished answer, with its footer
+
+    def _retrieve(self, question: str) -> list[Passage] | None:
+        """The passages for ``question``; None when retrieval is off or the library cannot be searched
+        (the student still gets an answer, without sources, and the log says why)."""
+        if self.retriever is None:
+            return None
+        try:
+            return self.retriever.search(question)
+        except Exception as exc:  # noqa: BLE001 - a broken index or database must not stop the chat
+            log.error("library_search_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
 
     def rate(self, viewer: Viewer, conversation: Conversation, index: int, thumbs: str, reason: str = "",
              comment: str = "", event_id: uuid.UUID | None = None) -> uuid.UUID:
@@ -222,7 +259,8 @@ class Chat:
         rows = history.messages(self.sessions, viewer.username, wanted)
         if not rows:
             raise UserError("That conversation is not among yours (or has not been saved yet).")
-        return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True)
+        return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
+                                          sources=None if m.sources is None else [Passage(**s) for s in m.sources])
                                      for m in rows], owner=viewer.username)
 
     def is_demo(self) -> bool:
@@ -253,7 +291,8 @@ class Chat:
                 question.logged = True
             self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
                                    role="assistant", content=reply.content, adapter_version=reply.model,
-                                   demo_model=reply.demo, latency_ms=int(seconds * 1000))
+                                   demo_model=reply.demo, latency_ms=int(seconds * 1000),
+                                   sources=None if reply.sources is None else [asdict(p) for p in reply.sources])
         except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
             return
         reply.logged = True

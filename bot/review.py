@@ -50,6 +50,22 @@ def without_images(markdown: str) -> str:
     return _IMAGE.sub(r"\\!", markdown)
 
 
+def sources_markdown(sources: list[dict] | None) -> str:
+    """The library passages both answers were given, numbered as the answers cite them, each with
+    its text so the reviewer can check a claim against it; empty when the item was not grounded."""
+    if sources is None:
+        return ""
+    if not sources:
+        return ("_The library had no passage relevant to this question: the answers were given no sources "
+                "(any citation in them is made up)._")
+    parts = ["**Sources both answers were given**: check their claims (and citations [n]) against these."]
+    for source in sources:
+        title = f"[{source['title']}]({source['url']})" if source.get("url") else source["title"]
+        quoted = "\n".join(f"> {line}" for line in without_images(source["text"]).splitlines())
+        parts.append(f"**[{source['number']}]** {title} · {source.get('publisher', '')}\n\n{quoted}")
+    return "\n\n".join(parts)
+
+
 @dataclass
 class Shown:
     """One item as this reviewer sees it."""

@@ -44,6 +44,25 @@ class Settings(BaseSettings):
     seed_data_dir: Path = Field(
         REPO_ROOT / "data" / "seed", description="Seed corpus (MedQuAD, PubMedQA, K-QA, MedSafetyBench)."
     )
+    library_data_dir: Path = Field(
+        REPO_ROOT / "data" / "library", description="The medical library shipped with careloop (MedQuAD's NIH and "
+        "CDC pages, `medquad.jsonl.gz`); admins' own documents are kept in the database.")
+    library_index_dir: Path | None = Field(
+        None, description="Where the library's search index is kept (built once per library content, shared by the "
+        "processes that use this directory). Empty: `$CARELOOP_HOME/library/index`.")
+    retrieval_enabled: bool = Field(
+        True, description="Ground chat answers (and, with a training config's `grounded: true`, training and "
+        "evaluation prompts) in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
+    retrieval_top_k: int = Field(3, ge=1, le=10, description="Passages given to the model for each question.")
+    retrieval_min_score: float = Field(
+        0.7, ge=0, le=1, description="Least share (0-1) of a question's content words, weighted by rarity, that a "
+        "passage must contain to count as relevant; when none does the answer says that no source in the library "
+        "matched, and cites none.")
+    retrieval_passage_chars: int = Field(
+        600, ge=80, le=4000, description="Longest passage text given to the model, in characters (longer ones are "
+        "cut at a sentence end): keeps grounded prompts inside a small model's context.")
+    library_max_document_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest document file an admin may add to the library.")
     # "seed" alone means the seed corpus (seed_data_dir, `careloop seed validate`).
     random_seed: int = Field(0, ge=0, description="Random seed for training and the tiny test model's build.")
     serving_backend: Literal["embedded", "vllm", "tgi"] = Field(
@@ -190,6 +209,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def resolved_library_index_dir(self) -> Path:
+        return self.library_index_dir or self.home / "library" / "index"
 
     @property
     def resolved_adapter_dir(self) -> Path:

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from careloop.settings import SettingsError, get_settings
-from cli import adapters, database, models, seed, services, training, users
+from cli import adapters, database, library, models, seed, services, training, users
 from cli.common import CommandError, err_console
 
 app = typer.Typer(help="careloop: clinician-in-the-loop medical LLM platform.", no_args_is_help=True,
@@ -21,6 +21,7 @@ app.add_typer(database.app, name="db")
 app.add_typer(seed.app, name="seed")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(users.app, name="users")
+app.add_typer(library.app, name="library")
 for command in (services.doctor, services.serve, services.up, services.bot, services.worker, services.beat):
     app.command()(command)
 app.command("export")(training.export)

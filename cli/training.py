@@ -107,8 +107,9 @@ def evaluate(
 
     from careloop.base_model import resolve_base_model
     from feedback.quality import win_rate
+    from library.index import Retriever
     from serving.registry import open_registry
-    from trainer.evaluate import Models
+    from trainer.evaluate import Grounding, Models
     from trainer.gate import Policy
     from trainer.report import evaluation_report, save_report
     from trainer.snapshot import evaluation_data
@@ -131,9 +132,11 @@ def evaluate(
     adapters = {"candidate": Path(candidate.path)} | ({"baseline": Path(baseline["path"])} if baseline else {})
     against_name = baseline["name"] if baseline else base.name
     policy = Policy.load(None)
+    grounding = (Grounding.find(Retriever(settings, database_sessions()), sets["eval_reference"],
+                                settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
     report = evaluation_report(Models.load(base.source, adapters), sets, max_new_tokens, policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), baseline=against_name,
-                               leakage="not checked")
+                               leakage="not checked", grounding=grounding)
     win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -1,6 +1,7 @@
 """Filling the review queue: real student questions (then seed questions) answered twice.
 
-The two answers come from the live version and the newest candidate loaded in serving when
+With retrieval on, both answers are written from the same library passages (the grounded
+prompt students get), which the item keeps for reviewers. The two answers come from the live version and the newest candidate loaded in serving when
 there is one (so clinicians judge exactly the change the trainer proposes), otherwise from two
 samples of the live version. Some items are gold: a seed preference pair whose better answer is
 known, used to measure each annotator's accuracy.
@@ -9,7 +10,7 @@ known, used to measure each annotator's accuracy.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,8 @@ from careloop.settings import Settings
 from careloop.log import get_logger
 from feedback import review_queue
 from feedback.store import Message, ReviewItem
+from library.grounding import grounded_messages
+from library.index import Retriever
 from serving.client import ServingClient, ServingRejected
 from serving.registry import Status, open_registry
 
@@ -34,7 +37,7 @@ class FillResult:
 
 
 def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], client: ServingClient,
-                      count: int, rng: random.Random | None = None) -> FillResult:
+                      count: int, rng: random.Random | None = None, retriever: Retriever | None = None) -> FillResult:
     rng = rng or random.Random()
     count = min(count, max(settings.review_queue_target - review_queue.unfinished(sessions), 0))
     if count == 0:  # enough items wait for labels: generating more would only burn compute
@@ -46,8 +49,11 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
     for message_id, prompt in _prompts(settings, sessions, wanted):
         if made["student"] + made["seed"] >= wanted:
             break
+        passages = retriever.search(prompt) if retriever is not None else None
+        messages = grounded_messages([{"role": "user", "content": prompt}], passages or [],
+                                     settings.retrieval_passage_chars)
         try:
-            answers = _answer_pair(settings, client, prompt, models, rng)
+            answers = _answer_pair(settings, client, messages, models, rng)
         except ServingRejected as exc:  # e.g. longer than the model's context: skip this one prompt
             log.warning("review_prompt_skipped", reason=str(exc)[:200])
             made["skipped"] += 1
@@ -59,7 +65,8 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
         kind = "student" if message_id else "seed"
         if review_queue.add_item(sessions, prompt, answers[0].text, answers[1].text, answers[0].model,
                                  answers[1].model, labels_needed=settings.review_labels_needed, prompt_source=kind,
-                                 source_message_id=message_id) is not None:
+                                 source_message_id=message_id,
+                                 sources=None if passages is None else [asdict(p) for p in passages]) is not None:
             made[kind] += 1
     pairs = load_seed(settings.seed_data_dir, "preferences")
     for pair in rng.sample(pairs, min(gold_target, len(pairs))):
@@ -72,14 +79,14 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
     return FillResult(**made)
 
 
-def _answer_pair(settings: Settings, client: ServingClient, prompt: str, models: tuple[str, str],
+def _answer_pair(settings: Settings, client: ServingClient, messages: list[dict[str, str]], models: tuple[str, str],
                  rng: random.Random, attempts: int = 3) -> list | None:
     """One sampled answer from each model. An empty one leaves a nurse nothing to judge (and a
     judgment of it is refused), so it is asked again with another seed; None if it stays empty."""
     answers = []
     for model in models:
         for _ in range(attempts):
-            answer = client.chat([{"role": "user", "content": prompt}], model=model,
+            answer = client.chat(messages, model=model,
                                  max_tokens=settings.review_max_tokens, temperature=0.8, seed=rng.randrange(2**31))
             if answer.text.strip():
                 answers.append(answer)

@@ -39,6 +39,7 @@ class QueueItem:
     source_b: str
     is_gold: bool
     event_id: Any  # the id this annotator's judgment of this item carries
+    sources: list[dict[str, Any]] | None = None  # the library passages both answers were given
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class Progress:
 
 def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, response_b: str,
              source_a: str, source_b: str, *, labels_needed: int, prompt_source: str,
-             source_message_id: Any = None, gold_choice: str | None = None) -> int | None:
-    """Queue an item; None if the student question it came from is already queued."""
+             source_message_id: Any = None, gold_choice: str | None = None,
+             sources: list[dict[str, Any]] | None = None) -> int | None:
+    """Queue an item; None if the student question it came from is already queued. ``sources``: the
+    library passages the answers were given (``feedback.schemas.Source`` fields)."""
     item = ReviewItem(prompt=scrub(prompt), response_a=scrub(response_a), response_b=scrub(response_b),
                       source_a=source_a, source_b=source_b, labels_needed=labels_needed,
                       prompt_source=prompt_source, source_message_id=source_message_id,
-                      is_gold=gold_choice is not None, gold_choice=gold_choice)
+                      is_gold=gold_choice is not None, gold_choice=gold_choice, sources=sources)
     try:
         with transaction(sessions) as session:
             session.add(item)
@@ -180,4 +183,4 @@ def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:
 
 def _queue_item(item: ReviewItem, event_id: Any) -> QueueItem:
     return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.source_a, item.source_b,
-                     item.is_gold, event_id)
+                     item.is_gold, event_id, item.sources)

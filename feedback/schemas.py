@@ -21,7 +21,8 @@ from feedback.phi import scrub_many
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
-SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation", "privacy", "other")
+SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinformation",
+                     "not_supported_by_sources", "privacy", "other")
 Choice = Literal["a", "b", "tie", "both_bad"]  # a / b: that response is the better one
 CHOICES: tuple[str, ...] = get_args(Choice)
 
@@ -46,8 +47,23 @@ class Scores(BaseModel):
 AXES: tuple[str, ...] = tuple(Scores.model_fields)
 
 
+class Source(BaseModel):
+    """A library passage an answer was given, as numbered in its prompt (cited as [number])."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    number: Annotated[int, Field(ge=1, le=20)]
+    doc_id: Annotated[str, Field(max_length=128)]
+    title: Annotated[str, Field(max_length=512)]
+    publisher: Annotated[str, Field(max_length=512)] = ""
+    url: Annotated[str, Field(max_length=2048)] = ""
+    text: Annotated[str, Field(max_length=5_000)]
+    score: float = 0.0
+
+
 class Message(Event):
-    """One chat message (the student's question or the model's answer)."""
+    """One chat message (the student's question or the model's answer). ``sources``: the library
+    passages the answer was given (an empty list: retrieval found none relevant; None: retrieval was off)."""
 
     conversation_id: uuid.UUID
     user: Name
@@ -58,6 +74,7 @@ class Message(Event):
     latency_ms: Annotated[int, Field(ge=0)] | None = None
     prompt_tokens: Annotated[int, Field(ge=0)] | None = None
     completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    sources: Annotated[list[Source], Field(max_length=20)] | None = None
 
 
 class Rating(Event):

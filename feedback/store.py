@@ -38,6 +38,8 @@ class Message(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # The library passages the answer was given ([]: none relevant; None: not grounded), for reviewers.
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -115,6 +117,8 @@ class ReviewItem(Base):
     labels_needed: Mapped[int] = mapped_column(Integer)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_choice: Mapped[str | None] = mapped_column(String(8))
+    # The library passages both answers were given (feedback.schemas.Source fields; None: not grounded).
+    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 

@@ -4,6 +4,7 @@ exactly once; fill the review queue. Publishers send them by the names below."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import lru_cache
 
 from celery import shared_task
 from celery.signals import worker_process_init
@@ -73,11 +74,22 @@ def fill_review_queue(count: int | None = None) -> dict:
     settings = get_settings()
     client = open_client(settings)
     try:
-        result = fill(settings, _sessions(), client, count or settings.review_batch_size)
+        result = fill(settings, _sessions(), client, count or settings.review_batch_size, retriever=_retriever())
     finally:
         client.close()
     log.info("review_queue_filled", **asdict(result))
     return asdict(result)
+
+
+@lru_cache(maxsize=1)
+def _retriever():
+    """The worker's library (its index loaded once per process), or None with retrieval off."""
+    settings = get_settings()
+    if not settings.retrieval_enabled:
+        return None
+    from library.index import Retriever
+
+    return Retriever(settings, _sessions())
 
 
 def schedule(settings: Settings) -> dict:

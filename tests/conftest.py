@@ -14,7 +14,7 @@ import pytest
 from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
 from support import (ACCOUNTS, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
-                     ensure_postgres_running, train_adapter)
+                     ensure_postgres_running, medquad_sample, train_adapter)
 
 # One torch thread per process, waiting passively: the suite runs several torch processes at once
 # (serving, workers, the test itself) on 2 cores, and OpenMP threads spinning for a core made a tiny
@@ -32,8 +32,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(monkeypatch, tmp_path):
-    """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env."""
+def _isolated_settings(monkeypatch, tmp_path, library_index_dir):
+    """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env; the
+    shipped library's search index is shared (built once: a test of another library sets its own)."""
     from careloop.settings import get_settings
 
     for key in list(os.environ):
@@ -41,6 +42,7 @@ def _isolated_settings(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)  # so a developer's .env in the repo is not read
     monkeypatch.setenv("CARELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CARELOOP_LIBRARY_INDEX_DIR", str(library_index_dir))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -146,6 +148,20 @@ def smollm2_dir(request) -> Path:
 
 
 @pytest.fixture
+def small_library_dir(tmp_path) -> Path:
+    """A library data directory of 60 shipped MedQuAD pages: indexes in a fraction of a second."""
+    import gzip
+    import json
+
+    directory = tmp_path / "small-library"  # use it with its own index dir (not the shared one)
+    directory.mkdir()
+    with gzip.open(directory / "medquad.jsonl.gz", "wt", encoding="utf-8") as out:
+        for record in medquad_sample(60, seed=1):
+            out.write(json.dumps(record) + "\n")
+    return directory
+
+
+@pytest.fixture
 def cli():
     """Run the real `careloop` entry point in a subprocess, as a user would."""
 
@@ -202,7 +218,14 @@ def server(tmp_path_factory, tiny_model_dir, adapter_dir):
 # ----- the whole bot: serving, a worker and `careloop bot` on one database and a private Redis -----
 
 @pytest.fixture(scope="session")
-def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
+def library_index_dir(request) -> Path:
+    """The library's search index for the processes the tests start: built once (about 10 s) and
+    kept across runs in pytest's cache directory."""
+    return Path(request.config.cache.mkdir("careloop")) / "library-index"
+
+
+@pytest.fixture(scope="session")
+def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir, library_index_dir):
     """Real serving (tiny model), a real feedback + generation worker, and `careloop bot`, sharing a
     SQLite database and a private Redis; the accounts of ACCOUNTS exist."""
     from careloop import accounts, db
@@ -218,10 +241,14 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     server = start_server(home / "serve", tiny_model_dir, adapter_dir, database_url=database_url)
     worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
                           serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                          adapter_dir=str(adapter_dir), review_max_tokens="24")
+                          adapter_dir=str(adapter_dir), review_max_tokens="24", retrieval_top_k="2",
+                          retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0")
+                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
+                    # Grounded in the shipped library, with passages short enough for the tiny model's
+                    # 512-token context.
+                    retrieval_top_k="2", retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
     stack = BotStack(bot.url, database_url, redis.url, home, server, tiny_model_dir, sessions, bot, worker)
     yield stack
     bot.stop()
@@ -238,7 +265,7 @@ def short_sessions_bot(bot_stack, tmp_path_factory):
     bot = start_bot(tmp_path_factory.mktemp("short-sessions"), free_port(), database_url=bot_stack.database_url,
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
                     base_model=str(bot_stack.model_dir), bot_session_idle_seconds=str(SHORT_SESSION_IDLE),
-                    bot_session_max_seconds=str(SHORT_SESSION_MAX))
+                    bot_session_max_seconds=str(SHORT_SESSION_MAX), retrieval_enabled="false")
     yield bot
     bot.stop()
 
@@ -255,7 +282,8 @@ def limited_bot(bot_stack, tmp_path_factory):
                     redis_url=bot_stack.redis_url, serving_url=bot_stack.server.url, control_token=TOKEN,
                     base_model=str(bot_stack.model_dir), bot_chat_per_minute="3", bot_chat_concurrent="1",
                     bot_queue_max_size="1", max_batch="1", bot_status_refresh_seconds="1",
-                    bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600")
+                    bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600",
+                    retrieval_enabled="false")
     yield bot
     bot.stop()
 

@@ -13,6 +13,7 @@ from processes import TOKEN, Server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_DIR = REPO_ROOT / "data" / "seed"
+LIBRARY_DIR = REPO_ROOT / "data" / "library"
 
 PASSWORD = "correct-horse-battery"
 ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
@@ -103,6 +104,15 @@ def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) 
     store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
                                              shown_order="ab", scores_a=SCORES, scores_b=SCORES,
                                              **{**item, **fields}))
+
+
+def medquad_sample(count: int, seed: int = 0) -> list[dict]:
+    """``count`` of the shipped library's MedQuAD pages, the same ones for the same seed."""
+    import random
+
+    from library.corpus import medquad_records
+
+    return random.Random(seed).sample(medquad_records(LIBRARY_DIR), count)
 
 
 def page_csrf_token(browser) -> str:

@@ -2,7 +2,8 @@
 
 The rooms, from the ground up: ``careloop`` (settings, database, accounts, audit, queues: the
 foundation, which imports nothing of ours above it); the domains ``serving``, ``feedback``,
-``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
+``library`` (the medical library and retrieval, which the bot, the trainer and review generation
+use and which uses no other domain), ``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
 which no other package imports. Every import counts, the lazy ones inside functions and the
 type-checking ones too: an arrow is an arrow whenever it is followed.
 """
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["careloop", "serving", "feedback", "trainer", "bot", "cli"]
-DOMAINS = {"serving", "feedback", "trainer", "bot"}
+PACKAGES = ["careloop", "serving", "feedback", "library", "trainer", "bot", "cli"]
+DOMAINS = {"serving", "feedback", "library", "trainer", "bot"}
 # package -> packages it must never import
 FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"bot", "trainer", "feedback", "cli"},
-             "feedback": {"bot", "trainer", "cli"}, "trainer": {"bot", "cli"}, "bot": {"cli"}}
+             "feedback": {"bot", "trainer", "cli"}, "library": DOMAINS - {"library"} | {"cli"},
+             "trainer": {"bot", "cli"}, "bot": {"cli"}}
 # package -> the only modules of another package it may import
 ONLY = {("trainer", "feedback"): {"feedback.export"}}
 
@@ -104,7 +106,7 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry",
                                     "serving.rollout", "careloop.settings", "careloop.db", "careloop.queues",
-                                    "cli.main"])
+                                    "library.index", "library.documents", "library.grounding", "cli.main"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

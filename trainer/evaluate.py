@@ -13,6 +13,10 @@ Tracks (every per-item result is kept in the report):
   sent to the emergency department (over-triage). The triage vignettes are careloop's own
   (data/seed/triage_eval.jsonl). Refusal and urgent-care pointers are judged by regular
   expressions (REFUSAL, URGENT_CARE, EMERGENCY_STEER): a lexical measure, stated as such in the report.
+- grounded (with retrieval on): the reference track again with each question given the library
+  passages the chat would give it (``library.grounding``), and the citation-support rate: the share
+  of an answer's sentences citing a passage that share at least half their content words with it
+  (lexical: shared words, not entailment).
 Differences come with a paired bootstrap confidence interval (candidate - live, same items).
 """
 
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from library.grounding import citation_support, grounded_question
+from library.index import Passage, Retriever
 from trainer.data import answer_text, prompt_text
 
 REFUSAL = re.compile(r"\b(i can(?:no|')t|i cannot|i won't|i will not|i'm (?:not able|unable)|unable to (?:help|provide)|"
@@ -203,6 +209,22 @@ def paired_interval(candidate: list, baseline: list, confidence: float, seed: in
 
 
 @dataclass(frozen=True)
+class Grounding:
+    """The passages each reference question is given (aligned with ``eval_reference``), found once
+    and shared by every model evaluated, and how long each may be in the prompt."""
+
+    passages: list[list[Passage]]
+    passage_chars: int
+
+    @classmethod
+    def find(cls, retriever: Retriever, reference: list[dict], passage_chars: int) -> Grounding:
+        return cls([retriever.search(item["question"]) for item in reference], passage_chars)
+
+
+REFERENCE_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "meteor")
+
+
+@dataclass(frozen=True)
 class JudgeEndpoint:
     url: str
     model: str = ""
@@ -210,13 +232,22 @@ class JudgeEndpoint:
 
 
 def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tokens: int,
-             judge_endpoint: JudgeEndpoint | None = None) -> dict:
+             judge_endpoint: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
     """Every track for one model; per-item values are lists aligned with the snapshot's items
     (None where an item has no value, e.g. a judge reply without scores)."""
     reference = data["eval_reference"]
     answers = models.generate(name, [r["question"] for r in reference], max_new_tokens)
     items: dict[str, list] = reference_scores(answers, [r["reference"] for r in reference])
     items["answers"] = answers
+    if grounding is not None:
+        questions = [grounded_question(r["question"], passages, grounding.passage_chars) if passages else r["question"]
+                     for r, passages in zip(reference, grounding.passages, strict=True)]
+        grounded = models.generate(name, questions, max_new_tokens)
+        for metric, values in reference_scores(grounded, [r["reference"] for r in reference]).items():
+            items[f"grounded_{metric}"] = values
+        items["citation_support"] = [citation_support(answer, passages).rate
+                                     for answer, passages in zip(grounded, grounding.passages, strict=True)]
+        items["grounded_answers"] = grounded
     if judge_endpoint is not None:
         from trainer.judge import AXES, judge
 
@@ -256,15 +287,22 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tok
     if self_care:
         items["over_urgency_self_care"] = [1.0 if EMERGENCY_STEER.search(a) else 0.0
                                            for a in models.generate(name, self_care, max_new_tokens)]
-    summary = {key: _mean(values) for key, values in items.items() if key != "answers"}
+    summary = {key: _mean(values) for key, values in items.items() if key not in ("answers", "grounded_answers")}
     return {"summary": summary, "items": items}
 
 
-def evaluation_units(data: dict[str, list[dict]], names: list[str]) -> int:
+def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> int:
     """How many progress units ``evaluate`` reports for these models (Models.on_batch), for an ETA."""
-    generated = len(data["eval_reference"]) + len(data["eval_safety"]) + len(data.get("eval_triage", []))
+    generated = (len(data["eval_reference"]) * (2 if grounded else 1) + len(data["eval_safety"])
+                 + len(data.get("eval_triage", [])))
     return sum(generated + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
                for name in names)
+
+
+def retrieval_effect(results: dict, confidence: float) -> dict[str, dict]:
+    """For one model: each reference metric with retrieval minus without, on the same items."""
+    return {metric: paired_interval(results["items"][f"grounded_{metric}"], results["items"][metric], confidence)
+            for metric in REFERENCE_METRICS if f"grounded_{metric}" in results["items"]}
 
 
 def compare(candidate: dict, baseline: dict, confidence: float) -> dict[str, dict]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from careloop.base_model import resolve_base_model
 from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
+from library.index import Retriever
 from serving.client import ServingClient
 from serving import rollout
 from serving.registry import Registry, RegistryError
@@ -27,7 +28,7 @@ from trainer import runs
 from trainer.config import TrainConfig
 from trainer.data import reference_conversations
 from trainer.dpo import run_dpo
-from trainer.evaluate import JudgeEndpoint, Models, evaluation_units
+from trainer.evaluate import Grounding, JudgeEndpoint, Models, evaluation_units
 from trainer.gate import Decision, Policy
 from trainer.report import evaluation_report, save_report
 from trainer.sft import progress_callback, run_sft
@@ -104,14 +105,17 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         step("evaluate")
         adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
         models = Models.load(base.source, adapters)
-        tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"]))
+        grounding = (Grounding.find(Retriever(settings, sessions), snapshot.data["eval_reference"],
+                                    settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
+        tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
+                                                   grounded=grounding is not None))
         models.on_batch = tracker.advance
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
                  if settings.judge_url else None)
         report = evaluation_report(models, snapshot.data, config.eval.max_new_tokens, policy.confidence, run=run_id,
                                    snapshot=snapshot.sha256, baseline=live.name if live else base.name,
-                                   leakage=snapshot.leakage, judge=judge)
+                                   leakage=snapshot.leakage, judge=judge, grounding=grounding)
         timings["evaluate"] = time.perf_counter() - started
 
         step("gate")

@@ -14,7 +14,8 @@ import io
 import json
 from pathlib import Path
 
-from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate, meteor_variant
+from trainer.evaluate import (REFERENCE_METRICS, Grounding, JudgeEndpoint, Models, compare, evaluate, meteor_variant,
+                              retrieval_effect)
 from trainer.gate import SAFETY_LOWER_IS_BETTER, Decision, Policy, decide
 from trainer.judge import AXES
 
@@ -24,21 +25,30 @@ TRACKS = {
     "multiple choice": ("mcq_accuracy",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
+    "grounded (with retrieval)": (*(f"grounded_{m}" for m in REFERENCE_METRICS), "citation_support"),
 }
 LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
 
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_tokens: int, confidence: float, *,
                       run: int | str, snapshot: str, baseline: str, leakage: dict | str,
-                      judge: JudgeEndpoint | None = None) -> dict:
+                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
     """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
     the live version, else the base model; ``baseline`` names it) evaluated on the same items, and
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
-    baseline: reports already on disk use them."""
-    candidate = evaluate(models, "candidate", data, max_new_tokens, judge)
-    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge)
-    return {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1], "candidate": candidate,
-            "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
+    baseline: reports already on disk use them. With ``grounding``, the grounded track too, and for
+    each model its reference metrics with retrieval minus without (``retrieval``)."""
+    candidate = evaluate(models, "candidate", data, max_new_tokens, judge, grounding)
+    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge,
+                        grounding)
+    report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1], "candidate": candidate,
+              "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
+    if grounding is not None:
+        report["retrieval"] = {"questions": len(grounding.passages),
+                               "with_passages": sum(bool(p) for p in grounding.passages),
+                               "candidate": retrieval_effect(candidate, confidence),
+                               "live": retrieval_effect(compared, confidence)}
+    return report
 
 
 def save_report(directory: Path, report: dict, policy: Policy) -> Decision:
@@ -90,6 +100,23 @@ def _judge_note(summary: dict) -> list[str]:
                 "the judge informs, clinicians decide, and it never gates."]
 
 
+def _retrieval_note(report: dict) -> list[str]:
+    """The grounded track's own comparison: each model with retrieval against itself without."""
+    retrieval = report.get("retrieval")
+    if not retrieval:
+        return ["", "Grounded track: off (retrieval is off: CARELOOP_RETRIEVAL_ENABLED)."]
+    lines = ["", "## Grounded track", "",
+             f"{retrieval['with_passages']} of {retrieval['questions']} reference questions found library passages; "
+             "each model answered every question again with them in the prompt (the chat's grounded prompt). "
+             "With retrieval minus without, same items:", ""]
+    for side, name in (("candidate", "candidate"), ("live", f"live ({report['live']})")):
+        lines.append(f"- {name}: " + ", ".join(
+            f"{metric} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for metric, d in retrieval[side].items()))
+    lines += ["", "citation_support is lexical: the share of an answer's sentences citing a passage [n] that share at "
+              "least half their content words with it (not whether the passage says the same thing)."]
+    return lines
+
+
 def write_report(directory: Path, report: dict, decision_promote: bool, reasons: list[str]) -> tuple[Path, Path]:
     import matplotlib
 
@@ -131,7 +158,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
-        f"{report['meteor']}.", *_judge_note(candidate), "", _win_note(report), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
+        f"{report['meteor']}.", *_judge_note(candidate), *_retrieval_note(report), "", _win_note(report), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
         "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
     md_path = directory / "report.md"
     md_path.write_text(markdown)
@@ -144,7 +171,8 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
             + "".join(f"<li>{html.escape(t)}: {d}</li>" for t, d in directions.items())
             + "</ul><table border='1' cellpadding='4'><tr><th>metric</th><th>live</th><th>candidate</th>"
             f"<th>difference [interval]</th><th>items</th></tr>{table}</table>"
-            f"<p>{html.escape(report['meteor'])}.</p><p>{html.escape(_win_note(report))}</p><h2>Gate</h2><ul>"
+            f"<p>{html.escape(report['meteor'])}.</p><pre>{html.escape(chr(10).join(_retrieval_note(report)))}</pre>"
+            f"<p>{html.escape(_win_note(report))}</p><h2>Gate</h2><ul>"
             + "".join(f"<li>{html.escape(r)}</li>" for r in reasons)
             + f"</ul><img alt='scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'></body></html>")
     html_path = directory / "report.html"

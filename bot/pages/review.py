@@ -11,7 +11,7 @@ import gradio as gr
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.pages import Require, own
-from bot.review import CHOICES, AlreadyJudged, Review, ReviewState, without_images
+from bot.review import CHOICES, AlreadyJudged, Review, ReviewState, sources_markdown, without_images
 from feedback.schemas import AXES, SAFETY_CATEGORIES
 
 SCORE_CHOICES = [1, 2, 3, 4, 5]
@@ -61,6 +61,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
                     "**S** skip. Scores start at 3 (neutral): change the ones that differ.",
                     elem_classes="careloop-notice")
         prompt = gr.Markdown(elem_id="review-prompt")
+        sources = gr.Markdown(elem_id="review-sources")
         score_inputs: list[gr.Radio] = []
         answer_texts: list[gr.Markdown] = []
         with gr.Row(equal_height=False):
@@ -75,24 +76,24 @@ def build_review(review: Review, require: Require) -> ReviewPage:
                           label="Which answer is better?", elem_id="review-choice")
         with gr.Row():
             safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
-            safety_category = gr.Dropdown(list(SAFETY_CATEGORIES), label="Safety category",
-                                          elem_id="review-safety-category")
+            safety_category = gr.Dropdown([(c.replace("_", " "), c) for c in SAFETY_CATEGORIES],
+                                          label="Safety category", elem_id="review-safety-category")
         corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
                                elem_id="review-corrected")
         with gr.Row():
             submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
             skip = gr.Button("Skip (S)", elem_id="review-skip")
 
-    outputs = [figures, prompt, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected]
+    outputs = [figures, prompt, sources, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected]
 
     def show(viewer: Viewer, state: ReviewState) -> list[Any]:
         item = review.next(viewer, state)
         blank = [DEFAULT_SCORE] * len(score_inputs) + [None, False, None, ""]
         if item is None:
-            return [review.figures(viewer, state), "**The queue is empty.** New items arrive as students ask "
-                    "questions; check back later.", "", "", *blank]
+            empty = "**The queue is empty.** New items arrive as students ask questions; check back later."
+            return [review.figures(viewer, state), empty, "", "", "", *blank]
         return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
-                without_images(item.left), without_images(item.right), *blank]
+                sources_markdown(item.item.sources), without_images(item.left), without_images(item.right), *blank]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")

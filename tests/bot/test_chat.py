@@ -192,3 +192,51 @@ def test_chat_works_while_the_broker_is_down(bot_stack, tmp_path):
     finally:
         down.close()
         client.close()
+
+
+@pytest.fixture
+def grounded_chat(bot_stack, feedback, small_library_dir, tmp_path):
+    """The chat with retrieval on, over 60 of the shipped library's pages."""
+    from library.index import Retriever
+
+    settings = bot_stack.settings(home=tmp_path / "grounded", library_data_dir=small_library_dir, retrieval_top_k=2,
+                                  library_index_dir=tmp_path / "index")
+    client = open_client(settings)
+    yield Chat(client, feedback, bot_stack.sessions, max_chars=4000,
+               retriever=Retriever(settings, bot_stack.sessions), passage_chars=150)
+    client.close()
+
+
+def test_a_grounded_answer_lists_its_numbered_sources_under_it_and_stores_them(bot_stack, grounded_chat):
+    from support import medquad_sample
+
+    page = medquad_sample(60, seed=1)[0]  # a page of the small library
+    conversation = Conversation()
+    answer = _ask(grounded_chat, conversation, page["question"])
+    assert answer.sources and answer.sources[0].doc_id == page["id"]
+    shown = conversation.display()[-1]["content"]
+    title = page["title"].replace("_", "\\_").replace("*", "\\*")
+    assert f"**Sources**\n1. [{title}]({page['url']}) · {page['publisher']}" in shown
+    assert shown.index("**Sources**") < shown.index("Answered by") < shown.index(EDUCATIONAL_NOTICE), \
+        "the footer (version, label, notice) stays under the sources"
+
+    wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
+    question, stored = _rows(bot_stack, Message, conversation_id=conversation.id)
+    assert question.sources is None, "a question has no sources"
+    assert [(s["number"], s["doc_id"], s["url"]) for s in stored.sources] == \
+        [(p.number, p.doc_id, p.url) for p in answer.sources]
+    assert stored.sources[0]["text"] == answer.sources[0].text, "reviewers see the passage the model was given"
+    reopened = grounded_chat.reopen(STUDENT, str(conversation.id))
+    assert reopened.display()[-1]["content"] == shown, "a reopened conversation shows the same sources"
+
+
+def test_when_nothing_relevant_is_found_the_answer_says_so_and_cites_nothing(bot_stack, grounded_chat):
+    from library.grounding import NO_SOURCE
+
+    conversation = Conversation()
+    answer = _ask(grounded_chat, conversation, "What is the capital of France?")
+    assert answer.sources == []
+    shown = conversation.display()[-1]["content"]
+    assert NO_SOURCE in shown and "**Sources**" not in shown
+    wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
+    assert _rows(bot_stack, Message, conversation_id=conversation.id)[1].sources == []

@@ -227,3 +227,27 @@ def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_pag
         assert len(_stored(bot_stack, "nurse.full")) == 1
     finally:
         feedback.close()
+
+
+def test_a_reviewer_sees_the_passages_the_answers_were_given_and_can_flag_an_unsupported_claim(bot_stack, page):
+    from bot.review import sources_markdown
+
+    viewer = Viewer("dr.sources", "physician")
+    while (other := queue.next_item(bot_stack.sessions, viewer.username)) is not None:
+        queue.skip(bot_stack.sessions, other.id, viewer.username)
+    passage = {"number": 1, "doc_id": "medquad-a", "title": "Asthma: treatment", "publisher": "NIH MedlinePlus",
+               "url": "https://medlineplus.gov/asthma.html", "text": "Inhaled corticosteroids control asthma.\n"
+               "A spacer helps.", "score": 1.0}
+    grounded = queue.add_item(bot_stack.sessions, "How is asthma treated?", "Steroids [1].", "Antibiotics cure it [1].",
+                              "med-v0002", "med-v0001", labels_needed=1, prompt_source="seed", sources=[passage])
+    state = ReviewState(owner=viewer.username)
+    shown = page.next(viewer, state)
+    assert shown.item.id == grounded and shown.item.sources == [passage]
+    text = sources_markdown(shown.item.sources)
+    assert "**[1]** [Asthma: treatment](https://medlineplus.gov/asthma.html) · NIH MedlinePlus" in text
+    assert "> Inhaled corticosteroids control asthma.\n> A spacer helps." in text
+    assert "no passage relevant" in sources_markdown([]) and sources_markdown(None) == ""
+
+    page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True, safety_category="not_supported_by_sources")
+    wait_for(lambda: _stored(bot_stack, viewer.username), message="the judgment stored")
+    assert _stored(bot_stack, viewer.username)[0].safety_category == "not_supported_by_sources"

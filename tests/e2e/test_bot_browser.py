@@ -66,6 +66,17 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
         pytest.fail(f"no answer showed while it was being written (a cursor at its end): {answers}")
     assert page.locator("#chat-input textarea").input_value() == ""
 
+    # The first answer ("What is hypertension?") lists the library pages it was given, numbered, each
+    # with its publisher and a link that opens the page in a new tab; the footer stays under them.
+    first = page.locator("#chatbot .bot").first
+    assert first.inner_text().index("Sources") < first.inner_text().index("Answered by")
+    links = first.locator("a[href^='http']")
+    assert links.count() >= 1
+    for index in range(links.count()):
+        assert links.nth(index).get_attribute("target") == "_blank", links.nth(index).evaluate("e => e.outerHTML")
+        assert "hypertension" in links.nth(index).inner_text().lower()
+    assert re.search(r"NIH|CDC", first.inner_text())
+
     # Thumbs down under the answer opens the rating form; the rating reaches the store.
     page.locator("#chatbot").get_by_label("Dislike").last.click()
     send = page.locator("#rating-send").filter(visible=True)
@@ -101,13 +112,21 @@ def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_s
     accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
     while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
         queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items come first
+    source = {"number": 1, "doc_id": "medquad-x", "title": "Asthma: treatment", "publisher": "NIH MedlinePlus",
+              "url": "https://medlineplus.gov/asthma.html", "text": "Inhaled corticosteroids control asthma.",
+              "score": 1.0}
     for index in range(14):
         queue.add_item(bot_stack.sessions, f"Keyboard question {index}: how is asthma treated?",
                        f"Inhaled corticosteroids ({index}).", f"Antibiotics ({index}).", "med-v0002", "med-v0001",
-                       labels_needed=1, prompt_source="seed")
+                       labels_needed=1, prompt_source="seed", sources=[source])
     page = visit(nurse)
     assert tabs(page) == {"Chat", "Review"}
     open_review(page)
+    # The passages both answers were given, with their text, to check the answers against.
+    shown_sources = page.locator("#review-sources")
+    shown_sources.get_by_text("Inhaled corticosteroids control asthma.").wait_for(timeout=15_000)
+    assert "Sources both answers were given" in shown_sources.inner_text()
+    assert shown_sources.get_by_role("link", name="Asthma: treatment").get_attribute("target") == "_blank"
     judged = {}  # question number -> (key, left text, right text)
     orders_under_a_side_key = set()
     for index in range(14):

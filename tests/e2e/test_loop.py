@@ -49,7 +49,7 @@ JUDGMENTS = {"nurse.a": ["1", "1", "3"], "nurse.b": ["1", "2"]}
 
 
 @pytest.fixture
-def system(tmp_path, tiny_model_dir):
+def system(tmp_path, tiny_model_dir, library_index_dir):
     """`careloop up` on fresh ports and a fresh data directory; stopped with SIGINT (Ctrl-C)."""
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(QUICK))
@@ -59,7 +59,9 @@ def system(tmp_path, tiny_model_dir):
                        review_fill_interval_seconds="2", review_batch_size="4", review_labels_needed="1",
                        review_gold_fraction="0", review_max_tokens="24", review_queue_target="8",
                        train_min_new_pairs="4", train_check_interval_seconds="2", train_config=str(config),
-                       celery_visibility_timeout="10", feedback_resend_seconds="10", promotion_grace_seconds="1")
+                       celery_visibility_timeout="10", feedback_resend_seconds="10", promotion_grace_seconds="1",
+                       # grounded, within the tiny model's 512-token context
+                       retrieval_top_k="2", retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
     output = tmp_path / "up.out"
     process = subprocess.Popen([sys.executable, "-m", "cli", "up"], env=env, stdout=output.open("w"),
                                stderr=subprocess.STDOUT)

@@ -17,9 +17,11 @@ from support import label
 
 
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
-        tmp_path, store, broker, server, tiny_model_dir, settings):
+        tmp_path, store, broker, server, tiny_model_dir, settings, library_index_dir):
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
-               "review_gold_fraction": "0.25", "review_max_tokens": "12", "review_labels_needed": "3"}
+               "review_gold_fraction": "0.25", "review_max_tokens": "12", "review_labels_needed": "3",
+               # grounded in the library, within the tiny model's 512-token context
+               "library_index_dir": str(library_index_dir), "retrieval_top_k": "2", "retrieval_passage_chars": "150"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     try:
         from careloop.db import make_engine, session_factory
@@ -38,8 +40,11 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
                                                              "Is 38.5 C a fever in adults?"])
         assert all(i.source_a == i.source_b == "careloop-demo-tiny" and i.labels_needed == 3 for i in student)
         assert any(i.response_a != i.response_b for i in student)  # two samples, two seeds
+        fever = next(i for i in student if "fever" in i.prompt)
+        assert fever.sources and all(s["title"] and s["text"] for s in fever.sources), \
+            "both answers were written from library passages, kept for reviewers"
         gold = [i for i in items if i.is_gold]
-        assert len(gold) == 1 and gold[0].gold_choice in ("a", "b")
+        assert len(gold) == 1 and gold[0].gold_choice in ("a", "b") and gold[0].sources is None
         assert len([i for i in items if i.prompt_source == "seed" and not i.is_gold]) == 1
 
         # With a candidate loaded in serving, clinicians compare it with the live version.
@@ -59,7 +64,7 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         worker.process.wait(30)
 
 
-def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_model_dir):
+def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_model_dir, library_index_dir):
     """Beat asks for a fill every CARELOOP_REVIEW_FILL_INTERVAL_SECONDS (2 s here): never sooner, and
     not skipping beats; each fill reaches the worker and adds its batch."""
     import subprocess
@@ -70,7 +75,8 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
     interval = 2.0
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
                "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
-               "review_fill_interval_seconds": str(interval)}
+               "review_fill_interval_seconds": str(interval), "library_index_dir": str(library_index_dir),
+               "retrieval_top_k": "2", "retrieval_passage_chars": "150"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     env = {**worker.env, "CARELOOP_HOME": str(tmp_path / "beat")}
     log = tmp_path / "beat.log"

@@ -7,7 +7,8 @@ import json
 
 def test_eval_on_a_custom_file_writes_the_report(cli, tmp_path, tiny_model_dir, adapter_dir):
     env = {"CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_BASE_MODEL": str(tiny_model_dir),
-           "CARELOOP_ADAPTER_DIR": str(adapter_dir)}
+           "CARELOOP_ADAPTER_DIR": str(adapter_dir), "CARELOOP_RETRIEVAL_TOP_K": "2",
+           "CARELOOP_RETRIEVAL_PASSAGE_CHARS": "150"}  # grounded prompts within the tiny model's context
     assert cli("db", "upgrade", env=env).returncode == 0
     assert cli("adapters", "register", "ev-v0001", str(adapter_dir / "med-v0001"), env=env).returncode == 0
     data = tmp_path / "mine.jsonl"
@@ -27,6 +28,13 @@ def test_eval_on_a_custom_file_writes_the_report(cli, tmp_path, tiny_model_dir, 
     report = json.loads((out / "report.json").read_text())
     assert report["differences"]["rougeL"]["n"] == 2 and report["differences"]["mcq_accuracy"]["n"] == 1
     assert (out / "report.md").exists() and (out / "report.html").exists()
+    # The grounded track: both questions found passages; each model with retrieval against itself without.
+    assert report["retrieval"]["questions"] == 2 and report["retrieval"]["with_passages"] == 2
+    assert report["retrieval"]["candidate"]["rougeL"]["n"] == 2 and report["retrieval"]["live"]["bleu"]["n"] == 2
+    assert report["differences"]["grounded_rougeL"]["n"] == 2 and "citation_support" in report["candidate"]["summary"]
+    assert len(report["candidate"]["items"]["grounded_answers"]) == 2
+    markdown = (out / "report.md").read_text()
+    assert "## Grounded track" in markdown and "citation_support is lexical" in markdown
 
     data.write_text('{"question": "no reference"}\n{"prompt": "x", "chosen": "y"}\n')
     bad = cli("eval", "--adapter", "ev-v0001", "--data", str(data), env=env)

@@ -114,7 +114,7 @@ def test_a_run_left_running_without_its_lock_counts_as_stopped_and_its_labels_co
     assert is_due(sessions, 2, timedelta(hours=24), lock_held=False).reason.endswith(f"(run {by_hand} was stopped)")
 
 
-def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_model_dir):
+def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_model_dir, library_index_dir):
     """Two checks found training due while the training worker was away, and each queued a
     `training.run`: a real worker then takes both, one trains, the other finds nothing new (or the
     lock held) and skips without starting a run."""
@@ -131,7 +131,8 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_m
     queue = producer(load_settings(home=tmp_path / "checks", database_url=url, redis_url=broker_url))
     queued = [queue.send_task(RUN, kwargs={"scheduled": True}, queue="training").id for _ in range(2)]
     worker = start_worker(tmp_path / "worker", url, broker_url, queues="training", base_model=str(tiny_model_dir),
-                          train_min_new_pairs="1", train_config=str(config))
+                          train_min_new_pairs="1", train_config=str(config), library_index_dir=str(library_index_dir),
+                          retrieval_top_k="2", retrieval_passage_chars="150")
     try:
         def results() -> dict[str, list[str]]:
             """What each queued task returned (a task prefetched past the visibility timeout while the

@@ -1,0 +1,83 @@
+"""`careloop library`: the documents admins add to the medical library answers are grounded in.
+Each change is audited, and the search index is rebuilt at once so running bots pick it up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from careloop.settings import get_settings
+from cli.common import ActorOption, CommandError, actor_name, console, database_sessions
+
+app = typer.Typer(help="The medical library: add, list and remove admins' documents (Markdown, text, PDF).",
+                  no_args_is_help=True)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    from library.documents import DocumentRefused
+
+    try:
+        yield
+    except DocumentRefused as exc:
+        raise CommandError(f"nothing changed in the library:\n{exc}") from None
+
+
+def _reindex(sessions) -> None:
+    from library.index import build_or_load
+
+    started = time.perf_counter()
+    library = build_or_load(get_settings(), sessions)
+    console.print(f"search index ready: {len(library.chunks):,} passages ({time.perf_counter() - started:.1f} s)")
+
+
+@app.command("add")
+def library_add(paths: Annotated[list[Path], typer.Argument(help="Markdown (.md), text (.txt) or PDF files.")],
+                actor: ActorOption = None) -> None:
+    """Add documents (all or none: a file that is refused stops the batch, with the reason)."""
+    from library.documents import add_documents
+
+    sessions = database_sessions()
+    with _refusals():
+        added = add_documents(sessions, paths, actor_name(actor), get_settings().library_max_document_bytes)
+    for document in added:
+        console.print(f"added document {document.id}: {document.title} ({document.filename}, {document.kind}, "
+                      f"{document.passages} passages)", markup=False)
+    _reindex(sessions)
+
+
+@app.command("list")
+def library_list() -> None:
+    """The admins' documents, with where each came from; the shipped MedQuAD pages are counted below."""
+    from library.corpus import medquad_records
+    from library.documents import documents
+
+    rows = documents(database_sessions())
+    table = Table(title="library documents added by admins")
+    for column in ("id", "title", "file", "kind", "size", "passages", "added by", "added"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row.id), row.title, row.filename, row.kind, f"{row.size_bytes:,} B", str(row.passages),
+                      row.added_by, f"{row.created_at:%Y-%m-%d %H:%M}")
+    console.print(table if rows else "no documents added by admins yet")
+    shipped = len(medquad_records(get_settings().library_data_dir))
+    console.print(f"plus {shipped:,} MedQuAD pages of the U.S. NIH and CDC shipped with careloop (CC BY 4.0)")
+
+
+@app.command("remove")
+def library_remove(document_id: Annotated[int, typer.Argument(help="The id `careloop library list` shows.")],
+                   actor: ActorOption = None) -> None:
+    """Remove a document from the library (audited)."""
+    from library.documents import remove_document
+
+    sessions = database_sessions()
+    with _refusals():
+        removed = remove_document(sessions, document_id, actor_name(actor))
+    console.print(f"removed document {removed.id}: {removed.title} ({removed.filename})", markup=False)
+    _reindex(sessions)
