@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import pytest
 
 from support import PASSWORD
-from e2e_browser import judge_with_keys, only_local, open_review, shot, tabs
+from e2e_browser import judge_with_keys, only_local, open_review, shot, sign_in, tabs
 from processes import wait_for
 from sqlalchemy import select
 
@@ -25,9 +26,32 @@ from trainer import runs
 
 def test_a_wrong_password_is_refused_on_the_login_page(visit):
     page = visit("stu.dent", "not-the-password")
-    page.wait_for_selector("text=Incorrect Credentials", timeout=15_000)
+    page.locator("#login-message").filter(has_text="Incorrect username or password.").wait_for(timeout=15_000)
     assert page.locator("#header").count() == 0
     shot(page, "login")
+
+
+def test_a_locked_username_is_told_so_and_for_how_long(browser, bot_stack, short_sessions_bot):
+    """Issue 19, 10: after five wrong passwords the right one showed "Incorrect Credentials" and no
+    word of the lock. (On the short-sessions bot: its failure counts are its own, so the other
+    tests' sign-ins on the main bot are not throttled.)"""
+    accounts.add_user(bot_stack.sessions, "locked.nurse", "nurse", PASSWORD, actor="test")
+    with httpx.Client(base_url=short_sessions_bot.url) as client:  # four wrong passwords, as the form posts them
+        for _ in range(4):
+            assert client.post("/login", data={"username": "locked.nurse", "password": "wrong"}).status_code == 400
+    page = sign_in(browser, short_sessions_bot.url, "locked.nurse", "wrong", wait=False)
+    try:
+        said = page.locator("#login-message")
+        said.filter(has_text="After 5 failed sign-ins this username is locked for 5 minutes.").wait_for(timeout=15_000)
+        page.get_by_label("username").fill("locked.nurse")
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        said.filter(has_text="This username is locked after 5 failed sign-ins: try again in 5 minutes.").wait_for(
+            timeout=15_000)
+        assert page.locator("#header").count() == 0, "the right password is refused while locked"
+        shot(page, "login-locked")
+    finally:
+        page.context.close()
 
 
 def _ratings(stack, comment: str) -> list[Rating]:
