@@ -63,7 +63,12 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page = visit("stu.dent")
     assert tabs(page) == {"Chat"}, "a student sees neither review nor admin"
     page.wait_for_selector("#serving-status >> text=Model server up", timeout=15_000)
+    # Before anything is asked (issue 19, 7): the standing notice, no emergency steer, no Stop button.
+    notice = page.locator("#chat-notice").inner_text()
+    assert "For medical education only" in notice and "it may be an emergency" not in notice, notice
+    assert not page.locator("#chat-stop").is_visible(), "Stop shows only while an answer is written"
     answers = []  # every sample of the answer's text, per question
+    stop_while_writing = []  # whether Stop showed, each time the answer showed its cursor
     for question in ("What is hypertension?", "What causes hypertension?", "How is hypertension treated?",
                      "What is anaemia?", "How does metformin work?"):
         # The tiny model sometimes stops after a token or two, too fast to catch mid-answer, or says
@@ -77,6 +82,8 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
         while time.monotonic() < deadline:
             if answer.count():
                 seen.append(answer.inner_text())
+                if seen[-1].endswith("▌"):
+                    stop_while_writing.append(page.locator("#chat-stop").is_visible())
                 if "Answered by" in seen[-1]:
                     break
             time.sleep(0.02)
@@ -89,11 +96,15 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     else:
         pytest.fail(f"no answer showed while it was being written (a cursor at its end): {answers}")
     assert page.locator("#chat-input textarea").input_value() == ""
+    assert any(stop_while_writing), "Stop showed while the answer was being written"
+    page.locator("#chat-stop").wait_for(state="hidden", timeout=10_000)
 
     # Thumbs down under the answer opens the rating form; the rating reaches the store.
     page.locator("#chatbot").get_by_label("Dislike").last.click()
     send = page.locator("#rating-send").filter(visible=True)
     send.wait_for(timeout=15_000)
+    assert page.locator("#rating-thumbs").inner_text().split() == ["Your", "rating", "▲", "Helpful", "▼", "Not",
+                                                                   "helpful"], "marks DejaVu Sans has, not emoji"
     page.locator("#rating-comment textarea").filter(visible=True).fill("Not an answer to the question.")
     send.click()
     wait_for(lambda: send.count() == 0, timeout=15, message="the rating form to close")
@@ -111,8 +122,12 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     shot(page, "chat")
     # The box takes at most the limit (its maxlength; the handler still refuses longer text from
     # scripts with the limit named: tests/bot/test_chat.py), so nothing over it is ever sent.
+    counter = page.locator("#chat-counter")
+    page.locator("#chat-input textarea").fill("x" * 1234)
+    counter.filter(has_text="1,234 / 4,000 characters").wait_for(timeout=5_000)  # counted as it is typed
     page.locator("#chat-input textarea").fill("x" * 4001)
     assert page.locator("#chat-input textarea").input_value() == "x" * 4000, "the box stops at 4,000 characters"
+    counter.filter(has_text="4,000 / 4,000 characters (0 left)").wait_for(timeout=5_000)
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text(), "the chat stays on screen"
     only_local(page)
 
