@@ -186,12 +186,12 @@ class _SplitCharacterHandler(BaseHTTPRequestHandler):
     """A chat stream as vLLM sends it (raw UTF-8 in the JSON, no charset in the Content-Type), each
     multi-byte character cut between two network writes."""
 
-    ANSWER = ["Fever is 38 °C", " or more; 5 µg", " 🌡"]
+    ANSWER = ("Fever is 38 °C", " or more; 5 µg", " 🌡")
 
     def log_message(self, *args) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -220,4 +220,4 @@ def test_a_character_split_between_network_chunks_arrives_whole():
     finally:
         server.shutdown()
         server.server_close()
-    assert pieces == _SplitCharacterHandler.ANSWER
+    assert pieces == list(_SplitCharacterHandler.ANSWER)
