@@ -26,7 +26,7 @@ from bot.pages import guard  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
 from bot.pages.review import KEYBOARD, build_review  # noqa: E402
-from bot.review import Review, ReviewState  # noqa: E402
+from bot.review import Filling, Review, ReviewState  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
 from careloop.db import sessions_for  # noqa: E402
 from careloop.log import ensure_logging, get_logger  # noqa: E402
@@ -126,7 +126,9 @@ def open_services(settings: Settings) -> Services:
     limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
                     Chat(client, feedback, sessions, settings.bot_max_message_chars, limits),
-                    Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback,
+                    Review(feedback, sessions, Filling(settings.redis_url, settings.review_fill_interval_seconds,
+                                                       settings.review_fill_soon_seconds)),
+                    Admin(settings, sessions, registry, client), feedback,
                     SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds))
 
 

@@ -81,11 +81,39 @@ class ReviewState:
     owner: str = ""  # the account whose page holds it (bot.pages.own refuses it to any other)
 
 
+@dataclass(frozen=True)
+class Filling:
+    """How the queue is filled, for the page to say when new items come: beat's interval, the delay
+    after a student's question, and the Redis where the worker notes its fills."""
+
+    redis_url: str
+    interval: float
+    soon: float
+
+
 class Review:
-    def __init__(self, feedback: FeedbackAPI, sessions: sessionmaker[Session], rng: random.Random | None = None):
+    def __init__(self, feedback: FeedbackAPI, sessions: sessionmaker[Session], filling: Filling,
+                 rng: random.Random | None = None):
         self.feedback = feedback
         self.sessions = sessions
+        self.filling = filling
         self.rng = rng or random.Random()
+
+    def when_items_come(self) -> str:
+        """What the page says while the queue is empty: when new items arrive."""
+        filling = self.filling
+        fills = review_queue.fills(filling.redis_url, filling.interval)
+        every = _duration(filling.interval)
+        told = [f"New items are added every {every}"]
+        if fills.next_scheduled is not None:
+            told.append(f" (the next fill is due about {fills.next_scheduled:%H:%M} UTC")
+            told.append(f"; the last ran at {fills.last:%H:%M:%S} UTC)" if fills.last else ")")
+        if filling.soon > 0:
+            told.append(f" and about {_duration(filling.soon)} after a student asks a question")
+        if fills.soon:
+            told.append(" (one is on its way now)")
+        told.append(". Filling takes a little longer while the model writes the answers. Press **Refresh** to look again.")
+        return "".join(told)
 
     def next(self, viewer: Viewer, state: ReviewState) -> Shown | None:
         item = review_queue.next_item(self.sessions, viewer.username, exclude=state.submitted)
@@ -159,3 +187,9 @@ class Review:
         parts.append(f"gold score {gold:.0%} ({stats.gold_labels} items)" if gold is not None
                      else "gold score: no gold items yet")
         return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} seconds"

@@ -202,10 +202,12 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir):
     server = start_server(home / "serve", tiny_model_dir, adapter_dir, database_url=database_url)
     worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
                           serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                          adapter_dir=str(adapter_dir), review_max_tokens="24")
+                          adapter_dir=str(adapter_dir), review_max_tokens="24",
+                          review_fill_soon_seconds="0")  # tests put their own items in the shared queue
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0")
+                    adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
+                    review_fill_soon_seconds="0")
     stack = BotStack(bot.url, database_url, redis.url, home, server, tiny_model_dir, sessions, bot, worker)
     yield stack
     bot.stop()

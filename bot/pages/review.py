@@ -61,38 +61,43 @@ def build_review(review: Review, require: Require) -> ReviewPage:
                     "**S** skip. Scores start at 3 (neutral): change the ones that differ.",
                     elem_classes="careloop-notice")
         prompt = gr.Markdown(elem_id="review-prompt")
+        refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", visible=False)  # while the queue is empty
         score_inputs: list[gr.Radio] = []
         answer_texts: list[gr.Markdown] = []
-        with gr.Row(equal_height=False):
-            for side, label in (("left", "Answer A"), ("right", "Answer B")):
-                with gr.Column(elem_id=f"review-{side}"):
-                    gr.Markdown(f"### {label}")
-                    answer_texts.append(gr.Markdown(elem_id=f"review-{side}-text"))
-                    for axis in AXES:
-                        score_inputs.append(gr.Radio(SCORE_CHOICES, value=DEFAULT_SCORE, label=axis,
-                                                     elem_id=f"score-{side}-{axis}"))
-        choice = gr.Radio([(f"{key} · {label}", value) for key, (value, label) in enumerate(CHOICES.items(), 1)],
-                          label="Which answer is better?", elem_id="review-choice")
-        with gr.Row():
-            safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
-            safety_category = gr.Dropdown(list(SAFETY_CATEGORIES), label="Safety category",
-                                          elem_id="review-safety-category")
-        corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
-                               elem_id="review-corrected")
-        with gr.Row():
-            submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
-            skip = gr.Button("Skip (S)", elem_id="review-skip")
+        with gr.Column(elem_id="review-form") as form:  # hidden while the queue is empty
+            with gr.Row(equal_height=False):
+                for side, label in (("left", "Answer A"), ("right", "Answer B")):
+                    with gr.Column(elem_id=f"review-{side}"):
+                        gr.Markdown(f"### {label}")
+                        answer_texts.append(gr.Markdown(elem_id=f"review-{side}-text"))
+                        for axis in AXES:
+                            score_inputs.append(gr.Radio(SCORE_CHOICES, value=DEFAULT_SCORE, label=axis,
+                                                         elem_id=f"score-{side}-{axis}"))
+            choice = gr.Radio([(f"{key} · {label}", value) for key, (value, label) in enumerate(CHOICES.items(), 1)],
+                              label="Which answer is better?", elem_id="review-choice")
+            with gr.Row():
+                safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
+                safety_category = gr.Dropdown(list(SAFETY_CATEGORIES), label="Safety category",
+                                              elem_id="review-safety-category")
+            corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
+                                   elem_id="review-corrected")
+            with gr.Row():
+                submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
+                skip = gr.Button("Skip (S)", elem_id="review-skip")
 
-    outputs = [figures, prompt, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected]
+    outputs = [figures, prompt, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected,
+               form, refresh]
 
     def show(viewer: Viewer, state: ReviewState) -> list[Any]:
         item = review.next(viewer, state)
         blank = [DEFAULT_SCORE] * len(score_inputs) + [None, False, None, ""]
-        if item is None:
-            return [review.figures(viewer, state), "**The queue is empty.** New items arrive as students ask "
-                    "questions; check back later.", "", "", *blank]
+        empty = item is None
+        shown = gr.Column(visible=not empty), gr.Button(visible=empty)
+        if empty:
+            return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "",
+                    *blank, *shown]
         return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
-                without_images(item.left), without_images(item.right), *blank]
+                without_images(item.left), without_images(item.right), *blank, *shown]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
@@ -100,6 +105,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         return [state, *show(viewer, state)]
 
     tab.select(open_review, [review_state], [review_state, *outputs], api_name="review_next", show_progress="hidden")
+    refresh.click(open_review, [review_state], [review_state, *outputs], api_name=False, show_progress="hidden")
 
     judgment_inputs = {review_state, *score_inputs, choice, safety_flag, safety_category, corrected}
 

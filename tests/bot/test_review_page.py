@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from bot.access import Viewer
 from bot.errors import UserError
-from bot.review import AXES, AlreadyJudged, Review, ReviewState
+from bot.review import AXES, AlreadyJudged, Filling, Review, ReviewState
 from feedback import review_queue as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
@@ -24,10 +24,15 @@ LEFT = {"accuracy": 5, "helpfulness": 4, "relevance": 5, "comprehensiveness": 4}
 RIGHT = {"accuracy": 1, "helpfulness": 2, "relevance": 2, "comprehensiveness": 1}
 
 
+def _filling(stack) -> Filling:
+    settings = stack.settings()
+    return Filling(stack.redis_url, settings.review_fill_interval_seconds, settings.review_fill_soon_seconds)
+
+
 @pytest.fixture
 def page(bot_stack, tmp_path):
     feedback = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
-    yield Review(feedback, bot_stack.sessions, random.Random(7))
+    yield Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(7))
     feedback.close()
 
 
@@ -111,7 +116,7 @@ def test_a_second_tab_cannot_judge_the_same_item_again(bot_stack, page, tmp_path
         page.submit(viewer, third_tab, "right", RIGHT, LEFT)
     # Another bot process (its own outbox) sends the same showing: one row, the first judgment.
     other = Review(FeedbackAPI(bot_stack.settings(home=tmp_path / "other-bot"), flush_interval=0.1),
-                   bot_stack.sessions, random.Random(1))
+                   bot_stack.sessions, _filling(bot_stack), random.Random(1))
     try:
         event_id = other.feedback.submit_comparison(
             event_id=shown.event_id, review_item_id=shown.item.id, annotator=viewer.username,
@@ -209,7 +214,7 @@ def test_skip_and_the_reviewers_own_figures(bot_stack, page):
 def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_page(bot_stack, small_disk):
     feedback = FeedbackAPI(bot_stack.settings(home=small_disk.parent / "bot", outbox_path=small_disk / "outbox.db"),
                            flush_interval=0.1)
-    page = Review(feedback, bot_stack.sessions, random.Random(3))
+    page = Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(3))
     try:
         viewer = Viewer("nurse.full", "nurse")
         _items(bot_stack, 1, "full disk", "nurse.full")

@@ -132,6 +132,29 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     only_local(page)
 
 
+def test_a_nurse_with_an_empty_queue_is_told_when_items_come_and_refreshes(visit, bot_stack):
+    """Issue 19, 8: the empty queue said items arrive "later", had no refresh and showed the whole
+    scoring form. It says when the next fill is due, hides the form, and Refresh brings new items."""
+    nurse = "nurse.empty"
+    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
+    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
+        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items: this nurse's queue is empty
+    queue.record_fill(bot_stack.redis_url, scheduled=True)  # as beat's periodic fill notes it
+    page = visit(nurse)
+    page.get_by_role("tab", name="Review").click()
+    prompt = page.locator("#review-prompt")
+    prompt.filter(has_text="The queue is empty").wait_for(timeout=30_000)
+    assert re.search(r"New items are added every 5 minutes \(the next fill is due about \d\d:\d\d UTC; the last "
+                     r"ran at \d\d:\d\d:\d\d UTC\)", prompt.inner_text()), prompt.inner_text()
+    assert not page.locator("#review-choice").is_visible() and not page.locator("#review-submit").is_visible()
+    shot(page, "review-empty")
+    queue.add_item(bot_stack.sessions, "Refreshed question: what is gout?", "Joint inflammation from urate.",
+                   "A skin rash.", "med-v0002", "med-v0001", labels_needed=1, prompt_source="seed")
+    page.locator("#review-refresh").click()
+    prompt.get_by_text("Refreshed question").wait_for(timeout=15_000)
+    assert page.locator("#review-choice").is_visible() and not page.locator("#review-refresh").is_visible()
+
+
 def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_side(visit, bot_stack):
     """Keys 1 and 2 choose the answer shown on the left and on the right, whichever of the item's
     answers the blind order put there: the stored choice names that answer. Key 3 is a tie. The
