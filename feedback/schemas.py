@@ -55,6 +55,7 @@ class Message(Event):
     content: Text
     adapter_version: Annotated[str, Field(max_length=128)] = ""
     demo_model: bool = False
+    interrupted: bool = False  # an answer cut off before its end (Stop, a page reloaded, serving lost)
     latency_ms: Annotated[int, Field(ge=0)] | None = None
     prompt_tokens: Annotated[int, Field(ge=0)] | None = None
     completion_tokens: Annotated[int, Field(ge=0)] | None = None

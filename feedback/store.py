@@ -35,6 +35,7 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     adapter_version: Mapped[str] = mapped_column(String(128), default="")
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)  # an answer cut off before its end
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)

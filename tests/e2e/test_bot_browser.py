@@ -132,6 +132,46 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     only_local(page)
 
 
+def test_an_answer_cut_off_by_a_reload_shows_as_interrupted_in_history(visit, bot_stack):
+    """Issue 19, 5: an answer cut off by a page reload looked finished in history, with the normal
+    footer. It is stored as interrupted and, reopened, says it was cut off."""
+    from feedback.store import Message
+
+    student = "stu.reload"
+    accounts.add_user(bot_stack.sessions, student, "student", PASSWORD, actor="test")
+    page = visit(student)
+    for attempt in range(6):  # the tiny model sometimes ends after a word, too fast to catch mid-answer
+        before = page.locator("#chatbot .bot").count()
+        page.locator("#chat-input textarea").fill(f"How is asthma treated? ({attempt})")
+        page.locator("#chat-send").click()
+        writing = page.wait_for_function(
+            "(before) => { const all = document.querySelectorAll('#chatbot .bot'); const last = all[all.length - 1];"
+            " return all.length > before && (last.innerText.endsWith('▌') ? 'writing' :"
+            " last.innerText.includes('Answered by') ? 'done' : false); }", arg=before, timeout=60_000,
+            polling=10).json_value()
+        if writing == "writing":
+            page.reload()
+            break
+    else:
+        pytest.fail("six answers finished before the page could be reloaded mid-answer")
+
+    def cut_off() -> list:
+        with bot_stack.sessions() as session:
+            return list(session.scalars(select(Message).where(Message.user == student, Message.interrupted)))
+
+    wait_for(cut_off, message="the cut-off answer stored as interrupted")
+    page.reload()  # the history list is read as the page loads
+    page.wait_for_selector("#header >> text=signed in as", timeout=30_000)
+    page.get_by_text("Your conversations").click()
+    page.locator("#history input").click()
+    page.get_by_role("option").first.click()
+    page.locator("#history-open").click()
+    shown = page.locator("#chatbot .bot").filter(has_text="Interrupted:")
+    shown.first.wait_for(timeout=15_000)
+    assert "this answer was cut off before it finished" in shown.first.inner_text()
+    shot(page, "chat-interrupted")
+
+
 def test_a_nurse_with_an_empty_queue_is_told_when_items_come_and_refreshes(visit, bot_stack):
     """Issue 19, 8: the empty queue said items arrive "later", had no refresh and showed the whole
     scoring form. It says when the next fill is due, hides the form, and Refresh brings new items."""
