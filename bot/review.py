@@ -175,11 +175,18 @@ class Review:
             state.shown = None
 
     def figures(self, viewer: Viewer, state: ReviewState) -> str:
-        """Progress and the reviewer's own agreement and gold score, as one Markdown line."""
-        progress = review_queue.progress(self.sessions, viewer.username)
+        """Progress and the reviewer's own agreement and gold score, as one Markdown line, each number
+        saying what it counts: judgments sent from this tab reach the store a moment later (through
+        the outbox and the worker), so the line says how many are stored and how many on their way."""
+        shown = [state.shown.item.id] if state.shown else []
+        progress = review_queue.progress(self.sessions, viewer.username, exclude=[*shown, *state.submitted])
+        sent = len(state.submitted)
+        stored = review_queue.judged_count(self.sessions, viewer.username, state.submitted) if sent else 0
         stats = annotator_quality(self.sessions).by_annotator().get(viewer.username)
-        parts = [f"**{len(state.submitted)}** judged this session", f"{progress.labelled} stored in all",
-                 f"{progress.skipped} skipped", f"{progress.available} open in the queue"]
+        on_the_way = f", {sent - stored} on the way" if sent > stored else ""
+        parts = [f"**{sent}** judged in this tab ({stored} stored{on_the_way})",
+                 f"{progress.labelled} of your judgments stored in all", f"{progress.skipped} skipped",
+                 f"{progress.available} more items waiting for you" + (" after this one" if shown else "")]
         agreement = stats.agreement if stats else None
         gold = stats.gold_accuracy if stats else None
         parts.append(f"agreement with colleagues {agreement:.0%}" if agreement is not None
@@ -187,7 +194,6 @@ class Review:
         parts.append(f"gold score {gold:.0%} ({stats.gold_labels} items)" if gold is not None
                      else "gold score: no gold items yet")
         return " · ".join(parts)
-
 
 def _duration(seconds: float) -> str:
     if seconds >= 120:

@@ -175,14 +175,25 @@ def judged(sessions: sessionmaker[Session], item_id: int, annotator: str) -> boo
             ReviewAssignment.completed_at.is_not(None))) is not None
 
 
-def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> Progress:
+def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION,
+             exclude: Collection[int] = ()) -> Progress:
+    """``annotator``'s counts; ``available`` leaves out ``exclude`` (the item on their screen, and
+    those they sent whose labels are not stored yet), so it counts what waits for them after those."""
     with sessions() as session:
         mine = select(ReviewAssignment).where(ReviewAssignment.annotator == annotator).subquery()
         labelled = session.scalar(select(func.count()).select_from(mine).where(mine.c.completed_at.is_not(None)))
         skipped = session.scalar(select(func.count()).select_from(mine).where(mine.c.skipped.is_(True)))
         available = session.scalar(select(func.count()).select_from(
-            _open_items(annotator, utcnow() - reservation).subquery()))
+            _open_items(annotator, utcnow() - reservation).where(ReviewItem.id.not_in(list(exclude))).subquery()))
     return Progress(labelled, skipped, available)
+
+
+def judged_count(sessions: sessionmaker[Session], annotator: str, item_ids: Collection[int]) -> int:
+    """How many of ``item_ids`` the store has ``annotator``'s judgment of."""
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(ReviewAssignment).where(
+            ReviewAssignment.annotator == annotator, ReviewAssignment.item_id.in_(list(item_ids)),
+            ReviewAssignment.completed_at.is_not(None)))
 
 
 def unfinished(sessions: sessionmaker[Session]) -> int:

@@ -49,6 +49,11 @@ class ReviewPage:
     state: gr.State
 
 
+def _words(identifier: str) -> str:
+    """A stored identifier as the page shows it: ``harmful_advice`` is "Harmful advice"."""
+    return identifier.replace("_", " ").capitalize()
+
+
 def _fresh(username: str) -> ReviewState:
     return ReviewState(owner=username)
 
@@ -57,8 +62,9 @@ def build_review(review: Review, require: Require) -> ReviewPage:
     with gr.Tab("Review", id="review", visible=False, elem_id="tab-review") as tab:
         review_state = gr.State()  # set per visitor by the app's load
         figures = gr.Markdown(elem_id="review-figures")
-        gr.Markdown("Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **Enter** submit · "
-                    "**S** skip. Scores start at 3 (neutral): change the ones that differ.",
+        gr.Markdown("Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **Enter** submit "
+                    "(**Ctrl+Enter** from the correction box) · **S** skip. Scores start at 3 (neutral): change the "
+                    "ones that differ.",
                     elem_classes="careloop-notice")
         prompt = gr.Markdown(elem_id="review-prompt")
         refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", visible=False)  # while the queue is empty
@@ -77,7 +83,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
                               label="Which answer is better?", elem_id="review-choice")
             with gr.Row():
                 safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
-                safety_category = gr.Dropdown(list(SAFETY_CATEGORIES), label="Safety category",
+                safety_category = gr.Dropdown([(_words(category), category) for category in SAFETY_CATEGORIES],
+                                              label="Safety category",
                                               elem_id="review-safety-category")
             corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
                                    elem_id="review-corrected")

@@ -195,17 +195,25 @@ def test_each_bad_input_gets_a_message(bot_stack, page):
 
 
 def test_skip_and_the_reviewers_own_figures(bot_stack, page):
+    """Each number says what it counts (issue 19, 9: "1 judged this session · 0 stored in all" read as
+    a lag, and "open in the queue" dropped by 2 after one skip)."""
     viewer = Viewer("nurse.figures", "nurse")
-    _items(bot_stack, 2, "figures", "nurse.figures")
+    _items(bot_stack, 4, "figures", "nurse.figures")
     state = ReviewState()
     first = page.next(viewer, state)
+    assert "3 more items waiting for you after this one" in page.figures(viewer, state)
     page.skip(viewer, state)
     assert page.next(viewer, state).item.id != first.item.id
+    assert "2 more items waiting for you after this one" in page.figures(viewer, state), "one skip, one fewer"
     page.submit(viewer, state, "right", LEFT, RIGHT)
+    figures = page.figures(viewer, state)
+    if not _stored(bot_stack, "nurse.figures"):
+        assert "**1** judged in this tab (0 stored, 1 on the way)" in figures, figures
     wait_for(lambda: _stored(bot_stack, "nurse.figures"), message="the judgment stored")
     figures = page.figures(viewer, state)
     skipped_before = queue.progress(bot_stack.sessions, "nurse.figures").skipped - 1
-    assert "**1** judged this session" in figures and "1 stored in all" in figures
+    assert "**1** judged in this tab (1 stored)" in figures and "1 of your judgments stored in all" in figures
+    assert "2 more items waiting for you ·" in figures, figures
     assert f"{skipped_before + 1} skipped" in figures
     assert "gold score: no gold items yet" in figures
     assert set(AXES) == set(LEFT)

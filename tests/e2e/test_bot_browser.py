@@ -239,7 +239,14 @@ def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_s
         else:
             chosen = {"a": comparison.response_a, "b": comparison.response_b}[comparison.choice]
             assert chosen == (left if key == "1" else right), (key, left, right, comparison.choice)
-    page.locator("#review-figures").get_by_text(f"{len(judged)} judged this session").wait_for(timeout=15_000)
+    page.locator("#review-figures").get_by_text(f"{len(judged)} judged in this tab (").wait_for(timeout=15_000)
+    # Issue 19, 9: the safety categories in words, and Ctrl+Enter named for the correction box.
+    assert "Ctrl+Enter from the correction box" in page.locator("#tab-review").inner_text()
+    page.locator("#review-safety-category input").click()
+    categories = page.get_by_role("option").all_inner_texts()
+    assert "Harmful advice" in categories and "Missed emergency" in categories, categories
+    assert not [shown for shown in categories if "_" in shown], categories
+    page.keyboard.press("Escape")
     only_local(page)
 
 
