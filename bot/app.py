@@ -59,22 +59,24 @@ SESSION_ENDED = """
     const url = String((args[0] && args[0].url) || args[0]);
     if (response.status === 401 && url.includes("/gradio_api/") && document.getElementById("header") &&
         !document.getElementById("session-ended")) {
-      const box = chatBox();
-      if (box && box.value.trim()) {
-        sessionStorage.setItem(draftKey, JSON.stringify({account: account(), text: box.value}));
-      }
       document.body.classList.add("careloop-ended");
       const note = document.createElement("div");
       note.id = "session-ended";
       note.setAttribute("role", "alert");
       note.innerHTML = "<strong>Your session has ended</strong> (you signed out, or it was idle or open too " +
-        "long). What you just sent was not saved" + (box && box.value.trim() ?
-        "; your question stays in the box and is put back after you sign in" : "") +
-        ". <a href='/' id='sign-in-again' class='lg primary sm'>Sign in again</a>";
+        "long). What you just sent was not saved; what is in the chat box stays there and is put back " +
+        "after you sign in again. <a href='/' id='sign-in-again' class='lg primary sm'>Sign in again</a>";
       document.body.prepend(note);
     }
     return response;
   };
+  // Leaving the ended page (Sign in again, a reload): keep the chat box's text for the same account.
+  window.addEventListener("pagehide", () => {
+    const box = chatBox();
+    if (document.body.classList.contains("careloop-ended") && box && box.value.trim()) {
+      sessionStorage.setItem(draftKey, JSON.stringify({account: account(), text: box.value}));
+    }
+  });
   // After signing in again: the kept question back in the chat box, for the account that typed it.
   const restore = setInterval(() => {
     const kept = sessionStorage.getItem(draftKey);

@@ -42,7 +42,7 @@ def test_a_question_typed_when_the_session_ended_in_another_tab_is_kept_through_
         box = page.locator("#chat-input textarea")
         box.fill(question)
         page.locator("#chat-send").click()
-        page.locator("#session-ended").filter(has_text="your question stays in the box").wait_for(timeout=15_000)
+        page.locator("#session-ended").filter(has_text="what is in the chat box stays there").wait_for(timeout=15_000)
         assert box.is_visible() and box.input_value() == question
         assert page.locator("[data-testid=status-tracker] .error").filter(visible=True).count() == 0, "no Error badges"
         page.locator("#sign-in-again").click()
