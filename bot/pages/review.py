@@ -91,15 +91,17 @@ def build_review(review: Review, require: Require) -> ReviewPage:
             with gr.Row():
                 submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
                 skip = gr.Button("Skip (S)", elem_id="review-skip")
+        # Within AMEND_SECONDS of a submit: the last judgment back on screen as sent, to change it.
+        amend = gr.Button("Change my last judgment", size="sm", elem_id="review-amend", visible=False)
 
     outputs = [figures, prompt, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected,
-               form, refresh]
+               form, refresh, amend]
 
     def show(viewer: Viewer, state: ReviewState) -> list[Any]:
         item = review.next(viewer, state)
         blank = [DEFAULT_SCORE] * len(score_inputs) + [None, False, None, ""]
         empty = item is None
-        shown = gr.Column(visible=not empty), gr.Button(visible=empty)
+        shown = gr.Column(visible=not empty), gr.Button(visible=empty), gr.Button(visible=review.may_amend(state))
         if empty:
             return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "",
                     *blank, *shown]
@@ -145,4 +147,22 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     skip.click(pass_item, [review_state], [review_state, *outputs], api_name="review_skip",
                show_progress="hidden", trigger_mode="always_last")
+
+    def amend_last(state: ReviewState | None, request: gr.Request) -> list[Any]:
+        viewer = require(request, "review")
+        state = own(state, viewer, _fresh)
+        try:
+            sent = review.amend(viewer, state)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [state, *[gr.skip()] * (len(outputs) - 1), gr.Button(visible=False)]
+        item = sent.shown.item
+        scores = [sent.left_scores[axis] for axis in AXES] + [sent.right_scores[axis] for axis in AXES]
+        return [state, review.figures(viewer, state),
+                f"### Question (changing your last judgment: Submit replaces it, Skip keeps it)\n\n"
+                f"{without_images(item.prompt)}", without_images(sent.shown.left), without_images(sent.shown.right),
+                *scores, sent.choice, sent.safety_flag, sent.safety_category, sent.corrected,
+                gr.Column(visible=True), gr.Button(visible=False), gr.Button(visible=False)]
+
+    amend.click(amend_last, [review_state], [review_state, *outputs], api_name="review_amend", show_progress="hidden")
     return ReviewPage(tab, review_state)

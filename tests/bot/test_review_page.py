@@ -240,3 +240,44 @@ def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_pag
         assert len(_stored(bot_stack, "nurse.full")) == 1
     finally:
         feedback.close()
+
+
+def test_the_last_judgment_can_be_changed_for_a_while_and_stays_one_label(bot_stack, page):
+    """Issue 19, 9: a submitted judgment could not be changed. "Change my last judgment" shows it
+    again as sent; submitting replaces the stored one (one label for the item, the first recorded as
+    superseded), Skip leaves it, and after AMEND_SECONDS it is refused with a message."""
+    import dataclasses
+    import time
+
+    from bot.review import AMEND_SECONDS
+    from feedback.store import SupersededEvent
+
+    viewer = Viewer("nurse.amend", "nurse")
+    first_item, second_item = _items(bot_stack, 2, "amend", "nurse.amend")
+    state = ReviewState()
+    assert page.next(viewer, state).item.id == first_item
+    first = page.submit(viewer, state, "left", LEFT, RIGHT)
+    assert page.may_amend(state)
+    assert page.next(viewer, state).item.id == second_item  # the next item is on screen meanwhile
+    sent = page.amend(viewer, state)
+    assert (sent.choice, sent.left_scores, state.shown.item.id) == ("left", LEFT, first_item)
+    page.skip(viewer, state)  # Skip keeps it as sent
+    sent = page.amend(viewer, state)
+    changed = page.submit(viewer, state, "right", LEFT, RIGHT, corrected="Lower salt, more exercise.")
+    assert page.next(viewer, state).item.id == second_item, "then the item that was on screen, still reserved"
+
+    def stored() -> list[Comparison]:
+        with bot_stack.sessions() as session:
+            return list(session.scalars(select(Comparison).where(Comparison.review_item_id == first_item)))
+
+    wait_for(lambda: [c.event_id for c in stored()] == [changed], message="the changed judgment, alone")
+    (kept,) = stored()
+    assert kept.corrected_answer == "Lower salt, more exercise." and kept.annotator == "nurse.amend"
+    with bot_stack.sessions() as session:
+        assert session.scalar(select(SupersededEvent).where(SupersededEvent.event_id == first)) is not None
+    assert page.figures(viewer, state).startswith("**1** judged in this tab"), "a change is no new judgment"
+
+    state.last = dataclasses.replace(state.last, at=time.monotonic() - AMEND_SECONDS - 1)
+    assert not page.may_amend(state)
+    with pytest.raises(UserError, match="within 2 minutes"):
+        page.amend(viewer, state)
