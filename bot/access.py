@@ -21,7 +21,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.hardening import LOGIN_CLIENT, LOGIN_MESSAGE
-from careloop.accounts import REVIEWERS, ROLES, USERNAME, User, authenticate, normalize_username
+from careloop.accounts import (
+    REVIEWERS,
+    ROLES,
+    USERNAME,
+    AccountError,
+    User,
+    authenticate,
+    change_own_password,
+    normalize_username,
+)
 from careloop.log import get_logger
 
 log = get_logger(__name__)
@@ -31,6 +40,10 @@ PAGES: dict[str, tuple[str, ...]] = {"chat": ROLES, "review": REVIEWERS, "admin"
 
 class Refused(Exception):
     """The signed-in account may not do this; the message is fit to show."""
+
+
+MUST_CHANGE_PASSWORD = ("Choose your own password first (the form at the top of the page): the one you signed in "
+                        "with was set for you and is temporary.")
 
 
 @dataclass(frozen=True)
@@ -56,9 +69,10 @@ def _duration(seconds: float) -> str:
 class Viewer:
     username: str
     role: str
+    must_change_password: bool = False  # signed in with a temporary password: no page until it is replaced
 
     def may_open(self, page: str) -> bool:
-        return self.role in PAGES[page]
+        return self.role in PAGES[page] and not self.must_change_password
 
 
 class Access:
@@ -205,14 +219,28 @@ class Access:
             user = session.scalar(select(User).where(User.username == normalize_username(username)))
         if user is None or user.disabled:
             raise Refused("This account is disabled or no longer exists; please sign in again.")
-        return Viewer(user.username, user.role)
+        return Viewer(user.username, user.role, user.must_change_password)
 
     def require(self, username: str | None, page: str) -> Viewer:
         viewer = self.viewer(username)
+        if viewer.must_change_password:
+            raise Refused(MUST_CHANGE_PASSWORD)
         if not viewer.may_open(page):
             log.warning("access_refused", user=viewer.username, role=viewer.role, page=page)
             raise Refused(f"Your role ({viewer.role}) cannot use the {page} page.")
         return viewer
+
+    def change_password(self, username: str | None, current: str, new: str, repeated: str) -> Viewer:
+        """The signed-in account replaces its password; Refused says why not (the message is fit to show)."""
+        viewer = self.viewer(username)
+        if new != repeated:
+            raise Refused("The two new passwords differ: type the same one twice.")
+        try:
+            change_own_password(self._sessions, viewer.username, current, new)
+        except AccountError as exc:
+            raise Refused(f"Password not changed: {exc}.") from None
+        log.info("password_changed", user=viewer.username)
+        return self.viewer(viewer.username)
 
 
 class SessionTokens(dict):

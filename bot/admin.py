@@ -1,24 +1,27 @@
 """The admin page's logic, apart from Gradio: adapter versions and their reports, promote / reject /
-roll back (confirmed first), training runs, feedback volume and agreement, dataset exports.
+roll back (confirmed first), training runs, feedback volume and agreement, dataset exports, accounts.
 
-Every action goes through the same registry, Celery task or export function as the CLI, so it is
-audited the same way, with the admin's username as the actor.
+Every action goes through the same registry, Celery task, export or account function as the CLI, so
+it is audited the same way, with the admin's username as the actor.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.errors import UserError
+from careloop import accounts
 from careloop.log import get_logger
 from careloop.private import private_dir
 from careloop.settings import Settings
@@ -36,6 +39,8 @@ log = get_logger(__name__)
 
 ACTIONS = ("promote", "reject", "retire", "rollback")
 VOLUME_DAYS = 30
+VOLUME_KINDS = (("questions", Message, Message.role == "user"), ("ratings", Rating, true()),
+                ("judgments", Comparison, true()), ("corrections", Correction, true()))
 
 
 class Admin:
@@ -58,6 +63,11 @@ class Admin:
                  "created": f"{v.created_at:%Y-%m-%d %H:%M}", "note": v.note}
                 for v in reversed(self.registry.versions())]
         return pd.DataFrame(rows, columns=["version", "status", "loaded", "parent", "run", "created", "note"])
+
+    @staticmethod
+    def versions_note(versions: pd.DataFrame) -> str:
+        return ("No versions yet: the base model answers. A training run that passes the gate adds one "
+                "(Training runs tab), or register one with `careloop adapters register`." if versions.empty else "")
 
     def version_names(self) -> list[str]:
         return [v.name for v in reversed(self.registry.versions())]
@@ -149,6 +159,15 @@ class Admin:
         return pd.DataFrame(rows, columns=["run", "status", "step", "progress", "eta", "started", "by", "version",
                                            "why not promoted"])
 
+    @staticmethod
+    def runs_note(runs: pd.DataFrame) -> str:
+        if runs.empty:
+            return ("No training runs yet. Beat starts one when enough new clinician judgments have arrived "
+                    "(CARELOOP_TRAIN_MIN_NEW_PAIRS), or start one here.")
+        if runs["status"].isin(["queued", "running"]).any():
+            return "The table follows the run every few seconds while this tab is open."
+        return ""
+
     def start_training(self, viewer: Viewer) -> str:
         try:
             request_run(self.settings, self.sessions, viewer.username)
@@ -159,25 +178,82 @@ class Admin:
         log.info("training_requested", actor=viewer.username)
         return "Training run queued: the training worker starts it when it is free; the table shows its progress."
 
+    # ----- accounts -----
+
+    def account_table(self) -> pd.DataFrame:
+        rows = [{"username": u.username, "role": u.role,
+                 "state": "disabled" if u.disabled else "temporary password" if u.must_change_password else "active",
+                 "created": f"{u.created_at:%Y-%m-%d %H:%M}"} for u in accounts.users(self.sessions)]
+        return pd.DataFrame(rows, columns=["username", "role", "state", "created"])
+
+    def usernames(self) -> list[str]:
+        return [u.username for u in accounts.users(self.sessions)]
+
+    def add_account(self, viewer: Viewer, username: str | None, role: str | None) -> str:
+        """Create an account with a generated temporary password; the message shows it, once."""
+        password = accounts.new_password()
+        with _account_errors():
+            user = accounts.add_user(self.sessions, username or "", role or "", password,
+                                     actor=f"bot:{viewer.username}", temporary=True)
+        return (f"**{user.username}** added as {user.role}. Temporary password, shown once: `{password}`. "
+                "Hand it over in person; they choose their own at the first sign-in.")
+
+    def set_role(self, viewer: Viewer, username: str | None, role: str | None) -> str:
+        name = self._other_account(viewer, username, "change your own role")
+        if not role:  # no default: a click on "Change role" must not demote anyone to a preset role
+            raise UserError("Choose the new role first.")
+        with _account_errors():
+            accounts.set_role(self.sessions, name, role or "", actor=f"bot:{viewer.username}", keep_an_admin=True)
+        return f"**{name}** is now {role}; it applies to their next click."
+
+    def set_disabled(self, viewer: Viewer, username: str | None, disabled: bool) -> str:
+        name = self._other_account(viewer, username, "disable your own account")
+        with _account_errors():
+            accounts.set_disabled(self.sessions, name, disabled, actor=f"bot:{viewer.username}", keep_an_admin=True)
+        return (f"**{name}** is disabled: signed-in pages are refused from their next click." if disabled
+                else f"**{name}** is enabled again.")
+
+    def reset_password(self, viewer: Viewer, username: str | None) -> str:
+        name = self._other_account(viewer, username, "reset your own password")
+        password = accounts.new_password()
+        with _account_errors():
+            accounts.set_password(self.sessions, name, password, actor=f"bot:{viewer.username}", temporary=True)
+        return (f"New temporary password for **{name}**, shown once: `{password}`. Their old one no longer "
+                "works; they choose their own at the next sign-in.")
+
+    @staticmethod
+    def _other_account(viewer: Viewer, username: str | None, what: str) -> str:
+        name = accounts.normalize_username(username or "")
+        if not name:
+            raise UserError("Choose an account first.")
+        if name == viewer.username:  # an admin locking themselves out of the page they are using
+            raise UserError(f"You cannot {what} here: ask another admin, or use `careloop users` on the server.")
+        return name
+
     # ----- feedback -----
 
     def volume(self) -> pd.DataFrame:
-        """Events per day over the last VOLUME_DAYS days, by kind."""
-        since = datetime.now(UTC) - timedelta(days=VOLUME_DAYS)
-        counts: Counter[tuple[str, str]] = Counter()
+        """Events per day over the last VOLUME_DAYS days (today included), by kind; a day without events
+        counts 0, so the line plot draws lines even when everything happened today (one point per
+        series draws nothing)."""
+        today = datetime.now(UTC).date()
+        days = [today - timedelta(days=back) for back in range(VOLUME_DAYS - 1, -1, -1)]
+        since = datetime.combine(days[0], datetime.min.time(), tzinfo=UTC)
+        counts: Counter[tuple[date, str]] = Counter()
         with self.sessions() as session:
-            for kind, table, extra in (("questions", Message, Message.role == "user"), ("ratings", Rating, True),
-                                       ("judgments", Comparison, True), ("corrections", Correction, True)):
+            for kind, table, extra in VOLUME_KINDS:
                 for moment in session.scalars(select(table.created_at).where(table.created_at >= since, extra)):
-                    counts[(f"{moment:%Y-%m-%d}", kind)] += 1
-        rows = [{"day": day, "kind": kind, "count": count} for (day, kind), count in sorted(counts.items())]
+                    counts[(moment.date(), kind)] += 1
+        rows = [{"day": pd.Timestamp(day), "kind": kind, "count": counts[(day, kind)]}
+                for day in days for kind, _, _ in VOLUME_KINDS]
         return pd.DataFrame(rows, columns=["day", "kind", "count"])
 
     def annotators(self) -> tuple[pd.DataFrame, str]:
         report = annotator_quality(self.sessions)
         rows = [{"annotator": s.annotator, "judgments": s.labels, "skipped": s.skipped,
-                 "gold accuracy": _percent(s.gold_accuracy), "agreement": _percent(s.agreement),
-                 "median seconds": s.median_seconds if s.median_seconds is not None else ""}
+                 "gold accuracy": _percent(s.gold_accuracy, "n/a (no gold item judged yet)"),
+                 "agreement": _percent(s.agreement, "n/a (not enough shared items)"),
+                 "median seconds": s.median_seconds if s.median_seconds is not None else "n/a"}
                 for s in report.annotators]
         frame = pd.DataFrame(rows, columns=["annotator", "judgments", "skipped", "gold accuracy", "agreement",
                                             "median seconds"])
@@ -207,5 +283,19 @@ class Admin:
                             "runs careloop to free space on its disk, then export again.") from None
 
 
-def _percent(value: float | None) -> str:
-    return f"{value:.0%}" if value is not None else ""
+@contextmanager
+def _account_errors() -> Iterator[None]:
+    try:
+        yield
+    except accounts.AccountError as exc:
+        raise UserError(f"Not done: {exc}.") from None
+
+
+def count_axis(counts: pd.Series) -> list[float]:
+    """The y range of a plot of counts: from 0 (Gradio's plots start at the smallest value, so one
+    count alone draws a bar of no height) to at least 10, so the ticks fall on whole numbers."""
+    return [0, max(10, int(counts.max())) if len(counts) else 10]
+
+
+def _percent(value: float | None, missing: str) -> str:
+    return f"{value:.0%}" if value is not None else missing

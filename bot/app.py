@@ -18,11 +18,12 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from bot.access import PAGES, Access, Refused, SessionTokens  # noqa: E402
+from bot.access import Access, Refused, SessionTokens, Viewer  # noqa: E402
 from bot.admin import Admin  # noqa: E402
 from bot.chat import Chat, ChatLimits, Conversation  # noqa: E402
 from bot.hardening import csrf_token, guard_origins, security_middleware, session_tokens  # noqa: E402
 from bot.pages import guard  # noqa: E402
+from bot.pages.account import build_password_panel  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
 from bot.pages.review import KEYBOARD, build_review  # noqa: E402
@@ -146,11 +147,17 @@ def build(services: Services) -> gr.Blocks:
             header = gr.Markdown("## careloop", elem_id="header")
             # A POST form; its value, the session's CSRF token, is filled in on load.
             sign_out = gr.HTML("", html_template=SIGN_OUT, elem_id="sign-out", padding=False)
+        password = build_password_panel()
         with gr.Tabs():
             chat = build_chat(services.chat, require)
             review = build_review(services.review, require)
-            admin_tab = build_admin(services.admin, require)
+            admin_tab = build_admin(services.admin, require, services.settings.bot_status_refresh_seconds)
         chat.follow_status(gr.Timer(services.settings.bot_status_refresh_seconds))
+
+        def pages_for(viewer: Viewer) -> list[Any]:
+            """The password form, or the viewer's own tabs once no temporary password stands in the way."""
+            return [gr.Group(visible=viewer.must_change_password),
+                    *(gr.Tab(visible=viewer.may_open(page)) for page in ("chat", "review", "admin"))]
 
         def on_load(request: gr.Request) -> list[Any]:
             try:
@@ -159,15 +166,28 @@ def build(services: Services) -> gr.Blocks:
                 raise gr.Error(str(exc), print_exception=False) from None
             sessions = session_tokens(dict(request.cookies))
             services.tokens.touch(sessions)  # opening the page is a user action
-            visible = {page: viewer.may_open(page) for page in PAGES}
             return [f"## careloop · signed in as **{viewer.username}** ({viewer.role})", sign_out_form(sessions),
-                    gr.Tab(visible=visible["chat"]), gr.Tab(visible=visible["review"]),
-                    gr.Tab(visible=visible["admin"]), services.chat.status(),
+                    *pages_for(viewer), services.chat.status(),
                     gr.Dropdown(choices=services.chat.conversations(viewer)), Conversation(owner=viewer.username),
                     ReviewState(owner=viewer.username)]
 
-        app.load(on_load, None, [header, sign_out, chat.tab, review.tab, admin_tab, chat.status, chat.history,
-                                 chat.conversation, review.state], api_name=False)
+        app.load(on_load, None, [header, sign_out, password.panel, chat.tab, review.tab, admin_tab, chat.status,
+                                 chat.history, chat.conversation, review.state], api_name=False)
+
+        def change_password(current: str | None, new: str | None, repeated: str | None,
+                            request: gr.Request) -> list[Any]:
+            try:
+                viewer = access.change_password(request.username, current or "", new or "", repeated or "")
+            except Refused as exc:
+                gr.Warning(str(exc))
+                return [gr.skip()] * 7
+            services.tokens.touch(session_tokens(dict(request.cookies)))
+            gr.Info("Your password is set. Use it from now on.")
+            return ["", "", "", *pages_for(viewer)]
+
+        password.submit.click(change_password, password.fields,
+                              [*password.fields, password.panel, chat.tab, review.tab, admin_tab],
+                              api_name="change_password")
     return app
 
 

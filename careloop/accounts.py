@@ -3,6 +3,11 @@
 Passwords are hashed with Argon2id (argon2-cffi); the hash parameters travel inside each hash,
 so stronger settings later rehash old passwords at the next login. Role changes, disabling and
 new accounts are written to the audit log in the same transaction.
+
+A password generated for someone (``careloop users add``, a reset on the admin page) is temporary:
+whoever handed it out knows it, so the account must choose its own at the next sign-in
+(``must_change_password``) before it can do anything else, and the audit log's actor is then
+the person who signed in.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Boolean, DateTime, Integer, String, select
+from sqlalchemy import Boolean, DateTime, Integer, String, false, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -34,7 +39,6 @@ class AccountError(Exception):
     """A bad username, role or password, or an unknown account; the message says which."""
 
 
-
 class User(Base):
     __tablename__ = "users"
 
@@ -44,6 +48,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def normalize_username(username: str) -> str:
@@ -57,18 +62,20 @@ def new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def add_user(sessions: sessionmaker[Session], username: str, role: str, password: str, *, actor: str) -> User:
+def add_user(sessions: sessionmaker[Session], username: str, role: str, password: str, *, actor: str,
+             temporary: bool = False) -> User:
+    """A new account; ``temporary``: the password was generated for it and must be replaced at the
+    first sign-in."""
     username = normalize_username(username)
     _check_username(username)
     _check_role(role)
-    if len(password) < MIN_PASSWORD:
-        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
-    user = User(username=username, role=role, password_hash=_hasher.hash(password))
+    _check_password(password)
+    user = User(username=username, role=role, password_hash=_hasher.hash(password), must_change_password=temporary)
     try:
         with transaction(sessions) as session:
             session.add(user)
             session.flush()
-            audit.record(session, actor, "user.add", username, role=role)
+            audit.record(session, actor, "user.add", username, role=role, temporary_password=temporary)
     except IntegrityError:
         raise AccountError(f"the username {username!r} is taken") from None
     return user
@@ -91,28 +98,55 @@ def authenticate(sessions: sessionmaker[Session], username: str, password: str) 
     return user
 
 
-def set_role(sessions: sessionmaker[Session], username: str, role: str, *, actor: str) -> None:
+def set_role(sessions: sessionmaker[Session], username: str, role: str, *, actor: str,
+             keep_an_admin: bool = False) -> None:
+    """Change a role. ``keep_an_admin`` (the admin page): refused if no enabled admin would be left;
+    the CLI may (someone with the server's shell can always add one)."""
     _check_role(role)
     with transaction(sessions) as session:
         user = _get(session, username)
+        if keep_an_admin and role != "admin":
+            _check_another_admin(session, user)
         audit.record(session, actor, "user.set_role", user.username, before=user.role, after=role)
         user.role = role
 
 
-def set_disabled(sessions: sessionmaker[Session], username: str, disabled: bool, *, actor: str) -> None:
+def set_disabled(sessions: sessionmaker[Session], username: str, disabled: bool, *, actor: str,
+                 keep_an_admin: bool = False) -> None:
+    """Disable or enable an account; ``keep_an_admin`` as in :func:`set_role`."""
     with transaction(sessions) as session:
         user = _get(session, username)
+        if keep_an_admin and disabled:
+            _check_another_admin(session, user)
         user.disabled = disabled
         audit.record(session, actor, "user.disable" if disabled else "user.enable", user.username)
 
 
-def set_password(sessions: sessionmaker[Session], username: str, password: str, *, actor: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+def set_password(sessions: sessionmaker[Session], username: str, password: str, *, actor: str,
+                 temporary: bool = False) -> None:
+    """Set someone's password; ``temporary`` as in :func:`add_user`."""
+    _check_password(password)
     with transaction(sessions) as session:
         user = _get(session, username)
         user.password_hash = _hasher.hash(password)
-        audit.record(session, actor, "user.set_password", user.username)
+        user.must_change_password = temporary
+        audit.record(session, actor, "user.set_password", user.username, temporary_password=temporary)
+
+
+def change_own_password(sessions: sessionmaker[Session], username: str, current: str, new: str) -> None:
+    """The account's owner replaces their password (a temporary one, or any): the current one must be
+    right and the new one different. Audited with the owner as the actor."""
+    _check_password(new)
+    if new == current:
+        raise AccountError("choose a password different from the one you were given")
+    user = authenticate(sessions, username, current)
+    if user is None:
+        raise AccountError("the current password is not right")
+    with transaction(sessions) as session:
+        user = _get(session, user.username)
+        user.password_hash = _hasher.hash(new)
+        user.must_change_password = False
+        audit.record(session, user.username, "user.change_password", user.username)
 
 
 def users(sessions: sessionmaker[Session]) -> list[User]:
@@ -125,6 +159,22 @@ def _get(session: Session, username: str) -> User:
     if user is None:
         raise AccountError(f"no account named {username!r} (see `careloop users list`)")
     return user
+
+
+def _check_another_admin(session: Session, user: User) -> None:
+    """Refuse a change that would leave no enabled admin (``user`` is about to stop being one)."""
+    if user.role != "admin" or user.disabled:
+        return
+    # Every enabled admin's row is locked, so two admins demoting each other at once cannot both pass.
+    admins = session.scalars(select(User.id).where(User.role == "admin", User.disabled.is_(False)).with_for_update())
+    if not set(admins) - {user.id}:
+        raise AccountError(f"{user.username} is the only enabled admin: make another account an admin first, "
+                           "or no one could manage accounts from the web app")
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
 
 
 def _check_username(username: str) -> None:

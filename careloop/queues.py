@@ -10,6 +10,11 @@ results that matter are written to the database by the tasks themselves.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +24,10 @@ from kombu import Queue
 from careloop.settings import Settings
 
 QUEUES = ("feedback", "generation", "training")
+# `careloop beat` says it is alive here (who, when) every BEAT_HEARTBEAT_SECONDS; the key lapses
+# after three missed beats, so `careloop doctor` can tell a running beat from a stopped one, on any host.
+BEAT_HEARTBEAT_KEY = "careloop:beat-heartbeat"
+BEAT_HEARTBEAT_SECONDS = 15
 
 app = Celery("careloop")
 
@@ -69,3 +78,35 @@ def _config(settings: Settings) -> dict:
         worker_send_task_events=False,
         timezone="UTC",
     )
+
+
+def keep_beat_heartbeat(settings: Settings) -> threading.Thread:
+    """Write beat's heartbeat until the process ends (a daemon thread); a Redis that is away is
+    retried at the next beat, never an error: beat itself reconnects on its own."""
+    import redis
+
+    def beat() -> None:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        who = {"host": socket.gethostname(), "pid": os.getpid()}
+        while True:
+            try:
+                client.set(BEAT_HEARTBEAT_KEY, json.dumps({**who, "at": time.time()}), ex=3 * BEAT_HEARTBEAT_SECONDS)
+            except redis.RedisError:
+                pass
+            time.sleep(BEAT_HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, name="careloop-beat-heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def beat_heartbeat(redis_url: str) -> dict[str, Any] | None:
+    """Beat's last heartbeat ({host, pid, at}), or None when no beat has beaten lately."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        raw = client.get(BEAT_HEARTBEAT_KEY)
+    finally:
+        client.close()
+    return json.loads(raw) if raw else None

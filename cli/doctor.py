@@ -64,16 +64,60 @@ def _redis(settings: Settings) -> str:
     return f"{settings.redis_url} (Redis {version})"
 
 
-def _serving(settings: Settings) -> str:
+def _answers(base: str, path: str, command: str) -> None:
+    """Raise with the reason unless GET base+path answers 200; ``command`` starts what is missing."""
     import httpx
 
     try:
-        response = httpx.get(f"{settings.serving_url}/health", timeout=2)
+        response = httpx.get(f"{base}{path}", timeout=2)
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"{settings.serving_url} not answering ({type(exc).__name__}); start it with `careloop serve`") from None
+        raise RuntimeError(f"{base} not answering ({type(exc).__name__}); start it with `{command}`") from None
     if response.status_code != 200:
-        raise RuntimeError(f"{settings.serving_url}/health returned {response.status_code}")
+        raise RuntimeError(f"{base}{path} returned {response.status_code}")
+
+
+def _serving(settings: Settings) -> str:
+    _answers(settings.serving_url, "/health", "careloop serve")
     return f"{settings.serving_url} (healthy)"
+
+
+def _bot(settings: Settings) -> str:
+    from cli.up import client_host
+
+    url = f"http://{client_host(settings.bot_host)}:{settings.bot_port}"
+    _answers(url, "/", "careloop bot")
+    return f"{url} (the sign-in page answers)"
+
+
+def _workers(settings: Settings) -> str:
+    """Which running workers consume which queue, asked over the broker (a second at most)."""
+    from careloop.queues import QUEUES, configure
+
+    try:
+        replies = configure(settings).control.inspect(timeout=1.0).active_queues() or {}
+    except Exception as exc:  # noqa: BLE001 - kombu raises several transport errors
+        raise RuntimeError(f"could not ask the workers over {settings.redis_url} ({type(exc).__name__})") from None
+    if not replies:
+        raise RuntimeError("no worker answered within 1 s: start `careloop worker` (or `careloop up`)")
+    consumed = {queue["name"] for queues in replies.values() for queue in queues}
+    missing = [queue for queue in QUEUES if queue not in consumed]
+    answered = f"{len(replies)} answered, consuming {', '.join(q for q in QUEUES if q in consumed)}"
+    if missing:
+        raise RuntimeError(f"{answered}; none consumes {', '.join(missing)}: "
+                           f"start `careloop worker --queues {','.join(missing)}`")
+    return answered
+
+
+def _beat(settings: Settings) -> str:
+    import time
+
+    from careloop.queues import BEAT_HEARTBEAT_SECONDS, beat_heartbeat
+
+    heartbeat = beat_heartbeat(settings.redis_url)
+    if heartbeat is None:
+        raise RuntimeError(f"no heartbeat in the last {3 * BEAT_HEARTBEAT_SECONDS} s: start `careloop beat` "
+                           "(exactly one; or `careloop up`)")
+    return f"alive: pid {heartbeat['pid']} on {heartbeat['host']}, {time.time() - heartbeat['at']:.0f} s ago"
 
 
 def _base_model(settings: Settings) -> str:
@@ -99,6 +143,9 @@ CHECKS: list[tuple[str, bool, Callable[[Settings], str]]] = [
     ("redis", True, _redis),
     ("base model", True, _base_model),
     ("serving", False, _serving),
+    ("bot", False, _bot),
+    ("workers", False, _workers),
+    ("beat", False, _beat),
     ("gpu", False, _gpu),
 ]
 

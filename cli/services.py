@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,20 +54,41 @@ def up(
     settings = get_settings()
     if status:
         try:
-            rows = supervisor.status(settings)
+            running = supervisor.status(settings)
         except supervisor.UpError as exc:
             raise CommandError(str(exc)) from None
-        table = Table("part", "state", "pid", "restarts", "since", "log")
-        for row in rows:
-            table.add_row(row["name"], row["state"], str(row["pid"]), str(row["restarts"]), row["since"], row["log"])
-        console.print(table)
-        if any(row["state"] != "up" for row in rows):
-            raise CommandError("some parts are not up: " + ", ".join(r["name"] for r in rows if r["state"] != "up"))
+        _print_status(running)
+        down = [row["name"] for row in running.parts if row["state"] != "up"]
+        if down:
+            raise CommandError(f"some parts are not up: {', '.join(down)} (their logs: {running.logs}/<part>.log)")
         return
     try:
         supervisor.run(settings, lambda line: console.print(line, highlight=False, soft_wrap=True))
     except supervisor.UpError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _print_status(running) -> None:
+    """`careloop up --status` in 80 columns: the address and the Redis on their own lines, the logs'
+    folder once (each part's log is <part>.log in it), and a table narrow enough not to cut a name."""
+    redis_origin = "started by careloop up" if running.redis_started else "already running"
+    for label, value in (("web app", running.bot_url), ("redis", f"{running.redis_url} ({redis_origin})"),
+                         ("logs", f"{_short_path(running.logs)}/<part>.log"), ("supervisor", f"pid {running.pid}")):
+        console.print(f"{label + ':':<12}{value}", markup=False, highlight=False, soft_wrap=True)
+    table = Table("part", "state", "pid", "restarts", "since", box=None, pad_edge=False)
+    for row in running.parts:
+        table.add_row(row["name"], row["state"], str(row["pid"]), str(row["restarts"]), row["since"])
+    console.print(table)
+
+
+def _short_path(path: Path) -> str:
+    """``path`` as short as it stays unambiguous: relative to the working directory when inside it
+    (the default CARELOOP_HOME is ./var), else under ~, else whole. Never cut."""
+    path = path.resolve()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if path.is_relative_to(base) and path != base:
+            return prefix + str(path.relative_to(base))
+    return str(path)
 
 
 def bot(
@@ -99,13 +122,19 @@ def worker(
     settings = get_settings()
     # Said on stdout whatever the log level: `careloop up` and scripts wait for this line.
     worker_ready.connect(lambda **_: print(f"{WORKER_READY} ({queues})", flush=True), weak=False)
+    # A node name of its own per process: two workers named alike (Celery's default, celery@host) answer
+    # `careloop doctor`'s broadcast as one, and Celery warns of the clash.
+    node = f"careloop-{queues.replace(',', '-')}-{os.getpid()}@%h"
     configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
-                                     f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"])
+                                     f"--loglevel={settings.log_level}", f"--hostname={node}", "--without-gossip",
+                                     "--without-mingle"])
 
 
 def beat() -> None:
     """Run Celery beat: the periodic jobs (filling the review queue, checking whether training is due)."""
-    from careloop.queues import configure
+    from celery.signals import beat_init
+
+    from careloop.queues import configure, keep_beat_heartbeat
     from feedback import tasks as feedback_tasks
     from trainer import tasks as training_tasks
 
@@ -113,5 +142,6 @@ def beat() -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = feedback_tasks.schedule(settings) | training_tasks.schedule(settings)
     feedback_tasks.fill_when_beat_starts(settings)
+    beat_init.connect(lambda **_: keep_beat_heartbeat(settings), weak=False)  # what `careloop doctor` looks for
     configure(settings, beat_schedule=schedule).start(["beat", f"--loglevel={settings.log_level}",
                                f"--schedule={settings.home / 'celerybeat-schedule'}"])

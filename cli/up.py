@@ -91,6 +91,7 @@ class Supervisor:
     say: Callable[[str], None]
     children: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    redis_started: bool = False  # whether the Redis in use is the one this supervisor started
     _stopping: bool = False
 
     # ----- preparing -----
@@ -133,14 +134,18 @@ class Supervisor:
             self.say("admin account: exists (`careloop users list`)")
         else:
             password = settings.admin_password or accounts.new_password()
-            accounts.add_user(sessions, "admin", "admin", password, actor="careloop up")
-            shown = "from CARELOOP_ADMIN_PASSWORD" if settings.admin_password else f"{password}  (shown once)"
+            accounts.add_user(sessions, "admin", "admin", password, actor="careloop up",
+                              temporary=not settings.admin_password)
+            shown = ("from CARELOOP_ADMIN_PASSWORD" if settings.admin_password
+                     else f"{password}  (temporary, shown once: choose your own at the first sign-in)")
             self.say(f"admin account created: user admin, password {shown}")
 
         serving_url = settings.serving_url
         if settings.serving_backend == "embedded":
-            serving_url = f"http://{_client_host(settings.serving_host)}:{settings.serving_port}"
-        self.env = {**os.environ, "CARELOOP_HOME": str(home),
+            serving_url = f"http://{client_host(settings.serving_host)}:{settings.serving_port}"
+        # Serving and the training worker share the cores here: OpenMP threads spinning for a core
+        # while the other process computes made an SFT 2.6x slower on 2 cores than waiting passively.
+        self.env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "CARELOOP_HOME": str(home),
                     "CARELOOP_DATABASE_URL": settings.resolved_database_url,
                     "CARELOOP_SERVING_URL": serving_url, "PYTHONUNBUFFERED": "1"}
         self.children = self._plan(home, serving_url)
@@ -165,6 +170,7 @@ class Supervisor:
                                   url=""))
             self.say(f"redis: none answered, starting a local one with AOF on port {port} (data in {home / 'redis'})")
         self.env["CARELOOP_REDIS_URL"] = redis_url
+        self.redis_started = bool(children)
         if settings.serving_backend == "embedded":
             children.append(Child("serving", [*careloop, "serve"], logs / "serving.log", url=f"{serving_url}/health"))
         children += [
@@ -174,7 +180,7 @@ class Supervisor:
                   ready_line=WORKER_READY),
             Child("beat", [*careloop, "beat"], logs / "beat.log"),
             Child("bot", [*careloop, "bot"], logs / "bot.log",
-                  url=f"http://{_client_host(settings.bot_host)}:{settings.bot_port}/"),
+                  url=f"http://{client_host(settings.bot_host)}:{settings.bot_port}/"),
         ]
         return children
 
@@ -247,7 +253,9 @@ class Supervisor:
         (self.settings.home / STATE_FILE).unlink(missing_ok=True)
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "started_at": time.time(),
+        bot = next((c for c in self.children if c.name == "bot"), None)
+        state = {"pid": os.getpid(), "started_at": time.time(), "bot_url": bot.url.rstrip("/") if bot else "",
+                 "redis_url": redacted(self.env.get("CARELOOP_REDIS_URL", "")), "redis_started": self.redis_started,
                  "children": {c.name: {"pid": c.process.pid if c.process else None, "started_at": c.started_at,
                                        "restarts": c.restarts, "log": str(c.log), "url": c.url,
                                        "command": " ".join(c.args[1:])}
@@ -283,8 +291,19 @@ def read_state(home: Path) -> dict | None:
         return None
 
 
-def status(settings: Settings) -> list[dict]:
-    """One row per part of a running `careloop up`; raises UpError when none runs here."""
+@dataclass(frozen=True)
+class Status:
+    """What a running `careloop up` runs: the web app's address, the Redis in use, each part."""
+    pid: int
+    bot_url: str
+    redis_url: str
+    redis_started: bool  # started by `careloop up` (else one that already answered)
+    logs: Path
+    parts: list[dict]
+
+
+def status(settings: Settings) -> Status:
+    """The parts of a running `careloop up`, each probed; raises UpError when none runs here."""
     state = read_state(settings.home)
     if not state or not _pid_alive(state.get("pid", 0)):
         raise UpError(f"careloop up is not running for CARELOOP_HOME={settings.home}")
@@ -292,11 +311,13 @@ def status(settings: Settings) -> list[dict]:
     for name, child in state["children"].items():
         alive = bool(child["pid"]) and _pid_alive(child["pid"])
         healthy = alive and (_answers(child["url"]) if child["url"] else True)
+        started = time.localtime(child["started_at"])
+        since = time.strftime("%H:%M:%S" if started[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", started)
         rows.append({"name": name, "pid": child["pid"], "state": "up" if healthy else ("starting" if alive else "down"),
-                     "restarts": child["restarts"],
-                     "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(child["started_at"])),
-                     "log": child["log"]})
-    return rows
+                     "restarts": child["restarts"], "since": since, "log": Path(child["log"])})
+    logs = rows[0]["log"].parent if rows else settings.home / "logs"
+    return Status(state["pid"], state.get("bot_url", ""), state.get("redis_url", ""),
+                  bool(state.get("redis_started")), logs, rows)
 
 
 def _answers(url: str) -> bool:
@@ -327,7 +348,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _client_host(bind: str) -> str:
+def client_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 

@@ -29,6 +29,11 @@ PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the 
                                              "generating one (it is never a command-line argument).")]
 
 
+def _shown(password: str, generated: bool) -> str:
+    return (f"; temporary password: {password} (shown once; it must be replaced at the first sign-in)"
+            if generated else "")
+
+
 def _password(from_stdin: bool) -> tuple[str, bool]:
     from careloop.accounts import new_password
 
@@ -44,26 +49,27 @@ def users_add(
     password_stdin: PasswordStdin = False,
     actor: ActorOption = None,
 ) -> None:
-    """Create an account; without --password-stdin a password is generated and printed once."""
+    """Create an account; without --password-stdin a temporary password is generated and printed once
+    (its owner chooses their own at the first sign-in)."""
     from careloop.accounts import add_user
 
     password, generated = _password(password_stdin)
     with _account_errors():
-        user = add_user(database_sessions(), username, role, password, actor=actor_name(actor))
-    console.print(f"{user.username}: added as {role}" + (f"; one-time password: {password}" if generated else ""),
-                  markup=False)
+        user = add_user(database_sessions(), username, role, password, actor=actor_name(actor), temporary=generated)
+    console.print(f"{user.username}: added as {role}" + _shown(password, generated), markup=False)
 
 
 @app.command("list")
 def users_list() -> None:
-    """Every account with its role and whether it is disabled."""
+    """Every account with its role, whether it is disabled and whether its password is temporary."""
     from careloop.accounts import users
 
     table = Table(title="accounts")
-    for column in ("username", "role", "disabled", "created"):
+    for column in ("username", "role", "disabled", "password", "created"):
         table.add_column(column)
     for user in users(database_sessions()):
-        table.add_row(user.username, user.role, "yes" if user.disabled else "no", f"{user.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(user.username, user.role, "yes" if user.disabled else "no",
+                      "temporary" if user.must_change_password else "own", f"{user.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
 
@@ -93,11 +99,10 @@ def users_disable(username: Annotated[str, typer.Argument()],
 @app.command("set-password")
 def users_set_password(username: Annotated[str, typer.Argument()], password_stdin: PasswordStdin = False,
                        actor: ActorOption = None) -> None:
-    """Set a new password (from stdin, or generated and printed once)."""
+    """Set a new password (from stdin, or a temporary one generated and printed once)."""
     from careloop.accounts import set_password
 
     password, generated = _password(password_stdin)
     with _account_errors():
-        set_password(database_sessions(), username, password, actor=actor_name(actor))
-    console.print(f"{username}: password changed" + (f"; one-time password: {password}" if generated else ""),
-                  markup=False)
+        set_password(database_sessions(), username, password, actor=actor_name(actor), temporary=generated)
+    console.print(f"{username}: password changed" + _shown(password, generated), markup=False)

@@ -16,6 +16,11 @@ from processes import Server, start_bot, start_server, start_worker, stop_server
 from support import (ACCOUNTS, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
                      ensure_postgres_running, train_adapter)
 
+# One torch thread per process, waiting passively: the suite runs several torch processes at once
+# (serving, workers, the test itself) on 2 cores, and OpenMP threads spinning for a core made a tiny
+# model's SFT 3.5x slower than one thread (tests/trainer/test_real_model.py asks for more itself).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # No telemetry. HF_HUB_OFFLINE is deliberately not set: huggingface_hub's InferenceClient then refuses
 # every request, even to our own server on localhost; our code loads local paths only.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -153,6 +158,17 @@ def cli():
 
 
 # ----- a real `careloop serve` over the tiny model, with LoRA adapters trained here -----
+
+@pytest.fixture
+def all_cores():
+    """Every core for this test's own torch work (the suite's default is one thread per process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:

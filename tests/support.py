@@ -126,3 +126,23 @@ def page_csrf_token(browser) -> str:
                 assert found, message["output"]
                 return found[0]
     raise AssertionError("the page's start-up handler gave no answer")
+
+
+def migrated_sqlite(directory: Path):
+    """(url, session factory) of a fresh SQLite file in ``directory`` at the latest schema."""
+    from careloop import db
+
+    url = f"sqlite:///{directory / 'careloop.db'}"
+    db.upgrade(url)
+    return url, db.session_factory(db.make_engine(url))
+
+
+def tiny_train_config(path: Path, steps: int, examples: int, pairs: int, eval_items: int) -> Path:
+    """A training config for the tiny model's mechanics: ``steps`` of SFT and of DPO on seed data only."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "sft": {"max_steps": steps, "max_examples": examples, "max_length": 128},
+        "dpo": {"max_steps": steps, "max_length": 128, "max_pairs": pairs, "contrast_share": 0, "micro_batch_size": 2},
+        "eval": {"max_items": eval_items, "max_pairs": eval_items, "max_new_tokens": 8, "eval_fraction": 0.1}}))
+    return path

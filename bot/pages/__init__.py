@@ -22,7 +22,9 @@ from careloop.log import get_logger
 
 log = get_logger(__name__)
 
-Require = Callable[[gr.Request, str], Viewer]
+
+class Require(Protocol):
+    def __call__(self, request: gr.Request, page: str, *, activity: bool = True) -> Viewer: ...
 
 
 class Owned(Protocol):
@@ -37,14 +39,15 @@ STATE_OF_ANOTHER = ("This page belongs to another account's session. Reload the 
 
 def guard(access: Access, tokens: SessionTokens | None = None) -> Require:
     """``require(request, page)``: the signed-in viewer if their role may open ``page``; else the
-    page shows why (a ``gr.Error``). Counts the call as activity of the request's session."""
+    page shows why (a ``gr.Error``). Counts the call as activity of the request's session, unless
+    ``activity=False`` (the page's own timers: they must not keep an unattended session alive)."""
 
-    def require(request: gr.Request, page: str) -> Viewer:
+    def require(request: gr.Request, page: str, *, activity: bool = True) -> Viewer:
         try:
             viewer = access.require(request.username, page)
         except Refused as exc:
             raise gr.Error(str(exc), print_exception=False) from None  # logged as access_refused, no traceback
-        if tokens is not None:
+        if tokens is not None and activity:
             tokens.touch(session_tokens(dict(request.cookies)))
         return viewer
 

@@ -1,19 +1,23 @@
 """The admin tab: adapter versions with their reports and the confirmed promote / reject / retire /
-roll back, training runs, feedback volume and annotator agreement, and dataset exports."""
+roll back, training runs (followed while one is queued or running), feedback volume and annotator
+agreement, dataset exports, and accounts."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from bot.admin import Admin
+from bot.access import Viewer
+from bot.admin import Admin, count_axis
 from bot.errors import UserError
 from bot.pages import Require
+from careloop.accounts import ROLES
 
 def handout(path: str | None) -> str | None:
     """A copy of ``path`` for Gradio to serve. Gradio serves every file under ``allowed_paths`` to
@@ -29,10 +33,11 @@ def handout(path: str | None) -> str | None:
     return shutil.copy(path, folder)
 
 
-def build_admin(admin: Admin, require: Require) -> gr.Tab:
+def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Tab:
     with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as tab:
         admin_message = gr.Markdown(elem_id="admin-message")
-        with gr.Tab("Adapter versions"):
+        with gr.Tab("Adapter versions") as versions_tab:
+            versions_note = gr.Markdown(elem_id="versions-note")
             versions = gr.Dataframe(interactive=False, elem_id="versions", wrap=True)
             with gr.Row():
                 version = gr.Dropdown([], label="Version", elem_id="version-select", scale=2)
@@ -51,39 +56,79 @@ def build_admin(admin: Admin, require: Require) -> gr.Tab:
                     cancel = gr.Button("Cancel", size="sm", elem_id="action-cancel")
             report = gr.Markdown(elem_id="version-report")
             report_figure = gr.Image(label="Evaluation tracks", type="filepath", interactive=False, visible=False)
-        with gr.Tab("Training runs"):
+        with gr.Tab("Training runs", elem_id="tab-runs") as runs_tab:
+            runs_note = gr.Markdown(elem_id="runs-note")
             runs = gr.Dataframe(interactive=False, elem_id="runs", wrap=True)
             with gr.Row():
                 train = gr.Button("Start a training run", elem_id="train-start")
                 refresh_runs = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
-        with gr.Tab("Feedback"):
+            # Follows a run (step x/N, percent, ETA) while this tab is open; its ticks are not user activity.
+            runs_timer = gr.Timer(refresh_seconds, active=False)
+        with gr.Tab("Feedback") as feedback_tab:
+            # y_axis_format "d": counts are whole numbers ("3", not "3.000000").
             volume = gr.LinePlot(x="day", y="count", color="kind", title="Feedback per day (30 days)",
-                                 elem_id="volume")
+                                 y_axis_format="d", elem_id="volume")
             per_annotator = gr.BarPlot(x="annotator", y="judgments", title="Judgments per annotator",
-                                       elem_id="per-annotator")
+                                       y_axis_format="d", elem_id="per-annotator")
             agreement = gr.Markdown(elem_id="agreement")
             annotators = gr.Dataframe(interactive=False, elem_id="annotators")
-        with gr.Tab("Export"):
+        with gr.Tab("Export") as export_tab:
             with gr.Row():
                 export_kind = gr.Radio(["sft", "dpo", "kto"], value="dpo", label="Dataset")
                 export_format = gr.Radio(["jsonl", "parquet", "hf"], value="jsonl", label="Format")
             export_button = gr.Button("Export", elem_id="export")
             export_file = gr.File(label="Download (zip with the manifest)", elem_id="export-file")
+        with gr.Tab("Accounts", elem_id="tab-accounts") as accounts_tab:
+            account_message = gr.Markdown(elem_id="account-message")
+            accounts = gr.Dataframe(interactive=False, elem_id="accounts")
+            with gr.Row():
+                new_username = gr.Textbox(label="New account's username", elem_id="account-new-username", scale=3)
+                new_role = gr.Dropdown(list(ROLES), value="student", label="Role", elem_id="account-new-role",
+                                       scale=2)
+                add_account = gr.Button("Add account", variant="primary", elem_id="account-add", scale=1)
+            with gr.Row():
+                account = gr.Dropdown([], label="Account", elem_id="account-select", scale=3)
+                account_role = gr.Dropdown(list(ROLES), value=None, label="New role", elem_id="account-role",
+                                           scale=2)
+            with gr.Row():
+                set_role = gr.Button("Change role", size="sm", elem_id="account-set-role")
+                disable = gr.Button("Disable", size="sm", variant="stop", elem_id="account-disable")
+                enable = gr.Button("Enable", size="sm", elem_id="account-enable")
+                reset = gr.Button("Reset password", size="sm", elem_id="account-reset")
 
     def overview(request: gr.Request) -> list[Any]:
         require(request, "admin")
         frame, summary = admin.annotators()
-        return [admin.versions(), gr.Dropdown(choices=admin.version_names()), admin.runs(), admin.volume(),
-                frame, frame, summary]
+        listed, volume_frame = admin.versions(), admin.volume()
+        run_frame = admin.runs()
+        # The message line is cleared: it told the outcome of an action, which is history by now.
+        return ["", listed, admin.versions_note(listed), gr.Dropdown(choices=admin.version_names()), run_frame,
+                admin.runs_note(run_frame), gr.LinePlot(value=volume_frame, y_lim=count_axis(volume_frame["count"])),
+                gr.BarPlot(value=frame, y_lim=count_axis(frame["judgments"])), frame, summary, admin.account_table(),
+                gr.Dropdown(choices=admin.usernames()), ""]
 
-    tab.select(overview, None, [versions, version, runs, volume, per_annotator, annotators, agreement],
+    tab.select(overview, None, [admin_message, versions, versions_note, version, runs, runs_note, volume,
+                                per_annotator, annotators, agreement, accounts, account, account_message],
                api_name="admin_overview")
 
     def refreshed_runs(request: gr.Request):
         require(request, "admin")
-        return admin.runs()
+        frame = admin.runs()
+        return frame, admin.runs_note(frame)
 
-    refresh_runs.click(refreshed_runs, None, [runs], api_name="admin_runs")
+    refresh_runs.click(refreshed_runs, None, [runs, runs_note], api_name="admin_runs")
+
+    def followed_runs(request: gr.Request):
+        if not request.username:  # the session ended: the page says so on the next user action
+            return gr.skip(), gr.skip()
+        require(request, "admin", activity=False)
+        frame = admin.runs()
+        return frame, admin.runs_note(frame)
+
+    runs_timer.tick(followed_runs, None, [runs, runs_note], api_name=False, show_progress="hidden")
+    runs_tab.select(lambda: gr.Timer(active=True), None, [runs_timer], api_name=False)
+    for other in (versions_tab, feedback_tab, export_tab, accounts_tab):
+        other.select(lambda: gr.Timer(active=False), None, [runs_timer], api_name=False)
 
     def show_report(name: str | None, request: gr.Request) -> tuple[str, gr.Image]:
         require(request, "admin")
@@ -130,9 +175,10 @@ def build_admin(admin: Admin, require: Require) -> gr.Tab:
             gr.Info(admin.start_training(viewer))
         except UserError as exc:
             gr.Warning(str(exc))
-        return admin.runs()
+        frame = admin.runs()
+        return frame, admin.runs_note(frame), gr.Timer(active=True)
 
-    train.click(start_training, None, [runs], api_name="admin_train")
+    train.click(start_training, None, [runs, runs_note, runs_timer], api_name="admin_train")
 
     def export(kind: str, fmt: str, request: gr.Request) -> str:
         viewer = require(request, "admin")
@@ -143,4 +189,29 @@ def build_admin(admin: Admin, require: Require) -> gr.Tab:
             return gr.skip()
 
     export_button.click(export, [export_kind, export_format], [export_file], api_name="admin_export")
+
+    def account_action(act: Callable[[Viewer, str | None, str | None], str]):
+        """A handler doing ``act(viewer, username, role)``; the outcome (with a generated password, shown
+        once) goes to the accounts' message line, and the table and the account list are refreshed."""
+        def handler(username: str | None, role: str | None, request: gr.Request) -> list[Any]:
+            viewer = require(request, "admin")
+            try:
+                message = act(viewer, username, role)
+            except UserError as exc:
+                gr.Warning(str(exc))
+                return [gr.skip()] * 3
+            return [message, admin.account_table(), gr.Dropdown(choices=admin.usernames())]
+        return handler
+
+    outcome = [account_message, accounts, account]
+    chosen = [account, account_role]
+    add_account.click(account_action(admin.add_account), [new_username, new_role], outcome,
+                      api_name="admin_account_add")
+    set_role.click(account_action(admin.set_role), chosen, outcome, api_name="admin_account_role")
+    disable.click(account_action(lambda viewer, name, _: admin.set_disabled(viewer, name, True)), chosen, outcome,
+                  api_name="admin_account_disable")
+    enable.click(account_action(lambda viewer, name, _: admin.set_disabled(viewer, name, False)), chosen, outcome,
+                 api_name="admin_account_enable")
+    reset.click(account_action(lambda viewer, name, _: admin.reset_password(viewer, name)), chosen, outcome,
+                api_name="admin_account_reset")
     return tab

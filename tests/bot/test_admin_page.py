@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import zipfile
 
+import pandas as pd
 import pytest
 import redis
 from support import fill_disk
 
 from bot.access import Viewer
-from bot.admin import Admin
+from bot.admin import VOLUME_DAYS, Admin, count_axis
 from bot.errors import UserError
-from careloop import audit
+from careloop import accounts, audit
 from careloop.redis_server import free_port
 from feedback import schemas
 from feedback.store import store_event
@@ -112,10 +113,22 @@ def test_feedback_figures_and_an_audited_export(admin, small_disk):
                   "scores_b": {"accuracy": 1, "helpfulness": 1, "relevance": 2, "comprehensiveness": 1}}
     for annotator in ("nurse.a", "dr.p"):
         store_event(admin.sessions, schemas.Comparison(annotator=annotator, choice="a", **comparison))
+    store_event(admin.sessions, schemas.Comparison(annotator="nurse.a", choice="b", **{
+        **comparison, "prompt": "What raises blood pressure?"}))
+    # A day of data draws something: every day of the window is there (0 where nothing happened), so
+    # each kind's line runs up to today's count; the count axes start at 0 and end on a whole number.
     volume = admin.volume()
-    assert volume.groupby("kind")["count"].sum().to_dict() == {"judgments": 2}
+    assert len(volume) == VOLUME_DAYS * 4 and volume["count"].dtype.kind == "i"
+    assert volume.groupby("kind")["count"].sum().to_dict() == {"questions": 0, "ratings": 0, "judgments": 3,
+                                                               "corrections": 0}
+    today = volume[volume["day"] == volume["day"].max()].set_index("kind")["count"].to_dict()
+    assert today["judgments"] == 3 and volume["day"].nunique() == VOLUME_DAYS
     frame, summary = admin.annotators()
     assert sorted(frame["annotator"]) == ["dr.p", "nurse.a"] and "Krippendorff's alpha" in summary
+    assert dict(zip(frame["annotator"], frame["judgments"], strict=True)) == {"nurse.a": 2, "dr.p": 1}
+    assert count_axis(frame["judgments"]) == [0, 10] and count_axis(pd.Series([37])) == [0, 37]
+    # No gold items here, and dr.p shares one item with nurse.a: the cells say why they have no figure.
+    assert set(frame["gold accuracy"]) == {"n/a (no gold item judged yet)"}
 
     archive = admin.export(ADMIN, "dpo", "jsonl")
     with zipfile.ZipFile(archive) as opened:
@@ -140,3 +153,60 @@ def test_feedback_figures_and_an_audited_export(admin, small_disk):
         assert "manifest.json" in opened.namelist()
     with admin.sessions() as session:
         assert len([e for e in audit.recent(session) if e.action == "feedback.export"]) == 2
+
+
+@SQLITE_ONLY
+def test_empty_tables_say_why(admin):
+    assert admin.versions().empty and admin.versions_note(admin.versions()).startswith(
+        "No versions yet: the base model answers.")
+    assert admin.runs().empty and admin.runs_note(admin.runs()).startswith("No training runs yet.")
+    frame, summary = admin.annotators()
+    assert frame.empty and "n/a (no item has two labels yet)" in summary
+
+
+@SQLITE_ONLY
+def test_accounts_from_the_admin_page_are_audited_like_the_cli(admin):
+    """Add (a temporary password shown once), change role, disable, enable and reset, each audited with
+    the admin as the actor; an admin cannot lock themselves out, nor leave no enabled admin."""
+    accounts.add_user(admin.sessions, "ad.min", "admin", "the admin's password", actor="test")
+    shown = admin.add_account(ADMIN, " Nurse.Ward ", "nurse")
+    password = shown.split("shown once: `")[1].split("`")[0]
+    assert shown.startswith("**nurse.ward** added as nurse") and "first sign-in" in shown
+    assert accounts.authenticate(admin.sessions, "nurse.ward", password).must_change_password
+    row = admin.account_table().set_index("username").loc["nurse.ward"]
+    assert (row["role"], row["state"]) == ("nurse", "temporary password")
+    with pytest.raises(UserError, match="Not done: the username 'nurse.ward' is taken"):
+        admin.add_account(ADMIN, "nurse.ward", "student")
+    with pytest.raises(UserError, match="Not done: role 'doctor' is unknown"):
+        admin.add_account(ADMIN, "nurse.other", "doctor")
+
+    assert "now physician" in admin.set_role(ADMIN, "nurse.ward", "physician")
+    assert "disabled" in admin.set_disabled(ADMIN, "nurse.ward", True)
+    assert accounts.authenticate(admin.sessions, "nurse.ward", password) is None
+    assert "enabled again" in admin.set_disabled(ADMIN, "nurse.ward", False)
+    reset = admin.reset_password(ADMIN, "nurse.ward")
+    again = reset.split("shown once: `")[1].split("`")[0]
+    assert accounts.authenticate(admin.sessions, "nurse.ward", password) is None, "the old password stops working"
+    assert accounts.authenticate(admin.sessions, "nurse.ward", again).must_change_password
+    with admin.sessions() as session:
+        events = [(e.actor, e.action, e.target) for e in reversed(audit.recent(session)) if e.target == "nurse.ward"]
+    assert events == [("bot:ad.min", action, "nurse.ward") for action in
+                      ("user.add", "user.set_role", "user.disable", "user.enable", "user.set_password")]
+    assert not [e for e in events if password in str(e) or again in str(e)], "no password in the audit log"
+
+    for act in (lambda: admin.set_role(ADMIN, "ad.min", "student"), lambda: admin.set_disabled(ADMIN, "AD.MIN", True),
+                lambda: admin.reset_password(ADMIN, "ad.min")):
+        with pytest.raises(UserError, match="You cannot .* here: ask another admin"):
+            act()
+    with pytest.raises(UserError, match="Choose an account first"):
+        admin.set_role(ADMIN, None, "nurse")
+    with pytest.raises(UserError, match="Choose the new role first"):
+        admin.set_role(ADMIN, "nurse.ward", None)
+    # Another admin demoting the only enabled admin is refused too, on the page; the CLI may.
+    other = Viewer("nurse.ward", "admin")
+    admin.set_role(ADMIN, "nurse.ward", "admin")
+    admin.set_disabled(other, "ad.min", True)
+    with pytest.raises(UserError, match="nurse.ward is the only enabled admin"):
+        admin.set_role(ADMIN, "nurse.ward", "nurse")
+    with pytest.raises(UserError, match="nurse.ward is the only enabled admin"):
+        admin.set_disabled(ADMIN, "nurse.ward", True)

@@ -20,9 +20,11 @@ PAGE_OF = {"chat": "chat", "regenerate": "chat", "new_conversation": "chat", "op
            "rate": "chat", "review_next": "review", "review_submit": "review", "review_skip": "review",
            "review_amend": "review",
            "admin_overview": "admin", "admin_runs": "admin", "admin_report": "admin", "admin_act": "admin",
-           "admin_train": "admin", "admin_export": "admin"}
-ALLOWED = {"student": {"chat"}, "nurse": {"chat", "review"}, "physician": {"chat", "review"},
-           "admin": {"chat", "admin"}}
+           "admin_train": "admin", "admin_export": "admin", "admin_account_add": "admin",
+           "admin_account_role": "admin", "admin_account_disable": "admin", "admin_account_enable": "admin",
+           "admin_account_reset": "admin", "change_password": "own account"}
+ALLOWED = {"student": {"chat", "own account"}, "nurse": {"chat", "review", "own account"},
+           "physician": {"chat", "review", "own account"}, "admin": {"chat", "admin", "own account"}}
 
 
 def _client(stack, username: str, password: str = PASSWORD) -> Client:
@@ -73,6 +75,22 @@ def test_role_changes_and_disabling_apply_to_the_next_call(bot_stack):
     assert "Your role (student) cannot use the review page" in _call(client, "review_skip")
     accounts.set_disabled(bot_stack.sessions, "nurse.later", True, actor="test")
     assert "disabled" in _call(client, "chat")
+
+
+def test_a_temporary_password_opens_no_page_until_it_is_replaced(bot_stack):
+    """An account an admin created with a generated password is refused every page, called directly,
+    until its owner chooses their own; the old password then no longer signs in."""
+    temporary = "given-by-the-admin"
+    accounts.add_user(bot_stack.sessions, "nurse.new", "nurse", temporary, actor="test", temporary=True)
+    client = _client(bot_stack, "nurse.new", temporary)
+    for endpoint in ("review_skip", "chat"):
+        assert "Choose your own password first" in _call(client, endpoint)
+    client.predict(temporary, "nurse-own-password", "nurse-own-password", api_name="/change_password")
+    outcome = _call(client, "review_skip")
+    assert "cannot use" not in outcome and "Choose your own" not in outcome, outcome
+    with pytest.raises(ValueError, match="Could not login"):
+        _client(bot_stack, "nurse.new", temporary)
+    _client(bot_stack, "nurse.new", "nurse-own-password")
 
 
 def test_repeated_wrong_passwords_lock_the_username(bot_stack):
@@ -202,8 +220,8 @@ PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "s
                    "open_review": "review", "submit_judgment": "review", "pass_item": "review",
                    "amend_last": "review",
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
-                   "confirmed": "admin", "start_training": "admin", "export": "admin",
-                   "on_load": None, "tick": None, "<lambda>": None}
+                   "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
+                   "on_load": None, "tick": None, "<lambda>": None, "change_password": None}
 
 
 def _handlers(stack) -> dict[int, tuple[str, int]]:

@@ -42,7 +42,7 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
     assert cli("db", "upgrade", env=env).returncode == 0
     result = cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "gpu"):
+    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "bot", "workers", "beat", "gpu"):
         assert check in result.stdout
     assert "not fit for clinical use" in result.stdout  # a small base model is labelled as such
     assert "careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout and "MB of weights" in result.stdout
@@ -105,3 +105,67 @@ def test_by_hand_commands_on_a_fresh_data_directory_say_run_db_upgrade(cli, tmp_
     assert cli("db", "upgrade", env=env).returncode == 0
     listed = cli("users", "list", env=env)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+
+
+def _doctor_row(stdout: str, check: str) -> str:
+    """The doctor table's row for ``check``, its cells joined (a long detail folds onto more lines)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"│ {re.escape(check)}\s+│", line))
+    row = [lines[start]]
+    for line in lines[start + 1:]:
+        if not re.match(r"│\s+│", line):
+            break
+        row.append(line)
+    return " ".join(" ".join(cell.strip() for cell in line.split("│") if cell.strip()) for line in row)
+
+
+def test_doctor_checks_the_bot_workers_and_beat_each_in_one_row(cli, bot_stack, tmp_path):
+    """bot_stack runs the bot and a worker on `feedback,generation`, and no beat: doctor says the bot
+    answers, which queues have a worker and which has none, and that no beat has beaten lately. Each
+    part is one row; none of the three is required."""
+    from processes import TOKEN
+
+    env = {"CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": bot_stack.database_url,
+           "CARELOOP_REDIS_URL": bot_stack.redis_url, "CARELOOP_SERVING_URL": bot_stack.server.url,
+           "CARELOOP_BASE_MODEL": str(bot_stack.model_dir), "CARELOOP_CONTROL_TOKEN": TOKEN,
+           "CARELOOP_BOT_PORT": bot_stack.url.rsplit(":", 1)[1]}
+    result = cli("doctor", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _doctor_row(result.stdout, "bot") == f"bot ok {bot_stack.url} (the sign-in page answers)"
+    assert _doctor_row(result.stdout, "workers") == (
+        "workers warn 1 answered, consuming feedback, generation; none consumes training: start `careloop worker "
+        "--queues training`")
+    assert _doctor_row(result.stdout, "beat").startswith("beat warn no heartbeat in the last 45 s: start `careloop beat`")
+
+
+def test_doctor_sees_a_running_beat_and_no_worker(cli, redis_server, tiny_model_dir, tmp_path):
+    """A real `careloop beat` on a private Redis with no worker: its heartbeat names its pid; the
+    workers row says none answered; a bot that is not running is a warning with the command."""
+    import subprocess
+    import sys
+
+    from processes import careloop_env, wait_for
+
+    from careloop.queues import beat_heartbeat
+    from careloop.redis_server import free_port
+
+    settings = {"redis_url": redis_server.url, "base_model": str(tiny_model_dir), "bot_port": str(free_port()),
+                # nothing falls due while the test runs: beat only has to be alive
+                "review_fill_interval_seconds": "86400", "train_check_interval_seconds": "86400"}
+    env = careloop_env(tmp_path / "home", **settings)
+    assert cli("db", "upgrade", env=env).returncode == 0
+    beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (beat_heartbeat(redis_server.url) or {}).get("pid") == beat.pid, timeout=60,
+                 message="careloop beat's heartbeat")
+        result = cli("doctor", env=env)
+    finally:
+        beat.terminate()
+        beat.wait(30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(rf"beat ok alive: pid {beat.pid} on \S+, \d+ s ago", _doctor_row(result.stdout, "beat"))
+    assert _doctor_row(result.stdout, "workers") == (
+        "workers warn no worker answered within 1 s: start `careloop worker` (or `careloop up`)")
+    assert _doctor_row(result.stdout, "bot").startswith(f"bot warn http://127.0.0.1:{settings['bot_port']} not "
+                                                        "answering (ConnectError); start it with `careloop bot`")

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -79,8 +80,8 @@ def system(tmp_path, tiny_model_dir):
                 process.kill()
 
 
-def _cli(system, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], env={**system["env"], "COLUMNS": "200"},
+def _cli(system, *args: str, stdin: str | None = None, columns: int = 200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], env={**system["env"], "COLUMNS": str(columns)},
                           input=stdin, capture_output=True, text=True, timeout=120)
 
 
@@ -130,8 +131,19 @@ def test_the_whole_loop_through_the_browser(system):
     for username, role in (("stu.dent", "student"), ("nurse.a", "nurse"), ("nurse.b", "nurse")):
         added = _cli(system, "users", "add", username, "--role", role, "--password-stdin", stdin=PASSWORD)
         assert added.returncode == 0, added.stderr
-    status = _cli(system, "up", "--status")
+    status = _cli(system, "up", "--status", columns=80)
     assert status.returncode == 0 and status.stdout.count(" up ") >= 6, status.stdout
+    # 80 columns: no part name or path cut; the web app's address and the Redis in use are shown.
+    assert f"web app:    {system['url']}\n" in status.stdout
+    assert re.search(r"^redis:\s+redis://127\.0\.0\.1:\d+/0 \(started by careloop up\)$", status.stdout, re.MULTILINE)
+    logs = re.search(r"^logs:\s+(\S+)/<part>\.log$", status.stdout, re.MULTILINE)
+    assert logs and Path(logs[1]).resolve() == (system["home"] / "logs").resolve(), status.stdout  # shortened, not cut
+    assert all(len(line) <= 80 for line in status.stdout.splitlines() if logs[1] not in line), status.stdout
+    assert {"serving", "feedback-worker", "training-worker", "beat", "bot", "redis"} <= {
+        line.split()[0] for line in status.stdout.splitlines() if line.strip()}
+    doctor = _cli(system, "doctor", columns=80)
+    for part in ("bot", "workers", "beat"):
+        assert re.search(rf"^│ {part}\s+│ ok ", doctor.stdout, re.MULTILINE), doctor.stdout
     listening = _listening(system)
     assert {"redis", "serving", "bot"} <= {name for name, _ in listening}, listening
     assert all(address.startswith("127.0.0.1:") for _, address in listening), f"beyond loopback: {listening}"

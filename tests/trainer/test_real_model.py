@@ -5,6 +5,7 @@ harmful requests it answered before, with a paired interval above zero."""
 
 from __future__ import annotations
 
+import pytest
 from support import SEED_DIR
 
 from careloop.seed import load_seed
@@ -15,6 +16,7 @@ from trainer.sft import run_sft
 # Measured on these 24 items (2026-12-01, greedy, 64 new tokens): SmolLM2 ROUGE-L ~0.17, tiny ~0.10.
 ITEMS = 24
 ROUGE_L_MARGIN = 0.03
+pytestmark = pytest.mark.usefixtures("all_cores")
 
 
 def _rouge_l(model_dir, questions, references) -> list[float]:

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-import yaml
 from processes import wait_for
+from support import migrated_sqlite, tiny_train_config
 
 from feedback import schemas
 from feedback.store import store_event
@@ -118,21 +118,14 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_m
     """Two checks found training due while the training worker was away, and each queued a
     `training.run`: a real worker then takes both, one trains, the other finds nothing new (or the
     lock held) and skips without starting a run."""
-    from careloop import db
     from careloop.queues import producer
     from careloop.settings import load_settings
     from processes import start_worker
     from trainer.tasks import RUN
 
-    url = f"sqlite:///{tmp_path / 'careloop.db'}"
-    db.upgrade(url)
-    sessions = db.session_factory(db.make_engine(url))
+    url, sessions = migrated_sqlite(tmp_path)
     _label(sessions, "a")
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"sft": {"max_steps": 2, "max_examples": 40, "max_length": 128},
-                                      "dpo": {"max_steps": 2, "max_length": 128, "max_pairs": 12, "contrast_share": 0,
-                                              "micro_batch_size": 2},
-                                      "eval": {"max_items": 4, "max_pairs": 4, "max_new_tokens": 8, "eval_fraction": 0.1}}))
+    config = tiny_train_config(tmp_path / "train.yaml", steps=2, examples=40, pairs=12, eval_items=4)
     broker_url = redis_server.url.replace("/0", "/4")
     redis.Redis.from_url(broker_url).flushdb()
     queue = producer(load_settings(home=tmp_path / "checks", database_url=url, redis_url=broker_url))
@@ -202,15 +195,8 @@ def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_kil
     """Beat and a real training worker train once labels arrive. The worker SIGKILLed mid-run (with
     its pool): the run never promotes, is marked interrupted, and a new worker trains a fresh run
     once (the killed holder's lock is set aside: its process is gone)."""
-    from careloop import db
-
-    url = f"sqlite:///{tmp_path / 'careloop.db'}"
-    db.upgrade(url)
-    sessions = db.session_factory(db.make_engine(url))
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"sft": {"max_steps": 5, "max_examples": 100, "max_length": 128},
-                                      "dpo": {"max_steps": 5, "max_length": 128, "max_pairs": 40, "contrast_share": 0, "micro_batch_size": 2},
-                                      "eval": {"max_items": 8, "max_pairs": 8, "max_new_tokens": 8, "eval_fraction": 0.1}}))
+    url, sessions = migrated_sqlite(tmp_path)
+    config = tiny_train_config(tmp_path / "train.yaml", steps=5, examples=100, pairs=40, eval_items=8)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url,
            "CARELOOP_REDIS_URL": redis_server.url.replace("/0", "/3"), "CARELOOP_BASE_MODEL": str(tiny_model_dir),

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-import yaml
+from support import migrated_sqlite, tiny_train_config
 
 from careloop.settings import load_settings
 from trainer import runs
@@ -19,16 +19,8 @@ from trainer.tasks import RunRefused, request_run, requested_run
 
 def test_a_requested_run_trains_once_for_who_asked_and_a_second_request_is_refused(
         tmp_path, redis_server, tiny_model_dir):
-    from careloop import db
-
-    url = f"sqlite:///{tmp_path / 'careloop.db'}"
-    db.upgrade(url)
-    sessions = db.session_factory(db.make_engine(url))
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"sft": {"max_steps": 3, "max_examples": 60, "max_length": 128},
-                                      "dpo": {"max_steps": 3, "max_length": 128, "max_pairs": 12, "contrast_share": 0,
-                                              "micro_batch_size": 2},
-                                      "eval": {"max_items": 6, "max_pairs": 6, "max_new_tokens": 8, "eval_fraction": 0.1}}))
+    url, sessions = migrated_sqlite(tmp_path)
+    config = tiny_train_config(tmp_path / "train.yaml", steps=3, examples=60, pairs=12, eval_items=6)
     redis_url = redis_server.url.replace("/0", "/6")
     settings = load_settings(home=tmp_path / "home", database_url=url, redis_url=redis_url,
                              base_model=str(tiny_model_dir), train_config=config)

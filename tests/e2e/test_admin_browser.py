@@ -1,0 +1,95 @@
+"""The admin's first hour in a real headless Chromium (issue 19): accounts made on the Admin page
+sign in, training runs followed as they move, and a second start refused with the run it would
+collide with."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from e2e_browser import only_local, shot, sign_in, tabs
+
+from careloop import audit
+from trainer import runs
+from trainer.schedule import training_lock
+from trainer.tasks import REQUEST_KEY
+
+
+def _open_admin_tab(page, name: str) -> None:
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_role("tab", name=name).click()
+
+
+def test_an_admin_adds_a_nurse_who_signs_in_with_the_shown_password(visit, browser, bot_stack):
+    admin = visit("ad.min")
+    _open_admin_tab(admin, "Accounts")
+    admin.locator("#accounts").get_by_text("stu.dent").filter(visible=True).first.wait_for(timeout=30_000)
+    admin.locator("#account-new-username textarea, #account-new-username input").first.fill("nurse.first")
+    admin.locator("#account-new-role input").fill("nurse")
+    admin.keyboard.press("Enter")
+    admin.locator("#account-add").click()
+    message = admin.locator("#account-message")
+    message.get_by_text("nurse.first").wait_for(timeout=30_000)
+    password = message.locator("code").inner_text().strip()
+    assert len(password) >= 10 and "shown once" in message.inner_text()
+    admin.locator("#accounts").get_by_text("nurse.first").filter(visible=True).first.wait_for(timeout=15_000)
+    shot(admin, "admin-accounts")
+
+    nurse = sign_in(browser, bot_stack.url, "nurse.first", password)
+    try:
+        panel = nurse.locator("#password-panel")
+        panel.get_by_text("Choose your own password").wait_for(timeout=15_000)
+        assert tabs(nurse) <= {""}, "no page opens with a temporary password"
+        nurse.locator("#password-current input").fill(password)
+        nurse.locator("#password-new input").fill("nurse-first-own-password")
+        nurse.locator("#password-repeat input").fill("nurse-first-own-password")
+        nurse.locator("#password-submit").click()
+        nurse.get_by_role("tab", name="Review").wait_for(timeout=15_000)
+        assert not panel.is_visible() and tabs(nurse) == {"Chat", "Review"}
+        only_local(nurse)
+    finally:
+        nurse.context.close()
+    with bot_stack.sessions() as session:
+        events = [(e.actor, e.action) for e in reversed(audit.recent(session)) if e.target == "nurse.first"]
+    assert events == [("bot:ad.min", "user.add"), ("nurse.first", "user.change_password")]
+
+
+def test_a_run_moves_on_the_page_and_a_second_start_is_refused_naming_it(visit, bot_stack):
+    run_id = runs.start_run(bot_stack.sessions, "beat", {})
+
+    def at(done: int) -> None:
+        runs.update_run(bot_stack.sessions, run_id, step="sft",
+                        progress={"step": "sft", "done": done, "total": 16, "started": time.time() - 10 * done})
+
+    broker = redis.Redis.from_url(bot_stack.redis_url)
+    queued_before = broker.llen("training")
+    page = visit("ad.min")
+    table = page.locator("#runs")
+    try:
+        with training_lock(bot_stack.redis_url):  # what the training worker holds while the run works
+            at(3)
+            _open_admin_tab(page, "Training runs")
+            table.get_by_text("sft 3/16").filter(visible=True).first.wait_for(timeout=30_000)
+            first = table.inner_text()
+            at(8)  # no click: the page follows the run by itself
+            table.get_by_text("sft 8/16").filter(visible=True).first.wait_for(timeout=20_000)
+            assert table.inner_text() != first and " s" in table.inner_text(), "percent and ETA shown and moving"
+            page.locator("#train-start").click()
+            page.locator(".toast-body").get_by_text(f"run {run_id} (started by beat) is running: sft 8/16").wait_for(
+                timeout=15_000)
+            shot(page, "admin-run-progress")
+        runs.finish_run(bot_stack.sessions, run_id, status="interrupted")
+
+        page.locator("#train-start").dblclick()  # a double click queues one run, not two
+        page.locator(".toast-body").get_by_text("Training run queued").wait_for(timeout=15_000)
+        table.get_by_text("queued", exact=True).filter(visible=True).first.wait_for(timeout=15_000)
+        page.locator("#train-start").click()  # and a later click, once the first has answered
+        refused = page.locator(".toast-body").get_by_text("is already queued")
+        refused.wait_for(timeout=15_000)
+        assert "requested by ad.min at" in refused.inner_text()
+        assert broker.llen("training") == queued_before + 1
+        assert "queued" not in page.locator("#admin-message").inner_text(), "a notice that fades, not a line that stays"
+    finally:
+        broker.delete("training", REQUEST_KEY)  # no training worker runs in this stack
+        broker.close()
+    only_local(page)
