@@ -1,16 +1,16 @@
 """Messages: whether an answer was cut off before it finished (Stop, a page closed or reloaded, serving
 lost mid-answer), so history marks it and exports leave it out.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
