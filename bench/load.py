@@ -166,7 +166,7 @@ def student(url: str, username: str, deadline: float, latencies: list[float], fa
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
-            chatbot, _ = client.predict(QUESTIONS[asked % len(QUESTIONS)], api_name="/chat")
+            chatbot, *_ = client.predict(QUESTIONS[asked % len(QUESTIONS)], api_name="/chat")
             if "Answered by" not in json.dumps(chatbot):
                 raise RuntimeError("no finished answer")
             latencies.append(time.perf_counter() - started)
@@ -226,7 +226,7 @@ def answered_by(url: str, username: str) -> str:
     """The version named in the footer of a student's next answer."""
     from gradio_client import Client
 
-    chatbot, _ = Client(url, auth=(username, PASSWORD), verbose=False).predict(QUESTIONS[0], api_name="/chat")
+    chatbot, *_ = Client(url, auth=(username, PASSWORD), verbose=False).predict(QUESTIONS[0], api_name="/chat")
     text = json.dumps(chatbot)
     return text.split("Answered by `", 1)[1].split("`", 1)[0] if "Answered by `" in text else "(no answer)"
 

@@ -10,6 +10,7 @@ refused.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.hardening import LOGIN_CLIENT
+from bot.hardening import LOGIN_CLIENT, LOGIN_MESSAGE
 from careloop.accounts import (
     REVIEWERS,
     ROLES,
@@ -43,6 +44,25 @@ class Refused(Exception):
 
 MUST_CHANGE_PASSWORD = ("Choose your own password first (the form at the top of the page): the one you signed in "
                         "with was set for you and is temporary.")
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of a sign-in: whether it passed, and what the sign-in page says when it did not.
+    The message is the same for a name that is no account as for one that is, so a refusal never
+    tells whether a username exists."""
+
+    ok: bool
+    message: str = ""
+
+
+WRONG = "Incorrect username or password."
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 90:
+        return f"{math.ceil(seconds / 60)} minutes"
+    return f"{max(1, math.ceil(seconds))} seconds"
 
 
 @dataclass(frozen=True)
@@ -81,10 +101,14 @@ class Access:
         """Check a sign-in, blocking (scripts, tests). After ``max_failures`` wrong passwords within
         the lockout window from one address, that username is refused from that address (right
         password or not) until the window passes; other addresses are not affected."""
+        return self.check(username, password, client).ok
+
+    def check(self, username: str, password: str, client: str = "local") -> SignIn:
+        """``login`` with what the sign-in page should say when it fails."""
         started = time.monotonic()  # a failure counts from when it was tried
-        name = self._admit(username, client)
-        if name is None:
-            return False
+        name, refused = self._admit(username, client)
+        if refused is not None:
+            return refused
         try:
             user = authenticate(self._sessions, name, password)
         finally:
@@ -93,41 +117,61 @@ class Access:
 
     async def login_async(self, username: str, password: str) -> bool:
         """Gradio's ``auth=`` callback: as ``login``, for the address ``bot.hardening`` noted, with
-        the Argon2 check in the pool so the event loop keeps serving everyone else."""
+        the Argon2 check in the pool so the event loop keeps serving everyone else. What the page
+        should say of a refusal goes to ``bot.hardening.LOGIN_MESSAGE`` (Gradio's page says only
+        "Incorrect Credentials", whatever the reason)."""
         client = LOGIN_CLIENT.get()
         started = time.monotonic()  # a failure counts from when it was tried
-        name = self._admit(username, client)
-        if name is None:
-            return False
-        try:
-            user = await asyncio.get_running_loop().run_in_executor(
-                self._pool, authenticate, self._sessions, name, password)
-        finally:
-            self._settle(name, client, None)
-        return self._settle(name, client, user is not None, started)
+        name, outcome = self._admit(username, client)
+        if outcome is None:
+            try:
+                user = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, authenticate, self._sessions, name, password)
+            finally:
+                self._settle(name, client, None)
+            outcome = self._settle(name, client, user is not None, started)
+        said = LOGIN_MESSAGE.get()
+        if said is not None and not outcome.ok:
+            said.append(outcome.message)
+        return outcome.ok
 
-    def _admit(self, username: str, client: str) -> str | None:
-        """The normalised username if a password check may run now (counted as pending), else None."""
+    def _admit(self, username: str, client: str) -> tuple[str, SignIn | None]:
+        """The normalised username, and None if a password check may run now (counted as pending),
+        else the refusal."""
         name = normalize_username(username)
         if not USERNAME.match(name):
             log.warning("login_refused", reason="not a valid username", length=len(username), client=client)
-            return None
+            return name, SignIn(False, WRONG)
         now = time.monotonic()
         with self._lock:
-            if len(self._recent(self._by_address, client, now)) >= self._address_failures:
+            wait = self._locked_for(self._by_address, client, self._address_failures, now)
+            if wait:
                 log.warning("login_throttled", client=client)
-                return None
-            if len(self._recent(self._failures, (client, name), now)) >= self._max_failures:
+                return name, SignIn(False, "Too many failed sign-ins from your address: sign-in from it is paused "
+                                           f"for {_duration(wait)}. Try again then.")
+            wait = self._locked_for(self._failures, (client, name), self._max_failures, now)
+            if wait:
                 log.warning("login_locked", user=name, client=client)
-                return None
+                return name, SignIn(False, f"This username is locked after {self._max_failures} failed sign-ins: "
+                                           f"try again in {_duration(wait)}. (Until then even the right password "
+                                           "is refused.)")
             if self._pending >= self._max_pending:
                 log.warning("login_busy", pending=self._pending)
-                return None
+                return name, SignIn(False, "The server is checking many sign-ins at once: try again in a few seconds.")
             self._pending += 1
-        return name
+        return name, None
 
-    def _settle(self, name: str, client: str, ok: bool | None, started: float = 0.0) -> bool:
+    def _locked_for(self, table: OrderedDict, key: object, limit: int, now: float) -> float:
+        """Seconds until ``key`` may try again (0: it may now): a lock lasts until the oldest of its
+        last ``limit`` failures leaves the window."""
+        failures = self._recent(table, key, now)
+        if len(failures) < limit:
+            return 0.0
+        return max(0.1, failures[-limit] + self._lockout - now)
+
+    def _settle(self, name: str, client: str, ok: bool | None, started: float = 0.0) -> SignIn:
         """None: the check ended (no longer pending); True/False: record its outcome."""
+        left = 0
         with self._lock:
             if ok is None:
                 self._pending -= 1
@@ -139,11 +183,21 @@ class Access:
                     table.move_to_end(key)  # type: ignore[arg-type]
                     while len(table) > self.MAX_TRACKED:
                         table.popitem(last=False)
+                left = self._max_failures - len(self._recent(self._failures, (client, name), time.monotonic()))
         if ok:
             log.info("login", user=name)
-        elif ok is False:
-            log.warning("login_failed", user=name, client=client)
-        return bool(ok)
+            return SignIn(True)
+        if ok is None:
+            return SignIn(False)
+        log.warning("login_failed", user=name, client=client)
+        if left <= 0:
+            return SignIn(False, f"{WRONG} After {self._max_failures} failed sign-ins this username is locked for "
+                                 f"{_duration(self._lockout)}.")
+        if left <= 2:
+            attempt = "attempt" if left == 1 else "attempts"
+            return SignIn(False, f"{WRONG} {left} more failed {attempt} will lock this username for "
+                                 f"{_duration(self._lockout)}.")
+        return SignIn(False, WRONG)
 
     def _recent(self, table: OrderedDict, key: object, now: float) -> deque[float]:
         """The failures of ``key`` within the lockout window (an expired entry is dropped)."""

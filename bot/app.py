@@ -28,7 +28,7 @@ from bot.pages.account import build_password_panel  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
 from bot.pages.review import KEYBOARD, build_review  # noqa: E402
-from bot.review import Review, ReviewState  # noqa: E402
+from bot.review import Filling, Review, ReviewState  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
 from careloop.db import sessions_for  # noqa: E402
 from careloop.log import ensure_logging, get_logger  # noqa: E402
@@ -42,29 +42,67 @@ from serving.rollout import open_client  # noqa: E402
 log = get_logger(__name__)
 
 # Gradio answers a call from a page whose session has ended (signed out elsewhere, idle, too old)
-# with 401 and shows only "Error"; say what happened and how to go on instead.
+# with 401, marks every output of the call with a red "Error" badge that hides what it shows (the
+# typed question among them) and says nothing else. Instead: say what happened, hide the badges so
+# the question stays in view, and keep it (in this tab's sessionStorage, with the account's name)
+# across signing in again, where it is put back in the chat box for the same account only.
 SESSION_ENDED = """
 <script>
-const careloopFetch = window.fetch;
-window.fetch = async (...args) => {
-  const response = await careloopFetch(...args);
-  const url = String((args[0] && args[0].url) || args[0]);
-  if (response.status === 401 && url.includes("/gradio_api/") && document.getElementById("header") &&
-      !document.getElementById("session-ended")) {
-    const note = document.createElement("div");
-    note.id = "session-ended";
-    note.setAttribute("role", "alert");
-    note.innerHTML = "<strong>Your session has ended</strong> (you signed out, or it was idle or open too " +
-      "long). What you just sent was not saved. <a href='/'>Sign in again</a>";
-    document.body.prepend(note);
-  }
-  return response;
-};
+(() => {
+  const draftKey = "careloop-draft";
+  const account = () => {
+    const header = document.getElementById("header");
+    const match = header && header.innerText.match(/signed in as (\\S+)/);
+    return match ? match[1] : "";
+  };
+  const chatBox = () => document.querySelector("#chat-input textarea");
+  const careloopFetch = window.fetch;
+  window.fetch = async (...args) => {
+    const response = await careloopFetch(...args);
+    const url = String((args[0] && args[0].url) || args[0]);
+    if (response.status === 401 && url.includes("/gradio_api/") && document.getElementById("header") &&
+        !document.getElementById("session-ended")) {
+      document.body.classList.add("careloop-ended");
+      const note = document.createElement("div");
+      note.id = "session-ended";
+      note.setAttribute("role", "alert");
+      note.innerHTML = "<strong>Your session has ended</strong> (you signed out, or it was idle or open too " +
+        "long). What you just sent was not saved; what is in the chat box stays there and is put back " +
+        "after you sign in again. <a href='/' id='sign-in-again' class='lg primary sm'>Sign in again</a>";
+      document.body.prepend(note);
+    }
+    return response;
+  };
+  // Leaving the ended page (Sign in again, a reload): keep the chat box's text for the same account.
+  window.addEventListener("pagehide", () => {
+    const box = chatBox();
+    if (document.body.classList.contains("careloop-ended") && box && box.value.trim()) {
+      sessionStorage.setItem(draftKey, JSON.stringify({account: account(), text: box.value}));
+    }
+  });
+  // After signing in again: the kept question back in the chat box, for the account that typed it.
+  const restore = setInterval(() => {
+    const kept = sessionStorage.getItem(draftKey);
+    if (!kept) return clearInterval(restore);
+    const box = chatBox();
+    const who = account();
+    if (!box || !who) return;
+    clearInterval(restore);
+    sessionStorage.removeItem(draftKey);
+    const draft = JSON.parse(kept);
+    if (draft.account !== who || box.value) return;
+    Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, "value").set.call(box, draft.text);
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+  }, 250);
+})();
 </script>
 """
 CSS = """
 #session-ended { position: fixed; top: 0; left: 0; right: 0; z-index: 1000; padding: 12px 24px;
   background: #fde8e8; color: #7a1010; border-bottom: 2px solid #c0392b; font-size: 1.05em; }
+#sign-in-again { margin-left: 12px; padding: 4px 14px; border-radius: 6px; background: #c0392b; color: white;
+  text-decoration: none; font-weight: 600; }
+.careloop-ended [data-testid="status-tracker"] { display: none !important; }
 #review-left, #review-right { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
 .careloop-notice { font-size: 0.9em; }
 """
@@ -95,7 +133,9 @@ def open_services(settings: Settings) -> Services:
     return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
                     Chat(client, feedback, sessions, settings.bot_max_message_chars, limits, retriever,
                          settings.retrieval_passage_chars),
-                    Review(feedback, sessions), Admin(settings, sessions, registry, client), feedback,
+                    Review(feedback, sessions, Filling(settings.redis_url, settings.review_fill_interval_seconds,
+                                                       settings.review_fill_soon_seconds)),
+                    Admin(settings, sessions, registry, client), feedback,
                     SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds))
 
 

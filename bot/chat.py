@@ -35,6 +35,9 @@ log = get_logger(__name__)
 DOWN_REASONS = ("inaccurate", "unsafe", "missed an emergency", "unhelpful", "incomplete", "off topic", "other")
 UP_REASONS = ("accurate", "clear", "helpful", "other")
 DEMO_CACHE_SECONDS = 30.0
+# An answer whose stream was closed before its end (shown live, and when the conversation is reopened).
+CUT_OFF = "cut off before it finished (Stop was pressed, or the page was closed or reloaded)"
+CUT_OFF_STORED = "this answer was cut off before it finished"
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Conversation:
             else:
                 parts.append(turn.content or "_(The model gave no answer; press Regenerate.)_")
                 if turn.interrupted:
-                    parts.append(f"_({turn.interrupted})_")
+                    parts.append(f"**Interrupted:** _{turn.interrupted}_")
                 if turn.sources is not None:
                     parts.append(sources_markdown(turn.sources))
                 if turn.model:
@@ -197,6 +200,7 @@ class Chat:
                 conversation.turns.pop()
             raise UserError(_serving_message(exc)) from None
         conversation.turns.append(reply)
+        finished = False
         try:
             if first is not None:
                 reply.content, reply.model = first.text, first.model
@@ -206,9 +210,12 @@ class Chat:
                 reply.content += delta.text
                 reply.model = delta.model
                 yield conversation
+            finished = True
         except (ServingUnavailable, ServingRejected) as exc:
             reply.interrupted = f"the answer stopped early: {_serving_message(exc)}"
-        finally:  # also when the Stop button closes this generator
+        finally:  # also when Stop, or the page going away (closed, reloaded), closes this generator
+            if not finished and not reply.interrupted:
+                reply.interrupted = CUT_OFF
             reply.done = True
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
@@ -260,7 +267,8 @@ class Chat:
         if not rows:
             raise UserError("That conversation is not among yours (or has not been saved yet).")
         return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
-                                          sources=None if m.sources is None else [Passage(**s) for s in m.sources])
+                                          sources=None if m.sources is None else [Passage(**s) for s in m.sources],
+                                          interrupted=CUT_OFF_STORED if m.interrupted else "")
                                      for m in rows], owner=viewer.username)
 
     def is_demo(self) -> bool:
@@ -291,7 +299,8 @@ class Chat:
                 question.logged = True
             self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
                                    role="assistant", content=reply.content, adapter_version=reply.model,
-                                   demo_model=reply.demo, latency_ms=int(seconds * 1000),
+                                   demo_model=reply.demo, interrupted=bool(reply.interrupted),
+                                   latency_ms=int(seconds * 1000),
                                    sources=None if reply.sources is None else [asdict(p) for p in reply.sources])
         except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
             return

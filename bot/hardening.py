@@ -33,6 +33,12 @@ that declares no length (chunked) with 411, before any of it is read: Gradio par
 message whole (57 MB of memory each) before the page's own limit refused it. Neither Starlette nor
 uvicorn has a body limit of its own.
 
+Sign-in: Gradio's page shows "Incorrect Credentials" for every refusal, a lock included. The
+answer to a refused ``POST /login`` carries careloop's reason (``LOGIN_MESSAGE``: wrong password,
+attempts left, locked and for how long; the same for a name that is no account), and the page
+(``LOGIN_PAGE_SCRIPT``, added to the HTML of ``/``: Gradio's ``head`` reaches signed-in pages only)
+shows it in place of Gradio's words.
+
 Signing out is ``POST /logout`` with the page's CSRF token (``csrf_token``: an HMAC of the session
 cookie under a per-process key), handed to Gradio's own logout; Gradio's ``GET /logout`` is refused,
 so a link or an image in a student's text (``![x](/logout)``) cannot end a clinician's sessions.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
@@ -59,6 +66,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Gradio's ``auth=`` callback gets only the username and password. Behind a reverse proxy on this
 # machine, uvicorn takes it from X-Forwarded-For.
 LOGIN_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("careloop_login_client", default="local")
+# What the sign-in page says of a refused sign-in (a lock, a throttle): ``bot.access`` appends it,
+# and ``RefusedRoutes`` puts it in Gradio's 400 answer, which otherwise says only "Incorrect credentials".
+LOGIN_MESSAGE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("careloop_login_message", default=None)
 LOGIN_MAX_BYTES = 4096  # a username and password form; more is refused before it is parsed
 
 POLICY = "; ".join((
@@ -140,6 +150,78 @@ def _refuse(status: int, reason: str) -> PlainTextResponse:
     return PlainTextResponse(reason, status_code=status, headers={"connection": "close"})
 
 
+# Shows the reason of a refused sign-in (the 400 answer's ``careloop_message``) where Gradio's login
+# form says "Incorrect Credentials" (its <p class="creds">, which Svelte renders after the answer).
+LOGIN_PAGE_SCRIPT = rb"""<script>
+(() => {
+  const careloopFetch = window.fetch;
+  let said = "";
+  const show = () => {
+    const shown = document.querySelector("p.creds");
+    if (shown && said && shown.textContent !== said) {
+      shown.textContent = said;
+      shown.setAttribute("role", "alert");
+      shown.id = "login-message";
+    }
+  };
+  window.fetch = async (...args) => {
+    const response = await careloopFetch(...args);
+    const url = new URL(String((args[0] && args[0].url) || args[0]), location.href);
+    if (/\/login\/?$/.test(url.pathname) && response.status === 400) {
+      try { said = (await response.clone().json()).careloop_message || ""; } catch (error) { said = ""; }
+      show();
+    }
+    return response;
+  };
+  new MutationObserver(show).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>"""
+
+
+async def _rewritten(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                     rewrite: Any) -> None:
+    """Run ``app``, passing its whole answer through ``rewrite(status, headers, body)`` -> body or None
+    (unchanged). For small answers only (a form's reply, the page's HTML)."""
+    start: Message = {}
+    body = b""
+
+    async def held(message: Message) -> None:
+        nonlocal start, body
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body":
+            return await send(message)
+        body += message.get("body", b"")
+        if message.get("more_body", False):
+            return None
+        headers = Headers(raw=start.get("headers", []))
+        changed = rewrite(start["status"], headers, body)
+        if changed is not None:
+            body = changed
+            start["headers"] = [(name, value) for name, value in start.get("headers", [])
+                                if name.lower() != b"content-length"] + [(b"content-length", str(len(body)).encode())]
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    await app(scope, receive, held)
+
+
+def _login_answer(said: list[str]) -> Any:
+    def rewrite(status: int, headers: Headers, body: bytes) -> bytes | None:
+        if status != 400 or not said:
+            return None
+        return json.dumps({"detail": "Incorrect credentials.", "careloop_message": said[-1]}).encode()
+
+    return rewrite
+
+
+def _with_login_script(status: int, headers: Headers, body: bytes) -> bytes | None:
+    if status != 200 or "text/html" not in headers.get("content-type", "") or headers.get("content-encoding"):
+        return None
+    return body.replace(b"</head>", LOGIN_PAGE_SCRIPT + b"</head>", 1)
+
+
 class RefusedRoutes:
     """Only the routes in ``ROUTES``; the rest are refused without reading the request's body.
     A login form is refused above ``LOGIN_MAX_BYTES`` (a megabyte username is never parsed, hashed
@@ -176,8 +258,13 @@ class RefusedRoutes:
                                          )(scope, receive, send)
                 client = scope.get("client")
                 LOGIN_CLIENT.set(client[0] if client else "unknown")
+                said: list[str] = []
+                LOGIN_MESSAGE.set(said)
+                return await _rewritten(self.app, scope, receive, send, _login_answer(said))
             elif path == "/logout":
                 return await self._logout(scope, receive, send, int(length))
+        elif method == "GET" and path == "/":
+            return await _rewritten(self.app, scope, receive, send, _with_login_script)
         await self.app(scope, receive, send)
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send, length: int) -> None:

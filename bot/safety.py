@@ -8,6 +8,9 @@ import re
 
 EDUCATIONAL_NOTICE = ("For medical education only: not medical advice, and not a substitute for a "
                       "clinician who knows the patient.")
+# At the top of the chat page, before anything is asked: the standing notice, calm. The bold
+# emergency steer (URGENT_CARE) goes above an answer only when the message reads like an emergency.
+STANDING_NOTICE = EDUCATIONAL_NOTICE + " In an emergency, call your local emergency number, not this page."
 # Shown beside the model's name when serving says its base model is unfit for clinical use (the
 # offline default SmolLM2-135M-Instruct, the tiny test model): the API's `demo_model` flag.
 DEMO_LABEL = ("not for clinical use: a small model for education and demonstration; "

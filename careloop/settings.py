@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     review_max_tokens: int = Field(200, ge=1, description="Length of the candidate answers generated for review.")
     review_fill_interval_seconds: float = Field(
         300, gt=0, description="How often `careloop beat` asks for new review items.")
+    review_fill_soon_seconds: float = Field(
+        15, ge=0, description="Seconds after a student's question before a fill of the review queue runs (at most "
+        "one such fill per this many seconds), so questions reach the queue without waiting for beat's interval; "
+        "0: only beat's periodic fills.")
     train_min_new_pairs: int = Field(
         50, ge=1, description="New accepted labels (A/B choices, corrections) that trigger a training run.")
     train_max_interval_hours: float = Field(24.0, gt=0, description="Train at least this often once a run exists.")

@@ -141,6 +141,7 @@ def beat() -> None:
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = feedback_tasks.schedule(settings) | training_tasks.schedule(settings)
+    feedback_tasks.fill_when_beat_starts(settings)
     beat_init.connect(lambda **_: keep_beat_heartbeat(settings), weak=False)  # what `careloop doctor` looks for
     configure(settings, beat_schedule=schedule).start(["beat", f"--loglevel={settings.log_level}",
                                f"--schedule={settings.home / 'celerybeat-schedule'}"])

@@ -185,6 +185,9 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
         if message is None or question is None:
             dropped["rating of an unknown answer"] += 1
             continue
+        if message.interrupted:  # a cut-off answer is no example of an answer, good or bad
+            dropped["rating of an answer cut off before its end"] += 1
+            continue
         if config.kind == "kto":
             rows.append(_kto(question, message.content, rating.thumbs == "up", {"source": "rating"}))
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.seed import load_seed
@@ -104,12 +104,18 @@ def _models_to_compare(settings: Settings, client: ServingClient) -> tuple[str, 
 
 
 def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) -> list[tuple[object, str]]:
-    """Newest student questions not queued yet, then every seed question not queued yet."""
+    """Newest student questions not queued yet, then every seed question not queued yet. A question
+    whose text is queued already (asked twice, or a seed question asked verbatim) is not queued
+    again: the newest of identical questions stands for them all."""
     with sessions() as session:
         queued = select(ReviewItem.source_message_id).where(ReviewItem.source_message_id.is_not(None))
+        newest = func.max(Message.id)
+        ids = session.scalars(
+            select(newest).where(Message.role == "user", Message.event_id.not_in(queued),
+                                 Message.content.not_in(select(ReviewItem.prompt)))
+            .group_by(Message.content).order_by(newest.desc()).limit(count)).all()
         student = [(m.event_id, m.content) for m in session.scalars(
-            select(Message).where(Message.role == "user", Message.event_id.not_in(queued))
-            .order_by(Message.id.desc()).limit(count))]
+            select(Message).where(Message.id.in_(ids)).order_by(Message.id.desc()))]
         queued_text = set(session.scalars(select(ReviewItem.prompt).where(ReviewItem.prompt_source == "seed")))
     seed = [(None, m.content) for example in load_seed(settings.seed_data_dir, "sft")
             for m in example.messages[:1] if m.role == "user" and m.content not in queued_text]

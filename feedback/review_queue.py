@@ -14,9 +14,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,8 +27,10 @@ from feedback.phi import scrub
 from feedback.store import Comparison, ReviewAssignment, ReviewItem
 
 RESERVATION = timedelta(minutes=30)
-
-
+# When the queue was last filled (any fill) and when beat's periodic fill last ran, as Redis keys
+# (beat keeps its own schedule in a file of its own): the review page says when the next one is due.
+FILLED_KEY, SCHEDULED_KEY = "careloop:review-fill:last", "careloop:review-fill:scheduled"
+SOON_KEY = "careloop:review-fill:soon"  # set while a fill after new student questions is on its way
 
 @dataclass(frozen=True)
 class QueueItem:
@@ -47,6 +50,47 @@ class Progress:
     labelled: int  # items this annotator completed
     skipped: int
     available: int  # items still open to them
+
+
+@dataclass(frozen=True)
+class Fills:
+    """When the queue is filled: the last fill, beat's next periodic one (about: its last plus the
+    interval), and whether a fill after new student questions is on its way; None where unknown."""
+
+    last: datetime | None
+    next_scheduled: datetime | None
+    soon: bool
+
+
+def record_fill(redis_url: str, scheduled: bool) -> None:
+    """Note that a fill just ran (``scheduled``: beat's periodic one, or the one at beat's start)."""
+    now = utcnow().isoformat()
+    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+        client.set(FILLED_KEY, now)
+        if scheduled:
+            client.set(SCHEDULED_KEY, now)
+
+
+def fill_soon(redis_url: str, delay: float) -> bool:
+    """Whether a fill should be sent ``delay`` seconds from now for new student questions: yes
+    unless one is already on its way (one per ``delay``, however many questions arrive)."""
+    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+        return bool(client.set(SOON_KEY, "1", nx=True, px=max(1, int(delay * 1000))))
+
+
+def fills(redis_url: str, interval: float) -> Fills:
+    """When the queue was and will be filled; all unknown (None) when Redis does not answer."""
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+            last, scheduled, soon = client.mget(FILLED_KEY, SCHEDULED_KEY, SOON_KEY)
+    except redis.RedisError:
+        return Fills(None, None, False)
+
+    def moment(value: bytes | None) -> datetime | None:
+        return datetime.fromisoformat(value.decode()).astimezone(UTC) if value else None
+
+    scheduled_at = moment(scheduled)
+    return Fills(moment(last), scheduled_at + timedelta(seconds=interval) if scheduled_at else None, soon is not None)
 
 
 def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, response_b: str,
@@ -134,14 +178,25 @@ def judged(sessions: sessionmaker[Session], item_id: int, annotator: str) -> boo
             ReviewAssignment.completed_at.is_not(None))) is not None
 
 
-def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION) -> Progress:
+def progress(sessions: sessionmaker[Session], annotator: str, reservation: timedelta = RESERVATION,
+             exclude: Collection[int] = ()) -> Progress:
+    """``annotator``'s counts; ``available`` leaves out ``exclude`` (the item on their screen, and
+    those they sent whose labels are not stored yet), so it counts what waits for them after those."""
     with sessions() as session:
         mine = select(ReviewAssignment).where(ReviewAssignment.annotator == annotator).subquery()
         labelled = session.scalar(select(func.count()).select_from(mine).where(mine.c.completed_at.is_not(None)))
         skipped = session.scalar(select(func.count()).select_from(mine).where(mine.c.skipped.is_(True)))
         available = session.scalar(select(func.count()).select_from(
-            _open_items(annotator, utcnow() - reservation).subquery()))
+            _open_items(annotator, utcnow() - reservation).where(ReviewItem.id.not_in(list(exclude))).subquery()))
     return Progress(labelled, skipped, available)
+
+
+def judged_count(sessions: sessionmaker[Session], annotator: str, item_ids: Collection[int]) -> int:
+    """How many of ``item_ids`` the store has ``annotator``'s judgment of."""
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(ReviewAssignment).where(
+            ReviewAssignment.annotator == annotator, ReviewAssignment.item_id.in_(list(item_ids)),
+            ReviewAssignment.completed_at.is_not(None)))
 
 
 def unfinished(sessions: sessionmaker[Session]) -> int:

@@ -71,6 +71,7 @@ class Message(Event):
     content: Text
     adapter_version: Annotated[str, Field(max_length=128)] = ""
     demo_model: bool = False
+    interrupted: bool = False  # an answer cut off before its end (Stop, a page reloaded, serving lost)
     latency_ms: Annotated[int, Field(ge=0)] | None = None
     prompt_tokens: Annotated[int, Field(ge=0)] | None = None
     completion_tokens: Annotated[int, Field(ge=0)] | None = None
@@ -123,6 +124,9 @@ class Comparison(Event):
     safety_category: Literal[SAFETY_CATEGORIES] | None = None  # type: ignore[valid-type]
     corrected_answer: Annotated[str, Field(max_length=20_000)] | None = None
     seconds_spent: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    # The event id of the same annotator's judgment of this item that this one replaces (the review
+    # page's "Change my last judgment"); the store keeps one judgment per item and annotator either way.
+    amends: uuid.UUID | None = None
 
     @model_validator(mode="after")
     def _flag_needs_category(self) -> Comparison:

@@ -35,6 +35,7 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     adapter_version: Mapped[str] = mapped_column(String(128), default="")
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)  # an answer cut off before its end
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -193,6 +194,10 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
             if isinstance(event, schemas.Rating):
                 new += _store_rating(session, insert, values)
                 continue
+            amends = values.pop("amends", None)  # a Comparison's; no column: superseded_events keeps the link
+            if amends is not None and _amend(session, amends, values):
+                new += 1
+                continue
             # No conflict target: a repeated event_id (a replay) or, for a judgment, a repeated
             # (item, annotator) (a second label) both insert nothing.
             inserted = session.execute(insert(table).values(**values).on_conflict_do_nothing()
@@ -228,6 +233,24 @@ def _store_rating(session: Session, insert: Any, values: dict[str, Any]) -> int:
     if earlier is not None:
         _supersede(session, earlier, "rating", f"replaced by the same user's later rating {event_id}")
     return 1
+
+
+def _amend(session: Session, amends: Any, values: dict[str, Any]) -> bool:
+    """Replace the judgment ``amends`` with this one (same item and annotator), in place: the item
+    keeps one label, the replaced event goes to ``superseded_events``. False when there is nothing
+    to replace here: this amendment is stored already (a replay), or the judgment it replaces is not
+    stored (yet): then it is stored as the judgment, and the replaced one, should it come later, is
+    refused as a second judgment of the item."""
+    event_id = values["event_id"]
+    if _has(session, Comparison, event_id) or _has(session, SupersededEvent, event_id):
+        return False
+    row = session.scalar(select(Comparison).where(Comparison.event_id == amends))
+    if row is None or (row.review_item_id, row.annotator) != (values["review_item_id"], values["annotator"]):
+        return False
+    for key, value in values.items():
+        setattr(row, key, value)
+    _supersede(session, amends, "comparison", f"amended by the same annotator's later judgment {event_id}")
+    return True
 
 
 def _has(session: Session, table: type[Base], event_id: Any) -> bool:

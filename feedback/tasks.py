@@ -6,15 +6,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from functools import lru_cache
 
+import redis
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import beat_init, worker_process_init
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.db import sessions_for
 from careloop.log import get_logger
 from careloop.settings import Settings, get_settings
-from feedback import schemas
+from feedback import review_queue, schemas
 from feedback.store import store_events
 
 log = get_logger(__name__)
@@ -56,6 +57,8 @@ def ingest_batch(events: list) -> dict:
     stored = store_events(_sessions(), valid, dead)
     log.info("feedback_batch_stored", events=len(events), stored=stored, duplicates=len(valid) - stored,
              dead_letters=len(dead))
+    if stored and any(isinstance(event, schemas.Message) and event.role == "user" for event in valid):
+        _fill_soon(get_settings())
     return {"stored": stored, "duplicates": len(valid) - stored, "dead_letters": len(dead)}
 
 
@@ -65,9 +68,27 @@ def ingest(kind: str, payload: dict) -> dict:
     return ingest_batch([(kind, payload)])
 
 
+def _fill_soon(settings: Settings) -> None:
+    """New student questions were stored: fill the review queue in ``review_fill_soon_seconds``
+    (one fill per that window, however many arrive) rather than at beat's next interval, minutes
+    away. Ingest never fails for it: without Redis the periodic fill still comes."""
+    # A task held longer than the visibility timeout would be handed out again by Redis: wait less.
+    delay = min(settings.review_fill_soon_seconds, settings.celery_visibility_timeout / 2)
+    if delay <= 0:
+        return
+    try:
+        if review_queue.fill_soon(settings.redis_url, delay):
+            fill_review_queue.apply_async(queue="generation", countdown=delay,
+                                          expires=delay + settings.review_fill_interval_seconds)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("review_fill_not_sent", reason=exc.__class__.__name__)
+
+
 @shared_task(name=FILL_REVIEW_QUEUE, acks_late=True, reject_on_worker_lost=True)
-def fill_review_queue(count: int | None = None) -> dict:
-    """Add review items: student and seed questions answered twice by serving, plus gold items."""
+def fill_review_queue(count: int | None = None, scheduled: bool = False) -> dict:
+    """Add review items: student and seed questions answered twice by serving, plus gold items.
+    ``scheduled``: beat's periodic fill (or the one at its start), whose time the review page uses
+    to say when the next is due."""
     from feedback.generation import fill_review_queue as fill
     from serving.rollout import open_client
 
@@ -77,7 +98,11 @@ def fill_review_queue(count: int | None = None) -> dict:
         result = fill(settings, _sessions(), client, count or settings.review_batch_size, retriever=_retriever())
     finally:
         client.close()
-    log.info("review_queue_filled", **asdict(result))
+    log.info("review_queue_filled", scheduled=scheduled, **asdict(result))
+    try:
+        review_queue.record_fill(settings.redis_url, scheduled)
+    except redis.RedisError as exc:
+        log.warning("review_fill_not_recorded", reason=exc.__class__.__name__)
     return asdict(result)
 
 
@@ -95,5 +120,16 @@ def _retriever():
 def schedule(settings: Settings) -> dict:
     """The periodic job of these queues, for beat: keep the review queue filled."""
     every = settings.review_fill_interval_seconds
-    return {"fill-review-queue": {"task": FILL_REVIEW_QUEUE, "schedule": every,
+    return {"fill-review-queue": {"task": FILL_REVIEW_QUEUE, "schedule": every, "kwargs": {"scheduled": True},
                                   "options": {"queue": "generation", "expires": every}}}
+
+
+def fill_when_beat_starts(settings: Settings) -> None:
+    """Beat's first periodic fill comes one interval after it starts (minutes with an empty queue
+    after start-up, though students may have asked): send one as beat starts."""
+    every = settings.review_fill_interval_seconds
+
+    @beat_init.connect(weak=False)
+    def fill_now(sender: object, **_: object) -> None:
+        sender.app.send_task(FILL_REVIEW_QUEUE, kwargs={"scheduled": True}, queue="generation", expires=every)
+        log.info("review_fill_sent_at_start")

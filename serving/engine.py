@@ -488,7 +488,7 @@ class Engine:
             self._finish(request, "eos")
             return False
         request.generated.append(token)
-        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+        text = settled_text(self.tokenizer, request.generated)
         for stop in request.params.stop:
             cut = text.find(stop)
             if cut != -1:
@@ -504,11 +504,9 @@ class Engine:
 
     def _emit_text(self, request: _Request, final: bool, text: str | None = None, token: int = -1) -> None:
         if text is None:
-            text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+            text = settled_text(self.tokenizer, request.generated)
         safe = len(text)
         if not final:
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next byte
-                return
             # Hold back a tail that could still become a stop string.
             for stop in request.params.stop:
                 for k in range(min(len(stop) - 1, len(text)), 0, -1):
@@ -522,7 +520,7 @@ class Engine:
     def _finish(self, request: _Request, reason: str, text: str | None = None,
                 error: str | None = None) -> None:
         if text is None:
-            text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+            text = settled_text(self.tokenizer, request.generated)
         request.finished = True
         with self._lock:
             if request.adapter is not None:
@@ -530,6 +528,18 @@ class Engine:
         first = request.first_token_at - request.submitted if request.first_token_at else None
         request.emit(Finished(text, reason, len(request.prompt_ids), len(request.generated),
                               request.adapter, first, error))
+
+
+def settled_text(tokenizer, tokens: list[int]) -> str:
+    """The text of ``tokens`` without broken characters. Byte-level tokenizers spread one character
+    over several tokens ("°" is two bytes, an emoji four), and decoding bytes that are not (yet) a
+    whole character gives U+FFFD: at the end it is a character still arriving (held back until its
+    last byte does, or dropped when the generation stops there, at its token limit), elsewhere a
+    stray byte the model sampled, which is no character at all. Either way it is never shown as
+    "�" (it was: the final piece of an answer cut at its limit mid-character). Each result is a
+    prefix of the next as tokens are added, so streamed pieces add up."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return text.rstrip("\ufffd").replace("\ufffd", "")
 
 
 def _settle(future: asyncio.Future, error: Exception | None) -> None:

@@ -242,10 +242,12 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir, library_index_dir):
     worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
                           serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
                           adapter_dir=str(adapter_dir), review_max_tokens="24", retrieval_top_k="2",
-                          retrieval_passage_chars="150", library_index_dir=str(library_index_dir))
+                          retrieval_passage_chars="150", library_index_dir=str(library_index_dir),
+                          review_fill_soon_seconds="0")  # tests put their own items in the shared queue
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
                     adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
+                    review_fill_soon_seconds="0",
                     # Grounded in the shipped library, with passages short enough for the tiny model's
                     # 512-token context.
                     retrieval_top_k="2", retrieval_passage_chars="150", library_index_dir=str(library_index_dir))

@@ -98,7 +98,7 @@ def judge_with_keys(page, key: str) -> None:
     """Choose with ``key`` (1-4), submit with Enter, and wait until the page counts the judgment as
     sent (the figures line) and shows the next item."""
     judged = page.locator("#review-figures")
-    before = int(judged.inner_text().split(" judged this session")[0].strip())
+    before = int(judged.inner_text().split(" judged in this tab")[0].strip())
     page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a text field
     page.keyboard.press(key)
     assert page.locator("#review-choice input:checked").count() == 1, f"key {key} chose an answer"

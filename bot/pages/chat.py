@@ -11,7 +11,7 @@ import gradio as gr
 from bot.chat import DOWN_REASONS, UP_REASONS, Chat, Conversation
 from bot.errors import UserError
 from bot.pages import Require, own
-from bot.safety import EDUCATIONAL_NOTICE, URGENT_CARE
+from bot.safety import STANDING_NOTICE
 
 
 @dataclass
@@ -35,21 +35,37 @@ class ChatPage:
         timer.tick(tick, None, [self.status], api_name=False, show_progress="hidden")
 
 
+# The chat box's live count (code points, as the server counts them), "n / limit characters".
+COUNTER_JS = """(text) => {
+  const used = [...(text || "")].length, limit = LIMIT;
+  const left = limit - used;
+  return `${used.toLocaleString("en")} / ${limit.toLocaleString("en")} characters` +
+    (left <= limit / 10 ? ` (${left.toLocaleString("en")} left)` : "");
+}"""
+
+
+def _stop(visible: bool) -> gr.Button:
+    return gr.Button(visible=visible)
+
+
 def _fresh(username: str) -> Conversation:
     return Conversation(owner=username)
 
 
 def build_chat(chat: Chat, require: Require) -> ChatPage:
     with gr.Tab("Chat", id="chat", visible=False, elem_id="tab-chat") as tab:
-        gr.Markdown(f"_{EDUCATIONAL_NOTICE}_ {URGENT_CARE}", elem_classes="careloop-notice", elem_id="chat-notice")
+        gr.Markdown(f"_{STANDING_NOTICE}_", elem_classes="careloop-notice", elem_id="chat-notice")
         serving_status = gr.Markdown(elem_id="serving-status")
         conversation = gr.State()  # set per visitor by the app's load
         chatbot = gr.Chatbot(label="careloop", height=460, elem_id="chatbot", buttons=["copy"])
         with gr.Row():
-            message = gr.Textbox(placeholder="Ask a medical question (educational use)…", show_label=False,
-                                 lines=2, max_lines=8, scale=8, elem_id="chat-input", max_length=chat.max_chars)
+            with gr.Column(scale=8):
+                message = gr.Textbox(placeholder="Ask a medical question (educational use)…", show_label=False,
+                                     lines=2, max_lines=8, elem_id="chat-input", max_length=chat.max_chars)
+                counter = gr.Markdown(f"0 / {chat.max_chars:,} characters", elem_id="chat-counter",
+                                      elem_classes="careloop-notice")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop", visible=False)  # while an answer streams
         with gr.Row():
             regenerate = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
             new_chat = gr.Button("New conversation", size="sm", elem_id="chat-new")
@@ -58,7 +74,8 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
             rating_index = gr.State(-1)
             rating_event = gr.State("")
             with gr.Row():
-                thumbs = gr.Radio([("👍 helpful", "up"), ("👎 not helpful", "down")], label="Your rating",
+                # Geometric shapes, not emoji: they render with the fonts every system has (DejaVu).
+                thumbs = gr.Radio([("▲ Helpful", "up"), ("▼ Not helpful", "down")], label="Your rating",
                                   elem_id="rating-thumbs")
                 reason = gr.Dropdown(list(DOWN_REASONS), label="Reason (optional)", allow_custom_value=False,
                                      elem_id="rating-reason")
@@ -71,39 +88,46 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
                 past = gr.Dropdown([], label="Conversation", scale=4, elem_id="history")
                 open_past = gr.Button("Open", size="sm", scale=1, elem_id="history-open")
 
+    # Stop shows only while an answer is on its way: the first output of a stream shows it, the last hides it.
     def ask(text: str, state: Conversation, request: gr.Request):
         viewer = require(request, "chat")
         state = own(state, viewer, _fresh)  # API clients do not run the app's load
+        yield gr.skip(), gr.skip(), gr.skip(), _stop(True)  # also while waiting for the first words
         try:
             for current in chat.answer(viewer, state, text):
-                yield current, current.display(), ""
+                yield current, current.display(), "", gr.skip()
         except UserError as exc:
             gr.Warning(str(exc))
-            yield state, state.display(), text
+            yield state, state.display(), text, _stop(False)
+            return
+        yield state, state.display(), "", _stop(False)
 
     def again(state: Conversation, request: gr.Request):
         viewer = require(request, "chat")
         state = own(state, viewer, _fresh)
+        yield gr.skip(), gr.skip(), _stop(True)
         try:
             for current in chat.regenerate(viewer, state):
-                yield current, current.display()
+                yield current, current.display(), gr.skip()
         except UserError as exc:
             gr.Warning(str(exc))
-            yield state, state.display()
+        yield state, state.display(), _stop(False)
 
     def history_choices(request: gr.Request) -> gr.Dropdown:
         return gr.Dropdown(choices=chat.conversations(require(request, "chat")))
 
-    asked = [send.click(ask, [message, conversation], [conversation, chatbot, message], api_name="chat"),
-             message.submit(ask, [message, conversation], [conversation, chatbot, message], api_name=False)]
-    regenerated = regenerate.click(again, [conversation], [conversation, chatbot], api_name="regenerate")
+    asked = [send.click(ask, [message, conversation], [conversation, chatbot, message, stop], api_name="chat"),
+             message.submit(ask, [message, conversation], [conversation, chatbot, message, stop], api_name=False)]
+    regenerated = regenerate.click(again, [conversation], [conversation, chatbot, stop], api_name="regenerate")
+    # The count as the student types, in the browser (no call to the server per key).
+    message.change(None, [message], [counter], js=COUNTER_JS.replace("LIMIT", str(chat.max_chars)))
     for event in asked:
         event.then(history_choices, None, [past], api_name=False)
 
-    def stopped(state: Conversation | None, request: gr.Request) -> list:
-        return own(state, require(request, "chat"), _fresh).display()
+    def stopped(state: Conversation | None, request: gr.Request) -> tuple[list, gr.Button]:
+        return own(state, require(request, "chat"), _fresh).display(), _stop(False)
 
-    stop.click(stopped, [conversation], [chatbot], cancels=[*asked, regenerated], api_name=False)
+    stop.click(stopped, [conversation], [chatbot, stop], cancels=[*asked, regenerated], api_name=False)
 
     def fresh(request: gr.Request) -> tuple[Conversation, list]:
         return Conversation(owner=require(request, "chat").username), []

@@ -49,6 +49,11 @@ class ReviewPage:
     state: gr.State
 
 
+def _words(identifier: str) -> str:
+    """A stored identifier as the page shows it: ``harmful_advice`` is "Harmful advice"."""
+    return identifier.replace("_", " ").capitalize()
+
+
 def _fresh(username: str) -> ReviewState:
     return ReviewState(owner=username)
 
@@ -57,43 +62,53 @@ def build_review(review: Review, require: Require) -> ReviewPage:
     with gr.Tab("Review", id="review", visible=False, elem_id="tab-review") as tab:
         review_state = gr.State()  # set per visitor by the app's load
         figures = gr.Markdown(elem_id="review-figures")
-        gr.Markdown("Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **Enter** submit · "
-                    "**S** skip. Scores start at 3 (neutral): change the ones that differ.",
+        gr.Markdown("Keys: **1** A better · **2** B better · **3** tie · **4** both bad · **Enter** submit "
+                    "(**Ctrl+Enter** from the correction box) · **S** skip. Scores start at 3 (neutral): change the "
+                    "ones that differ.",
                     elem_classes="careloop-notice")
         prompt = gr.Markdown(elem_id="review-prompt")
+        refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", visible=False)  # while the queue is empty
         sources = gr.Markdown(elem_id="review-sources")
         score_inputs: list[gr.Radio] = []
         answer_texts: list[gr.Markdown] = []
-        with gr.Row(equal_height=False):
-            for side, label in (("left", "Answer A"), ("right", "Answer B")):
-                with gr.Column(elem_id=f"review-{side}"):
-                    gr.Markdown(f"### {label}")
-                    answer_texts.append(gr.Markdown(elem_id=f"review-{side}-text"))
-                    for axis in AXES:
-                        score_inputs.append(gr.Radio(SCORE_CHOICES, value=DEFAULT_SCORE, label=axis,
-                                                     elem_id=f"score-{side}-{axis}"))
-        choice = gr.Radio([(f"{key} · {label}", value) for key, (value, label) in enumerate(CHOICES.items(), 1)],
-                          label="Which answer is better?", elem_id="review-choice")
-        with gr.Row():
-            safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
-            safety_category = gr.Dropdown([(c.replace("_", " "), c) for c in SAFETY_CATEGORIES],
-                                          label="Safety category", elem_id="review-safety-category")
-        corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
-                               elem_id="review-corrected")
-        with gr.Row():
-            submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
-            skip = gr.Button("Skip (S)", elem_id="review-skip")
+        with gr.Column(elem_id="review-form") as form:  # hidden while the queue is empty
+            with gr.Row(equal_height=False):
+                for side, label in (("left", "Answer A"), ("right", "Answer B")):
+                    with gr.Column(elem_id=f"review-{side}"):
+                        gr.Markdown(f"### {label}")
+                        answer_texts.append(gr.Markdown(elem_id=f"review-{side}-text"))
+                        for axis in AXES:
+                            score_inputs.append(gr.Radio(SCORE_CHOICES, value=DEFAULT_SCORE, label=axis,
+                                                         elem_id=f"score-{side}-{axis}"))
+            choice = gr.Radio([(f"{key} · {label}", value) for key, (value, label) in enumerate(CHOICES.items(), 1)],
+                              label="Which answer is better?", elem_id="review-choice")
+            with gr.Row():
+                safety_flag = gr.Checkbox(label="Safety problem in either answer", elem_id="review-safety")
+                safety_category = gr.Dropdown([(_words(category), category) for category in SAFETY_CATEGORIES],
+                                              label="Safety category",
+                                              elem_id="review-safety-category")
+            corrected = gr.Textbox(label="Corrected answer (optional): what a good answer says", lines=3,
+                                   elem_id="review-corrected")
+            with gr.Row():
+                submit = gr.Button("Submit (Enter)", variant="primary", elem_id="review-submit")
+                skip = gr.Button("Skip (S)", elem_id="review-skip")
+        # Within AMEND_SECONDS of a submit: the last judgment back on screen as sent, to change it.
+        amend = gr.Button("Change my last judgment", size="sm", elem_id="review-amend", visible=False)
 
-    outputs = [figures, prompt, sources, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected]
+    outputs = [figures, prompt, sources, *answer_texts, *score_inputs, choice, safety_flag, safety_category, corrected,
+               form, refresh, amend]
 
     def show(viewer: Viewer, state: ReviewState) -> list[Any]:
         item = review.next(viewer, state)
         blank = [DEFAULT_SCORE] * len(score_inputs) + [None, False, None, ""]
-        if item is None:
-            empty = "**The queue is empty.** New items arrive as students ask questions; check back later."
-            return [review.figures(viewer, state), empty, "", "", "", *blank]
+        empty = item is None
+        shown = gr.Column(visible=not empty), gr.Button(visible=empty), gr.Button(visible=review.may_amend(state))
+        if empty:
+            return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "", "",
+                    *blank, *shown]
         return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
-                sources_markdown(item.item.sources), without_images(item.left), without_images(item.right), *blank]
+                sources_markdown(item.item.sources), without_images(item.left), without_images(item.right), *blank,
+                *shown]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
@@ -101,6 +116,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         return [state, *show(viewer, state)]
 
     tab.select(open_review, [review_state], [review_state, *outputs], api_name="review_next", show_progress="hidden")
+    refresh.click(open_review, [review_state], [review_state, *outputs], api_name=False, show_progress="hidden")
 
     judgment_inputs = {review_state, *score_inputs, choice, safety_flag, safety_category, corrected}
 
@@ -133,4 +149,22 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     skip.click(pass_item, [review_state], [review_state, *outputs], api_name="review_skip",
                show_progress="hidden", trigger_mode="always_last")
+
+    def amend_last(state: ReviewState | None, request: gr.Request) -> list[Any]:
+        viewer = require(request, "review")
+        state = own(state, viewer, _fresh)
+        try:
+            sent = review.amend(viewer, state)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [state, *[gr.skip()] * (len(outputs) - 1), gr.Button(visible=False)]
+        item = sent.shown.item
+        scores = [sent.left_scores[axis] for axis in AXES] + [sent.right_scores[axis] for axis in AXES]
+        return [state, review.figures(viewer, state),
+                f"### Question (changing your last judgment: Submit replaces it, Skip keeps it)\n\n"
+                f"{without_images(item.prompt)}", without_images(sent.shown.left), without_images(sent.shown.right),
+                *scores, sent.choice, sent.safety_flag, sent.safety_category, sent.corrected,
+                gr.Column(visible=True), gr.Button(visible=False), gr.Button(visible=False)]
+
+    amend.click(amend_last, [review_state], [review_state, *outputs], api_name="review_amend", show_progress="hidden")
     return ReviewPage(tab, review_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -60,6 +61,27 @@ def test_no_or_a_vanished_account_is_refused(access, sessions):
     accounts.set_disabled(sessions, "ad.min", True, actor="test")
     with pytest.raises(Refused, match="disabled"):
         access.require("ad.min", "admin")
+
+
+def test_the_sign_in_page_is_told_of_a_lock_and_for_how_long_alike_for_unknown_names(sessions):
+    """Issue 19, 10: after the last allowed wrong password the right one was refused with Gradio's
+    "Incorrect Credentials" and no word of the lock. The refusal now says so and for how long, in
+    the same words whether or not the username is an account."""
+    access = Access(sessions, max_failures=3, lockout_seconds=300)
+    accounts.add_user(sessions, "nurse.a", "nurse", PASSWORD, actor="test")
+    said = {}
+    for name in ("nurse.a", "no.such.nurse"):
+        said[name] = [access.check(name, "wrong-password").message for _ in range(3)]
+        said[name].append(access.check(name, PASSWORD).message)
+    assert said["nurse.a"] == said["no.such.nurse"], "a refusal must not tell whether the username exists"
+    first, second, third, locked = said["nurse.a"]
+    assert first == "Incorrect username or password. 2 more failed attempts will lock this username for 5 minutes."
+    assert second == "Incorrect username or password. 1 more failed attempt will lock this username for 5 minutes."
+    assert third == ("Incorrect username or password. After 3 failed sign-ins this username is locked for "
+                     "5 minutes.")
+    assert re.fullmatch(r"This username is locked after 3 failed sign-ins: try again in (5 minutes|29\d seconds)\. "
+                        r"\(Until then even the right password is refused\.\)", locked), locked
+    assert access.check("nurse.a", PASSWORD, client="198.51.100.7").ok, "only the guessing address is locked"
 
 
 def test_a_lock_holds_for_the_failing_address_only(access):

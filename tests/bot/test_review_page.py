@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from bot.access import Viewer
 from bot.errors import UserError
-from bot.review import AXES, AlreadyJudged, Review, ReviewState
+from bot.review import AXES, AlreadyJudged, Filling, Review, ReviewState
 from feedback import review_queue as queue
 from feedback.api import FeedbackAPI
 from feedback.store import Comparison
@@ -24,10 +24,15 @@ LEFT = {"accuracy": 5, "helpfulness": 4, "relevance": 5, "comprehensiveness": 4}
 RIGHT = {"accuracy": 1, "helpfulness": 2, "relevance": 2, "comprehensiveness": 1}
 
 
+def _filling(stack) -> Filling:
+    settings = stack.settings()
+    return Filling(stack.redis_url, settings.review_fill_interval_seconds, settings.review_fill_soon_seconds)
+
+
 @pytest.fixture
 def page(bot_stack, tmp_path):
     feedback = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
-    yield Review(feedback, bot_stack.sessions, random.Random(7))
+    yield Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(7))
     feedback.close()
 
 
@@ -111,7 +116,7 @@ def test_a_second_tab_cannot_judge_the_same_item_again(bot_stack, page, tmp_path
         page.submit(viewer, third_tab, "right", RIGHT, LEFT)
     # Another bot process (its own outbox) sends the same showing: one row, the first judgment.
     other = Review(FeedbackAPI(bot_stack.settings(home=tmp_path / "other-bot"), flush_interval=0.1),
-                   bot_stack.sessions, random.Random(1))
+                   bot_stack.sessions, _filling(bot_stack), random.Random(1))
     try:
         event_id = other.feedback.submit_comparison(
             event_id=shown.event_id, review_item_id=shown.item.id, annotator=viewer.username,
@@ -190,17 +195,25 @@ def test_each_bad_input_gets_a_message(bot_stack, page):
 
 
 def test_skip_and_the_reviewers_own_figures(bot_stack, page):
+    """Each number says what it counts (issue 19, 9: "1 judged this session · 0 stored in all" read as
+    a lag, and "open in the queue" dropped by 2 after one skip)."""
     viewer = Viewer("nurse.figures", "nurse")
-    _items(bot_stack, 2, "figures", "nurse.figures")
+    _items(bot_stack, 4, "figures", "nurse.figures")
     state = ReviewState()
     first = page.next(viewer, state)
+    assert "3 more items waiting for you after this one" in page.figures(viewer, state)
     page.skip(viewer, state)
     assert page.next(viewer, state).item.id != first.item.id
+    assert "2 more items waiting for you after this one" in page.figures(viewer, state), "one skip, one fewer"
     page.submit(viewer, state, "right", LEFT, RIGHT)
+    figures = page.figures(viewer, state)
+    if not _stored(bot_stack, "nurse.figures"):
+        assert "**1** judged in this tab (0 stored, 1 on the way)" in figures, figures
     wait_for(lambda: _stored(bot_stack, "nurse.figures"), message="the judgment stored")
     figures = page.figures(viewer, state)
     skipped_before = queue.progress(bot_stack.sessions, "nurse.figures").skipped - 1
-    assert "**1** judged this session" in figures and "1 stored in all" in figures
+    assert "**1** judged in this tab (1 stored)" in figures and "1 of your judgments stored in all" in figures
+    assert "2 more items waiting for you ·" in figures, figures
     assert f"{skipped_before + 1} skipped" in figures
     assert "gold score: no gold items yet" in figures
     assert set(AXES) == set(LEFT)
@@ -209,7 +222,7 @@ def test_skip_and_the_reviewers_own_figures(bot_stack, page):
 def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_page(bot_stack, small_disk):
     feedback = FeedbackAPI(bot_stack.settings(home=small_disk.parent / "bot", outbox_path=small_disk / "outbox.db"),
                            flush_interval=0.1)
-    page = Review(feedback, bot_stack.sessions, random.Random(3))
+    page = Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(3))
     try:
         viewer = Viewer("nurse.full", "nurse")
         _items(bot_stack, 1, "full disk", "nurse.full")
@@ -251,3 +264,44 @@ def test_a_reviewer_sees_the_passages_the_answers_were_given_and_can_flag_an_uns
     page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True, safety_category="not_supported_by_sources")
     wait_for(lambda: _stored(bot_stack, viewer.username), message="the judgment stored")
     assert _stored(bot_stack, viewer.username)[0].safety_category == "not_supported_by_sources"
+
+
+def test_the_last_judgment_can_be_changed_for_a_while_and_stays_one_label(bot_stack, page):
+    """Issue 19, 9: a submitted judgment could not be changed. "Change my last judgment" shows it
+    again as sent; submitting replaces the stored one (one label for the item, the first recorded as
+    superseded), Skip leaves it, and after AMEND_SECONDS it is refused with a message."""
+    import dataclasses
+    import time
+
+    from bot.review import AMEND_SECONDS
+    from feedback.store import SupersededEvent
+
+    viewer = Viewer("nurse.amend", "nurse")
+    first_item, second_item = _items(bot_stack, 2, "amend", "nurse.amend")
+    state = ReviewState()
+    assert page.next(viewer, state).item.id == first_item
+    first = page.submit(viewer, state, "left", LEFT, RIGHT)
+    assert page.may_amend(state)
+    assert page.next(viewer, state).item.id == second_item  # the next item is on screen meanwhile
+    sent = page.amend(viewer, state)
+    assert (sent.choice, sent.left_scores, state.shown.item.id) == ("left", LEFT, first_item)
+    page.skip(viewer, state)  # Skip keeps it as sent
+    sent = page.amend(viewer, state)
+    changed = page.submit(viewer, state, "right", LEFT, RIGHT, corrected="Lower salt, more exercise.")
+    assert page.next(viewer, state).item.id == second_item, "then the item that was on screen, still reserved"
+
+    def stored() -> list[Comparison]:
+        with bot_stack.sessions() as session:
+            return list(session.scalars(select(Comparison).where(Comparison.review_item_id == first_item)))
+
+    wait_for(lambda: [c.event_id for c in stored()] == [changed], message="the changed judgment, alone")
+    (kept,) = stored()
+    assert kept.corrected_answer == "Lower salt, more exercise." and kept.annotator == "nurse.amend"
+    with bot_stack.sessions() as session:
+        assert session.scalar(select(SupersededEvent).where(SupersededEvent.event_id == first)) is not None
+    assert page.figures(viewer, state).startswith("**1** judged in this tab"), "a change is no new judgment"
+
+    state.last = dataclasses.replace(state.last, at=time.monotonic() - AMEND_SECONDS - 1)
+    assert not page.may_amend(state)
+    with pytest.raises(UserError, match="within 2 minutes"):
+        page.amend(viewer, state)

@@ -18,6 +18,7 @@ from careloop import accounts
 
 PAGE_OF = {"chat": "chat", "regenerate": "chat", "new_conversation": "chat", "open_conversation": "chat",
            "rate": "chat", "review_next": "review", "review_submit": "review", "review_skip": "review",
+           "review_amend": "review",
            "admin_overview": "admin", "admin_runs": "admin", "admin_report": "admin", "admin_act": "admin",
            "admin_train": "admin", "admin_export": "admin", "admin_account_add": "admin",
            "admin_account_role": "admin", "admin_account_disable": "admin", "admin_account_enable": "admin",
@@ -217,6 +218,7 @@ def test_security_headers_on_every_page(bot_stack):
 PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "stopped": "chat", "fresh": "chat",
                    "reopen": "chat", "liked": "chat", "rate": "chat",
                    "open_review": "review", "submit_judgment": "review", "pass_item": "review",
+                   "amend_last": "review",
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
                    "on_load": None, "tick": None, "<lambda>": None, "change_password": None}

@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import pytest
 
 from support import PASSWORD
-from e2e_browser import judge_with_keys, only_local, open_review, shot, tabs
+from e2e_browser import judge_with_keys, only_local, open_review, shot, sign_in, tabs
 from processes import wait_for
 from sqlalchemy import select
 
@@ -25,9 +26,32 @@ from trainer import runs
 
 def test_a_wrong_password_is_refused_on_the_login_page(visit):
     page = visit("stu.dent", "not-the-password")
-    page.wait_for_selector("text=Incorrect Credentials", timeout=15_000)
+    page.locator("#login-message").filter(has_text="Incorrect username or password.").wait_for(timeout=15_000)
     assert page.locator("#header").count() == 0
     shot(page, "login")
+
+
+def test_a_locked_username_is_told_so_and_for_how_long(browser, bot_stack, short_sessions_bot):
+    """Issue 19, 10: after five wrong passwords the right one showed "Incorrect Credentials" and no
+    word of the lock. (On the short-sessions bot: its failure counts are its own, so the other
+    tests' sign-ins on the main bot are not throttled.)"""
+    accounts.add_user(bot_stack.sessions, "locked.nurse", "nurse", PASSWORD, actor="test")
+    with httpx.Client(base_url=short_sessions_bot.url) as client:  # four wrong passwords, as the form posts them
+        for _ in range(4):
+            assert client.post("/login", data={"username": "locked.nurse", "password": "wrong"}).status_code == 400
+    page = sign_in(browser, short_sessions_bot.url, "locked.nurse", "wrong", wait=False)
+    try:
+        said = page.locator("#login-message")
+        said.filter(has_text="After 5 failed sign-ins this username is locked for 5 minutes.").wait_for(timeout=15_000)
+        page.get_by_label("username").fill("locked.nurse")
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        said.filter(has_text="This username is locked after 5 failed sign-ins: try again in 5 minutes.").wait_for(
+            timeout=15_000)
+        assert page.locator("#header").count() == 0, "the right password is refused while locked"
+        shot(page, "login-locked")
+    finally:
+        page.context.close()
 
 
 def _ratings(stack, comment: str) -> list[Rating]:
@@ -39,7 +63,12 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page = visit("stu.dent")
     assert tabs(page) == {"Chat"}, "a student sees neither review nor admin"
     page.wait_for_selector("#serving-status >> text=Model server up", timeout=15_000)
+    # Before anything is asked (issue 19, 7): the standing notice, no emergency steer, no Stop button.
+    notice = page.locator("#chat-notice").inner_text()
+    assert "For medical education only" in notice and "it may be an emergency" not in notice, notice
+    assert not page.locator("#chat-stop").is_visible(), "Stop shows only while an answer is written"
     answers = []  # every sample of the answer's text, per question
+    stop_while_writing = []  # whether Stop showed, each time the answer showed its cursor
     for question in ("What is hypertension?", "What causes hypertension?", "How is hypertension treated?",
                      "What is anaemia?", "How does metformin work?"):
         # The tiny model sometimes stops after a token or two, too fast to catch mid-answer, or says
@@ -53,6 +82,8 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
         while time.monotonic() < deadline:
             if answer.count():
                 seen.append(answer.inner_text())
+                if seen[-1].endswith("▌"):
+                    stop_while_writing.append(page.locator("#chat-stop").is_visible())
                 if "Answered by" in seen[-1]:
                     break
             time.sleep(0.02)
@@ -65,6 +96,8 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     else:
         pytest.fail(f"no answer showed while it was being written (a cursor at its end): {answers}")
     assert page.locator("#chat-input textarea").input_value() == ""
+    assert any(stop_while_writing), "Stop showed while the answer was being written"
+    page.locator("#chat-stop").wait_for(state="hidden", timeout=10_000)
 
     # The first answer ("What is hypertension?") lists the library pages it was given, numbered, each
     # with its publisher and a link that opens the page in a new tab; the footer stays under them.
@@ -81,6 +114,8 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page.locator("#chatbot").get_by_label("Dislike").last.click()
     send = page.locator("#rating-send").filter(visible=True)
     send.wait_for(timeout=15_000)
+    assert page.locator("#rating-thumbs").inner_text().split() == ["Your", "rating", "▲", "Helpful", "▼", "Not",
+                                                                   "helpful"], "marks DejaVu Sans has, not emoji"
     page.locator("#rating-comment textarea").filter(visible=True).fill("Not an answer to the question.")
     send.click()
     wait_for(lambda: send.count() == 0, timeout=15, message="the rating form to close")
@@ -98,10 +133,77 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     shot(page, "chat")
     # The box takes at most the limit (its maxlength; the handler still refuses longer text from
     # scripts with the limit named: tests/bot/test_chat.py), so nothing over it is ever sent.
+    counter = page.locator("#chat-counter")
+    page.locator("#chat-input textarea").fill("x" * 1234)
+    counter.filter(has_text="1,234 / 4,000 characters").wait_for(timeout=5_000)  # counted as it is typed
     page.locator("#chat-input textarea").fill("x" * 4001)
     assert page.locator("#chat-input textarea").input_value() == "x" * 4000, "the box stops at 4,000 characters"
+    counter.filter(has_text="4,000 / 4,000 characters (0 left)").wait_for(timeout=5_000)
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text(), "the chat stays on screen"
     only_local(page)
+
+
+def test_an_answer_cut_off_by_a_reload_shows_as_interrupted_in_history(visit, bot_stack):
+    """Issue 19, 5: an answer cut off by a page reload looked finished in history, with the normal
+    footer. It is stored as interrupted and, reopened, says it was cut off."""
+    from feedback.store import Message
+
+    student = "stu.reload"
+    accounts.add_user(bot_stack.sessions, student, "student", PASSWORD, actor="test")
+    page = visit(student)
+    for attempt in range(6):  # the tiny model sometimes ends after a word, too fast to catch mid-answer
+        before = page.locator("#chatbot .bot").count()
+        page.locator("#chat-input textarea").fill(f"How is asthma treated? ({attempt})")
+        page.locator("#chat-send").click()
+        writing = page.wait_for_function(
+            "(before) => { const all = document.querySelectorAll('#chatbot .bot'); const last = all[all.length - 1];"
+            " return all.length > before && (last.innerText.endsWith('▌') ? 'writing' :"
+            " last.innerText.includes('Answered by') ? 'done' : false); }", arg=before, timeout=60_000,
+            polling=10).json_value()
+        if writing == "writing":
+            page.reload()
+            break
+    else:
+        pytest.fail("six answers finished before the page could be reloaded mid-answer")
+
+    def cut_off() -> list:
+        with bot_stack.sessions() as session:
+            return list(session.scalars(select(Message).where(Message.user == student, Message.interrupted)))
+
+    wait_for(cut_off, message="the cut-off answer stored as interrupted")
+    page.reload()  # the history list is read as the page loads
+    page.wait_for_selector("#header >> text=signed in as", timeout=30_000)
+    page.get_by_text("Your conversations").click()
+    page.locator("#history input").click()
+    page.get_by_role("option").first.click()
+    page.locator("#history-open").click()
+    shown = page.locator("#chatbot .bot").filter(has_text="Interrupted:")
+    shown.first.wait_for(timeout=15_000)
+    assert "this answer was cut off before it finished" in shown.first.inner_text()
+    shot(page, "chat-interrupted")
+
+
+def test_a_nurse_with_an_empty_queue_is_told_when_items_come_and_refreshes(visit, bot_stack):
+    """Issue 19, 8: the empty queue said items arrive "later", had no refresh and showed the whole
+    scoring form. It says when the next fill is due, hides the form, and Refresh brings new items."""
+    nurse = "nurse.empty"
+    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
+    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
+        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items: this nurse's queue is empty
+    queue.record_fill(bot_stack.redis_url, scheduled=True)  # as beat's periodic fill notes it
+    page = visit(nurse)
+    page.get_by_role("tab", name="Review").click()
+    prompt = page.locator("#review-prompt")
+    prompt.filter(has_text="The queue is empty").wait_for(timeout=30_000)
+    assert re.search(r"New items are added every 5 minutes \(the next fill is due about \d\d:\d\d UTC; the last "
+                     r"ran at \d\d:\d\d:\d\d UTC\)", prompt.inner_text()), prompt.inner_text()
+    assert not page.locator("#review-choice").is_visible() and not page.locator("#review-submit").is_visible()
+    shot(page, "review-empty")
+    queue.add_item(bot_stack.sessions, "Refreshed question: what is gout?", "Joint inflammation from urate.",
+                   "A skin rash.", "med-v0002", "med-v0001", labels_needed=1, prompt_source="seed")
+    page.locator("#review-refresh").click()
+    prompt.get_by_text("Refreshed question").wait_for(timeout=15_000)
+    assert page.locator("#review-choice").is_visible() and not page.locator("#review-refresh").is_visible()
 
 
 def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_side(visit, bot_stack):
@@ -156,7 +258,14 @@ def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_s
         else:
             chosen = {"a": comparison.response_a, "b": comparison.response_b}[comparison.choice]
             assert chosen == (left if key == "1" else right), (key, left, right, comparison.choice)
-    page.locator("#review-figures").get_by_text(f"{len(judged)} judged this session").wait_for(timeout=15_000)
+    page.locator("#review-figures").get_by_text(f"{len(judged)} judged in this tab (").wait_for(timeout=15_000)
+    # Issue 19, 9: the safety categories in words, and Ctrl+Enter named for the correction box.
+    assert "Ctrl+Enter from the correction box" in page.locator("#tab-review").inner_text()
+    page.locator("#review-safety-category input").click()
+    categories = page.get_by_role("option").all_inner_texts()
+    assert "Harmful advice" in categories and "Missed emergency" in categories, categories
+    assert not [shown for shown in categories if "_" in shown], categories
+    page.keyboard.press("Escape")
     only_local(page)
 
 

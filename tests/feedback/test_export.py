@@ -116,3 +116,19 @@ def test_time_window(feedback, tmp_path):
     future = datetime.now(UTC) + timedelta(days=1)
     manifest = export(feedback, ExportConfig("dpo", since=future), tmp_path / "none", actor="test")
     assert manifest.counts == {"train": 0, "eval": 0} and manifest.window["since"] == future.isoformat()
+
+
+def test_a_cut_off_answer_is_no_training_example(sessions, tmp_path):
+    """Issue 19, 5: an answer cut off by a page reload (stored as interrupted) is no example of an
+    answer, whatever its rating: the KTO export leaves it out and says why."""
+    conversation, answer, whole = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
+    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
+                                          content="Weight divided", interrupted=True))
+    store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
+    store_event(sessions, schemas.Message(event_id=whole, conversation_id=conversation, user="s", role="assistant",
+                                          content="Weight divided by height squared."))
+    store_event(sessions, schemas.Rating(message_id=whole, user="s", thumbs="up"))
+    manifest = export(sessions, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
+    assert [r["completion"][0]["content"] for r in _rows(tmp_path / "kto")] == ["Weight divided by height squared."]
+    assert manifest.dropped == {"rating of an answer cut off before its end": 1}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import uuid
 
+import pytest
+
 from feedback import schemas
 from feedback.api import FeedbackAPI
 from feedback.generation import fill_review_queue
@@ -141,3 +143,62 @@ def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_mode
     items = store.rows(ReviewItem)
     assert len(items) == result.seed + result.student == 12, "other questions were answered instead"
     assert all(item.response_a.strip() and item.response_b.strip() for item in items)
+
+
+def test_a_question_asked_twice_is_queued_once(store, server, tiny_model_dir, settings):
+    """Issue 19, 9: the same question asked twice by a student made two items in a row."""
+    from careloop.db import make_engine, session_factory
+
+    sessions = session_factory(make_engine(store.database_url))
+    for text in ("What is gout?", "What is asthma?", "What is asthma?"):  # three conversations
+        store_event(sessions, schemas.Message(conversation_id=uuid.uuid4(), user="s", role="user", content=text))
+    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                       "base_model": str(tiny_model_dir), "review_gold_fraction": 0.0,
+                                       "review_max_tokens": 4})
+    client = open_client(full)
+    try:
+        assert fill_review_queue(full, sessions, client, 3).student == 2
+        store_event(sessions, schemas.Message(conversation_id=uuid.uuid4(), user="t", role="user",
+                                              content="What is gout?"))  # asked again later
+        assert fill_review_queue(full, sessions, client, 3).student == 0
+    finally:
+        client.close()
+    prompts = [item.prompt for item in store.rows(ReviewItem) if item.prompt_source == "student"]
+    assert sorted(prompts) == ["What is asthma?", "What is gout?"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, store, broker, server, tiny_model_dir,
+                                                                  settings):
+    """Issue 19, 8: the queue stayed empty for beat's first interval (5 minutes) after start-up,
+    though students had asked. Beat fills it as it starts, and a student's question reaches it within
+    CARELOOP_REVIEW_FILL_SOON_SECONDS, not at the next interval (10 minutes here); the review page
+    learns when the next periodic fill is due."""
+    import subprocess
+    import sys
+
+    from careloop.db import utcnow
+    from feedback import review_queue
+
+    interval = 600.0
+    serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
+               "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
+               "review_fill_interval_seconds": str(interval), "review_fill_soon_seconds": "1"}
+    worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="feedback,generation", **serving)
+    beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"], env={**worker.env, "CARELOOP_HOME": str(tmp_path / "b")},
+                            stdout=(tmp_path / "beat.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: store.count(ReviewItem) >= 2, timeout=90, message="the fill sent as beat started")
+        fills = review_queue.fills(broker.url, interval)
+        assert fills.last is not None and 0 < (fills.next_scheduled - utcnow()).total_seconds() <= interval
+        api = FeedbackAPI(settings)
+        question = "Why does my knee click when I climb stairs?"
+        api.log_turn(event_id=uuid.uuid4(), conversation_id=uuid.uuid4(), user="stu", role="user", content=question)
+        wait_for(lambda: any(item.prompt == question for item in store.rows(ReviewItem)), timeout=60,
+                 message="the student's question in the queue")
+        api.close()
+    finally:
+        for process in (beat, worker.process):
+            process.terminate()
+            process.wait(30)
+    assert "Sending due task" not in (tmp_path / "beat.log").read_text(), "no periodic fill was due yet"

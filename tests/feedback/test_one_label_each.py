@@ -58,6 +58,31 @@ def test_a_second_judgment_of_an_item_is_refused_and_the_first_stands(sessions, 
     assert (row["label_count"], row["agreement"]) == (2, 1.0)  # two annotators, each once
 
 
+def test_an_amended_judgment_replaces_the_first_once_in_any_order(sessions):
+    """Issue 19, 9: "Change my last judgment" sends a new event naming the one it amends. The item
+    keeps one label, the amended one; the first goes to superseded_events (delivered, for the
+    sender); replays of either change nothing; an amendment that arrives before the judgment it
+    amends stands, and the late first one is refused."""
+    item = _item(sessions)
+    first, amended = uuid.uuid4(), uuid.uuid4()
+    label(sessions, item, "nurse.a", "a", event_id=first)
+    label(sessions, item, "nurse.a", "b", event_id=amended, amends=first)
+    for replay in ((first, "a", None), (amended, "b", first)):
+        label(sessions, item, "nurse.a", replay[1], event_id=replay[0], amends=replay[2])
+    assert [(c.event_id, c.choice) for c in _rows(sessions, Comparison)] == [(amended, "b")]
+    (replaced,) = _rows(sessions, SupersededEvent)
+    assert replaced.event_id == first and "amended by" in replaced.reason
+    assert stored_event_ids(sessions, [("comparison", str(first)), ("comparison", str(amended))]) == {
+        str(first), str(amended)}
+    assert review_queue.progress(sessions, "nurse.a").labelled == 1
+
+    other, early, late = _item(sessions), uuid.uuid4(), uuid.uuid4()
+    label(sessions, other, "nurse.a", "tie", event_id=early, amends=late)  # the amendment comes first
+    label(sessions, other, "nurse.a", "a", event_id=late)
+    assert [c.choice for c in _rows(sessions, Comparison) if c.review_item_id == other] == ["tie"]
+    assert late in {s.event_id for s in _rows(sessions, SupersededEvent)}
+
+
 def _answer(sessions) -> uuid.UUID:
     conversation, answer = uuid.uuid4(), uuid.uuid4()
     store_event(sessions, schemas.Message(conversation_id=conversation, user="stu", role="user",

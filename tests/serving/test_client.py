@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -179,3 +180,44 @@ def test_a_version_served_under_another_name_is_never_made_live(stand_in, tmp_pa
         rollout.promote(registry, "wn-v0002", ServingClient(ignoring.url, token="k", backend="vllm"), actor="admin")
     assert "wn-v0002" in ignoring.loras, "it was loaded, then failed to answer as itself"
     assert registry.live().name == "wn-v0001" and registry.get("wn-v0002").status == Status.CANDIDATE
+
+
+class _SplitCharacterHandler(BaseHTTPRequestHandler):
+    """A chat stream as vLLM sends it (raw UTF-8 in the JSON, no charset in the Content-Type), each
+    multi-byte character cut between two network writes."""
+
+    ANSWER = ("Fever is 38 °C", " or more; 5 µg", " 🌡")
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for piece in self.ANSWER:
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "base-model",
+                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            data = f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+            cut = next((i + 1 for i, byte in enumerate(data) if byte >= 0x80), len(data) // 2)  # inside "°"
+            for part in (data[:cut], data[cut:]):
+                self.wfile.write(part)
+                self.wfile.flush()
+                time.sleep(0.05)  # the two halves arrive apart
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+def test_a_character_split_between_network_chunks_arrives_whole():
+    """Issue 19, 7: the client decodes the stream's bytes incrementally (huggingface_hub's lines over
+    httpx's UTF-8 decoder), so a character cut between two chunks is no "�". (careloop's own server
+    sends JSON with ASCII escapes; vLLM and TGI send raw UTF-8.)"""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SplitCharacterHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ServingClient(f"http://127.0.0.1:{server.server_address[1]}", backend="vllm")
+        pieces = [delta.text for delta in client.stream_chat(QUESTION, model="base-model")]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pieces == list(_SplitCharacterHandler.ANSWER)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import replace
 
 import pytest
 
-from serving.engine import Engine, Finished, SamplingParams, TextDelta
+from serving.engine import Engine, Finished, SamplingParams, TextDelta, settled_text
 
 QUESTIONS = ["What is hypertension?", "How is asthma treated?", "What causes anemia?"]
 
@@ -79,3 +80,33 @@ def test_a_slow_consumer_gets_text_coalesced_and_complete(engine):
     assert finished.completion_tokens == 20
     assert "".join(d.text for d in deltas) == finished.text
     assert len(deltas) == 1  # the piled-up tokens come as one chunk, not twenty
+
+
+def test_no_streamed_piece_or_answer_holds_a_broken_character(engine):
+    """Issue 19, 7: a "�" appeared in an answer. The tiny model's tokenizer, like SmolLM2's, spreads
+    a character over byte tokens ("°" is two, an emoji four); sampled hot and cut after a few tokens,
+    generations end mid-character and put stray bytes between characters. No piece streamed and no
+    finished text may carry U+FFFD, and the pieces add up to the text."""
+    async def generate(seed: int, tokens: int) -> tuple[list[str], Finished]:
+        params = SamplingParams(max_tokens=tokens, temperature=8.0, top_p=1.0, seed=seed, ignore_eos=True)
+        events = [event async for event in engine.submit(_prompt(engine, "Fever of 38 °C?"), None, params)]
+        return [event.text for event in events[:-1]], events[-1]
+
+    async def scenario() -> list[tuple[list[str], Finished]]:
+        return await asyncio.gather(*(generate(seed, 1 + seed % 6) for seed in range(48)))
+
+    for pieces, finished in asyncio.run(scenario()):
+        assert "\ufffd" not in finished.text and not any("\ufffd" in piece for piece in pieces), (pieces, finished)
+        assert "".join(pieces) == finished.text
+
+
+def test_a_character_split_across_tokens_streams_whole(engine):
+    """The same with known tokens: every prefix of a text with "°", "µ" and an emoji, token by
+    token, settles to a prefix of the text without a broken character."""
+    text = "Fever of 38 °C, 5 µg, 🌡 done"
+    tokens = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    shown = [settled_text(engine.tokenizer, tokens[:end]) for end in range(1, len(tokens) + 1)]
+    assert len(tokens) > len(text.encode()) // 2, "the tokenizer splits the characters into byte tokens"
+    assert shown[-1] == text
+    for before, after in itertools.pairwise(shown):
+        assert "\ufffd" not in before and after.startswith(before), (before, after)

@@ -1,0 +1,24 @@
+"""Every character the pages put on screen has a glyph in DejaVu Sans, the one font a minimal Linux
+(Debian's fonts-dejavu-core) brings: 👍 and 👎 showed as empty boxes there (issue 19, 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+BOT = Path(__file__).resolve().parents[2] / "bot"
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+def test_every_character_of_the_pages_renders_without_an_emoji_font():
+    from fontTools.ttLib import TTFont
+
+    if not DEJAVU.exists():
+        pytest.fail(f"{DEJAVU} is missing: `apt-get install fonts-dejavu-core` (`make test` installs it as root)")
+    covered = TTFont(DEJAVU).getBestCmap()
+    shown = {(path.relative_to(BOT.parent), char) for path in BOT.rglob("*.py")
+             for char in path.read_text(encoding="utf-8") if ord(char) > 127}
+    assert shown, "the pages use some characters beyond ASCII (the cursor, the rating marks)"
+    missing = sorted((str(path), f"U+{ord(char):04X} {char}") for path, char in shown if ord(char) not in covered)
+    assert not missing, f"no glyph in DejaVu Sans (use a character it has): {missing}"
