@@ -15,6 +15,7 @@ net, not a de-identification guarantee.
 
 from __future__ import annotations
 
+import importlib.abc
 import ipaddress
 import re
 import threading
@@ -149,23 +150,35 @@ def _ip(candidate: str) -> bool:
 _ner_lock = threading.Lock()
 
 
+class _WithoutTorch(importlib.abc.MetaPathFinder):
+    """Refuses `import torch` while installed. Unlike a ``sys.modules["torch"] = None`` entry, it leaves
+    other threads' view of sys.modules alone: scipy and sklearn look torch up there, and a training
+    run's imports crashed on the None entry while a worker's warm-up loaded spaCy."""
+
+    def find_spec(self, name: str, path=None, target=None):  # noqa: ANN001, ANN201, ARG002
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r} (not loaded for the name recogniser)", name=name)
+        return None
+
+
 @lru_cache(maxsize=1)
 def _ner():  # noqa: ANN202 - a spacy Language
     import sys
 
-    # thinc imports torch whenever it is installed, though this CNN pipeline never uses it: hide it
+    # thinc imports torch whenever it is installed, though this CNN pipeline never uses it: refuse it
     # while spaCy loads, so processes that only scrub (the bot) stay without torch (seconds, ~300 MB).
-    hidden = "torch" not in sys.modules
-    if hidden:
-        sys.modules["torch"] = None  # type: ignore[assignment] - makes `import torch` raise ImportError
+    hide = "torch" not in sys.modules
+    finder = _WithoutTorch()
+    if hide:
+        sys.meta_path.insert(0, finder)
     try:
         import spacy
 
         # The recogniser alone (it has its own token vectors): loading and running stay fast.
         return spacy.load(NER_MODEL, exclude=["tok2vec", "parser", "lemmatizer", "attribute_ruler", "tagger", "senter"])
     finally:
-        if hidden:
-            del sys.modules["torch"]
+        if hide:
+            sys.meta_path.remove(finder)
 
 
 # What a kept name needs (see ``_a_name``): two capitalised words in a row, or a capitalised word that

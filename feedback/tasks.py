@@ -31,12 +31,11 @@ def _sessions() -> sessionmaker[Session]:
 
 @worker_process_init.connect(weak=False)
 def _load_name_recogniser(**_: object) -> None:
-    """Load the scrubber's name recogniser beside the worker's start, not inside its first task."""
-    import threading
-
+    """Load the scrubber's name recogniser as the worker process starts, not inside its first task;
+    before any task runs, so a task's imports (a training run's torch) never meet the load half done."""
     from feedback.phi import warm_up
 
-    threading.Thread(target=warm_up, name="careloop-phi-warm-up", daemon=True).start()
+    warm_up()
 
 
 INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=(OperationalError,),

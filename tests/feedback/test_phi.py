@@ -105,3 +105,34 @@ def test_scrubbing_twice_changes_nothing_more_and_batches_agree():
     once = scrub_many(texts)
     assert scrub_many(once) == once  # the worker scrubs again what the bot already scrubbed
     assert once == [scrub(text) for text in texts]
+
+
+def test_loading_the_name_recogniser_leaves_torch_to_other_threads():
+    """While spaCy loads (torch refused to it, so the bot stays without torch), another thread's view
+    of torch is untouched: scipy and sklearn look it up in sys.modules, and a training run in a
+    worker crashed ("'NoneType' object has no attribute 'Tensor'") on the None entry that used to hide it.
+    In a fresh interpreter, as a worker or the bot starts."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading
+from feedback import phi
+seen, done = set(), threading.Event()
+def watch():
+    while not done.is_set():
+        value = sys.modules.get("torch", 0)
+        seen.add("absent" if value == 0 else type(value).__name__)
+threading.Thread(target=watch, daemon=True).start()
+phi.warm_up()
+done.set()
+assert phi.scrub("Seen by Maria Lopez today.") == "Seen by [NAME] today.", phi.scrub("Seen by Maria Lopez today.")
+print(sorted(seen), "torch" in sys.modules)
+import torch
+print("torch after", torch.__version__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen, after = result.stdout.splitlines()[:2]
+    assert seen == "['absent'] False", f"another thread saw torch as {seen} (NoneType: hidden by a None entry)"
+    assert after.startswith("torch after"), "torch imports normally once the recogniser is loaded"
