@@ -108,7 +108,9 @@ def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
                 source_a="seed", source_b="seed", shown_order="ab", choice="b",
                 scores_a={"accuracy": 1, "helpfulness": 1, "relevance": 1, "comprehensiveness": 1},
                 scores_b={"accuracy": 5, "helpfulness": 5, "relevance": 5, "comprehensiveness": 5}))
-    config = TrainConfig.model_validate({**QUICK, "dpo": {**QUICK["dpo"], "include_seed_pairs": False},
+    # SFT barely runs: what is checked is that DPO on these pairs is caught by the gate.
+    config = TrainConfig.model_validate({**QUICK, "sft": {**QUICK["sft"], "max_steps": 2},
+                                         "dpo": {**QUICK["dpo"], "include_seed_pairs": False, "max_steps": 20},
                                          "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "rejected"
@@ -138,7 +140,7 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     registry.register("kl-v0001", settings.adapter_dir / "med-v0001", actor="test")
     rollout.promote(registry, "kl-v0001", client, actor="test")  # what students are answered by
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({**QUICK, "sft": {**QUICK["sft"], "max_steps": 6}}))  # killed in DPO
+    config.write_text(yaml.safe_dump({**QUICK, "sft": {**QUICK["sft"], "max_steps": 2}}))  # killed in DPO
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(settings.home), "CARELOOP_DATABASE_URL": settings.database_url,
            "CARELOOP_BASE_MODEL": settings.base_model, "CARELOOP_ADAPTER_DIR": str(settings.adapter_dir),

@@ -35,8 +35,9 @@ def test_the_default_model_answers_closer_to_the_references_than_the_tiny_model(
 def test_a_short_sft_on_safety_refusals_makes_it_refuse_held_out_harmful_requests(smollm2_dir, tmp_path):
     harmful = [s.prompt for s in load_seed(SEED_DIR, "safety_eval")[:20]]
     refusals = [{"messages": [m.model_dump() for m in e.messages]} for e in load_seed(SEED_DIR, "safety_sft")]
+    # 5 steps (measured 2026-12-06): 0 -> 12 of 20 refused, interval [+0.40, +0.80]; 10 steps took twice as long.
     sft = run_sft(str(smollm2_dir), refusals[:80], refusals[80:84], LoraSettings(quantize="none"),
-                  SFTSettings(max_steps=10, batch_size=4, max_length=256, learning_rate=1e-3), tmp_path, seed=0)
+                  SFTSettings(max_steps=5, batch_size=4, max_length=256, learning_rate=1e-3), tmp_path, seed=0)
     models = Models.load(str(smollm2_dir), {"safer": sft.adapter_dir})
     before = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("base", harmful, 32)]
     after = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("safer", harmful, 32)]
