@@ -41,7 +41,7 @@ system-packages:
 # One process: on 2 cores, two pytest-xdist workers (`-n 2 --dist loadfile`, which the suite supports)
 # took 27-29 minutes and made load-sensitive tests (short session limits, the loop's gate) flaky.
 test: install system-packages
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -31,6 +31,28 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`). The
+# tests that train (CPU-bound for minutes) share one worker, so two never train at once, and go first,
+# being the longest queue; the tests on the bot stack share one worker, so the stack starts once; any
+# other file keeps its tests together, so its module fixtures (a server) start once.
+TRAINING_FILES = {"test_pipeline.py", "test_real_model.py", "test_schedule.py", "test_training_requests.py",
+                  "test_qlora.py", "test_eval_cli.py", "test_loop.py", "test_default_model.py"}
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    if item.path.name in TRAINING_FILES:
+        return "training"
+    if "bot_stack" in item.fixturenames:
+        return "bot-stack"
+    return str(item.path)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+    items.sort(key=lambda item: _xdist_group(item) != "training")  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch, tmp_path, library_index_dir):
     """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env; the
