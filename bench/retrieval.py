@@ -1,6 +1,6 @@
 """Retrieval benchmark: quality, added latency, build time and memory of the library's search.
 
-    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--rouge N [--model DIR]]
+    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--postgresql URL] [--rouge N [--model DIR]]
 
 Builds the whole shipped library's index from scratch in a temporary data directory (as a fresh
 `careloop up` does), loads it back from disk (as every later start does), then asks each of a fixed
@@ -8,6 +8,11 @@ sample of MedQuAD pages' own questions (each page's `question` field) and report
 the page the question was written from, with the default relevance threshold applied. Latency is
 the time a chat question waits for its passages: `Retriever.search` (the database check for
 admins' changes, tokenizing, BM25, the relevance score), one question at a time.
+
+``--postgresql URL`` (a PostgreSQL server's URL whose user may create databases, e.g.
+postgresql+psycopg://postgres@127.0.0.1:5432/postgres): the same questions, side by side, asked of
+the PostgreSQL full-text backend in a scratch database created for the run and dropped after it:
+its first load (COPY, tsvector, GIN), a later start's check that it is loaded, and the store's size.
 
 ``--rouge N``: the base model (``--model``, default the configured one) answers the first N items
 of each source of the held-out seed QA (data/seed/medqa_eval.jsonl: K-QA, MedQuAD) greedily, with
@@ -26,15 +31,21 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from careloop import db  # noqa: E402
-from careloop.settings import load_settings  # noqa: E402
-from library.corpus import medquad_records  # noqa: E402
-from library.index import Retriever, build_or_load  # noqa: E402
+import sqlalchemy as sa
+
+from careloop import db
+from careloop.settings import load_settings
+from library.corpus import medquad_records
+from library.index import Retriever, build_or_load
 
 
 def rss_mib() -> float:
@@ -42,17 +53,114 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+@dataclass
+class Figures:
+    ranks: list[int | None]
+    empty: int
+    latencies: list[float]  # sorted
+    cpu_times: list[float]  # sorted; this process's only (PostgreSQL's own work is in its server)
+    server_cpu: float | None = None  # the PostgreSQL server's CPU time per question, on average
+
+    def recall(self, k: int) -> float:
+        return sum(rank is not None and rank <= k for rank in self.ranks) / len(self.ranks)
+
+    def p(self, values: list[float], share: float) -> float:
+        return values[int(share * len(values)) - 1] * 1000
+
+    def report(self, name: str) -> None:
+        print(f"{name}: Recall@1 {self.recall(1):.3f}  Recall@3 {self.recall(3):.3f}  Recall@5 {self.recall(5):.3f}  "
+              f"(no passage over the threshold: {self.empty})")
+        print(f"{name}: added latency per question (Retriever.search): p50 {self.p(self.latencies, 0.5):.1f} ms, "
+              f"p95 {self.p(self.latencies, 0.95):.1f} ms, max {self.latencies[-1] * 1000:.1f} ms; this process's CPU "
+              f"time p50 {self.p(self.cpu_times, 0.5):.1f} ms, p95 {self.p(self.cpu_times, 0.95):.1f} ms"
+              + (f"; the PostgreSQL server's CPU time {self.server_cpu * 1000:.1f} ms a question on average"
+                 if self.server_cpu is not None else ""))
+
+
+def measure(retriever: Retriever, sample: list[dict], min_score: float,
+            server_cpu: Callable[[], float | None] = lambda: None) -> Figures:
+    ranks: list[int | None] = []
+    empty = 0
+    for record in sample:
+        found = retriever.library().search(record["question"], 5, min_score)
+        ids = [passage.doc_id for passage in found]
+        ranks.append(ids.index(record["id"]) + 1 if record["id"] in ids else None)
+        empty += not found
+    latencies, cpu_times = [], []  # CPU time too: wall time on a busy shared machine waits for a core
+    server_started = server_cpu()
+    for record in sample:
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        retriever.search(record["question"])
+        latencies.append(time.perf_counter() - started)
+        cpu_times.append(time.thread_time() - cpu_started)
+    server_ended = server_cpu()
+    per_question = None if server_started is None or server_ended is None else (
+        (server_ended - server_started) / len(sample))
+    return Figures(ranks, empty, sorted(latencies), sorted(cpu_times), per_question)
+
+
+def backend_cpu_seconds(sessions) -> float | None:
+    """CPU time so far of the PostgreSQL server process behind the pool's one connection (searches
+    one at a time reuse it), read from /proc: None for a server on another machine."""
+    with sessions() as session:
+        pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on ``server_url``'s server, dropped afterwards."""
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"careloop_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def postgresql_figures(server_url: str, home: Path, sample: list[dict]) -> None:
+    with scratch_database(server_url) as url:
+        db.upgrade(url)
+        settings = load_settings(home=home, database_url=url, retrieval_backend="postgresql")
+        engine = db.make_engine(url)
+        sessions = db.session_factory(engine)
+        started = time.perf_counter()
+        store = Retriever(settings, sessions).library()
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        retriever = Retriever(settings, sessions)  # a later start: the library is loaded already
+        retriever.library()
+        check_seconds = time.perf_counter() - started
+        with sessions() as session:
+            size = session.scalar(sa.text("SELECT pg_total_relation_size('library_passages')")) / 2**20
+        print(f"postgresql: {len(store):,} passages; first load (COPY, tsvector, GIN index, ANALYZE): "
+              f"{load_seconds:.1f} s; a later start's check: {check_seconds * 1000:.0f} ms; "
+              f"table and indexes: {size:.0f} MiB")
+        measure(retriever, sample, settings.retrieval_min_score, lambda: backend_cpu_seconds(sessions)).report(
+            "postgresql")
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=1000, help="pages whose question is asked")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgresql", default="", help="PostgreSQL server URL: measure that backend too")
     parser.add_argument("--rouge", type=int, default=0, help="held-out seed QA items per source to answer (0: skip)")
     parser.add_argument("--model", default="", help="model directory for --rouge [default: the configured base model]")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as home:
-        settings = load_settings(home=Path(home))
+        settings = load_settings(home=Path(home), retrieval_backend="bm25s")
         db.upgrade(settings.resolved_database_url)
         sessions = db.sessions_for(settings.resolved_database_url)
         before = rss_mib()
@@ -69,36 +177,15 @@ def main() -> None:
 
         records = medquad_records(settings.library_data_dir)
         sample = random.Random(args.seed).sample(records, args.questions)
-        ranks: list[int | None] = []
-        empty = 0
-        for record in sample:
-            found = retriever.library().search(record["question"], 5, settings.retrieval_min_score)
-            ids = [passage.doc_id for passage in found]
-            ranks.append(ids.index(record["id"]) + 1 if record["id"] in ids else None)
-            empty += not found
-        chat_latencies, cpu_times = [], []  # CPU time too: wall time on a busy shared machine waits for a core
-        for record in sample:
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            retriever.search(record["question"])
-            chat_latencies.append(time.perf_counter() - started)
-            cpu_times.append(time.thread_time() - cpu_started)
+        print(f"library: {len(records):,} MedQuAD pages, {len(retriever.library()):,} passages")
+        print(f"questions: {len(sample)} (seed {args.seed}), threshold {settings.retrieval_min_score}, "
+              f"top-k {settings.retrieval_top_k} in the chat")
+        print(f"bm25s: index build: {build_seconds:.1f} s, +{built_rss:.0f} MiB resident after it, {disk:.0f} MiB on "
+              f"disk; load from disk: {load_seconds:.2f} s")
+        measure(retriever, sample, settings.retrieval_min_score).report("bm25s")
+        if args.postgresql:
+            postgresql_figures(args.postgresql, Path(home), sample)
 
-    def recall(k: int) -> float:
-        return sum(rank is not None and rank <= k for rank in ranks) / len(ranks)
-
-    chat_latencies.sort()
-    cpu_times.sort()
-    print(f"library: {len(records):,} MedQuAD pages, {len(retriever.library().chunks):,} passages")
-    print(f"index build: {build_seconds:.1f} s, +{built_rss:.0f} MiB resident after it, {disk:.0f} MiB on disk; "
-          f"load from disk: {load_seconds:.2f} s")
-    print(f"questions: {len(sample)} (seed {args.seed}), threshold {settings.retrieval_min_score}, "
-          f"top-k {settings.retrieval_top_k} in the chat")
-    print(f"Recall@1 {recall(1):.3f}  Recall@3 {recall(3):.3f}  Recall@5 {recall(5):.3f}  "
-          f"(no passage over the threshold: {empty})")
-    print(f"added latency per question (Retriever.search): p50 {statistics.median(chat_latencies) * 1000:.1f} ms, "
-          f"p95 {chat_latencies[int(0.95 * len(chat_latencies)) - 1] * 1000:.1f} ms, "
-          f"max {chat_latencies[-1] * 1000:.1f} ms; its CPU time p50 {statistics.median(cpu_times) * 1000:.1f} ms, "
-          f"p95 {cpu_times[int(0.95 * len(cpu_times)) - 1] * 1000:.1f} ms")
     print(f"load average while it ran: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.rouge:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,11 +48,16 @@ class Settings(BaseSettings):
         REPO_ROOT / "data" / "library", description="The medical library shipped with careloop (MedQuAD's NIH and "
         "CDC pages, `medquad.jsonl.gz`); admins' own documents are kept in the database.")
     library_index_dir: Path | None = Field(
-        None, description="Where the library's search index is kept (built once per library content, shared by the "
+        None, description="Where the library's bm25s index is kept (built once per library content, shared by the "
         "processes that use this directory). Empty: `$CARELOOP_HOME/library/index`.")
     retrieval_enabled: bool = Field(
         True, description="Ground chat answers (and, with a training config's `grounded: true`, training and "
         "evaluation prompts) in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
+    retrieval_backend: Literal["", "bm25s", "postgresql"] = Field(
+        "", description="What searches the library: `bm25s` (an index in each process, built once per library content "
+        "and kept in CARELOOP_LIBRARY_INDEX_DIR) or `postgresql` (full-text search in the database: one store every "
+        "process shares; needs a PostgreSQL CARELOOP_DATABASE_URL). Empty: `postgresql` on a PostgreSQL database, "
+        "`bm25s` on SQLite.")
     retrieval_top_k: int = Field(3, ge=1, le=10, description="Passages given to the model for each question.")
     retrieval_min_score: float = Field(
         0.7, ge=0, le=1, description="Least share (0-1) of a question's content words, weighted by rarity, that a "
@@ -188,6 +193,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
+    @field_validator("retrieval_backend")
+    @classmethod
+    def _backend_has_its_database(cls, value: str, info: ValidationInfo) -> str:
+        if value == "postgresql" and not str(info.data.get("database_url", "")).startswith("postgresql"):
+            raise ValueError("postgresql searches the library in the database: set CARELOOP_DATABASE_URL to a "
+                             "PostgreSQL URL, or use bm25s")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -205,6 +218,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'careloop.db').resolve()}"
+
+    @property
+    def resolved_retrieval_backend(self) -> str:
+        if self.retrieval_backend:
+            return self.retrieval_backend
+        return "postgresql" if self.resolved_database_url.startswith("postgresql") else "bm25s"
 
     @property
     def serving_replica_urls(self) -> list[str]:

@@ -30,11 +30,11 @@ def _refusals() -> Iterator[None]:
 
 
 def _reindex(sessions) -> None:
-    from library.index import build_or_load
+    from library.index import Retriever
 
     started = time.perf_counter()
-    library = build_or_load(get_settings(), sessions)
-    console.print(f"search index ready: {len(library.chunks):,} passages ({time.perf_counter() - started:.1f} s)")
+    library = Retriever(get_settings(), sessions).library()  # bm25s: built now; PostgreSQL: written with the change
+    console.print(f"search index ready: {len(library):,} passages ({time.perf_counter() - started:.1f} s)")
 
 
 @app.command("add")

@@ -4,9 +4,11 @@ cut into chunks of about ``CHUNK_CHARS`` characters on paragraph and sentence bo
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 MEDQUAD_FILE = "medquad.jsonl.gz"
@@ -63,3 +65,15 @@ def medquad_records(data_dir: Path) -> list[dict]:
 def medquad_chunks(data_dir: Path) -> list[Chunk]:
     return [Chunk(record["id"], record["title"], record["question"], record["publisher"], record["url"], piece)
             for record in medquad_records(data_dir) for piece in chunk_text(record["text"])]
+
+
+def shipped_digest(data_dir: Path) -> str:
+    """The SHA-256 of the shipped data file (read again only when its size or time changes)."""
+    path = data_dir / MEDQUAD_FILE
+    stat = path.stat()
+    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _file_digest(path: Path, size: int, modified: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -2,7 +2,9 @@
 
 Kept in the database (table ``library_documents``: the extracted text, its file name and hash), so
 every bot, worker and trainer sharing the database sees the same library, a document and its audit
-row commit together, and the search index (``library.index``) is only ever a copy built from it.
+row commit together, and the search index (``library.index``) is only ever a copy built from it. On
+PostgreSQL a document's passages are written to the store ``library.postgres`` searches in the same
+transaction, and deleted with it.
 A file is checked whole before anything is stored: one that is not text, an unreadable or
 text-less PDF, one over the size limit, or one already in the library is refused with a one-line
 reason, and a batch with any refused file adds none.
@@ -24,6 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
 from careloop.db import Base, transaction, utcnow
+from library import postgres
 from library.corpus import Chunk, chunk_text
 
 KINDS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf"}
@@ -154,6 +157,8 @@ def add_documents(sessions: sessionmaker[Session], paths: list[Path], actor: str
                                       added_by=actor)
                 session.add(row)
                 session.flush()
+                if session.get_bind().dialect.name == "postgresql":  # searchable when it commits, not before
+                    postgres.add_passages(session, row.id, chunks_of(row))
                 audit.record(session, actor, "library.add", f"document {row.id}", filename=row.filename,
                              title=row.title, sha256=row.sha256, size_bytes=row.size_bytes, passages=row.passages)
                 added.append(row)
@@ -187,6 +192,10 @@ def documents_fingerprint(sessions: sessionmaker[Session]) -> str:
     return hashlib.sha256(";".join(f"{row.id}:{row.sha256}" for row in rows).encode()).hexdigest()[:16]
 
 
+def chunks_of(document: LibraryDocument) -> list[Chunk]:
+    return [Chunk(document.doc_id, document.title, "", f"added by {document.added_by} ({document.filename})", "",
+                  piece) for piece in chunk_text(document.text)]
+
+
 def document_chunks(sessions: sessionmaker[Session]) -> list[Chunk]:
-    return [Chunk(row.doc_id, row.title, "", f"added by {row.added_by} ({row.filename})", "", piece)
-            for row in documents(sessions) for piece in chunk_text(row.text)]
+    return [chunk for row in documents(sessions) for chunk in chunks_of(row)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from library.index import STOPWORDS, Passage, tokens
+from library.passages import STOPWORDS, Passage, tokens
 
 INSTRUCTION = ("Answer the question using the numbered sources above. After each statement, cite its source "
                "as [1], [2] and so on. If the sources do not answer the question, say so.")

@@ -3,8 +3,11 @@ network), built once per library content and kept on disk under ``$CARELOOP_HOME
 
 Each passage is indexed with its page's title and heading (the question a MedQuAD page answers)
 counted twice ahead of its text, and without a stopword list: the question words ("how many",
-"who is at risk") are what tells a page's sections apart. Porter stemming (nltk). The figures
+"who is at risk") are what tells a page's sections apart. Snowball stemming (PyStemmer). The figures
 behind these choices are in BENCHMARKS.md ("Retrieval").
+
+``Retriever`` is what the bot, review generation and evaluation ask, and the one place the backend
+is chosen: this index, or PostgreSQL's full-text search (``library.postgres``, ``open_store``).
 """
 
 from __future__ import annotations
@@ -16,20 +19,19 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import bm25s
 import numpy as np
-import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.log import get_logger
 from careloop.settings import Settings
-from library.corpus import CHUNK_CHARS, MEDQUAD_FILE, Chunk, medquad_chunks
-from library.documents import document_chunks, documents_fingerprint
+from library import postgres
+from library.corpus import CHUNK_CHARS, Chunk, medquad_chunks, shipped_digest
+from library.documents import LibraryDocument, chunks_of, document_chunks, documents_fingerprint
+from library.passages import STOPWORDS, Passage, stemmer, tokens
 
 log = get_logger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each build step at DEBUG whatever our level
@@ -37,39 +39,6 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each build step 
 INDEX_VERSION = 1  # bump when the indexed text or the tokenizer changes: older indexes are rebuilt
 BM25_K1, BM25_B = 1.2, 0.5
 REFRESH_SECONDS = 5.0  # how often a running process checks whether admins changed the library
-
-
-@dataclass(frozen=True)
-class Passage:
-    """A passage found for a question, numbered as it is cited ([1], [2], ...)."""
-
-    number: int
-    doc_id: str
-    title: str
-    publisher: str
-    url: str
-    text: str
-    score: float
-
-
-@lru_cache(maxsize=1)
-def _stemmer() -> Stemmer.Stemmer:
-    return Stemmer.Stemmer("english")
-
-
-# What a question says besides its subject: bm25s's English stopwords and the words questions are
-# asked with. Left out when judging whether a passage is relevant (``Library.match``), kept for ranking.
-STOPWORDS = sorted(set(STOPWORDS_EN) | {
-    "what", "how", "why", "when", "where", "who", "whom", "which", "whose", "do", "does", "did", "done", "can",
-    "could", "would", "should", "may", "might", "must", "shall", "will", "tell", "know", "explain", "please", "me",
-    "my", "i", "you", "your", "am", "is", "are", "was", "were", "be", "been", "it", "its", "get", "much", "many",
-    "about", "someone", "something", "anything", "thing", "things", "mean", "means", "hi", "hello", "thanks"})
-
-
-def tokens(texts: list[str], stopwords: list[str] | None = None) -> list[list[str]]:
-    """Lower-cased, stemmed words of each text, without ``stopwords``."""
-    return bm25s.tokenize(texts, lower=True, stopwords=stopwords, stemmer=_stemmer(), return_ids=False,
-                          show_progress=False)
 
 
 def indexed_text(chunk: Chunk) -> str:
@@ -84,10 +53,13 @@ class Library:
         self.chunks = chunks
         self.retriever = retriever
 
+    def __len__(self) -> int:
+        return len(self.chunks)
+
     @classmethod
     def build(cls, chunks: list[Chunk]) -> Library:
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
-        retriever.index(bm25s.tokenize([indexed_text(chunk) for chunk in chunks], stopwords=None, stemmer=_stemmer(),
+        retriever.index(bm25s.tokenize([indexed_text(chunk) for chunk in chunks], stopwords=None, stemmer=stemmer(),
                                        show_progress=False), show_progress=False)
         return cls(chunks, retriever)
 
@@ -152,16 +124,9 @@ class Library:
         return found / whole
 
 
-@lru_cache(maxsize=4)
-def _file_digest(path: Path, size: int, modified: int) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def library_key(data_dir: Path, documents: str) -> str:
     """Names one library content: the shipped data, the admins' documents, and how both are indexed."""
-    shipped = data_dir / MEDQUAD_FILE
-    stat = shipped.stat()
-    parts = [str(INDEX_VERSION), str(CHUNK_CHARS), _file_digest(shipped, stat.st_size, stat.st_mtime_ns), documents]
+    parts = [str(INDEX_VERSION), str(CHUNK_CHARS), shipped_digest(data_dir), documents]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -197,21 +162,39 @@ def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str 
     return library
 
 
+def open_store(settings: Settings, sessions: sessionmaker[Session]) -> postgres.Store:
+    """The library in PostgreSQL (``CARELOOP_RETRIEVAL_BACKEND=postgresql``), loaded first if this
+    library content is not: the shipped pages and every admin's document."""
+    def passages(session: Session) -> list[tuple[int | None, Chunk]]:
+        added = session.scalars(select(LibraryDocument).order_by(LibraryDocument.id))
+        return ([(None, chunk) for chunk in medquad_chunks(settings.library_data_dir)]
+                + [(document.id, chunk) for document in added for chunk in chunks_of(document)])
+
+    postgres.ensure_loaded(sessions, postgres.store_key(settings.library_data_dir), passages)
+    return postgres.Store(sessions)
+
+
 class Retriever:
     """What the bot and the trainer ask: the configured number of passages for a question, from
-    the library as admins last left it (checked every ``refresh_seconds``)."""
+    the library as admins last left it. The one place the search backend is chosen
+    (``CARELOOP_RETRIEVAL_BACKEND``): the bm25s index, checked every ``refresh_seconds`` for admins'
+    changes, or PostgreSQL's store, which has each change as it commits."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], refresh_seconds: float = REFRESH_SECONDS):
         self.settings = settings
         self.sessions = sessions
         self.refresh_seconds = refresh_seconds
-        self._library: Library | None = None
+        self._library: Library | postgres.Store | None = None
         self._key = ""
         self._checked = 0.0
         self._lock = threading.Lock()
 
-    def library(self) -> Library:
+    def library(self) -> Library | postgres.Store:
         with self._lock:
+            if self.settings.resolved_retrieval_backend == "postgresql":
+                if self._library is None:
+                    self._library = open_store(self.settings, self.sessions)
+                return self._library
             now = time.monotonic()
             if self._library is None or now - self._checked >= self.refresh_seconds:
                 self._checked = now
@@ -221,7 +204,8 @@ class Retriever:
             return self._library
 
     def warm_up(self) -> None:
-        """Load or build the index ahead of the first question (a failure is logged; searches retry)."""
+        """Have the library ready ahead of the first question: the index loaded or built, or the
+        store loaded (a failure is logged; searches retry)."""
         try:
             self.library()
         except Exception as exc:  # noqa: BLE001 - a thread of its own: say why, the first search tries again

@@ -106,7 +106,8 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry",
                                     "serving.rollout", "careloop.settings", "careloop.db", "careloop.queues",
-                                    "library.index", "library.documents", "library.grounding", "cli.main"])
+                                    "library.index", "library.documents", "library.grounding", "library.postgres",
+                                    "cli.main"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

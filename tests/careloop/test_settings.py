@@ -12,6 +12,7 @@ def test_defaults_put_everything_under_the_data_dir(monkeypatch):
     assert settings.resolved_database_url == f"sqlite:///{Path('./var/careloop.db').resolve()}"
     assert settings.models_dir == Path("./var/models")
     assert settings.base_model == ""  # the offline default, SmolLM2-135M-Instruct
+    assert settings.resolved_retrieval_backend == "bm25s"  # SQLite: the embedded index
 
 
 def test_environment_variables_are_parsed_and_typed(monkeypatch):
@@ -24,6 +25,7 @@ def test_environment_variables_are_parsed_and_typed(monkeypatch):
     assert settings.resolved_database_url == "postgresql+psycopg://u@db/careloop"
     assert settings.log_level == "DEBUG" and settings.log_json is True and settings.random_seed == 7
     assert settings.serving_url == "http://gpu-box:8000"
+    assert settings.resolved_retrieval_backend == "postgresql"  # the library searched in the database
 
 
 def test_dotenv_file_is_read(tmp_path, monkeypatch):
@@ -41,6 +43,8 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
         ("CARELOOP_DATABASE_URL", "mysql://x", "sqlite:/// or postgresql"),
         ("CARELOOP_SERVING_URL", "gpu-box:8000", "must start with http://"),
         ("CARELOOP_LOG_JSON", "maybe", "valid boolean"),
+        ("CARELOOP_RETRIEVAL_BACKEND", "elastic", "'bm25s' or 'postgresql'"),
+        ("CARELOOP_RETRIEVAL_BACKEND", "postgresql", "set CARELOOP_DATABASE_URL to a PostgreSQL URL"),
     ],
 )
 def test_bad_values_give_one_clear_message_naming_the_variable(monkeypatch, variable, value, reason):
