@@ -51,8 +51,8 @@ class Settings(BaseSettings):
         None, description="Where the library's search index is kept (built once per library content, shared by the "
         "processes that use this directory). Empty: `$CARELOOP_HOME/library/index`.")
     retrieval_enabled: bool = Field(
-        True, description="Ground chat answers (and, with a training config's `grounded: true`, training and "
-        "evaluation prompts) in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
+        True, description="Ground chat answers, review answers, training prompts and the grounded evaluation track "
+        "in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
     retrieval_top_k: int = Field(3, ge=1, le=10, description="Passages given to the model for each question.")
     retrieval_min_score: float = Field(
         0.7, ge=0, le=1, description="Least share (0-1) of a question's content words, weighted by rarity, that a "

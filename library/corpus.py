@@ -51,12 +51,17 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
-def medquad_records(data_dir: Path) -> list[dict]:
-    """The shipped MedQuAD documents: id, title, question, text, url, publisher, split."""
+def medquad_path(data_dir: Path) -> Path:
+    """The shipped library's data file, or FileNotFoundError naming it and its setting."""
     path = data_dir / MEDQUAD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"the library's data file {path} is missing (CARELOOP_LIBRARY_DATA_DIR)")
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
+    return path
+
+
+def medquad_records(data_dir: Path) -> list[dict]:
+    """The shipped MedQuAD documents: id, title, question, text, url, publisher, split."""
+    with gzip.open(medquad_path(data_dir), "rt", encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
 
 

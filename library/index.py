@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.log import get_logger
 from careloop.settings import Settings
-from library.corpus import CHUNK_CHARS, MEDQUAD_FILE, Chunk, medquad_chunks
+from library.corpus import CHUNK_CHARS, Chunk, medquad_chunks, medquad_path
 from library.documents import document_chunks, documents_fingerprint
 
 log = get_logger(__name__)
@@ -159,7 +159,7 @@ def _file_digest(path: Path, size: int, modified: int) -> str:
 
 def library_key(data_dir: Path, documents: str) -> str:
     """Names one library content: the shipped data, the admins' documents, and how both are indexed."""
-    shipped = data_dir / MEDQUAD_FILE
+    shipped = medquad_path(data_dir)
     stat = shipped.stat()
     parts = [str(INDEX_VERSION), str(CHUNK_CHARS), _file_digest(shipped, stat.st_size, stat.st_mtime_ns), documents]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -172,7 +172,8 @@ def current_key(settings: Settings, sessions: sessionmaker[Session]) -> str:
 def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str | None = None) -> Library:
     """The library as it is now (``key``: its ``current_key``): loaded from its index on disk, or
     built and saved there first (beside it, then renamed: a reader never sees half an index); older
-    indexes are removed."""
+    indexes are removed. An index that cannot be saved (a read-only or full disk) is only a cache
+    lost: the library built is used from memory, and the log says why."""
     key = key or current_key(settings, sessions)
     root = settings.resolved_library_index_dir
     directory = root / key
@@ -183,9 +184,16 @@ def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str 
             log.warning("library_index_unreadable", path=str(directory), error=str(exc))
     started = time.perf_counter()
     library = Library.build(medquad_chunks(settings.library_data_dir) + document_chunks(sessions))
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    library.save(staging)
+    staging = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        library.save(staging)
+    except OSError as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.warning("library_index_not_saved", path=str(root), error=str(exc)[:300])
+        return library
     try:
         staging.rename(directory)
     except OSError:  # another process saved the same index first: theirs is the same
@@ -227,5 +235,6 @@ class Retriever:
         except Exception as exc:  # noqa: BLE001 - a thread of its own: say why, the first search tries again
             log.error("library_warm_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
-    def search(self, question: str) -> list[Passage]:
-        return self.library().search(question, self.settings.retrieval_top_k, self.settings.retrieval_min_score)
+    def search(self, question: str, k: int | None = None) -> list[Passage]:
+        """Up to ``k`` passages (default CARELOOP_RETRIEVAL_TOP_K) relevant to ``question``."""
+        return self.library().search(question, k or self.settings.retrieval_top_k, self.settings.retrieval_min_score)
