@@ -4,7 +4,8 @@ the event loop; sessions that end.
 Hiding a tab is only a courtesy: every handler asks ``Access.require`` first, which reads the
 account from the database each time, so a role change or a disabled account takes effect on the
 next click, and a student calling a review or admin endpoint directly (gradio_client, curl) is
-refused.
+refused. The same check, from the session cookie, decides who may use Gradio's upload route
+(``AdminUploads``, for ``bot.hardening``): a signed-in admin only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.hardening import LOGIN_CLIENT, LOGIN_MESSAGE
+from bot.hardening import LOGIN_CLIENT, LOGIN_MESSAGE, session_tokens
 from careloop.accounts import (
     REVIEWERS,
     ROLES,
@@ -302,3 +303,31 @@ class SessionTokens(dict):
             log.info("session_ended", user=username, idle=now - seen > self._idle)
             return False
         return True
+
+
+class AdminUploads:
+    """``bot.hardening.UploadGate``: Gradio's upload route for a signed-in admin's session only.
+
+    Why here and not in a handler: Gradio stores an upload before any handler runs, so the route
+    itself must know whose session sends it. The session cookie names the account (the session
+    table, ``tokens``: an ended session names no one), and the account's role is read from the
+    database as every handler reads it (``Access.require``), so a demoted or disabled admin, or one
+    still on a temporary password, is refused at once. The body may be one library document
+    (``max_document_bytes``) and the multipart form around it."""
+
+    FORM_OVERHEAD = 64 * 1024  # multipart boundaries and part headers, generous for many files at once
+
+    def __init__(self, access: Access, tokens: SessionTokens, max_document_bytes: int):
+        self.access, self.tokens = access, tokens
+        self.max_body = max_document_bytes + self.FORM_OVERHEAD
+
+    def admin(self, cookies: dict[str, str]) -> str | None:
+        for token in session_tokens(cookies):
+            username = self.tokens.get(token)
+            if username is None:
+                continue
+            try:
+                return self.access.require(username, "admin").username
+            except Refused:
+                return None
+        return None

@@ -1,5 +1,6 @@
 """The admin page's logic, apart from Gradio: adapter versions and their reports, promote / reject /
-roll back (confirmed first), training runs, feedback volume and agreement, dataset exports, accounts.
+roll back (confirmed first), training runs, feedback volume and agreement, dataset exports, accounts,
+and the admins' documents in the library (added, or removed once confirmed).
 
 Every action goes through the same registry, Celery task, export or account function as the CLI, so
 it is audited the same way, with the admin's username as the actor.
@@ -7,11 +8,13 @@ it is audited the same way, with the admin's username as the actor.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +31,9 @@ from careloop.settings import Settings
 from feedback.export import ExportConfig, export
 from feedback.quality import annotator_quality
 from feedback.store import Comparison, Correction, Message, Rating
+from library.corpus import medquad_records
+from library.documents import DocumentRefused, LibraryDocument, add_documents, documents, remove_document
+from library.index import build_or_load
 from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
 from serving import rollout
 from serving.registry import Registry, RegistryError, Status
@@ -230,6 +236,82 @@ class Admin:
             raise UserError(f"You cannot {what} here: ask another admin, or use `careloop users` on the server.")
         return name
 
+    # ----- library -----
+
+    def library_table(self) -> pd.DataFrame:
+        rows = [{"id": d.id, "title": d.title, "file": d.filename, "kind": d.kind, "size": _size(d.size_bytes),
+                 "passages": d.passages, "added by": d.added_by, "added": f"{d.created_at:%Y-%m-%d %H:%M}"}
+                for d in documents(self.sessions)]
+        return pd.DataFrame(rows, columns=["id", "title", "file", "kind", "size", "passages", "added by", "added"])
+
+    def library_note(self, table: pd.DataFrame) -> str:
+        """What the library holds besides the table: the shipped MedQuAD pages, and what may be added."""
+        try:
+            shipped = (f"{self._shipped_pages:,} MedQuAD pages of the U.S. NIH and CDC shipped with careloop "
+                       "(CC BY 4.0)")
+        except (OSError, ValueError) as exc:
+            shipped = f"no shipped pages: {exc}"
+        mine = ("No documents added by admins yet" if table.empty
+                else f"{len(table)} document{'s' if len(table) > 1 else ''} added by admins")
+        return (f"{mine}; the library also holds {shipped}. Add course notes as Markdown (.md), text (.txt) or "
+                f"PDF (.pdf), at most {_size(self.settings.library_max_document_bytes)} each: answers cite them "
+                "within seconds.")
+
+    @cached_property
+    def _shipped_pages(self) -> int:  # parsing the shipped file takes a moment: once per process
+        return len(medquad_records(self.settings.library_data_dir))
+
+    def document_choices(self) -> list[tuple[str, str]]:
+        return [(f"{d.id} · {d.title} ({d.filename})", str(d.id)) for d in documents(self.sessions)]
+
+    def add_documents(self, viewer: Viewer, paths: list[str] | None) -> str:
+        """Add the uploaded files to the library, all or none (``UserError`` lists each refused file
+        and why), audited with the admin as the actor; the search index is rebuilt."""
+        if not paths:
+            raise UserError("Choose one or more files to add: Markdown (.md), text (.txt) or PDF (.pdf).")
+        try:
+            added = add_documents(self.sessions, [Path(path) for path in paths], f"bot:{viewer.username}",
+                                  self.settings.library_max_document_bytes)
+        except DocumentRefused as exc:
+            raise UserError("**Nothing was added to the library:**\n\n" + "\n".join(
+                f"- {_escaped(line)}" for line in str(exc).splitlines())) from None
+        listed = "\n".join(f"- document {d.id}: **{_escaped(d.title)}** ({_escaped(d.filename)}, {d.kind}, "
+                           f"{d.passages} passages)" for d in added)
+        return f"Added to the library:\n\n{listed}\n\n{self._reindexed()}"
+
+    def removal_confirmation(self, document_id: str | None) -> str:
+        document = self._document(document_id)
+        return (f"Remove document {document.id}, **{_escaped(document.title)}** ({_escaped(document.filename)}, "
+                f"added by {_escaped(document.added_by)}): answers stop citing it within seconds.")
+
+    def remove_document(self, viewer: Viewer, document_id: str | None) -> str:
+        document = self._document(document_id)
+        try:
+            remove_document(self.sessions, document.id, f"bot:{viewer.username}")
+        except DocumentRefused as exc:  # removed by someone else since the dialog
+            raise UserError(f"Not removed: {exc}.") from None
+        return (f"Removed document {document.id}, **{_escaped(document.title)}** ({_escaped(document.filename)}). "
+                f"{self._reindexed()}")
+
+    def _document(self, document_id: str | None) -> LibraryDocument:
+        if not document_id:
+            raise UserError("Choose the document to remove.")
+        found = next((d for d in documents(self.sessions) if str(d.id) == str(document_id)), None)
+        if found is None:
+            raise UserError(f"There is no document {document_id} in the library (removed already?).")
+        return found
+
+    def _reindexed(self) -> str:
+        """The search index rebuilt for the library as it is now, as `careloop library add` does; each
+        process's retriever loads it at its next check (every few seconds)."""
+        try:
+            library = build_or_load(self.settings, self.sessions)
+        except OSError as exc:
+            log.error("library_reindex_failed", error=str(exc)[:300])
+            return (f"The search index could not be rebuilt now ({exc.strerror or exc}); the chat rebuilds it at "
+                    "its next question.")
+        return f"The search index is ready ({len(library.chunks):,} passages)."
+
     # ----- feedback -----
 
     def volume(self) -> pd.DataFrame:
@@ -295,6 +377,17 @@ def count_axis(counts: pd.Series) -> list[float]:
     """The y range of a plot of counts: from 0 (Gradio's plots start at the smallest value, so one
     count alone draws a bar of no height) to at least 10, so the ticks fall on whole numbers."""
     return [0, max(10, int(counts.max())) if len(counts) else 10]
+
+
+def _size(size_bytes: int) -> str:
+    if size_bytes >= 2**20:
+        return f"{size_bytes / 2**20:.1f} MiB"
+    return f"{size_bytes / 1024:.1f} KiB" if size_bytes >= 1024 else f"{size_bytes} B"
+
+
+def _escaped(text: str) -> str:
+    """``text`` shown as written in Markdown (a file name like ``__init__.md`` is not bold)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
 
 
 def _percent(value: float | None, missing: str) -> str:

@@ -19,10 +19,10 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from bot.access import Access, Refused, SessionTokens, Viewer  # noqa: E402
+from bot.access import Access, AdminUploads, Refused, SessionTokens, Viewer  # noqa: E402
 from bot.admin import Admin  # noqa: E402
 from bot.chat import Chat, ChatLimits, Conversation  # noqa: E402
-from bot.hardening import csrf_token, guard_origins, security_middleware, session_tokens  # noqa: E402
+from bot.hardening import UploadGate, csrf_token, guard_origins, security_middleware, session_tokens  # noqa: E402
 from bot.pages import guard  # noqa: E402
 from bot.pages.account import build_password_panel  # noqa: E402
 from bot.pages.admin import build_admin  # noqa: E402
@@ -145,7 +145,8 @@ def build(services: Services) -> gr.Blocks:
     access = services.access
     require = guard(access, services.tokens)
     keep = services.settings.bot_download_seconds
-    # Files handed to the browser (exports) are deleted from Gradio's cache `keep` seconds after.
+    # Files handed to the browser (exports), and uploads no handler read, are deleted from Gradio's
+    # cache `keep` seconds after (the Library tab deletes the documents it reads at once).
     with gr.Blocks(title="careloop", delete_cache=(min(60, keep), keep)) as app:
         with gr.Row():
             header = gr.Markdown("## careloop", elem_id="header")
@@ -207,22 +208,24 @@ def sign_out_form(sessions: list[str]) -> str:
     return csrf_token(sessions[0]) if sessions else ""
 
 
-def server_options(settings: Settings | None = None) -> dict[str, Any]:
-    """FastAPI options of the bot's server: security headers, the routes the page uses only, requests
-    from the bot's own origin only (``bot.hardening``), and no schema of every route for anyone to
-    read (FastAPI serves /openapi.json and /docs by default, without sign-in)."""
+def server_options(settings: Settings | None = None, uploads: UploadGate | None = None) -> dict[str, Any]:
+    """FastAPI options of the bot's server: security headers, the routes the page uses only, uploads
+    from signed-in admins only (``uploads``; None: from no one), requests from the bot's own origin
+    only (``bot.hardening``), and no schema of every route for anyone to read (FastAPI serves
+    /openapi.json and /docs by default, without sign-in)."""
     settings = settings or get_settings()
     origins = [*settings.bot_allowed_origins, f"http://{settings.bot_host}:{settings.bot_port}"]
     if settings.bot_host in ("127.0.0.1", "0.0.0.0", "::", "::1"):
         origins.append(f"http://localhost:{settings.bot_port}")
-    return {"middleware": security_middleware(settings.bot_max_request_bytes), "lifespan": guard_origins(origins),
-            "openapi_url": None, "docs_url": None, "redoc_url": None}
+    return {"middleware": security_middleware(settings.bot_max_request_bytes, uploads),
+            "lifespan": guard_origins(origins), "openapi_url": None, "docs_url": None, "redoc_url": None}
 
 
 def main(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     settings = settings or get_settings()
     ensure_logging(settings.log_level, settings.log_json)
-    # Gradio's file cache (downloads) in the data directory, owner-only, not the shared system temp dir.
+    # Gradio's file cache (downloads, admins' uploads) in the data directory, owner-only, not the shared
+    # system temp dir.
     os.environ["GRADIO_TEMP_DIR"] = str(private_dir(settings.home / "gradio-cache"))
     services = open_services(settings)
     app = build(services)
@@ -231,13 +234,18 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
     app.queue(default_concurrency_limit=4 * settings.max_batch, max_size=settings.bot_queue_max_size)
     host, port = host or settings.bot_host, port or settings.bot_port
     log.info("bot_starting", host=host, port=port)
+    uploads = AdminUploads(services.access, services.tokens, settings.library_max_document_bytes)
     try:
+        # max_file_size: the page refuses a larger file before sending it, saying so (the server would
+        # refuse it unread: bot.hardening).
         app.launch(server_name=host, server_port=port, auth=services.access.login_async,
+                   max_file_size=settings.library_max_document_bytes,
                    auth_message="careloop: sign in with the account your administrator gave you. "
                    "For medical education only; not medical advice.",
                    head=KEYBOARD + SESSION_ENDED, css=CSS, show_error=False, quiet=True, ssr_mode=False, pwa=False,
                    mcp_server=False, enable_monitoring=False, footer_links=[], prevent_thread_lock=True,
-                   app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port})))
+                   app_kwargs=server_options(settings.model_copy(update={"bot_host": host, "bot_port": port}),
+                                             uploads))
         server = app.server_app
         if services.chat.retriever is not None:  # load (or build) the index now, not in the first question
             threading.Thread(target=services.chat.retriever.warm_up, name="careloop-library", daemon=True).start()

@@ -2,9 +2,12 @@
 
 With retrieval on, each question is searched in the library first and the answer is written from
 the passages found (``library.grounding``), which are listed under it as numbered sources; when none
-is relevant the answer says so. Turns are logged through ``feedback.api`` (outbox first), with the
-passages an answer was given, so chat keeps working while the broker is down. A question whose answer never started (serving down, or the request refused) is not
-logged; the page keeps it in the input box to send again.
+is relevant the answer says so. When the library cannot be searched (its data or index unreadable)
+the student still gets the model's answer, with a note that sources were unavailable, and the
+error is logged once per outage, not once per question. Turns are logged through
+``feedback.api`` (outbox first), with the passages an answer was given, so chat keeps working
+while the broker is down. A question whose answer never started (serving down, or the request
+refused) is not logged; the page keeps it in the input box to send again.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ DEMO_CACHE_SECONDS = 30.0
 # An answer whose stream was closed before its end (shown live, and when the conversation is reopened).
 CUT_OFF = "cut off before it finished (Stop was pressed, or the page was closed or reloaded)"
 CUT_OFF_STORED = "this answer was cut off before it finished"
+SOURCES_UNAVAILABLE = ("The library could not be searched just now, so this answer is the model's alone and cites "
+                       "no source: check it against a trusted reference.")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Turn:
     done: bool = True  # False while the answer is still streaming
     interrupted: str = ""  # why an answer stopped early, if it did
     sources: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
+    sources_unavailable: bool = False  # retrieval is on but the library could not be searched
 
 
 @dataclass
@@ -79,6 +85,8 @@ class Conversation:
                     parts.append(f"**Interrupted:** _{turn.interrupted}_")
                 if turn.sources is not None:
                     parts.append(sources_markdown(turn.sources))
+                elif turn.sources_unavailable:
+                    parts.append(f"_{SOURCES_UNAVAILABLE}_")
                 if turn.model:
                     parts.append(answer_footer(turn.model, turn.demo))
             shown.append({"role": "assistant", "content": "\n\n".join(parts)})
@@ -153,6 +161,7 @@ class Chat:
         self.max_chars = max_chars
         self.limits = limits or ChatLimits(per_minute=20, concurrent=1)
         self._demo: tuple[float, bool] | None = None
+        self._library_error = ""  # why the library last failed to be searched ("": it did not)
 
     def check_message(self, text: str) -> str:
         text = (text or "").strip()
@@ -191,6 +200,7 @@ class Chat:
         reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
         reply.sources = self._retrieve(question.content)
+        reply.sources_unavailable = self.retriever is not None and reply.sources is None
         deltas = self.client.stream_chat(grounded_messages(conversation.for_model(), reply.sources or [],
                                                            self.passage_chars))
         try:
@@ -227,10 +237,17 @@ class Chat:
         if self.retriever is None:
             return None
         try:
-            return self.retriever.search(question)
+            passages = self.retriever.search(question)
         except Exception as exc:  # noqa: BLE001 - a broken index or database must not stop the chat
-            log.error("library_search_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if error != self._library_error:  # once per outage (and cause), not for every question
+                log.error("library_search_failed", error=error)
+            self._library_error = error
             return None
+        if self._library_error:
+            log.info("library_search_recovered")
+            self._library_error = ""
+        return passages
 
     def rate(self, viewer: Viewer, conversation: Conversation, index: int, thumbs: str, reason: str = "",
              comment: str = "", event_id: uuid.UUID | None = None) -> uuid.UUID:

@@ -8,9 +8,14 @@ clinician's browser send the page's content to that host in a URL; with ``img-sr
 ``frame-src 'none'`` the browser refuses. Inline script stays allowed because Gradio's page and
 careloop's own ``head`` scripts need it; Gradio's HTML sanitiser removes script from messages.
 
-No page of the bot takes a file, but Gradio's upload route stores any file, of any size, from
-anyone signed in, and serves it back: a student could fill the server's disk (and with it the
-outbox that keeps clinicians' judgments) or host files there. The route is refused.
+Uploads: Gradio's upload route stores any file, of any size, from anyone signed in, and serves it
+back: a student could fill the server's disk (and with it the outbox that keeps clinicians'
+judgments) or host files there. Only the Admin page's Library tab takes files, so the route
+(``/gradio_api/upload``) is open to a signed-in admin session alone (``UploadGate``, which
+``bot.access.AdminUploads`` implements from the session table and the database), with a body of at
+most ``CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES`` plus the multipart overhead (413 above it, before any
+of it is read); everyone else (students, nurses, physicians, signed-out callers) is refused with
+403 as before, and so is every other upload path.
 
 Gradio's "call" routes (``/gradio_api/call/...``, for curl) are used by neither the page nor
 gradio_client (both join the queue) and answer a signed-in caller's unknown endpoint with a 500 and
@@ -54,9 +59,10 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
@@ -222,24 +228,38 @@ def _with_login_script(status: int, headers: Headers, body: bytes) -> bytes | No
     return body.replace(b"</head>", LOGIN_PAGE_SCRIPT + b"</head>", 1)
 
 
+UPLOAD_ROUTE = "/gradio_api/upload"  # where the page's upload buttons send files (Gradio's JavaScript client)
+
+
+class UploadGate(Protocol):
+    """Who may upload (``bot.access.AdminUploads``): the admin signed in with one of ``cookies``'
+    sessions, or None; and the largest upload body, in bytes."""
+
+    max_body: int
+
+    def admin(self, cookies: dict[str, str]) -> str | None: ...
+
+
 class RefusedRoutes:
     """Only the routes in ``ROUTES``; the rest are refused without reading the request's body.
     A login form is refused above ``LOGIN_MAX_BYTES`` (a megabyte username is never parsed, hashed
-    or logged), and the signing-in client's address is noted for the login throttle."""
+    or logged), and the signing-in client's address is noted for the login throttle. Uploads reach
+    Gradio only from a signed-in admin session (``uploads``), up to ``uploads.max_body``."""
 
     UPLOADS = "careloop takes no file uploads."
     UNKNOWN = "No such route: careloop's pages are used through the web page."
 
-    def __init__(self, app: ASGIApp, max_body: int = 1024 * 1024):
+    def __init__(self, app: ASGIApp, max_body: int = 1024 * 1024, uploads: UploadGate | None = None):
         self.app = app
         self.max_body = max_body
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
         if path.rstrip("/").endswith("/upload"):
-            return await _refuse(403, self.UPLOADS)(scope, receive, send)
+            return await self._upload(scope, receive, send)
         allowed = ROUTES.get(method)
         if method != "OPTIONS" and (allowed is None or not allowed.fullmatch(path)):
             return await _refuse(404, self.UNKNOWN)(scope, receive, send)
@@ -265,6 +285,27 @@ class RefusedRoutes:
                 return await self._logout(scope, receive, send, int(length))
         elif method == "GET" and path == "/":
             return await _rewritten(self.app, scope, receive, send, _with_login_script)
+        await self.app(scope, receive, send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's upload route for a signed-in admin's session (the Library tab), up to
+        ``uploads.max_body``; 403 for everyone else and every other upload path, unread."""
+        if self.uploads is None or scope["method"] != "POST" or scope["path"] != UPLOAD_ROUTE:
+            return await _refuse(403, self.UPLOADS)(scope, receive, send)
+        headers = Headers(scope=scope)
+        # The session's account is looked up in the database (a role change applies at once), off
+        # the event loop; only then is the declared length looked at, so others learn nothing of it.
+        if await run_in_threadpool(self.uploads.admin, _cookies(headers)) is None:
+            return await _refuse(403, self.UPLOADS)(scope, receive, send)
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            return await _refuse(411, "Send the upload with its length (Content-Length); careloop reads no body "
+                                 "of unknown size.")(scope, receive, send)
+        if int(length) > self.uploads.max_body:
+            reason = (f"The upload is {int(length) / 2**20:.1f} MiB; careloop takes at most "
+                      f"{self.uploads.max_body / 2**20:.1f} MiB at once (the largest library document, "
+                      "CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES): add a smaller file, or fewer files at a time.")
+            return await _refuse(413, reason)(scope, receive, send)
         await self.app(scope, receive, send)
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send, length: int) -> None:
@@ -363,7 +404,7 @@ def guard_origins(origins: Iterable[str]) -> Any:
     return lifespan
 
 
-def security_middleware(max_body: int = 1024 * 1024) -> list[Middleware]:
+def security_middleware(max_body: int = 1024 * 1024, uploads: UploadGate | None = None) -> list[Middleware]:
     """``app_kwargs={"middleware": ...}`` for ``Blocks.launch`` (the first wraps the others, so a
-    refused upload carries the headers too)."""
-    return [Middleware(SecurityHeaders), Middleware(RefusedRoutes, max_body=max_body)]
+    refused upload carries the headers too); ``uploads``: who may upload (None: no one)."""
+    return [Middleware(SecurityHeaders), Middleware(RefusedRoutes, max_body=max_body, uploads=uploads)]

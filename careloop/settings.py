@@ -51,8 +51,8 @@ class Settings(BaseSettings):
         None, description="Where the library's bm25s index is kept (built once per library content, shared by the "
         "processes that use this directory). Empty: `$CARELOOP_HOME/library/index`.")
     retrieval_enabled: bool = Field(
-        True, description="Ground chat answers (and, with a training config's `grounded: true`, training and "
-        "evaluation prompts) in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
+        True, description="Ground chat answers, review answers, training prompts and the grounded evaluation track "
+        "in passages retrieved from the library, cited as [n]. false: answers from the model alone.")
     retrieval_backend: Literal["", "bm25s", "postgresql"] = Field(
         "", description="What searches the library: `bm25s` (an index in each process, built once per library content "
         "and kept in CARELOOP_LIBRARY_INDEX_DIR) or `postgresql` (full-text search in the database: one store every "

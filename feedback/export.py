@@ -7,6 +7,10 @@ Kinds (conversational form, as TRL's trainers take them):
 - ``kto``: ``prompt`` / ``completion`` / ``label`` - preferred (True) and rejected (False) answers,
   thumbs up/down on chat answers, corrections.
 
+A row whose answers were written from library passages (a review item generated with retrieval
+on, a chat answer corrected or rated) carries them as ``sources``, as numbered in the answers'
+prompt; its ``prompt`` stays the bare question (the trainer grounds it: ``trainer.snapshot``).
+
 Rules, each counted in the manifest's ``dropped``: labels from annotators whose gold accuracy is
 below the threshold are dropped; an item's labels are combined by majority (``agreement`` is the
 winner's share); ties, split votes and "both bad" without a correction give no preference pair.
@@ -128,6 +132,10 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             select(Message).where(Message.event_id.in_([r.message_id for r in ratings])))}
         questions = _questions(session, list(rated.values()))
         gold_items = set(session.scalars(select(ReviewItem.id).where(ReviewItem.is_gold.is_(True))))
+        item_sources = dict(session.execute(select(ReviewItem.id, ReviewItem.sources).where(
+            ReviewItem.id.in_({c.review_item_id for c in comparisons if c.review_item_id is not None}))).all())
+        corrected_sources = dict(session.execute(select(Message.event_id, Message.sources).where(
+            Message.event_id.in_({c.message_id for c in corrections if c.message_id is not None}))).all())
     annotators = set()
     times = [r.created_at for r in (*comparisons, *corrections, *ratings)]
 
@@ -155,7 +163,8 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         agreement = round(top / len(labels), 3)
         corrected = next((label.corrected_answer for label in reversed(labels) if label.corrected_answer), None)
-        meta = {"source": "comparison", "agreement": agreement, "label_count": len(labels)}
+        meta = {"source": "comparison", "agreement": agreement, "label_count": len(labels),
+                **_sources(item_sources.get(first.review_item_id))}
         if winner in ("a", "b"):
             chosen, rejected = (first.response_a, first.response_b) if winner == "a" else (first.response_b, first.response_a)
             rows += _rows(config.kind, first.prompt, chosen, [rejected], meta)
@@ -177,7 +186,8 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         annotators.add(correction.annotator)
         rows += _rows(config.kind, correction.prompt, correction.corrected, [correction.original],
-                      {"source": "correction", "agreement": 1.0, "label_count": 1})
+                      {"source": "correction", "agreement": 1.0, "label_count": 1,
+                       **_sources(corrected_sources.get(correction.message_id))})
 
     for rating in ratings:
         message = rated.get(rating.message_id)
@@ -189,7 +199,8 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             dropped["rating of an answer cut off before its end"] += 1
             continue
         if config.kind == "kto":
-            rows.append(_kto(question, message.content, rating.thumbs == "up", {"source": "rating"}))
+            rows.append(_kto(question, message.content, rating.thumbs == "up",
+                             {"source": "rating", **_sources(message.sources)}))
         else:
             dropped["rating (used by kto only)"] += 1
     return rows, dropped, annotators, excluded, (min(times, default=None), max(times, default=None))
@@ -203,6 +214,11 @@ def _rows(kind: Kind, prompt: str, chosen: str, rejected: list[str], meta: dict)
     if kind == "kto":
         return [_kto(prompt, chosen, True, meta)] + [_kto(prompt, worse, False, meta) for worse in rejected]
     return [{"messages": _user(prompt) + _assistant(chosen), **meta}]
+
+
+def _sources(passages: list[dict] | None) -> dict:
+    """``{"sources": passages}`` when the answers were written from some, else nothing."""
+    return {"sources": passages} if passages else {}
 
 
 def _kto(prompt: str, completion: str, label: bool, meta: dict) -> dict:

@@ -53,12 +53,17 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
-def medquad_records(data_dir: Path) -> list[dict]:
-    """The shipped MedQuAD documents: id, title, question, text, url, publisher, split."""
+def medquad_path(data_dir: Path) -> Path:
+    """The shipped library's data file, or FileNotFoundError naming it and its setting."""
     path = data_dir / MEDQUAD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"the library's data file {path} is missing (CARELOOP_LIBRARY_DATA_DIR)")
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
+    return path
+
+
+def medquad_records(data_dir: Path) -> list[dict]:
+    """The shipped MedQuAD documents: id, title, question, text, url, publisher, split."""
+    with gzip.open(medquad_path(data_dir), "rt", encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -69,7 +74,7 @@ def medquad_chunks(data_dir: Path) -> list[Chunk]:
 
 def shipped_digest(data_dir: Path) -> str:
     """The SHA-256 of the shipped data file (read again only when its size or time changes)."""
-    path = data_dir / MEDQUAD_FILE
+    path = medquad_path(data_dir)
     stat = path.stat()
     return _file_digest(path, stat.st_size, stat.st_mtime_ns)
 

@@ -137,7 +137,8 @@ def current_key(settings: Settings, sessions: sessionmaker[Session]) -> str:
 def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str | None = None) -> Library:
     """The library as it is now (``key``: its ``current_key``): loaded from its index on disk, or
     built and saved there first (beside it, then renamed: a reader never sees half an index); older
-    indexes are removed."""
+    indexes are removed. An index that cannot be saved (a read-only or full disk) is only a cache
+    lost: the library built is used from memory, and the log says why."""
     key = key or current_key(settings, sessions)
     root = settings.resolved_library_index_dir
     directory = root / key
@@ -148,9 +149,16 @@ def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str 
             log.warning("library_index_unreadable", path=str(directory), error=str(exc))
     started = time.perf_counter()
     library = Library.build(medquad_chunks(settings.library_data_dir) + document_chunks(sessions))
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    library.save(staging)
+    staging = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        library.save(staging)
+    except OSError as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.warning("library_index_not_saved", path=str(root), error=str(exc)[:300])
+        return library
     try:
         staging.rename(directory)
     except OSError:  # another process saved the same index first: theirs is the same
@@ -211,5 +219,6 @@ class Retriever:
         except Exception as exc:  # noqa: BLE001 - a thread of its own: say why, the first search tries again
             log.error("library_warm_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
-    def search(self, question: str) -> list[Passage]:
-        return self.library().search(question, self.settings.retrieval_top_k, self.settings.retrieval_min_score)
+    def search(self, question: str, k: int | None = None) -> list[Passage]:
+        """Up to ``k`` passages (default CARELOOP_RETRIEVAL_TOP_K) relevant to ``question``."""
+        return self.library().search(question, k or self.settings.retrieval_top_k, self.settings.retrieval_min_score)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
-from support import (ACCOUNTS, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE, SHORT_SESSION_MAX, TOKEN, BotStack,
-                     ensure_postgres_running, medquad_sample, train_adapter)
+from support import (ACCOUNTS, LIBRARY_UPLOAD_LIMIT, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE,
+                     SHORT_SESSION_MAX, TOKEN, BotStack, ensure_postgres_running, medquad_sample, train_adapter)
 
 # One torch thread per process, waiting passively: the suite runs several torch processes at once
 # (serving, workers, the test itself) on 2 cores, and OpenMP threads spinning for a core made a tiny
@@ -269,7 +269,7 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir, library_index_dir):
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
                     serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
                     adapter_dir=str(adapter_dir), promotion_grace_seconds="1", live_cache_seconds="0",
-                    review_fill_soon_seconds="0",
+                    review_fill_soon_seconds="0", library_max_document_bytes=str(LIBRARY_UPLOAD_LIMIT),
                     # Grounded in the shipped library, with passages short enough for the tiny model's
                     # 512-token context.
                     retrieval_top_k="2", retrieval_passage_chars="150", library_index_dir=str(library_index_dir))

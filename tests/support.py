@@ -20,6 +20,7 @@ ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p
 SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
 LIMITED_IDLE = 8.0  # the limited bot's idle limit: longer than its 1 s status refresh, and than the old 5 s timer
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
+LIBRARY_UPLOAD_LIMIT = 256 * 1024  # the shared bot's CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES: over it costs little to send
 
 
 def ensure_postgres_running() -> None:
@@ -156,3 +157,56 @@ def tiny_train_config(path: Path, steps: int, examples: int, pairs: int, eval_it
         "dpo": {"max_steps": steps, "max_length": 128, "max_pairs": pairs, "contrast_share": 0, "micro_batch_size": 2},
         "eval": {"max_items": eval_items, "max_pairs": eval_items, "max_new_tokens": 8, "eval_fraction": 0.1}}))
     return path
+
+
+# ----- library documents: what an admin adds, good and bad -----
+
+LIMIT = 64 * 1024  # CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES in the library tests
+
+
+def pdf_bytes(text: str | None, title: str = "") -> bytes:
+    """A real one-page PDF (fonts, content stream and cross-reference table), with ``text`` on it or no text."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+    info = f"<< /Title ({title}) >>".encode() if title else b"<< >>"
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+                b"/Resources << /Font << /F1 5 0 R >> >> >>"),
+               b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", info]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF that opens only with a password (RC4: pypdf writes it without extra packages)."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf_bytes("Ward notes behind a password"))))
+    writer.encrypt(user_password="ward", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+# Every kind of file the library refuses, with the reason's start: (content, reason).
+BAD_FILES = {
+    "slides.docx": (b"PK\x03\x04 a Word file", "slides.docx: not a Markdown, plain-text or PDF file"),
+    "binary.txt": (b"text\x00\x01\x02 with binary data", "binary.txt: is not text (it holds binary data)"),
+    "latin1.md": ("Fièvre et céphalée".encode("latin-1"), "latin1.md: is not text (not UTF-8)"),
+    "broken.pdf": (b"%PDF-1.4\nthis is not really a PDF", "broken.pdf: is not a readable PDF"),
+    "scanned.pdf": (pdf_bytes(None), "scanned.pdf: has no text to index (a scanned PDF needs OCR first)"),
+    "locked.pdf": (encrypted_pdf(), "locked.pdf: is an encrypted PDF; add a copy without a password"),
+    "empty.md": (b"   \n\n", "empty.md: has no text to index"),
+    "huge.txt": (b"fever " * (LIMIT // 6 + 10),
+                 "huge.txt: 0.1 MiB is over the 0.1 MiB limit (CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES)"),
+}

@@ -118,6 +118,28 @@ class DPOSettings(_Batched):
                                   "refused, triage matched to urgency)")
 
 
+class GroundingSettings(_Section):
+    """Library passages in training prompts, with CARELOOP_RETRIEVAL_ENABLED (``trainer.snapshot``):
+    the chat's grounded prompt (``library.grounding``), so the adapter learns on the prompt it answers.
+
+    A budget of its own, smaller than the chat's (3 passages of 600 characters, ~450 tokens): a
+    training row is at most ``max_length`` tokens (256 by default on SmolLM2) with the question and
+    the answer, and TRL cuts a longer row from its end, the answer first. One passage of 300
+    characters and the instruction add ~90 tokens on SmolLM2; a row that has no room for them stays
+    bare (the seed's QA answers are ~200 tokens: at the defaults 23 of the 80 seed QA examples are
+    grounded, BENCHMARKS.md). Rows never exceed max_length, so DPO's time grows by at most the share
+    of its pairs below it (SFT packs rows to max_length: its time does not change)."""
+
+    sft_share: float = Field(1.0, ge=0, le=1, description="share of the seed QA examples offered the passage "
+                             "retrieved for their question; those without a relevant passage or without room for "
+                             "it, and the safety and triage examples, stay bare, so the adapter learns to use "
+                             "sources and to answer without them")
+    passages: int = Field(1, ge=1, le=10, description="passages retrieved for a grounded seed QA example "
+                          "(clinicians' rows keep every passage their answers were written from)")
+    passage_chars: int = Field(300, ge=60, description="longest passage text in a training prompt, cut at a sentence "
+                               "end; shortened further where the row would not fit its trainer's max_length")
+
+
 class EvalSettings(_Section):
     max_items: int = Field(30, ge=1, description="items per generated evaluation set (reference QA, safety)")
     # Pairs are scored by log-likelihood (no generation), so many are cheap, and the preference rule
@@ -132,6 +154,7 @@ class TrainConfig(_Section):
     sft: SFTSettings = SFTSettings()
     dpo: DPOSettings = DPOSettings()
     eval: EvalSettings = EvalSettings()
+    grounding: GroundingSettings = GroundingSettings()
     gate_policy: Path | None = Field(None, description="YAML gate policy; default: trainer/default_policy.yaml")
     auto_promote: bool = False
     random_seed: int = 0

@@ -16,12 +16,21 @@ conversational rows.
 
 Some templates (Gemma's, Mistral's older ones) refuse a system message: for those the system text
 is folded into the first user message, as their model cards advise.
+
+Grounded rows (``grounded_row``, ``fit_grounded``) carry library passages in their question, as the
+chat's prompt does (``library.grounding``), cut so the whole row fits its trainer's ``max_length``:
+the passages are shortened, never the question or the answer.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from library.grounding import grounded_messages
+from library.index import Passage
+
+MIN_PASSAGE_CHARS = 60  # shorter than this a passage says nothing: the row is trained on without passages
 
 
 def sft_rows(conversations: list[dict]) -> list[dict]:
@@ -49,6 +58,42 @@ def prompt_text(row: dict) -> str:
 def answer_text(messages: list[dict]) -> str:
     """The text of a completion (``chosen``, ``rejected``): its last message."""
     return messages[-1]["content"]
+
+
+def grounded_row(row: dict, passages: list[Passage], passage_chars: int) -> dict:
+    """``row`` (a conversation or a preference pair) with its first user message carrying ``passages``,
+    each cut to ``passage_chars``: the chat's grounded prompt."""
+    key = "prompt" if "prompt" in row else "messages"
+    messages = row[key]
+    first = next(index for index, message in enumerate(messages) if message["role"] == "user")
+    question = grounded_messages([messages[first]], passages, passage_chars)
+    return {**row, key: [*messages[:first], *question, *messages[first + 1:]]}
+
+
+def row_tokens(row: dict, tokenizer) -> int:
+    """Tokens of the longest sequence ``row`` trains on, as TRL renders it with the chat template: a
+    conversation whole; a preference pair's prompt with the longer of its two answers."""
+    if "messages" in row:
+        sequences = [row["messages"]]
+    else:
+        sequences = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+    if not accepts_system_message(tokenizer):
+        sequences = [fold_system(sequence) for sequence in sequences]
+    return max(len(tokenizer.apply_chat_template(sequence, tokenize=True, return_dict=True)["input_ids"])
+               for sequence in sequences)
+
+
+def fit_grounded(row: dict, passages: list[Passage], passage_chars: int, tokenizer, max_length: int) -> dict:
+    """``grounded_row`` within ``max_length`` tokens. TRL cuts a longer row from its end, the answer
+    first; here the passages are shortened instead (by a third at a time), and the row stays bare
+    when even ``MIN_PASSAGE_CHARS`` of each do not fit: the question and the answer are kept whole."""
+    chars = passage_chars
+    while chars >= MIN_PASSAGE_CHARS:
+        grounded = grounded_row(row, passages, chars)
+        if row_tokens(grounded, tokenizer) <= max_length:
+            return grounded
+        chars = chars * 2 // 3
+    return row
 
 
 def dpo_rows(pairs: list[dict]) -> list[dict]:

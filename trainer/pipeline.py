@@ -32,7 +32,7 @@ from trainer.evaluate import Grounding, JudgeEndpoint, Models, evaluation_units
 from trainer.gate import Decision, Policy
 from trainer.report import evaluation_report, save_report
 from trainer.sft import progress_callback, run_sft
-from trainer.snapshot import Snapshot, build_snapshot
+from trainer.snapshot import PromptGrounding, Snapshot, build_snapshot
 
 log = get_logger(__name__)
 
@@ -65,14 +65,16 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     try:
         started = time.perf_counter()
         step("snapshot")
+        base = resolve_base_model(settings, build_if_missing=True)  # its tokenizer measures grounded rows
+        retriever = Retriever(settings, sessions) if settings.retrieval_enabled else None
         if (directory / "snapshot" / "snapshot.json").exists():
             snapshot = Snapshot.load(directory / "snapshot")
         else:
-            snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions)
+            snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions,
+                                      _prompt_grounding(retriever, base.source))
         runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256)
         timings["snapshot"] = time.perf_counter() - started
 
-        base = resolve_base_model(settings, build_if_missing=True)
         live = registry.live()
         held_out = reference_conversations(snapshot.data["eval_reference"])
 
@@ -105,8 +107,8 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         step("evaluate")
         adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
         models = Models.load(base.source, adapters)
-        grounding = (Grounding.find(Retriever(settings, sessions), snapshot.data["eval_reference"],
-                                    settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
+        grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
+                     if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
                                                    grounded=grounding is not None))
         models.on_batch = tracker.advance
@@ -155,6 +157,14 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
     finally:
         logging.getLogger().removeHandler(run_log)
         run_log.close()
+
+
+def _prompt_grounding(retriever: Retriever | None, base_model: str) -> PromptGrounding | None:
+    if retriever is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return PromptGrounding(retriever, AutoTokenizer.from_pretrained(base_model))
 
 
 def _release_memory() -> None:

@@ -7,7 +7,8 @@ preference pairs from the seed and the feedback export. Every row stays in TRL's
 format, as the export writes it (conversions: ``trainer.data``). Evaluation data: the seed reference QA,
 multiple-choice and safety sets, and the held-out share of preference pairs (split by prompt).
 Any evaluation prompt that also appears in the training data is removed from training and
-listed in the leakage report.
+listed in the leakage report. Then, with retrieval on, prompts are grounded in the library as the
+chat grounds them (``ground_prompts``, within ``TrainConfig.grounding``'s budget).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.seed import load_seed
 from feedback.export import ExportConfig, export, in_eval
+from library.index import Passage, Retriever
 from trainer.config import TrainConfig
-from trainer.data import preference_row, prompt_text, read_rows
+from trainer.data import fit_grounded, preference_row, prompt_text, read_rows
 from trainer.evaluate import REFUSAL
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
@@ -58,8 +61,17 @@ def normalize(prompt: str) -> str:
     return re.sub(r"\s+", " ", prompt.strip().lower())
 
 
+@dataclass(frozen=True)
+class PromptGrounding:
+    """What grounds training prompts (retrieval on): the library's search, for seed questions, and
+    the base model's tokenizer, which measures each grounded row against its trainer's max_length."""
+
+    retriever: Retriever
+    tokenizer: Any  # a transformers tokenizer
+
+
 def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
-                   sessions: sessionmaker[Session] | None) -> Snapshot:
+                   sessions: sessionmaker[Session] | None, grounding: PromptGrounding | None = None) -> Snapshot:
     rng = random.Random(config.random_seed)
     fraction = config.eval.eval_fraction
     pairs = seed_preference_pairs(seed_dir)
@@ -70,7 +82,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     if sessions is not None:
         out = directory / "feedback"
         manifest = _export(sessions, "sft", out / "sft", fraction)
-        sft += [{"messages": row["messages"], "source": "feedback"} for row in read_rows(out / "sft" / "train.jsonl")]
+        sft += [{"messages": row["messages"], "source": "feedback", "sources": row.get("sources")}
+                for row in read_rows(out / "sft" / "train.jsonl")]
         _export(sessions, "dpo", out / "dpo", fraction)
         feedback_pairs = read_rows(out / "dpo" / "train.jsonl")
         feedback_eval_pairs = read_rows(out / "dpo" / "eval.jsonl")
@@ -92,6 +105,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     data = {"sft": sft, "dpo": train_pairs,
             **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs)}
     data, leakage = _remove_leaks(data)
+    data = ground_prompts(data, config, seed_dir, grounding)
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     for name in FILES:
@@ -103,6 +117,35 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "leakage": leakage,
          "feedback_manifest": manifest}, indent=2, default=str) + "\n")
     return snapshot
+
+
+def ground_prompts(data: dict[str, list[dict]], config: TrainConfig, seed_dir: Path,
+                   grounding: PromptGrounding | None) -> dict[str, list[dict]]:
+    """The rows with library passages in their question, as the chat gives them, within
+    ``config.grounding``'s budget and each trainer's max_length (``trainer.data.fit_grounded``):
+    clinicians' rows (SFT, DPO and held-out pairs) from answers written with passages get exactly
+    those passages, numbered as the answers cite them; ``grounding.sft_share`` of the seed QA
+    examples get the passages retrieved for their question. Without ``grounding`` (retrieval off)
+    every prompt stays bare. Rows lose their ``sources``: what is trained on is the prompt."""
+    budget = config.grounding
+    rng = random.Random(config.random_seed)  # its own: the rest of the snapshot does not change with the share
+    seed_qa = {example.id for example in load_seed(seed_dir, "sft")} if grounding is not None else set()
+
+    def grounded(row: dict, max_length: int) -> dict:
+        bare = {key: value for key, value in row.items() if key != "sources"}
+        if grounding is None:
+            return bare
+        if row.get("sources"):  # the passages its answers were written from
+            passages = [Passage(**source) for source in row["sources"]]
+        elif row.get("source") in seed_qa and rng.random() < budget.sft_share:
+            passages = grounding.retriever.search(prompt_text(row), budget.passages)
+        else:
+            return bare
+        return fit_grounded(bare, passages, budget.passage_chars, grounding.tokenizer, max_length) if passages else bare
+
+    return {**data, "sft": [grounded(row, config.sft.max_length) for row in data["sft"]],
+            "dpo": [grounded(row, config.dpo.max_length) for row in data["dpo"]],
+            "eval_pairs": [grounded(row, config.dpo.max_length) for row in data["eval_pairs"]]}
 
 
 def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> list[dict]:

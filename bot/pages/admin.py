@@ -1,12 +1,15 @@
 """The admin tab: adapter versions with their reports and the confirmed promote / reject / retire /
 roll back, training runs (followed while one is queued or running), feedback volume and annotator
-agreement, dataset exports, and accounts."""
+agreement, dataset exports, accounts, and the library's documents (uploaded, or removed once
+confirmed)."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from bot.admin import Admin, count_axis
 from bot.errors import UserError
 from bot.pages import Require
 from careloop.accounts import ROLES
+
 
 def handout(path: str | None) -> str | None:
     """A copy of ``path`` for Gradio to serve. Gradio serves every file under ``allowed_paths`` to
@@ -31,6 +35,41 @@ def handout(path: str | None) -> str | None:
     folder = Path(get_upload_folder()) / uuid.uuid4().hex
     folder.mkdir(parents=True, mode=0o700)
     return shutil.copy(path, folder)
+
+
+def discard_uploads(paths: list[str] | None) -> None:
+    """Delete uploaded files once read. Gradio keeps every upload in its cache (the bot's private
+    ``gradio-cache``) until its sweep CARELOOP_BOT_DOWNLOAD_SECONDS later; a library document is
+    read once, into the database, so its upload is deleted at once and uploads do not pile up.
+    Only files in Gradio's upload folder are touched."""
+    folder = Path(get_upload_folder()).resolve()
+    for path in (Path(p).resolve() for p in paths or []):
+        if folder in path.parents:
+            path.unlink(missing_ok=True)
+            with suppress(OSError):  # Gradio's folder per upload (named by its hash): gone once empty
+                path.parent.rmdir()
+
+
+@dataclass
+class ConfirmPanel:
+    """A hidden panel asking to confirm what ``pending`` holds (an action, a document); Cancel hides it."""
+
+    pending: gr.State
+    panel: gr.Group
+    text: gr.Markdown
+    confirm: gr.Button
+
+
+def build_confirm_panel(panel_id: str, buttons: str) -> ConfirmPanel:
+    """The panel ``#panel_id`` with the buttons ``#{buttons}-confirm`` and ``#{buttons}-cancel``."""
+    pending = gr.State("")
+    with gr.Group(visible=False, elem_id=panel_id) as panel:
+        text = gr.Markdown()
+        with gr.Row():
+            confirm = gr.Button("Confirm", variant="stop", size="sm", elem_id=f"{buttons}-confirm")
+            cancel = gr.Button("Cancel", size="sm", elem_id=f"{buttons}-cancel")
+    cancel.click(lambda: ["", gr.Group(visible=False)], None, [pending, panel], api_name=False)
+    return ConfirmPanel(pending, panel, text, confirm)
 
 
 def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Tab:
@@ -48,12 +87,7 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
                                                     else "secondary")
                                   for action, label in (("promote", "Promote"), ("reject", "Reject"),
                                                         ("retire", "Retire"), ("rollback", "Roll back live"))}
-            pending_action = gr.State("")
-            with gr.Group(visible=False, elem_id="confirm-panel") as confirm_panel:
-                confirm_text = gr.Markdown()
-                with gr.Row():
-                    confirm = gr.Button("Confirm", variant="stop", size="sm", elem_id="action-confirm")
-                    cancel = gr.Button("Cancel", size="sm", elem_id="action-cancel")
+            action_panel = build_confirm_panel("confirm-panel", "action")
             report = gr.Markdown(elem_id="version-report")
             report_figure = gr.Image(label="Evaluation tracks", type="filepath", interactive=False, visible=False)
         with gr.Tab("Training runs", elem_id="tab-runs") as runs_tab:
@@ -95,6 +129,18 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
                 disable = gr.Button("Disable", size="sm", variant="stop", elem_id="account-disable")
                 enable = gr.Button("Enable", size="sm", elem_id="account-enable")
                 reset = gr.Button("Reset password", size="sm", elem_id="account-reset")
+        with gr.Tab("Library", elem_id="tab-library") as library_tab:
+            library_note = gr.Markdown(elem_id="library-note")
+            library_message = gr.Markdown(elem_id="library-message")
+            library = gr.Dataframe(interactive=False, elem_id="library", wrap=True)
+            # Files go to Gradio's upload route, open to signed-in admins only (bot.hardening); every
+            # file type is let through so that a wrong one gets careloop's reason, not the browser's.
+            add_documents = gr.UploadButton("Add documents (.md, .txt, .pdf)", file_count="multiple",
+                                            type="filepath", variant="primary", elem_id="library-add")
+            with gr.Row():
+                document = gr.Dropdown([], label="Document", elem_id="library-select", scale=3)
+                remove = gr.Button("Remove", variant="stop", size="sm", elem_id="library-remove", scale=1)
+            removal = build_confirm_panel("library-confirm-panel", "library")
 
     def overview(request: gr.Request) -> list[Any]:
         require(request, "admin")
@@ -127,7 +173,7 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
 
     runs_timer.tick(followed_runs, None, [runs, runs_note], api_name=False, show_progress="hidden")
     runs_tab.select(lambda: gr.Timer(active=True), None, [runs_timer], api_name=False)
-    for other in (versions_tab, feedback_tab, export_tab, accounts_tab):
+    for other in (versions_tab, feedback_tab, export_tab, accounts_tab, library_tab):
         other.select(lambda: gr.Timer(active=False), None, [runs_timer], api_name=False)
 
     def show_report(name: str | None, request: gr.Request) -> tuple[str, gr.Image]:
@@ -153,7 +199,7 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
         return handler
 
     for action, button in action_buttons.items():
-        button.click(ask_to_confirm(action), [version], [pending_action, confirm_panel, confirm_text],
+        button.click(ask_to_confirm(action), [version], [action_panel.pending, action_panel.panel, action_panel.text],
                      api_name=False)
 
     def confirmed(action: str, name: str | None, why: str, request: gr.Request) -> list[Any]:
@@ -165,9 +211,9 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
             return [gr.skip()] * 5
         return ["", gr.Group(visible=False), done, admin.versions(), gr.Dropdown(choices=admin.version_names())]
 
-    confirm.click(confirmed, [pending_action, version, action_reason],
-                  [pending_action, confirm_panel, admin_message, versions, version], api_name="admin_act")
-    cancel.click(lambda: ["", gr.Group(visible=False)], None, [pending_action, confirm_panel], api_name=False)
+    action_panel.confirm.click(confirmed, [action_panel.pending, version, action_reason],
+                               [action_panel.pending, action_panel.panel, admin_message, versions, version],
+                               api_name="admin_act")
 
     def start_training(request: gr.Request) -> Any:  # the runs table
         viewer = require(request, "admin")
@@ -214,4 +260,52 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
                  api_name="admin_account_enable")
     reset.click(account_action(lambda viewer, name, _: admin.reset_password(viewer, name)), chosen, outcome,
                 api_name="admin_account_reset")
+
+    def library_view() -> list[Any]:
+        """The library's note, table and the documents to choose from."""
+        table = admin.library_table()
+        return [admin.library_note(table), table, gr.Dropdown(choices=admin.document_choices(), value=None)]
+
+    def show_library(request: gr.Request) -> list[Any]:
+        require(request, "admin")
+        return ["", *library_view()]
+
+    library_outputs = [library_message, library_note, library, document]
+    library_tab.select(show_library, None, library_outputs, api_name="admin_library")
+
+    def add_to_library(paths: list[str] | None, request: gr.Request) -> list[Any]:
+        try:
+            viewer = require(request, "admin")
+            message = admin.add_documents(viewer, paths)
+        except UserError as exc:  # the reasons stay on the page, one line per refused file
+            message = str(exc)
+        finally:
+            discard_uploads(paths)
+        return [message, *library_view(), None]
+
+    add_documents.upload(add_to_library, [add_documents], [*library_outputs, add_documents],
+                         api_name="admin_library_add")
+
+    def ask_to_remove(document_id: str | None, request: gr.Request) -> list[Any]:
+        require(request, "admin")
+        try:
+            text = admin.removal_confirmation(document_id)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * 3
+        return [document_id, gr.Group(visible=True), f"**Confirm:** {text}"]
+
+    remove.click(ask_to_remove, [document], [removal.pending, removal.panel, removal.text], api_name=False)
+
+    def remove_from_library(document_id: str | None, request: gr.Request) -> list[Any]:
+        viewer = require(request, "admin")
+        try:
+            message = admin.remove_document(viewer, document_id)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * 6
+        return ["", gr.Group(visible=False), message, *library_view()]
+
+    removal.confirm.click(remove_from_library, [removal.pending], [removal.pending, removal.panel, *library_outputs],
+                          api_name="admin_library_remove")
     return tab

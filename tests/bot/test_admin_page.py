@@ -210,3 +210,67 @@ def test_accounts_from_the_admin_page_are_audited_like_the_cli(admin):
         admin.set_role(ADMIN, "nurse.ward", "nurse")
     with pytest.raises(UserError, match="nurse.ward is the only enabled admin"):
         admin.set_disabled(ADMIN, "nurse.ward", True)
+
+
+@SQLITE_ONLY
+def test_library_documents_are_added_listed_and_removed_with_every_refusal_shown(sessions, small_library_dir, tmp_path):
+    """The Library tab's logic: a batch with any bad file adds nothing and says why for each file (the
+    page shows this message), a good one is added, audited with the admin as the actor, listed, found
+    by the search at once, and removed once confirmed."""
+    from support import BAD_FILES, LIMIT
+
+    from careloop.settings import load_settings
+    from library.index import Retriever
+
+    settings = load_settings(home=tmp_path / "bot", library_data_dir=small_library_dir,
+                             library_index_dir=tmp_path / "index", library_max_document_bytes=LIMIT)
+    client = open_client(settings)  # not called: the library needs no model
+    admin = Admin(settings, sessions, Registry(sessions, "careloop-demo-tiny"), client)
+    retriever = Retriever(settings, sessions, refresh_seconds=0)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+
+    def upload(name: str, content: bytes | str) -> str:
+        (uploads / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        return str(uploads / name)
+
+    assert admin.library_table().empty
+    assert admin.library_note(admin.library_table()).startswith(
+        "No documents added by admins yet; the library also holds 60 MedQuAD pages of the U.S. NIH and CDC")
+    notes = upload("ward-protocol.md", "# Ward protocol\n\nZolendronate infusions run over at least 15 minutes.")
+    with pytest.raises(UserError) as refused:
+        admin.add_documents(ADMIN, [notes, *(upload(name, content) for name, (content, _) in BAD_FILES.items())])
+    shown = str(refused.value).replace("\\", "")  # as the page's Markdown renders it
+    assert shown.startswith("**Nothing was added to the library:**\n\n")
+    reasons = shown.splitlines()[2:]
+    assert len(reasons) == len(BAD_FILES) and all(
+        any(line.startswith(f"- {reason}") for line in reasons) for _, reason in BAD_FILES.values()), reasons
+    assert admin.library_table().empty and retriever.search("zolendronate infusions") == []
+    with pytest.raises(UserError, match="Choose one or more files"):
+        admin.add_documents(ADMIN, [])
+
+    added = admin.add_documents(ADMIN, [notes])
+    assert "document 1: **Ward protocol** (ward-protocol.md, markdown, 1 passages)" in added
+    assert "The search index is ready" in added
+    row = admin.library_table().iloc[0]
+    assert (row["title"], row["file"], row["kind"], row["size"], row["passages"], row["added by"]) == (
+        "Ward protocol", "ward-protocol.md", "markdown", "69 B", 1, "bot:ad.min")
+    assert admin.library_note(admin.library_table()).startswith("1 document added by admins; the library also")
+    assert admin.document_choices() == [("1 · Ward protocol (ward-protocol.md)", "1")]
+    (passage,) = retriever.search("What does the ward protocol say about zolendronate infusions?")
+    assert (passage.doc_id, passage.publisher) == ("doc-1", "added by bot:ad.min (ward-protocol.md)")
+    copy = upload("copy.md", (uploads / "ward-protocol.md").read_bytes())
+    with pytest.raises(UserError, match=r"copy\.md: already in the library as document 1"):
+        admin.add_documents(ADMIN, [copy])
+
+    with pytest.raises(UserError, match="Choose the document to remove"):
+        admin.removal_confirmation(None)
+    assert admin.removal_confirmation("1").startswith("Remove document 1, **Ward protocol** (ward-protocol.md, added")
+    assert admin.remove_document(ADMIN, "1").startswith("Removed document 1, **Ward protocol**")
+    with pytest.raises(UserError, match="There is no document 1 in the library"):
+        admin.remove_document(ADMIN, "1")
+    assert admin.library_table().empty and retriever.search("zolendronate infusions") == []
+    with sessions() as session:
+        events = [(e.actor, e.action, e.target) for e in reversed(audit.recent(session)) if e.action.startswith("library")]
+    assert events == [("bot:ad.min", "library.add", "document 1"), ("bot:ad.min", "library.remove", "document 1")]
+    client.close()

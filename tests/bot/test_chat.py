@@ -265,3 +265,31 @@ def test_when_nothing_relevant_is_found_the_answer_says_so_and_cites_nothing(bot
     assert NO_SOURCE in shown and "**Sources**" not in shown
     wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
     assert _rows(bot_stack, Message, conversation_id=conversation.id)[1].sources == []
+
+
+def test_when_the_library_cannot_be_searched_the_answer_comes_without_sources_and_says_so(bot_stack, feedback,
+                                                                                         tmp_path):
+    """The library's data missing (a deployment that lost its data volume): the student still gets the
+    model's answer, with a note that no source could be looked up, and the log says why once, not
+    once per question."""
+    from structlog.testing import capture_logs
+
+    from bot.chat import SOURCES_UNAVAILABLE
+    from library.index import Retriever
+
+    settings = bot_stack.settings(home=tmp_path / "grounded", library_data_dir=tmp_path / "no-library",
+                                  library_index_dir=tmp_path / "index")
+    client = open_client(settings)
+    chat = Chat(client, feedback, bot_stack.sessions, max_chars=4000, retriever=Retriever(settings, bot_stack.sessions),
+                passage_chars=150)
+    conversation = Conversation()
+    try:
+        with capture_logs() as events:
+            answers = [_ask(chat, conversation, question) for question in ("What is asthma?", "What causes gout?")]
+    finally:
+        client.close()
+    assert all(a.content and a.sources is None and a.sources_unavailable for a in answers)
+    shown = conversation.display()[-1]["content"]
+    assert SOURCES_UNAVAILABLE in shown and "**Sources**" not in shown and "Answered by" in shown
+    failures = [e for e in events if e["event"] == "library_search_failed"]
+    assert len(failures) == 1 and "medquad.jsonl.gz is missing" in failures[0]["error"], events

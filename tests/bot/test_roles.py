@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +23,8 @@ PAGE_OF = {"chat": "chat", "regenerate": "chat", "new_conversation": "chat", "op
            "admin_overview": "admin", "admin_runs": "admin", "admin_report": "admin", "admin_act": "admin",
            "admin_train": "admin", "admin_export": "admin", "admin_account_add": "admin",
            "admin_account_role": "admin", "admin_account_disable": "admin", "admin_account_enable": "admin",
-           "admin_account_reset": "admin", "change_password": "own account"}
+           "admin_account_reset": "admin", "admin_library": "admin", "admin_library_add": "admin",
+           "admin_library_remove": "admin", "change_password": "own account"}
 ALLOWED = {"student": {"chat", "own account"}, "nurse": {"chat", "review", "own account"},
            "physician": {"chat", "review", "own account"}, "admin": {"chat", "admin", "own account"}}
 
@@ -124,17 +126,36 @@ def test_no_role_can_fetch_careloop_files_by_path_but_an_admin_export_downloads(
         assert "manifest.json" in zipped.namelist()
 
 
-def test_no_one_can_upload_files(bot_stack):
-    """No page takes a file; Gradio's upload route would store any file of any size from anyone
-    signed in (a full disk would stop the outbox that keeps clinicians' judgments)."""
-    for username in ACCOUNTS:
+def test_only_a_signed_in_admin_can_upload_files_and_no_larger_than_a_library_document(bot_stack):
+    """Gradio's upload route stores any file of any size from anyone signed in (a student filling the
+    disk would stop the outbox that keeps clinicians' judgments). Only the Library tab takes files:
+    a signed-in admin's session may upload up to CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES (and the form
+    around it), refused above it unread (413); students, nurses, physicians and signed-out callers are
+    refused (403) as before, and every other upload path for everyone."""
+    from support import LIBRARY_UPLOAD_LIMIT
+
+    refused = (403, "careloop takes no file uploads.")
+    notes = {"files": ("notes.md", b"# Notes\n\nHand washing prevents infection.")}
+    for username in [None, *ACCOUNTS]:
         browser = httpx.Client(base_url=bot_stack.url, timeout=10)
-        assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+        if username:
+            assert browser.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
         for route in ("/gradio_api/upload", "/upload", "/gradio_api/upload/"):
-            response = browser.post(route, files={"files": ("big.bin", b"\0" * 2_000_000)})
-            assert (response.status_code, response.text) == (403, "careloop takes no file uploads."), (
+            response = browser.post(route, files=notes)
+            if username == "ad.min" and route == "/gradio_api/upload":
+                assert response.status_code == 200, response.text
+                (stored,) = response.json()
+                assert Path(stored).name == "notes.md" and Path(stored).read_bytes().startswith(b"# Notes")
+                Path(stored).unlink()
+                continue
+            assert (response.status_code, response.text) == refused, (
                 f"{username} POST {route}: {response.status_code} {response.text[:200]}")
             assert "img-src 'self'" in response.headers["content-security-policy"]
+        big = browser.post("/gradio_api/upload", files={"files": ("big.txt", b"a" * (2 * LIBRARY_UPLOAD_LIMIT))})
+        if username == "ad.min":
+            assert big.status_code == 413 and "CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES" in big.text, big.text
+        else:
+            assert (big.status_code, big.text) == refused, "the size is no one else's business"
 
 
 # Routes Gradio answers without sign-in, and what they give: the sign-in page and its assets, and
@@ -197,8 +218,9 @@ def test_no_http_route_fails_or_hands_files_to_a_signed_in_user(bot_stack, usern
             with browser.stream(method, concrete, json={} if method == "POST" else None) as response:
                 status = response.status_code
             assert status < 500, f"{username} {method} {path}: {status}"
-            if "upload" in path and method == "POST":
-                assert status == 403, f"{username} {method} {path}: {status}"
+            if "upload" in path and method == "POST":  # an admin's empty upload: Gradio's 400, no file
+                expected = 400 if username == "ad.min" and path == "/gradio_api/upload" else 403
+                assert status == expected, f"{username} {method} {path}: {status}"
             if "/call/" in path:  # Gradio's curl API: a 500 and a traceback for an unknown endpoint
                 assert status == 404, f"{username} {method} {path}: {status}"
         assert browser.get("/gradio_api/user").json() == username, "still signed in after the sweep"
@@ -221,6 +243,8 @@ PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "s
                    "amend_last": "review",
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
+                   "show_library": "admin", "add_to_library": "admin", "ask_to_remove": "admin",
+                   "remove_from_library": "admin",
                    "on_load": None, "tick": None, "<lambda>": None, "change_password": None}
 
 

@@ -1,13 +1,14 @@
 """The admin's first hour in a real headless Chromium (issue 19): accounts made on the Admin page
 sign in, training runs followed as they move, and a second start refused with the run it would
-collide with."""
+collide with; course notes uploaded to the library, cited in a student's answer, and removed
+(issue 20)."""
 
 from __future__ import annotations
 
 import time
 
 import redis
-from e2e_browser import only_local, shot, sign_in, tabs
+from e2e_browser import ask, only_local, shot, sign_in, tabs
 
 from careloop import audit
 from trainer import runs
@@ -94,3 +95,49 @@ def test_a_run_moves_on_the_page_and_a_second_start_is_refused_naming_it(visit, 
         broker.delete("training", REQUEST_KEY)  # no training worker runs in this stack
         broker.close()
     only_local(page)
+
+
+def _upload(page, *paths) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.locator("#library-add").click()
+    chooser.value.set_files([str(path) for path in paths])
+
+
+def test_an_admin_uploads_notes_a_student_gets_them_cited_and_the_admin_removes_them(visit, bot_stack, tmp_path):
+    admin = visit("ad.min")
+    _open_admin_tab(admin, "Library")
+    admin.locator("#library-note").get_by_text("MedQuAD pages").wait_for(timeout=30_000)
+    message, table = admin.locator("#library-message"), admin.locator("#library")
+    notes = tmp_path / "ward-protocol.md"
+    notes.write_text("# Ward protocol\n\nZolendronate infusions run over at least 15 minutes on our ward.\n")
+    latin = tmp_path / "fievre.md"
+    latin.write_bytes("# Fièvre\n\nFièvre et céphalée.".encode("latin-1"))
+
+    _upload(admin, notes, latin)  # one bad file: the batch is refused, with the reason on the page
+    message.get_by_text("fievre.md: is not text (not UTF-8)").wait_for(timeout=30_000)
+    assert "Nothing was added" in message.inner_text() and "ward-protocol.md" not in table.inner_text()
+    _upload(admin, notes)
+    message.get_by_text("Added to the library").wait_for(timeout=90_000)  # the search index is rebuilt first
+    table.get_by_text("ward-protocol.md").filter(visible=True).first.wait_for(timeout=15_000)
+    assert "Ward protocol" in table.inner_text() and "bot:ad.min" in table.inner_text()
+    shot(admin, "admin-library")
+    cache = bot_stack.bot.log.parent / "gradio-cache"
+    assert not [*cache.rglob("ward-protocol.md"), *cache.rglob("fievre.md")], "uploads are deleted once read"
+
+    student = visit("stu.dent")
+    answer = ask(student, "What does the ward protocol say about zolendronate infusions?")
+    assert "Sources" in answer and "Ward protocol · added by bot:ad.min (ward-protocol.md)" in answer, answer
+
+    admin.locator("#library-select input").fill("Ward protocol")
+    admin.get_by_role("option", name="Ward protocol").first.click()
+    admin.locator("#library-remove").click()
+    admin.locator("#library-confirm-panel").get_by_text("answers stop citing it").wait_for(timeout=15_000)
+    admin.locator("#library-confirm").click()
+    message.get_by_text("Removed document").wait_for(timeout=90_000)
+    assert "ward-protocol.md" not in table.inner_text()
+    answer = ask(student, "What does the ward protocol say about zolendronate infusions?")
+    assert "ward-protocol.md" not in answer, answer
+    with bot_stack.sessions() as session:
+        events = [(e.actor, e.action) for e in reversed(audit.recent(session)) if e.action.startswith("library.")]
+    assert events[-2:] == [("bot:ad.min", "library.add"), ("bot:ad.min", "library.remove")]
+    only_local(admin)

@@ -16,14 +16,22 @@ from feedback.store import store_event
 from support import label
 
 
+# The library passages both answers of an item were written from (review items generated with retrieval on).
+SOURCES = [{"number": 1, "doc_id": "medquad-GHR-1", "title": "High blood pressure", "publisher": "NIH",
+            "url": "https://medlineplus.gov/hbp.html", "text": "Blood pressure is high at 130/80 or above.",
+            "score": 0.9}]
+
+
 @pytest.fixture
 def feedback(sessions):
     """A small but complete body of feedback."""
-    def item(prompt: str, gold: str | None = None) -> int:
+    def item(prompt: str, gold: str | None = None, sources: list[dict] | None = None) -> int:
         return review_queue.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
-                                     "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold)
+                                     "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold,
+                                     sources=sources)
 
-    majority, tie, both_bad, split = item("Q majority?"), item("Q tie?"), item("Q both bad?"), item("Q split?")
+    majority, tie = item("Q majority?", sources=SOURCES), item("Q tie?")
+    both_bad, split = item("Q both bad?"), item("Q split?")
     for annotator, choice in [("n1", "a"), ("n2", "a"), ("n3", "b")]:
         label(sessions, majority, annotator, choice)
     label(sessions, tie, "n1", "tie")
@@ -40,7 +48,7 @@ def feedback(sessions):
     conversation, answer = uuid.uuid4(), uuid.uuid4()
     store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
     store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
-                                       content="Weight divided by height squared."))
+                                       content="Weight divided by height squared.", sources=SOURCES))
     store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
     return sessions
 
@@ -61,6 +69,8 @@ def test_dpo_pairs_follow_the_majority_and_corrections(feedback, tmp_path):
     }
     majority = next(r for r in rows if r["prompt"][0]["content"] == "Q majority?")
     assert (majority["agreement"], majority["label_count"]) == (0.667, 3)
+    # The passages its answers were written from, for the trainer to ground the (bare) question with.
+    assert majority["sources"] == SOURCES and not [r for r in rows if r is not majority and "sources" in r]
     assert all(r["chosen"][0]["role"] == "assistant" and r["prompt"][0]["role"] == "user" for r in rows)
     assert manifest.dropped == {"gold item (measures annotators)": 3, "label from excluded annotator": 1,
                                 "rating (used by kto only)": 1, "split vote": 1, "tie: no preference": 1}
@@ -80,6 +90,8 @@ def test_sft_and_kto_shapes(feedback, tmp_path):
     export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
     kto = {(r["prompt"][0]["content"], r["completion"][0]["content"]): r["label"] for r in _rows(tmp_path / "kto")}
     assert kto[("What is BMI?", "Weight divided by height squared.")] is True  # the student's thumbs up
+    rated = next(r for r in _rows(tmp_path / "kto") if r["source"] == "rating")
+    assert rated["sources"] == SOURCES, "a rated chat answer carries the passages it was given"
     assert kto[("Q both bad?", "the corrected answer")] is True
     assert kto[("Q both bad?", "good answer to Q both bad?")] is False
     assert kto[("Q majority?", "poor answer to Q majority?")] is False

@@ -6,32 +6,10 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from support import BAD_FILES, LIMIT, medquad_sample, pdf_bytes
 
 from careloop.audit import AuditEvent
 from library.documents import DocumentRefused, add_documents, documents, remove_document
-
-LIMIT = 64 * 1024
-
-
-def pdf_bytes(text: str | None, title: str = "") -> bytes:
-    """A real one-page PDF (fonts, content stream and cross-reference table), with ``text`` on it or no text."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
-    info = f"<< /Title ({title}) >>".encode() if title else b"<< >>"
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-                b"/Resources << /Font << /F1 5 0 R >> >> >>"),
-               b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", info]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 @pytest.fixture
@@ -64,18 +42,6 @@ def test_markdown_text_and_pdf_are_added_with_their_text_and_audited(sessions, f
                       ("ad.min", "library.add", f"document {added[1].id}", "sepsis_notes.txt"),
                       ("ad.min", "library.add", f"document {added[2].id}", "handout.pdf"),
                       ("ad.min", "library.remove", f"document {added[1].id}", "sepsis_notes.txt")]
-
-
-BAD_FILES = {
-    "slides.docx": (b"PK\x03\x04 a Word file", "slides.docx: not a Markdown, plain-text or PDF file"),
-    "binary.txt": (b"text\x00\x01\x02 with binary data", "binary.txt: is not text (it holds binary data)"),
-    "latin1.md": ("Fièvre et céphalée".encode("latin-1"), "latin1.md: is not text (not UTF-8)"),
-    "broken.pdf": (b"%PDF-1.4\nthis is not really a PDF", "broken.pdf: is not a readable PDF"),
-    "scanned.pdf": (pdf_bytes(None), "scanned.pdf: has no text to index (a scanned PDF needs OCR first)"),
-    "empty.md": (b"   \n\n", "empty.md: has no text to index"),
-    "huge.txt": (b"fever " * (LIMIT // 6 + 10),
-                 "huge.txt: 0.1 MiB is over the 0.1 MiB limit (CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES)"),
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
@@ -131,3 +97,23 @@ def test_the_search_finds_an_added_document_until_it_is_removed(database_url, ba
     assert retriever.search(question) == []
     if backend == "bm25s":
         assert len(list((tmp_path / "index").iterdir())) == 1, "older indexes are removed"
+
+
+def test_an_index_that_cannot_be_saved_is_built_once_and_searched_from_memory(sessions, small_library_dir, tmp_path):
+    """The index on disk is a cache: where it cannot be written (here its directory is a file; a
+    read-only or full disk alike) the library is built once and searched from memory, not built
+    again for every question."""
+    from structlog.testing import capture_logs
+
+    from careloop.settings import load_settings
+    from library.index import Retriever
+
+    (tmp_path / "index").write_text("not a directory")
+    settings = load_settings(home=tmp_path / "home", library_data_dir=small_library_dir,
+                             library_index_dir=tmp_path / "index", retrieval_backend="bm25s")
+    retriever = Retriever(settings, sessions, refresh_seconds=0)
+    page = medquad_sample(60, seed=1)[0]  # a page of the small library
+    with capture_logs() as events:
+        for _ in range(3):
+            assert retriever.search(page["question"])[0].doc_id == page["id"]
+    assert [e["event"] for e in events] == ["library_index_not_saved"], events

@@ -1,15 +1,20 @@
 """The DPO mix of a default run: contrast pairs that teach a real model where refusing and escalating
-are wrong, built from the seed's own answers, beside the seed preference pairs."""
+are wrong, built from the seed's own answers, beside the seed preference pairs; and training prompts
+grounded in the library as the chat's are, within their own budget."""
 
 from __future__ import annotations
 
-from support import SEED_DIR
+import pytest
+from support import SEED_DIR, label
 
 from careloop.seed import load_seed
+from feedback import review_queue
+from feedback.export import in_eval
+from library.grounding import INSTRUCTION
 from trainer.config import TrainConfig
-from trainer.data import answer_text, prompt_text
+from trainer.data import answer_text, grounded_row, prompt_text, row_tokens
 from trainer.evaluate import REFUSAL
-from trainer.snapshot import build_snapshot
+from trainer.snapshot import PromptGrounding, build_snapshot
 
 
 def test_a_default_snapshot_gives_half_its_pairs_to_contrast_pairs_of_both_directions(tmp_path):
@@ -54,3 +59,56 @@ def test_contrast_pairs_leave_the_rest_of_the_snapshot_as_it_was(tmp_path):
     assert with_contrast["sft"] == without["sft"] and with_contrast["eval_pairs"] == without["eval_pairs"]
     seed_pairs = [p for p in with_contrast["dpo"] if not p["source"].startswith("contrast:")]
     assert seed_pairs and all(p in without["dpo"] for p in seed_pairs)
+
+
+GROUNDED = {"sft": {"max_examples": 20, "max_length": 256}, "dpo": {"max_length": 256, "max_pairs": 8, "contrast_share": 0},
+            "grounding": {"sft_share": 1.0, "passage_chars": 2000}}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_with_retrieval_on_training_prompts_carry_the_passages_the_answers_were_written_from(sessions, tiny_model_dir,
+                                                                                           tmp_path):
+    """A clinician's pair from a review item keeps exactly the item's passages, numbered as its answers
+    cite them, cut so that the answer still fits max_length; seed QA questions get the passage found
+    for them; with retrieval off every prompt is the bare question."""
+    from transformers import AutoTokenizer
+
+    from careloop.settings import get_settings
+    from library.index import Passage, Retriever
+
+    question = next(q for q in (f"How is stage {n} hypertension treated?" for n in range(50)) if not in_eval(q, 0.2))
+    long_text = "Thiazide diuretics lower blood pressure. " * 80  # ~3,300 characters
+    sources = [{"number": 1, "doc_id": "medquad-1", "title": "High blood pressure: treatment", "publisher": "NIH",
+                "url": "", "text": long_text, "score": 1.0},
+               {"number": 2, "doc_id": "doc-3", "title": "Ward notes", "publisher": "added by bot:ad.min (notes.md)",
+                "url": "", "text": "Check the pressure twice.", "score": 0.8}]
+    item = review_queue.add_item(sessions, question, "Start a thiazide [1], and check twice [2].", "Wait and see.",
+                                 "med-v0002", "med-v0001", labels_needed=1, prompt_source="student", sources=sources)
+    label(sessions, item, "nurse.a", "a")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = TrainConfig.model_validate(GROUNDED)
+    on = build_snapshot(tmp_path / "on", config, SEED_DIR, sessions,
+                        PromptGrounding(Retriever(get_settings(), sessions), tokenizer)).data
+    off = build_snapshot(tmp_path / "off", config, SEED_DIR, sessions, None).data
+
+    (pair,) = [p for p in on["dpo"] if p["source"] == "comparison"]
+    prompt = prompt_text(pair)
+    assert prompt.startswith("Sources:\n[1] High blood pressure: treatment (NIH): Thiazide diuretics lower")
+    assert "\n\n[2] Ward notes (added by bot:ad.min (notes.md)): Check the pressure twice.\n\n" in prompt
+    assert prompt.endswith(f"{INSTRUCTION}\n\nQuestion: {question}") and "sources" not in pair
+    tokens = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True, return_dict=True)["input_ids"]
+    assert len(tokens) <= 256, "the row fits dpo.max_length, so TRL cuts nothing"
+    assert tokenizer.decode(tokens).endswith("Start a thiazide [1], and check twice [2].<|im_end|>\n"), "answer whole"
+    (bare,) = [p for p in off["dpo"] if p["source"] == "comparison"]
+    assert prompt_text(bare) == question and "sources" not in bare
+    untrimmed = grounded_row(bare, [Passage(**source) for source in sources], 2000)
+    assert row_tokens(untrimmed, tokenizer) > 256 and len(prompt) < len(long_text), "the long passage was cut"
+    (taught,) = [r for r in on["sft"] if r["source"] == "feedback"]  # the chosen answer, for SFT
+    assert prompt_text(taught).startswith("Sources:\n[1] High blood pressure") and "[2] Ward notes" in prompt_text(taught)
+
+    seed_qa = {example.id for example in load_seed(SEED_DIR, "sft")}
+    grounded_qa = [r for r in on["sft"] if prompt_text(r).startswith("Sources:\n[1] ") and r["source"] != "feedback"]
+    assert grounded_qa and {r["source"] for r in grounded_qa} <= seed_qa, "seed QA questions, not refusals or triage"
+    assert all("\n\n[2] " not in prompt_text(r) and row_tokens(r, tokenizer) <= 256 for r in grounded_qa)
+    assert [r["messages"][-1] for r in on["sft"]] == [r["messages"][-1] for r in off["sft"]], "only prompts change"
+    assert not [r for name in ("sft", "dpo", "eval_pairs") for r in off[name] if "Sources:" in prompt_text(r)]
