@@ -35,16 +35,15 @@ from trainer.runs import TrainingRun
 
 PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-horse-battery"
-# Enough DPO and enough held-out pairs (eval_fraction 0.2: 40) that the gate's 90% interval on the
-# tiny model clears zero whatever the nurses happened to choose (60 DPO steps left it at [+0.000,
-# +0.250] once the nurses' pairs carried their passages; 80 gave [+0.075, +0.300]); the gate itself is
-# the default.
+# Enough DPO and enough held-out pairs (eval_fraction 0.2: the seed's 60) that the gate's 90% interval
+# on the tiny model clears zero whatever the nurses happened to choose: 60 DPO steps scored on 40 pairs
+# left it at [+0.000, +0.250] in some runs, 80 steps gave [+0.075, +0.300]; the gate itself is the default.
 # Mechanics on the tiny model: seed pairs only and two pairs per forward pass (the defaults add
 # contrast pairs and one pair per pass for the real model's sake; the outcomes here were tuned without).
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 80, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
                  "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
+         "eval": {"max_items": 40, "max_pairs": 60, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
 PATIENT, PATIENT_EMAIL = "Jane Roe", "jane.roe@example.org"

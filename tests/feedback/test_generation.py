@@ -78,7 +78,8 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
                "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
                "review_fill_interval_seconds": str(interval), "library_index_dir": str(library_index_dir),
-               "retrieval_top_k": "2", "retrieval_passage_chars": "150"}
+               # the schedule is what is checked: the shared bm25s index, not a PostgreSQL load of its own
+               "retrieval_top_k": "2", "retrieval_passage_chars": "150", "retrieval_backend": "bm25s"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     env = {**worker.env, "CARELOOP_HOME": str(tmp_path / "beat")}
     log = tmp_path / "beat.log"
