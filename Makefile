@@ -38,8 +38,8 @@ system-packages:
 		--no-install-recommends chromium fonts-dejavu-core iproute2 docker-compose; } \
 		|| echo "chromium, ss or docker-compose is missing: run 'sudo apt-get install chromium iproute2 docker-compose' for the e2e and compose tests"
 
-# One process: on 2 cores, two pytest-xdist workers (`-n 2 --dist loadfile`, which the suite supports)
-# took 27-29 minutes and made load-sensitive tests (short session limits, the loop's gate) flaky.
+# Two pytest-xdist workers: training tests on one, the bot stack's on the other, every other file whole
+# (groups: tests/conftest.py). 16:54 against 26:55 in one process on 2 cores (README, Development).
 test: install system-packages
 	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 

@@ -35,17 +35,21 @@ from trainer.runs import TrainingRun
 
 PASSWORD = "correct-horse-battery"
 ADMIN_PASSWORD = "admin-horse-battery"
-# Enough DPO and enough held-out pairs (eval_fraction 0.2: the seed's 60) that the gate's 90% interval
-# on the tiny model clears zero whatever the nurses happened to choose: 60 DPO steps scored on 40 pairs
-# left it at [+0.000, +0.250] in some runs, 80 steps gave [+0.075, +0.300]; the gate itself is the default.
 # Mechanics on the tiny model: seed pairs only and two pairs per forward pass (the defaults add
 # contrast pairs and one pair per pass for the real model's sake; the outcomes here were tuned without).
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 80, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
+         "dpo": {"max_steps": 20, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
                  "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 60, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
+         "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
+# The default gate but for its preference rule. On the tiny model DPO moves held-out pair accuracy by
+# about +0.1 with a 90% interval that straddles zero from run to run (+0.125 [+0.000, +0.250] and
+# +0.071 [-0.036, +0.179] at 60-80 steps: the nurses' pairs reshuffle the data), so the default rule
+# made this test a coin toss. What is checked here is the loop around the gate; the gate's rules are
+# checked on constructed differences (tests/trainer/test_gate.py) and on real runs
+# (tests/trainer/test_pipeline.py: good data promoted, inverted preferences rejected).
+LOOP_GATE = {"min_gain": -1.0}
 PATIENT, PATIENT_EMAIL = "Jane Roe", "jane.roe@example.org"
 # nurse.a judges 3 (one a tie), nurse.b 2: four preferences = CARELOOP_TRAIN_MIN_NEW_PAIRS.
 JUDGMENTS = {"nurse.a": ["1", "1", "3"], "nurse.b": ["1", "2"]}
@@ -54,8 +58,10 @@ JUDGMENTS = {"nurse.a": ["1", "1", "3"], "nurse.b": ["1", "2"]}
 @pytest.fixture
 def system(tmp_path, tiny_model_dir, library_index_dir):
     """`careloop up` on fresh ports and a fresh data directory; stopped with SIGINT (Ctrl-C)."""
+    policy = tmp_path / "gate.yaml"
+    policy.write_text(yaml.safe_dump(LOOP_GATE))
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(QUICK))
+    config.write_text(yaml.safe_dump({**QUICK, "gate_policy": str(policy)}))
     home = tmp_path / "home"
     env = careloop_env(home, base_model=str(tiny_model_dir), redis_url=f"redis://127.0.0.1:{free_port()}/0",
                        serving_port=str(free_port()), bot_port=str(free_port()), admin_password=ADMIN_PASSWORD,
@@ -189,6 +195,10 @@ def test_the_whole_loop_through_the_browser(system):
             live = session.scalar(select(AdapterVersion).where(AdapterVersion.status == "live"))
         assert run.status == "promoted", (run.status, run.error, run.decision)
         assert (run.actor, run.adapter_version) == ("schedule", live.name)
+        # It trained on what the nurses judged, and the gate decided on the evaluation's numbers.
+        snapshot = json.loads((system["home"] / "runs" / str(run.id) / "snapshot" / "snapshot.json").read_text())
+        assert {"nurse.a", "nurse.b"} <= set(snapshot["feedback_manifest"]["annotators"]), snapshot
+        assert any(r.startswith("ok human preference: pair_accuracy") for r in run.decision["reasons"]), run.decision
 
         wait_for(lambda: _cli(system, "up", "--status").returncode == 0, timeout=120, message="the bot back")
         student = sign_in(browser, system["url"], "stu.dent", PASSWORD)  # its session died with the bot
