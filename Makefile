@@ -39,7 +39,7 @@ system-packages:
 		|| echo "chromium, ss or docker-compose is missing: run 'sudo apt-get install chromium iproute2 docker-compose' for the e2e and compose tests"
 
 # Two pytest-xdist workers: training tests on one, the bot stack's on the other, every other file whole
-# (groups: tests/conftest.py). 16:54 against 26:55 in one process on 2 cores (README, Development).
+# (groups: tests/conftest.py). 16:27 against 26:55 in one process on 2 cores (README, Development).
 test: install system-packages
 	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
