@@ -88,6 +88,7 @@ SEED_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "safety_eval": ("safety_eval.jsonl", SafetyItem),
     "triage_sft": ("triage_sft.jsonl", ChatExample),
     "triage_eval": ("triage_eval.jsonl", TriageItem),
+    "everyday_sft": ("everyday_sft.jsonl", ChatExample),
 }
 
 _MAX_REPORTED = 20

@@ -61,7 +61,16 @@ class _Batched(_Section):
     micro_batch_size: int | None = Field(
         None, ge=1, description="examples per forward pass (gradients accumulate up to batch_size); "
         "empty: the CPU default (memory), the whole batch on a GPU")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass (less memory, more compute); empty: the "
+        "CPU default (DPO on, SFT off: DPO's peak sets the trainer's), off on a GPU")
     _cpu_micro_batch: ClassVar[int] = 2
+    _cpu_checkpointing: ClassVar[bool] = False
+
+    def checkpointing(self, device: TrainingDevice) -> bool:
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return self._cpu_checkpointing and not device.gpu
 
     def batch_shape(self, device: TrainingDevice) -> tuple[int, int]:
         """(micro-batch, gradient accumulation steps) for ``device``."""
@@ -73,7 +82,9 @@ class _Batched(_Section):
 class LoraSettings(_Section):
     r: int = Field(16, ge=1, le=512)
     alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    # 0: PEFT's dropout copies every LoRA layer's input; without it SFT ran 1.46x the tokens/s in 0.84x
+    # the memory on SmolLM2 on a CPU (bench/training_memory.py)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
     # QLoRA: train the adapter on a 4-bit (NF4, bitsandbytes) base. "auto": when a GPU is present.
     quantize: Literal["auto", "4bit", "none"] = "auto"
@@ -87,7 +98,10 @@ class LoraSettings(_Section):
 
 
 class SFTSettings(_Batched):
-    max_steps: int = Field(24, ge=1)
+    # One packed sequence per forward pass on a CPU: 0.78x the peak of two at 1.09x the tokens/s on
+    # SmolLM2 (bench/training_memory.py)
+    _cpu_micro_batch: ClassVar[int] = 1
+    max_steps: int = Field(32, ge=1)
     batch_size: int = Field(4, ge=1, description="examples (packed sequences) per optimizer step")
     learning_rate: float = Field(1e-3, gt=0)
     max_length: int = Field(256, ge=16)
@@ -95,12 +109,14 @@ class SFTSettings(_Batched):
     max_examples: int = Field(200, ge=1, description="seed conversations in the SFT set (clinicians' come on top)")
     safety_share: float = Field(0.35, ge=0, le=1, description="share of the seed set that is safety refusals")
     triage_share: float = Field(0.25, ge=0, le=1, description="share of the seed set that is triage answers")
+    everyday_share: float = Field(0.15, ge=0, le=1, description="share of the seed set that is everyday health "
+                                  "questions (medicines, self-care) answered helpfully")
     general_data: Path | None = Field(None, description="JSONL of general instruction chats (`messages`) to mix in")
     general_ratio: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix drawn from general_data")
 
 
 class DPOSettings(_Batched):
-    max_steps: int = Field(10, ge=1)
+    max_steps: int = Field(24, ge=1)
     batch_size: int = Field(4, ge=1, description="pairs per optimizer step")
     learning_rate: float = Field(1e-3, gt=0)
     beta: float = Field(0.1, gt=0)
@@ -108,6 +124,8 @@ class DPOSettings(_Batched):
     # One pair (chosen + rejected, policy and reference) per forward pass on a CPU: two pairs peaked
     # at 4.9 GB on the default model, over the 4 GB budget.
     _cpu_micro_batch: ClassVar[int] = 1
+    # Recomputing activations: DPO's peak 0.79x at 1.24x the seconds per step on SmolLM2 (bench/training_memory.py)
+    _cpu_checkpointing: ClassVar[bool] = True
     max_length: int = Field(256, ge=16)
     precompute_ref_log_probs: bool = True
     max_pairs: int | None = Field(None, ge=1, description="pairs trained on, clinicians' first; empty: "

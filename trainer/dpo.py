@@ -37,7 +37,8 @@ def run_dpo(base_model: str, sft_adapter: Path, pairs: list[dict], settings: DPO
                      learning_rate=settings.learning_rate, per_device_train_batch_size=batch,
                      gradient_accumulation_steps=accumulation, per_device_eval_batch_size=batch,
                      beta=settings.beta, loss_type=[settings.loss_type], max_length=settings.max_length,
-                     precompute_ref_log_probs=settings.precompute_ref_log_probs, seed=seed, **device_arguments(device))
+                     precompute_ref_log_probs=settings.precompute_ref_log_probs, seed=seed,
+                     **device_arguments(device, settings.checkpointing(device)))
     data = Dataset.from_list(fit_to_template(dpo_rows(pairs), tokenizer))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=callbacks)

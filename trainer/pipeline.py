@@ -24,7 +24,7 @@ from library.index import Retriever
 from serving.client import ServingClient
 from serving import rollout
 from serving.registry import Registry, RegistryError
-from trainer import runs
+from trainer import memory, runs
 from trainer.config import TrainConfig
 from trainer.data import reference_conversations
 from trainer.dpo import run_dpo
@@ -84,12 +84,12 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         sft_metrics = {}
         if not (sft_dir / "adapter_config.json").exists():
             sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.random_seed,
-                          callbacks=[progress_callback(tracker, "sft")])
+                          callbacks=[progress_callback(tracker, "sft"), memory.trim_callback()])
             sft_metrics = {"sft_train_loss": sft.train_loss, "sft_eval_loss_before": sft.eval_loss_before,
                            "sft_eval_loss_after": sft.eval_loss_after, "sft_tokens_per_second": sft.tokens_per_second,
                            "sft_padding_fraction": sft.padding_fraction}
         timings["sft"] = time.perf_counter() - started
-        _release_memory()
+        memory.release()
 
         started = time.perf_counter()
         step("dpo")
@@ -97,11 +97,11 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         dpo_metrics = {}
         if not (adapter / "adapter_config.json").exists():
             dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.random_seed, config.lora,
-                          callbacks=[progress_callback(tracker, "dpo")])
+                          callbacks=[progress_callback(tracker, "dpo"), memory.trim_callback()])
             dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
                            "dpo_step_seconds": dpo.step_seconds}
         timings["dpo"] = time.perf_counter() - started
-        _release_memory()
+        memory.release()
 
         started = time.perf_counter()
         step("evaluate")
@@ -165,23 +165,6 @@ def _prompt_grounding(retriever: Retriever | None, base_model: str) -> PromptGro
     from transformers import AutoTokenizer
 
     return PromptGrounding(retriever, AutoTokenizer.from_pretrained(base_model))
-
-
-def _release_memory() -> None:
-    """Give the finished step's model and batches back to the OS before the next step loads its own:
-    glibc keeps freed heap pages otherwise, and SFT's ~3 GB would sit under DPO's (peak RSS 6.7 GB
-    on SmolLM2 before this, BENCHMARKS.md)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc:
-        try:
-            ctypes.CDLL(libc).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-            pass
 
 
 def _log_to(path: Path) -> logging.Handler:

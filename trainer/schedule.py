@@ -193,8 +193,9 @@ class Progress:
         return f"{self.step} {self.step_done}/{self.step_total}" if self.step_total else self.step
 
 
-# Each step's expected share of a run, until a finished run has measured them (SmolLM2 on 2 cores).
-DEFAULT_SHARES = {"snapshot": 0.02, "sft": 0.45, "dpo": 0.18, "evaluate": 0.33, "gate": 0.01, "publish": 0.01}
+# Each step's expected share of a run, until a finished run has measured them (SmolLM2 on 2 cores,
+# BENCHMARKS.md run L).
+DEFAULT_SHARES = {"snapshot": 0.01, "sft": 0.21, "dpo": 0.33, "evaluate": 0.43, "gate": 0.01, "publish": 0.01}
 
 
 def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | None = None) -> Progress:

@@ -47,11 +47,12 @@ def load_base(base_model: str, lora: LoraSettings, device: TrainingDevice | None
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def device_arguments(device: TrainingDevice, **overrides) -> dict:
+def device_arguments(device: TrainingDevice, gradient_checkpointing: bool = False, **overrides) -> dict:
     """TRL arguments for this machine: bf16 autocast on a GPU that has it (on a CPU the frozen weights are
-    bf16 instead: ``load_base``), no gradient checkpointing (it trades compute for memory the small
-    models here do not need)."""
-    return {"use_cpu": not device.gpu, "bf16": device.bf16 and device.gpu, "gradient_checkpointing": False,
+    bf16 instead: ``load_base``), gradient checkpointing when the step's settings ask for it."""
+    return {"use_cpu": not device.gpu, "bf16": device.bf16 and device.gpu,
+            "gradient_checkpointing": gradient_checkpointing,
+            "gradient_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
             "report_to": [],
             "save_strategy": "no", "logging_steps": 5, "disable_tqdm": True, **overrides}
 
@@ -71,7 +72,7 @@ def sft_trainer(base_model: str, conversations: list[dict], held_out: list[dict]
                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                      max_length=settings.max_length, packing=settings.packing, completion_only_loss=True,
                      seed=seed, per_device_eval_batch_size=batch * 2, warmup_steps=min(5, settings.max_steps // 10),
-                     **device_arguments(device))
+                     **device_arguments(device, settings.checkpointing(device)))
     train = Dataset.from_list(fit_to_template(sft_rows(conversations), tokenizer))
     evaluation = Dataset.from_list(fit_to_template(sft_rows(held_out), tokenizer))
     return SFTTrainer(model=load_base(base_model, lora, device), args=args, train_dataset=train, eval_dataset=evaluation,

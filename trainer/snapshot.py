@@ -149,19 +149,26 @@ def ground_prompts(data: dict[str, list[dict]], config: TrainConfig, seed_dir: P
 
 
 def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> list[dict]:
-    """The seed part of the SFT set: medical QA, with safety refusals and triage answers at fixed shares.
+    """The seed part of the SFT set: medical QA, with safety refusals, triage answers and everyday
+    health questions at fixed shares.
 
     The shares matter more than the size: refusals at half the mix taught SmolLM2 to refuse 90% of
     benign questions and to stop pointing emergencies to urgent care (see BENCHMARKS.md), so
-    refusals stay a minority, balanced by triage answers that help (urgent care for emergencies,
-    self-care advice for minor matters). A small set is drawn again where the share asks for more."""
+    refusals stay a minority, balanced by answers that help: triage (urgent care for emergencies,
+    self-care advice for minor matters) and everyday questions about medicines and self-care, the
+    lookalikes of harmful medication requests that a small model otherwise learns to refuse. A small
+    set is drawn again where the share asks for more."""
 
     def rows(name: str) -> list[dict]:
-        return [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
-                for example in load_seed(seed_dir, name)]
+        examples = [(example.id, [m.model_dump() for m in example.messages]) for example in load_seed(seed_dir, name)]
+        if name == "safety_sft":
+            examples = [(id_, [*messages[:-1], {**messages[-1], "content": plain_refusal(messages[-1]["content"])}])
+                        for id_, messages in examples]
+        return [{"messages": messages, "source": id_} for id_, messages in examples]
 
     size = config.sft.max_examples
-    shares = {"safety_sft": config.sft.safety_share, "triage_sft": config.sft.triage_share}
+    shares = {"safety_sft": config.sft.safety_share, "triage_sft": config.sft.triage_share,
+              "everyday_sft": config.sft.everyday_share}
     mix: list[dict] = []
     for name, share in shares.items():
         pool = rows(name)
@@ -175,6 +182,18 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
     return mix
 
 
+_APOLOGY = re.compile(r"^I(?:'|\u2019)m sorry, but (\w)")
+
+
+def plain_refusal(answer: str) -> str:
+    """A seed refusal without its opening apology: "I'm sorry, but I cannot assist ..." -> "I cannot
+    assist ...". All but 2 of the 300 MedSafetyBench refusals open with "I'm sorry, but", and
+    SmolLM2 opens vague benign questions with "I'm sorry" too ("I'm sorry for your loss..."): trained on
+    the refusals as written, it finished those as "I'm sorry, but I cannot assist" (BENCHMARKS.md,
+    runs G to I). Without the apology a refusal starts from what it refuses."""
+    return _APOLOGY.sub(lambda m: m.group(1).upper(), answer, count=1)
+
+
 def seed_preference_pairs(seed_dir: Path) -> list[dict]:
     """The seed's preference pairs as conversational rows, each with its seed id as ``source``."""
     return [preference_row(p.prompt, p.chosen, p.rejected, source=p.id) for p in load_seed(seed_dir, "preferences")]
@@ -182,8 +201,8 @@ def seed_preference_pairs(seed_dir: Path) -> list[dict]:
 
 def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     """Pairs that teach where a safety behaviour is right and where it is wrong, built from the seed's
-    own answers: a benign medical question answered rather than refused (a seed QA answer against a
-    seed safety refusal), a harmful request refused rather than answered (its seed refusal against a
+    own answers: a benign medical question answered rather than refused (a seed QA answer or, for
+    half of them, an everyday question's answer, against a seed safety refusal), a harmful request refused rather than answered (its seed refusal against a
     seed QA answer), an emergency vignette sent to urgent care rather than given self-care advice,
     and a self-care matter given advice rather than sent to the emergency department (careloop's
     triage demonstrations, each against one of the other kind). Each behaviour is taught in both
@@ -196,13 +215,18 @@ def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     rng = random.Random(random_seed)
     questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
     # The seed's safe responses that refuse (by the evaluation's own measure): some explain instead.
-    harmful = [e.messages for e in load_seed(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
+    harmful = [[m, answer.model_copy(update={"content": plain_refusal(answer.content)})]
+               for m, answer in (e.messages for e in load_seed(seed_dir, "safety_sft")) if REFUSAL.search(answer.content)]
     triage = load_seed(seed_dir, "triage_sft")
     urgent = [e.messages for e in triage if "urgent" in e.id]
     self_care = [e.messages for e in triage if "urgent" not in e.id]
+    everyday = [e.messages for e in load_seed(seed_dir, "everyday_sft")]
     triage_count = harmful_count = count // 3
+    benign_count = count - triage_count - harmful_count
+    benign = rng.sample(everyday, min(benign_count // 2, len(everyday)))
+    benign += rng.sample(questions, min(benign_count - len(benign), len(questions)))
     pairs = [preference_row(m[0].content, m[1].content, rng.choice(harmful)[1].content, source="contrast:benign")
-             for m in rng.sample(questions, min(count - triage_count - harmful_count, len(questions)))]
+             for m in benign]
     pairs += [preference_row(m[0].content, m[1].content, rng.choice(questions)[1].content, source="contrast:harmful")
               for m in rng.sample(harmful, min(harmful_count, len(harmful)))]
     for _ in range(triage_count):

@@ -23,7 +23,7 @@ from serving.client import ServingClient
 from serving.registry import Registry
 from serving.rollout import open_client
 from trainer import runs
-from trainer.schedule import training_lock
+from trainer.schedule import DEFAULT_SHARES, training_lock
 from trainer.tasks import REQUEST_KEY
 
 ADMIN = Viewer("ad.min", "admin")
@@ -80,8 +80,10 @@ def test_runs_show_progress_and_one_training_request_at_a_time_reaches_the_queue
     with training_lock(bot_stack.redis_url):  # what a live run holds while it works
         row = admin.runs().iloc[0]
         assert (row["run"], row["status"], row["step"]) == (run_id, "running", "dpo")
-        assert row["progress"] == "47%"  # dpo comes after snapshot and SFT: 2% + 45% by default, no earlier run to time it by
-        with pytest.raises(UserError, match=rf"run {run_id} \(started by beat\) is running: dpo, 47%"):
+        # dpo comes after snapshot and SFT: their default shares, with no earlier run to time it by
+        done = f"{100 * (DEFAULT_SHARES['snapshot'] + DEFAULT_SHARES['sft']):.0f}%"
+        assert row["progress"] == done
+        with pytest.raises(UserError, match=rf"run {run_id} \(started by beat\) is running: dpo, {done}"):
             admin.start_training(ADMIN)
     assert admin.runs().iloc[0]["status"] == "interrupted", "no process holds its lock: it is not running"
 

@@ -1,16 +1,22 @@
 import json
+import re
 import shutil
 
 import pytest
 
 from careloop.seed import SEED_FILES, SeedDataError, load_seed, validate_all
 from careloop.settings import REPO_ROOT
+from trainer.evaluate import REFUSAL
+
+STOPWORDS = {"a", "an", "the", "i", "my", "me", "is", "it", "of", "to", "for", "and", "or", "what", "do", "can",
+             "how", "should", "in", "with", "on", "if", "you", "be", "after", "are", "there", "any", "take"}
 
 
 def test_shipped_seed_data_is_valid(cli):
     counts = validate_all(REPO_ROOT / "data" / "seed")
     assert counts == {"sft": 2313, "safety_sft": 300, "eval": 200, "preferences": 300,
-                      "mcq": 200, "safety_eval": 200, "triage_sft": 40, "triage_eval": 32}
+                      "mcq": 200, "safety_eval": 200, "triage_sft": 40, "triage_eval": 32,
+                      "everyday_sft": 47}
     result = cli("seed", "validate")
     assert result.returncode == 0 and "sft: 2313 records" in result.stdout
 
@@ -57,7 +63,8 @@ def test_cli_reports_corrupted_seed_without_traceback(cli, corrupted_seed):
 def test_every_seed_file_has_a_loader(tmp_path):
     assert {filename for filename, _ in SEED_FILES.values()} == {
         "medqa_sft.jsonl", "safety_sft.jsonl", "medqa_eval.jsonl", "preferences_seed.jsonl",
-        "mcq_eval.jsonl", "safety_eval.jsonl", "triage_sft.jsonl", "triage_eval.jsonl"}
+        "mcq_eval.jsonl", "safety_eval.jsonl", "triage_sft.jsonl", "triage_eval.jsonl",
+        "everyday_sft.jsonl"}
     with pytest.raises(SeedDataError, match="unknown seed set"):
         load_seed(tmp_path, "nope")
 
@@ -67,3 +74,24 @@ def test_triage_vignettes_are_balanced_and_disjoint_from_training():
     training = load_seed(REPO_ROOT / "data" / "seed", "triage_sft")
     assert sum(t.urgent for t in evaluation) == sum(not t.urgent for t in evaluation) == 16
     assert {t.prompt for t in evaluation}.isdisjoint(e.messages[0].content for e in training)
+
+
+def test_everyday_questions_ask_nothing_the_evaluation_asks():
+    """careloop's own everyday questions are training data: none may repeat, or nearly repeat, a question
+    the evaluation asks (reference, triage or safety), or the evaluation would measure recall."""
+    seed = REPO_ROOT / "data" / "seed"
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z]+", text.lower())) - STOPWORDS
+
+    evaluated = ([r.question for r in load_seed(seed, "eval")] + [t.prompt for t in load_seed(seed, "triage_eval")]
+                 + [s.prompt for s in load_seed(seed, "safety_eval")])
+    everyday = [e.messages[0].content for e in load_seed(seed, "everyday_sft")]
+    for question in everyday:
+        asked = words(question)
+        closest = max(evaluated, key=lambda e: len(asked & words(e)) / len(asked | words(e)))
+        # short questions share a few words by their form alone ("best time to take": 3 of 7 words
+        # between an antacid question and a trazodone one); a near-repeat shares most of them
+        assert len(asked & words(closest)) / len(asked | words(closest)) < 0.5, (question, closest)
+    # ... and each answers rather than refuses: they are the counterweight to the refusals
+    assert not any(REFUSAL.search(e.messages[1].content) for e in load_seed(seed, "everyday_sft"))

@@ -1,8 +1,8 @@
-"""Bad training configs and gate policies stop `careloop train` with one clear message."""
+"""Training configs: bad ones stop `careloop train` with one clear message; the CPU and GPU defaults."""
 
 import pytest
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, TrainingDevice
 from trainer.gate import Policy
 
 
@@ -33,3 +33,15 @@ def test_missing_files_and_bad_policies(tmp_path, cli):
     bad.write_text("sft: {max_steps: -1}\n")
     done = cli("train", "--config", str(bad))
     assert done.returncode == 1 and "sft.max_steps" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cpu_defaults_trade_time_for_memory_where_the_peak_is_and_gpus_keep_their_shape():
+    """On a CPU one DPO pair per forward pass with activations recomputed (DPO's peak is the trainer's),
+    one packed SFT sequence per pass without; on a GPU the whole batch, nothing recomputed; a set value wins."""
+    cpu, gpu = TrainingDevice(gpu=False, bf16=True), TrainingDevice(gpu=True, bf16=True)
+    config = TrainConfig()
+    assert (config.sft.batch_shape(cpu), config.sft.checkpointing(cpu)) == ((1, 4), False)
+    assert (config.dpo.batch_shape(cpu), config.dpo.checkpointing(cpu)) == ((1, 4), True)
+    assert (config.dpo.batch_shape(gpu), config.dpo.checkpointing(gpu)) == ((4, 1), False)
+    explicit = TrainConfig.model_validate({"sft": {"gradient_checkpointing": True}, "dpo": {"gradient_checkpointing": False}})
+    assert explicit.sft.checkpointing(gpu) and not explicit.dpo.checkpointing(cpu)

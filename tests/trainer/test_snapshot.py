@@ -14,24 +14,27 @@ from library.grounding import INSTRUCTION
 from trainer.config import TrainConfig
 from trainer.data import answer_text, grounded_row, prompt_text, row_tokens
 from trainer.evaluate import REFUSAL
-from trainer.snapshot import PromptGrounding, build_snapshot
+from trainer.snapshot import PromptGrounding, build_snapshot, plain_refusal
 
 
 def test_a_default_snapshot_gives_half_its_pairs_to_contrast_pairs_of_both_directions(tmp_path):
     data = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, None).data
     pairs = data["dpo"]
     sources = [p["source"] for p in pairs]
-    assert len(pairs) == 40  # dpo.max_steps x batch_size
-    assert [sources.count(f"contrast:{kind}") for kind in ("benign", "harmful", "triage")] == [8, 6, 6]
+    assert len(pairs) == 96  # dpo.max_steps x batch_size
+    assert [sources.count(f"contrast:{kind}") for kind in ("benign", "harmful", "triage")] == [16, 16, 16]
 
     qa = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "sft") if len(e.messages) == 2}
-    for pair in (p for p in pairs if p["source"] == "contrast:benign"):
-        assert answer_text(pair["chosen"]) == qa[prompt_text(pair)]  # the question's own seed answer ...
+    everyday = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "everyday_sft")}
+    benign = [p for p in pairs if p["source"] == "contrast:benign"]
+    for pair in benign:
+        assert answer_text(pair["chosen"]) == (qa | everyday)[prompt_text(pair)]  # the question's own answer ...
         assert REFUSAL.search(answer_text(pair["rejected"]))  # ... preferred over a refusal
+    assert sum(prompt_text(p) in everyday for p in benign) == len(benign) // 2  # half of them everyday questions
 
     refusals = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "safety_sft")}
     for pair in (p for p in pairs if p["source"] == "contrast:harmful"):
-        assert answer_text(pair["chosen"]) == refusals[prompt_text(pair)]  # the request's own seed refusal ...
+        assert answer_text(pair["chosen"]) == plain_refusal(refusals[prompt_text(pair)])  # the request's own refusal ...
         assert REFUSAL.search(answer_text(pair["chosen"])) and answer_text(pair["rejected"]) in qa.values()  # ... over an answer
 
     triage = {e.messages[0].content: ("urgent" in e.id, e.messages[1].content) for e in load_seed(SEED_DIR, "triage_sft")}
@@ -45,6 +48,19 @@ def test_a_default_snapshot_gives_half_its_pairs_to_contrast_pairs_of_both_direc
     evaluated = ({t["prompt"] for t in data["eval_triage"]} | {r["question"] for r in data["eval_reference"]}
                  | {s["prompt"] for s in data["eval_safety"]})
     assert not evaluated & {prompt_text(p) for p in pairs}  # nothing the evaluation asks is trained on
+
+
+def test_refusals_are_trained_without_their_opening_apology(tmp_path):
+    """SmolLM2 opens vague benign questions with "I'm sorry"; refusals that open the same way taught it to
+    go on with "but I cannot assist" (BENCHMARKS.md): every trained refusal starts from what it refuses."""
+    data = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, None).data
+    refusals = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "safety_sft")}
+    trained = [answer_text(r["messages"]) for r in data["sft"] if prompt_text(r) in refusals]
+    trained += [answer_text(p["rejected"]) for p in data["dpo"] if p["source"] == "contrast:benign"]
+    assert len(trained) > 70 and not [t for t in trained if t.startswith("I'm sorry")]
+    assert all(REFUSAL.search(t) for t in trained if t.startswith("I cannot")), "still refusals, by the evaluation's measure"
+    assert plain_refusal("I'm sorry, but providing false records is fraud.") == "Providing false records is fraud."
+    assert plain_refusal("As an AI, I must clarify that ...") == "As an AI, I must clarify that ..."
 
 
 def test_without_seed_pairs_there_are_no_contrast_pairs_either(tmp_path):
@@ -61,7 +77,7 @@ def test_contrast_pairs_leave_the_rest_of_the_snapshot_as_it_was(tmp_path):
     assert seed_pairs and all(p in without["dpo"] for p in seed_pairs)
 
 
-GROUNDED = {"sft": {"max_examples": 20, "max_length": 256}, "dpo": {"max_length": 256, "max_pairs": 8, "contrast_share": 0},
+GROUNDED = {"sft": {"max_examples": 40, "max_length": 256}, "dpo": {"max_length": 256, "max_pairs": 8, "contrast_share": 0},
             "grounding": {"sft_share": 1.0, "passage_chars": 2000}}
 
 
