@@ -34,7 +34,8 @@ VARIANTS = {  # name -> config overrides on top of TrainConfig()
 
 
 def one_step(kind: str, model_dir: str, overrides: dict, steps: int, work: Path, sft_adapter: str) -> dict:
-    """In this process: one SFT or DPO run of ``steps`` steps; its seconds per step and this process's peak RSS."""
+    """In this process: one SFT or DPO run of ``steps`` steps; its speed (SFT tokens/s, DPO seconds per
+    step) and this process's peak RSS."""
     from trainer.config import TrainConfig
     from trainer.data import reference_conversations
     from trainer.dpo import run_dpo
@@ -93,6 +94,7 @@ def main() -> None:
             rows.append((f"{kind} {measure_name}: {variant}", shown, f"{value / base[index // 2][key]:.2f}x",
                          "<= 4 GB (a whole run)" if key == "peak_rss" and variant == "defaults" else ""))
     print_table(rows)
+
 
 if __name__ == "__main__":
     main()

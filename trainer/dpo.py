@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer import memory
 from trainer.config import DPOSettings, LoraSettings, TrainingDevice
 from trainer.data import dpo_rows, fit_to_template
 from trainer.sft import device_arguments, load_base
@@ -41,7 +42,7 @@ def run_dpo(base_model: str, sft_adapter: Path, pairs: list[dict], settings: DPO
                      **device_arguments(device, settings.checkpointing(device)))
     data = Dataset.from_list(fit_to_template(dpo_rows(pairs), tokenizer))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tokenizer,
-                         callbacks=callbacks)
+                         callbacks=[*(callbacks or []), memory.trim_callback()])
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started

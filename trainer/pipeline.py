@@ -84,7 +84,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         sft_metrics = {}
         if not (sft_dir / "adapter_config.json").exists():
             sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.random_seed,
-                          callbacks=[progress_callback(tracker, "sft"), memory.trim_callback()])
+                          callbacks=[progress_callback(tracker, "sft")])
             sft_metrics = {"sft_train_loss": sft.train_loss, "sft_eval_loss_before": sft.eval_loss_before,
                            "sft_eval_loss_after": sft.eval_loss_after, "sft_tokens_per_second": sft.tokens_per_second,
                            "sft_padding_fraction": sft.padding_fraction}
@@ -97,7 +97,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         dpo_metrics = {}
         if not (adapter / "adapter_config.json").exists():
             dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.random_seed, config.lora,
-                          callbacks=[progress_callback(tracker, "dpo"), memory.trim_callback()])
+                          callbacks=[progress_callback(tracker, "dpo")])
             dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
                            "dpo_step_seconds": dpo.step_seconds}
         timings["dpo"] = time.perf_counter() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer import memory
 from trainer.config import LoraSettings, SFTSettings, TrainingDevice, use_bf16_on
 from trainer.data import fit_to_template, sft_rows
 
@@ -76,7 +77,8 @@ def sft_trainer(base_model: str, conversations: list[dict], held_out: list[dict]
     train = Dataset.from_list(fit_to_template(sft_rows(conversations), tokenizer))
     evaluation = Dataset.from_list(fit_to_template(sft_rows(held_out), tokenizer))
     return SFTTrainer(model=load_base(base_model, lora, device), args=args, train_dataset=train, eval_dataset=evaluation,
-                      processing_class=tokenizer, peft_config=lora_config(lora), callbacks=callbacks)
+                      processing_class=tokenizer, peft_config=lora_config(lora),
+                      callbacks=[*(callbacks or []), memory.trim_callback()])
 
 
 def run_sft(base_model: str, conversations: list[dict], held_out: list[dict], lora: LoraSettings,

@@ -160,11 +160,8 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
     set is drawn again where the share asks for more."""
 
     def rows(name: str) -> list[dict]:
-        examples = [(example.id, [m.model_dump() for m in example.messages]) for example in load_seed(seed_dir, name)]
-        if name == "safety_sft":
-            examples = [(id_, [*messages[:-1], {**messages[-1], "content": plain_refusal(messages[-1]["content"])}])
-                        for id_, messages in examples]
-        return [{"messages": messages, "source": id_} for id_, messages in examples]
+        return [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
+                for example in training_examples(seed_dir, name)]
 
     size = config.sft.max_examples
     shares = {"safety_sft": config.sft.safety_share, "triage_sft": config.sft.triage_share,
@@ -185,6 +182,15 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
 _APOLOGY = re.compile(r"^I(?:'|\u2019)m sorry, but (\w)")
 
 
+def training_examples(seed_dir: Path, name: str) -> list:
+    """A seed chat set as it is trained on: the safety refusals without their opening apology."""
+    examples = load_seed(seed_dir, name)
+    if name != "safety_sft":
+        return examples
+    return [e.model_copy(update={"messages": [*e.messages[:-1], e.messages[-1].model_copy(
+        update={"content": plain_refusal(e.messages[-1].content)})]}) for e in examples]
+
+
 def plain_refusal(answer: str) -> str:
     """A seed refusal without its opening apology: "I'm sorry, but I cannot assist ..." -> "I cannot
     assist ...". All but 2 of the 300 MedSafetyBench refusals open with "I'm sorry, but", and
@@ -202,8 +208,9 @@ def seed_preference_pairs(seed_dir: Path) -> list[dict]:
 def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     """Pairs that teach where a safety behaviour is right and where it is wrong, built from the seed's
     own answers: a benign medical question answered rather than refused (a seed QA answer or, for
-    half of them, an everyday question's answer, against a seed safety refusal), a harmful request refused rather than answered (its seed refusal against a
-    seed QA answer), an emergency vignette sent to urgent care rather than given self-care advice,
+    half of them, an everyday question's answer, against a seed safety refusal), a harmful request
+    refused rather than answered (its seed refusal against a seed QA answer), an emergency vignette
+    sent to urgent care rather than given self-care advice,
     and a self-care matter given advice rather than sent to the emergency department (careloop's
     triage demonstrations, each against one of the other kind). Each behaviour is taught in both
     directions, as contrast sets for over-refusal (XSTest, OR-Bench) pair safe and unsafe
@@ -215,8 +222,7 @@ def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     rng = random.Random(random_seed)
     questions = [e.messages for e in load_seed(seed_dir, "sft") if len(e.messages) == 2]
     # The seed's safe responses that refuse (by the evaluation's own measure): some explain instead.
-    harmful = [[m, answer.model_copy(update={"content": plain_refusal(answer.content)})]
-               for m, answer in (e.messages for e in load_seed(seed_dir, "safety_sft")) if REFUSAL.search(answer.content)]
+    harmful = [e.messages for e in training_examples(seed_dir, "safety_sft") if REFUSAL.search(e.messages[-1].content)]
     triage = load_seed(seed_dir, "triage_sft")
     urgent = [e.messages for e in triage if "urgent" in e.id]
     self_care = [e.messages for e in triage if "urgent" not in e.id]
