@@ -80,7 +80,7 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
 
 
 def _answer_pair(settings: Settings, client: ServingClient, messages: list[dict[str, str]], models: tuple[str, str],
-                 rng: random.Random, attempts: int = 3) -> list | None:
+                 rng: random.Random, attempts: int = 5) -> list | None:
     """One sampled answer from each model. An empty one leaves a nurse nothing to judge (and a
     judgment of it is refused), so it is asked again with another seed; None if it stays empty."""
     answers = []
