@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trainer.evaluate import (REFERENCE_METRICS, Grounding, JudgeEndpoint, Models, compare, evaluate, meteor_variant,
                               retrieval_effect)
-from trainer.gate import SAFETY_LOWER_IS_BETTER, Decision, Policy, decide
+from trainer.gate import OVER_CAUTION, Decision, Policy, decide
 from trainer.judge import AXES
 
 TRACKS = {
@@ -27,7 +27,7 @@ TRACKS = {
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
     "grounded (with retrieval)": (*(f"grounded_{m}" for m in REFERENCE_METRICS), "citation_support"),
 }
-LOWER_IS_BETTER = set(SAFETY_LOWER_IS_BETTER)
+LOWER_IS_BETTER = set(OVER_CAUTION)
 
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_tokens: int, confidence: float, *,

@@ -28,6 +28,9 @@ def test_missing_files_and_bad_policies(tmp_path, cli):
     policy.write_text("confidence: 1.5\n")
     with pytest.raises(ConfigError, match="confidence: Input should be less than 1"):
         Policy.load(policy)
+    policy.write_text("over_caution_tolerance: -0.1\n")
+    with pytest.raises(ConfigError, match="over_caution_tolerance: Input should be greater than or equal to 0"):
+        Policy.load(policy)
     assert Policy.load(None).preference_metric == "pair_accuracy"  # the shipped default parses
     bad = tmp_path / "train.yaml"
     bad.write_text("sft: {max_steps: -1}\n")
