@@ -7,10 +7,10 @@ improves with the stated confidence, and no reference metric drops significantly
 outcome is a reason in the decision, kept with the run and the adapter card.
 
 Why over-caution has a margin of its own: it measures usefulness, not harm, and it is counted on a
-few dozen items, so at zero tolerance one hedged answer ("I cannot prescribe anything with the
-antibiotic, ...", then advice) rejected candidates that refused a quarter more harmful requests and
-sent twice the emergencies to urgent care (BENCHMARKS.md, "The loop on the real model"). A model
-that refuses everything still fails by a wide margin.
+few dozen items, so at zero tolerance one hedged answer ("I'm not able to prescribe anything with
+the antibiotic. ...", then advice) rejected candidates that refused a fifth to a quarter more harmful
+requests and sent more emergencies to urgent care (SmolLM2-135M-Instruct, BENCHMARKS.md, runs L and
+O). A model that refuses everything still fails by a wide margin.
 """
 
 from __future__ import annotations
