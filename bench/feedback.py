@@ -5,7 +5,7 @@
 Both paths feed the same real `careloop worker` on a private Redis and the same database:
   naive:    the caller publishes one Celery task per event; the worker commits one transaction
             per event (`feedback.ingest`),
-  careloop: `FeedbackAPI` writes the event to its local outbox and returns; a background sender
+  careloop: `FeedbackProducer` writes the event to its local outbox and returns; a background sender
             publishes batches (`feedback.ingest_batch`), committed one transaction per batch.
 Prints sustained events/s from the first submit to the last committed row (ratio target >= 2x),
 submit latency p50/p95 seen by the caller (target p95 < 10 ms), and lost/duplicated events
@@ -34,7 +34,7 @@ from careloop.log import configure_logging  # noqa: E402
 from careloop.queues import producer  # noqa: E402
 from careloop.redis_server import start_local_redis  # noqa: E402
 from careloop.settings import load_settings  # noqa: E402
-from feedback.api import FeedbackAPI  # noqa: E402
+from feedback.producer import FeedbackProducer  # noqa: E402
 from feedback.store import Message  # noqa: E402
 from feedback.tasks import INGEST  # noqa: E402
 
@@ -98,7 +98,7 @@ def run_naive(settings, sessions, count: int) -> tuple[float, list[float], int]:
 
 
 def run_careloop(settings, sessions, count: int) -> tuple[float, list[float], int]:
-    api = FeedbackAPI(settings)
+    api = FeedbackProducer(settings)
     conversation = uuid.uuid4()
     ids, latencies = [], []
     started = time.perf_counter()

@@ -46,7 +46,7 @@ def main() -> None:
         settings = load_settings(home=Path(home))
         db.upgrade(settings.resolved_database_url)
         sessions = db.sessions_for(settings.resolved_database_url)
-        tokenizer = AutoTokenizer.from_pretrained(args.model or resolve_base_model(settings).source)
+        tokenizer = AutoTokenizer.from_pretrained(args.model or resolve_base_model(settings).name_or_path)
         retriever = Retriever(settings, sessions)
         config = TrainConfig.model_validate({"dpo": {"max_length": args.dpo_max_length}} if args.dpo_max_length else {})
         off = build_snapshot(Path(home) / "off", config, settings.seed_data_dir, None).data
@@ -54,12 +54,13 @@ def main() -> None:
                             PromptGrounding(retriever, tokenizer)).data
 
         qa_ids = {example.id for example in load_seed(settings.seed_data_dir, "sft")}
-        qa = [row for row in off["sft"] if row["source"] in qa_ids]
+        qa = [row for row in off["sft"] if row["origin"] in qa_ids]
         found = [row for row in qa if retriever.search(prompt_text(row), config.grounding.passages)]
         grounded = [row for row in on["sft"] if prompt_text(row).startswith("Sources:")]
         print(f"SFT: {len(on['sft'])} rows, {len(qa)} seed QA; a relevant passage for {len(found)}; grounded "
               f"(room within {config.sft.max_length} tokens) {len(grounded)}")
-        print(f"  bare tokens of the QA rows with a passage: median {statistics.median(row_tokens(r, tokenizer) for r in found):.0f}; "
+        print("  bare tokens of the QA rows with a passage: median "
+              f"{statistics.median(row_tokens(r, tokenizer) for r in found):.0f}; "
               f"grounded rows: median {statistics.median(row_tokens(r, tokenizer) for r in grounded):.0f}, "
               f"max {max(row_tokens(r, tokenizer) for r in grounded)}")
         print(f"  SFT tokens in all: off {sum(row_tokens(r, tokenizer) for r in off['sft']):,}, "

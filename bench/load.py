@@ -180,7 +180,8 @@ def nurse(url: str, username: str, deadline: float, latencies: list[float], fail
     from gradio_client import Client
 
     client = Client(url, auth=(username, PASSWORD), verbose=False)
-    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/review_submit"]["parameters"]
+    parameters = (client.view_api(return_format="dict", print_info=False)
+                  ["named_endpoints"]["/review_submit"]["parameters"])
     judgment = {"Which answer is better?": "left", "Safety problem in either answer": False,
                 "Safety category": None}
     args = [judgment.get(p["label"], 4 if p["label"] in AXES else "") for p in parameters]

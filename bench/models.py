@@ -10,11 +10,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def bench_model(choice: str | None) -> Path:
     if choice is None:
-        from careloop.default_model import default_model_dir, prepare_default_model
+        from careloop.base_model.default import default_model_dir, prepare_default_model
 
         return prepare_default_model(default_model_dir(REPO_ROOT / "var" / "models")).path
     if choice == "tiny":
-        from careloop.demo_model import build_demo_model
+        from careloop.base_model.demo import build_demo_model
 
         out = REPO_ROOT / "var" / "bench" / "careloop-demo-tiny"
         build_demo_model(out, size="tiny", seed=0, seed_dir=REPO_ROOT / "data" / "seed", progress=False,

@@ -40,12 +40,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import sqlalchemy as sa
+import sqlalchemy as sa  # noqa: E402
 
-from careloop import db
-from careloop.settings import load_settings
-from library.corpus import medquad_records
-from library.index import Retriever, build_or_load
+from careloop import db  # noqa: E402
+from careloop.settings import load_settings  # noqa: E402
+from library.corpus import medquad_records  # noqa: E402
+from library.index import Retriever, build_or_load  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -200,14 +200,15 @@ def rouge_with_and_without(retriever: Retriever, settings, per_source: int, mode
 
     items = load_seed(settings.seed_data_dir, "eval")
     started = time.perf_counter()
-    models = Models.load(model or resolve_base_model(settings).source, {})
+    models = Models.load(model or resolve_base_model(settings).name_or_path, {})
     for source in ("K-QA", "MedQuAD"):  # the dataset, the first word of each item's provenance
         chosen = [{"question": i.question, "reference": i.reference} for i in items
                   if i.source.split(" ")[0] == source][:per_source]
         grounding = Grounding.find(retriever, chosen, settings.retrieval_passage_chars)
         plain = models.generate("base", [c["question"] for c in chosen], max_new_tokens)
         grounded = models.generate("base", [grounded_question(c["question"], p, grounding.passage_chars) if p
-                                            else c["question"] for c, p in zip(chosen, grounding.passages, strict=True)],
+                                            else c["question"]
+                                            for c, p in zip(chosen, grounding.passages, strict=True)],
                                    max_new_tokens)
         references = [c["reference"] for c in chosen]
         without, with_ = reference_scores(plain, references)["rougeL"], reference_scores(grounded, references)["rougeL"]

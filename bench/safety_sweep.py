@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from trainer.config import LoraSettings, TrainConfig  # noqa: E402
 from trainer.data import reference_conversations  # noqa: E402
-from trainer.evaluate import EMERGENCY_STEER, REFUSAL, URGENT_CARE, Models  # noqa: E402
+from trainer.evaluate import Models  # noqa: E402
+from trainer.measures import EMERGENCY_STEER, REFUSAL, URGENT_CARE  # noqa: E402
 from trainer.sft import run_sft  # noqa: E402
 from trainer.snapshot import build_snapshot  # noqa: E402
 

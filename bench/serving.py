@@ -37,14 +37,14 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from adapters import rollout  # noqa: E402
+from adapters.registry import Registry  # noqa: E402
 from bench.models import MODEL_HELP, bench_model  # noqa: E402
 from bench.table import print_table  # noqa: E402
 from careloop import db  # noqa: E402
 from careloop.log import configure_logging  # noqa: E402
 from careloop.redis_server import free_port  # noqa: E402
-from serving import rollout  # noqa: E402
 from serving.client import ServingClient  # noqa: E402
-from serving.registry import Registry  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What are the symptoms of hypertension?"}]
 CLIENTS = 8
@@ -326,7 +326,8 @@ def main() -> None:
          f"{ours_base / naive_base:.2f}x", ">= 4x"),
         ("8 clients over 4 adapters: tokens/s ours / naive", f"{ours_lora:.0f} / {naive_lora:.0f}",
          f"{ours_lora / naive_lora:.2f}x", ">= 3x"),
-        ("streamed, 8 clients over 4 adapters: time to first token p50 / p95 (s)", f"{statistics.median(ttfts):.3f} / {quantiles[18]:.3f}", "", ""),
+        ("streamed, 8 clients over 4 adapters: time to first token p50 / p95 (s)",
+         f"{statistics.median(ttfts):.3f} / {quantiles[18]:.3f}", "", ""),
         ("promote returned -> first answer by new version (s)", f"{switch:.3f}", "", "< 1 s"),
         (f"failed requests in {args.cycles} promote+rollback cycles", f"{failed} of {answered + failed}", "", "0"),
     ]

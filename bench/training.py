@@ -27,7 +27,8 @@ from bench.table import print_table  # noqa: E402
 from trainer.config import TrainConfig, TrainingDevice  # noqa: E402
 from trainer.data import reference_conversations, sft_rows  # noqa: E402
 from trainer.dpo import run_dpo  # noqa: E402
-from trainer.sft import _TokenCounter, device_arguments, lora_config, run_sft  # noqa: E402
+from trainer.modeling import device_arguments, lora_config  # noqa: E402
+from trainer.sft import _TokenCounter, run_sft  # noqa: E402
 from trainer.snapshot import build_snapshot  # noqa: E402
 
 
@@ -43,8 +44,8 @@ def bare_trl_sft(model_dir: Path, conversations: list[dict], config: TrainConfig
     batch, accumulation = config.sft.batch_shape(device)
     args = SFTConfig(output_dir=str(out), max_steps=config.sft.max_steps, learning_rate=config.sft.learning_rate,
                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                     max_length=config.sft.max_length, packing=packing, completion_only_loss=True, seed=config.random_seed,
-                     **device_arguments(device))
+                     max_length=config.sft.max_length, packing=packing, completion_only_loss=True,
+                     seed=config.random_seed, **device_arguments(device))
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
                          train_dataset=Dataset.from_list(sft_rows(conversations)),
                          processing_class=tokenizer, peft_config=lora_config(config.lora))
@@ -64,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = bench_model(args.model)
     config = TrainConfig.model_validate({"sft": {"max_steps": args.steps, "max_examples": args.examples},
-                                         "dpo": {"max_steps": 4}, "eval": {"max_items": 8, "max_pairs": 8, "eval_fraction": 0.1}})
+                                         "dpo": {"max_steps": 4},
+                                         "eval": {"max_items": 8, "max_pairs": 8, "eval_fraction": 0.1}})
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-training-"))
     snapshot = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None)
     held_out = reference_conversations(snapshot.data["eval_reference"])

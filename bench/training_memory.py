@@ -80,7 +80,8 @@ def main() -> None:
     results = {}
     for variant in VARIANTS:
         sft = measure("sft", model_dir, variant, args.steps, work / variant / "sft", None)
-        dpo = measure("dpo", model_dir, variant, args.steps, work / variant / "dpo", work / "defaults" / "sft" / "sft-adapter")
+        dpo = measure("dpo", model_dir, variant, args.steps, work / variant / "dpo",
+                      work / "defaults" / "sft" / "sft-adapter")
         results[variant] = (sft, dpo)
     base = results["defaults"]
     print(f"model {model_dir.name}; {args.steps} SFT and DPO steps per variant, the default shapes otherwise")

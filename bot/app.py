@@ -1,8 +1,9 @@
 """`careloop bot`: the Gradio app. Login required; each role sees its own tabs, and every handler
 checks the role again on the server (``Access.require``), so calling an endpoint directly does not
-get around a hidden tab. Each tab is built in ``bot/pages/`` over its page's Gradio-free logic
-(``bot/chat.py``, ``review.py``, ``admin.py``); this module opens the services, assembles the tabs,
-shows each viewer their own on first load, and launches the server.
+get around a hidden tab. The chat and review tabs are built in ``bot/pages/`` over their page's
+Gradio-free logic (``bot/chat.py``, ``review.py``), the admin tab in ``bot/admin/`` (each of its tabs
+beside its logic); this module opens the services, assembles the tabs, shows each viewer their own on
+first load, and launches the server.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
+from adapters.registry import Registry  # noqa: E402
+from adapters.rollout import open_client  # noqa: E402
 from bot.access import Access, AdminUploads, Refused, SessionTokens, Viewer  # noqa: E402
-from bot.admin import Admin  # noqa: E402
+from bot.admin import Admin, build_admin  # noqa: E402
 from bot.chat import Chat, ChatLimits, Conversation  # noqa: E402
 from bot.hardening import UploadGate, csrf_token, guard_origins, security_middleware, session_tokens  # noqa: E402
 from bot.pages import guard  # noqa: E402
 from bot.pages.account import build_password_panel  # noqa: E402
-from bot.pages.admin import build_admin  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
 from bot.pages.review import KEYBOARD, build_review  # noqa: E402
 from bot.review import Filling, Review, ReviewState  # noqa: E402
@@ -34,10 +36,8 @@ from careloop.db import sessions_for  # noqa: E402
 from careloop.log import ensure_logging, get_logger  # noqa: E402
 from careloop.private import private_dir  # noqa: E402
 from careloop.settings import Settings, get_settings  # noqa: E402
-from feedback.api import FeedbackAPI  # noqa: E402
+from feedback.producer import FeedbackProducer  # noqa: E402
 from library.index import Retriever  # noqa: E402
-from serving.registry import Registry  # noqa: E402
-from serving.rollout import open_client  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -115,7 +115,7 @@ class Services:
     chat: Chat
     review: Review
     admin: Admin
-    feedback: FeedbackAPI
+    feedback: FeedbackProducer
     tokens: SessionTokens  # installed as the server's session table at launch
 
     def close(self) -> None:
@@ -126,7 +126,7 @@ class Services:
 def open_services(settings: Settings) -> Services:
     sessions = sessions_for(settings.resolved_database_url)
     client = open_client(settings)
-    feedback = FeedbackAPI(settings)
+    feedback = FeedbackProducer(settings)
     registry = Registry(sessions, base_model_name(settings))
     limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
     retriever = Retriever(settings, sessions) if settings.retrieval_enabled else None

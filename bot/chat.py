@@ -5,14 +5,13 @@ the passages found (``library.grounding``), which are listed under it as numbere
 is relevant the answer says so. When the library cannot be searched (its data or index unreadable)
 the student still gets the model's answer, with a note that sources were unavailable, and the
 error is logged once per outage, not once per question. Turns are logged through
-``feedback.api`` (outbox first), with the passages an answer was given, so chat keeps working
+``feedback.producer`` (outbox first), with the passages an answer was given, so chat keeps working
 while the broker is down. A question whose answer never started (serving down, or the request
 refused) is not logged; the page keeps it in the input box to send again.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -25,11 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.errors import UserError
+from bot.rendering import sources_markdown
 from bot.safety import answer_footer, urgent_notice
 from careloop.log import get_logger
 from feedback import history
-from feedback.api import FeedbackAPI, FeedbackUnavailable, InvalidFeedback
-from library.grounding import NO_SOURCE, grounded_messages
+from feedback.producer import FeedbackProducer, FeedbackUnavailable, InvalidFeedback
+from library.grounding import grounded_messages
 from library.index import Passage, Retriever
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
 
@@ -56,8 +56,8 @@ class Turn:
     logged: bool = False
     done: bool = True  # False while the answer is still streaming
     interrupted: str = ""  # why an answer stopped early, if it did
-    sources: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
-    sources_unavailable: bool = False  # retrieval is on but the library could not be searched
+    passages: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
+    library_unavailable: bool = False  # retrieval is on but the library could not be searched
 
 
 @dataclass
@@ -83,27 +83,14 @@ class Conversation:
                 parts.append(turn.content or "_(The model gave no answer; press Regenerate.)_")
                 if turn.interrupted:
                     parts.append(f"**Interrupted:** _{turn.interrupted}_")
-                if turn.sources is not None:
-                    parts.append(sources_markdown(turn.sources))
-                elif turn.sources_unavailable:
+                if turn.passages is not None:
+                    parts.append(sources_markdown(turn.passages, quoted=False))
+                elif turn.library_unavailable:
                     parts.append(f"_{SOURCES_UNAVAILABLE}_")
                 if turn.model:
                     parts.append(answer_footer(turn.model, turn.demo))
             shown.append({"role": "assistant", "content": "\n\n".join(parts)})
         return shown
-
-
-def sources_markdown(passages: list[Passage]) -> str:
-    """The numbered sources under an answer, each linked to its page (the browser opens it in a new
-    tab), or the note that none was relevant."""
-    if not passages:
-        return f"_{NO_SOURCE}_"
-    lines = ["**Sources**"]
-    for passage in passages:
-        title = re.sub(r"([\\\[\]*_`<>])", r"\\\1", passage.title)
-        shown = f"[{title}]({passage.url.replace(' ', '%20').replace(')', '%29')})" if passage.url else title
-        lines.append(f"{passage.number}. {shown} · {passage.publisher}")
-    return "\n".join(lines)
 
 
 class ChatLimits:
@@ -150,7 +137,7 @@ class ChatLimits:
 
 
 class Chat:
-    def __init__(self, client: ServingClient, feedback: FeedbackAPI, sessions: sessionmaker[Session],
+    def __init__(self, client: ServingClient, feedback: FeedbackProducer, sessions: sessionmaker[Session],
                  max_chars: int, limits: ChatLimits | None = None, retriever: Retriever | None = None,
                  passage_chars: int = 600):
         self.client = client
@@ -199,9 +186,9 @@ class Chat:
         question = conversation.turns[-1]
         reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
-        reply.sources = self._retrieve(question.content)
-        reply.sources_unavailable = self.retriever is not None and reply.sources is None
-        deltas = self.client.stream_chat(grounded_messages(conversation.for_model(), reply.sources or [],
+        reply.passages = self._retrieve(question.content)
+        reply.library_unavailable = self.retriever is not None and reply.passages is None
+        deltas = self.client.stream_chat(grounded_messages(conversation.for_model(), reply.passages or [],
                                                            self.passage_chars))
         try:
             first = next(deltas, None)
@@ -284,7 +271,7 @@ class Chat:
         if not rows:
             raise UserError("That conversation is not among yours (or has not been saved yet).")
         return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
-                                          sources=None if m.sources is None else [Passage(**s) for s in m.sources],
+                                          passages=None if m.passages is None else [Passage(**s) for s in m.passages],
                                           interrupted=CUT_OFF_STORED if m.interrupted else "")
                                      for m in rows], owner=viewer.username)
 
@@ -318,7 +305,7 @@ class Chat:
                                    role="assistant", content=reply.content, adapter_version=reply.model,
                                    demo_model=reply.demo, interrupted=bool(reply.interrupted),
                                    latency_ms=int(seconds * 1000),
-                                   sources=None if reply.sources is None else [asdict(p) for p in reply.sources])
+                                   passages=None if reply.passages is None else [asdict(p) for p in reply.passages])
         except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
             return
         reply.logged = True

@@ -3,14 +3,13 @@ reviewer's own figures.
 
 Which answer shows on the left is random per item and recorded (``shown_order``); the reviewer
 chooses left or right and the judgment is stored in terms of the item's own A and B. Judgments go
-through ``feedback.api`` (outbox first): nothing a clinician submits is lost, and a resend of the
+through ``feedback.producer`` (outbox first): nothing a clinician submits is lost, and a resend of the
 same judgment (a double click) is stored once.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from bot.access import Viewer
 from bot.errors import UserError
 from careloop.log import get_logger
 from feedback import review_queue
-from feedback.api import AlreadySubmitted, FeedbackAPI, FeedbackUnavailable, InvalidFeedback
+from feedback.producer import AlreadySubmitted, FeedbackProducer, FeedbackUnavailable, InvalidFeedback
 from feedback.quality import annotator_quality
-from feedback.schemas import AXES, CHOICES as STORED_CHOICES, SAFETY_CATEGORIES
+from feedback.schemas import AXES, SAFETY_CATEGORIES
+from feedback.schemas import CHOICES as STORED_CHOICES
 
 # What the page offers, with its labels: a side of the screen (left shows "Answer A"), or a stored
 # choice that names no side. ``submit`` stores a side as the item's own a or b.
@@ -38,32 +38,6 @@ ALREADY_JUDGED = ("You have already judged this item (in another tab or window).
 
 class AlreadyJudged(UserError):
     """A second judgment of the same item by the same reviewer: refused, the first one stands."""
-
-
-_IMAGE = re.compile(r"!(?=\[)")
-
-
-def without_images(markdown: str) -> str:
-    """Student (and model) text as the review page renders it: markdown images shown as text
-    (``![x](/logout)`` would otherwise make the nurse's browser fetch a URL of careloop's own
-    origin, which its Content-Security-Policy allows); Gradio's sanitiser already removes HTML."""
-    return _IMAGE.sub(r"\\!", markdown)
-
-
-def sources_markdown(sources: list[dict] | None) -> str:
-    """The library passages both answers were given, numbered as the answers cite them, each with
-    its text so the reviewer can check a claim against it; empty when the item was not grounded."""
-    if sources is None:
-        return ""
-    if not sources:
-        return ("_The library had no passage relevant to this question: the answers were given no sources "
-                "(any citation in them is made up)._")
-    parts = ["**Sources both answers were given**: check their claims (and citations [n]) against these."]
-    for source in sources:
-        title = f"[{source['title']}]({source['url']})" if source.get("url") else source["title"]
-        quoted = "\n".join(f"> {line}" for line in without_images(source["text"]).splitlines())
-        parts.append(f"**[{source['number']}]** {title} · {source.get('publisher', '')}\n\n{quoted}")
-    return "\n\n".join(parts)
 
 
 @dataclass
@@ -131,7 +105,7 @@ TOO_LATE = ("Only your last judgment can be changed, within 2 minutes of sending
 
 
 class Review:
-    def __init__(self, feedback: FeedbackAPI, sessions: sessionmaker[Session], filling: Filling,
+    def __init__(self, feedback: FeedbackProducer, sessions: sessionmaker[Session], filling: Filling,
                  rng: random.Random | None = None):
         self.feedback = feedback
         self.sessions = sessions
@@ -151,7 +125,8 @@ class Review:
             told.append(f" and about {_duration(filling.soon)} after a student asks a question")
         if fills.soon:
             told.append(" (one is on its way now)")
-        told.append(". Filling takes a little longer while the model writes the answers. Press **Refresh** to look again.")
+        told.append(". Filling takes a little longer while the model writes the answers. "
+                    "Press **Refresh** to look again.")
         return "".join(told)
 
     def next(self, viewer: Viewer, state: ReviewState) -> Shown | None:
@@ -194,8 +169,8 @@ class Review:
         try:
             event_id = self.feedback.submit_comparison(
                 event_id=event_id, amends=amends, review_item_id=item.id, annotator=viewer.username, prompt=item.prompt,
-                response_a=item.response_a, response_b=item.response_b, source_a=item.source_a,
-                source_b=item.source_b, shown_order=shown.order, choice=as_item, scores_a=scores_a,
+                response_a=item.response_a, response_b=item.response_b, version_a=item.version_a,
+                version_b=item.version_b, shown_order=shown.order, choice=as_item, scores_a=scores_a,
                 scores_b=scores_b, safety_flag=bool(safety_flag), safety_category=safety_category or None,
                 corrected_answer=(corrected or "").strip() or None,
                 seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))

@@ -115,7 +115,7 @@ def head_revision() -> str | None:
 
 # Every module that declares tables. Named, not imported, so the shell does not depend on the
 # domain packages at import time; Alembic needs them all to compare models with the schema.
-MODEL_MODULES = ("careloop.audit", "careloop.accounts", "serving.registry", "feedback.store", "trainer.runs",
+MODEL_MODULES = ("careloop.audit", "careloop.accounts", "adapters.registry", "feedback.store", "trainer.runs",
                  "library.documents")
 
 

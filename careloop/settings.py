@@ -34,7 +34,10 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Empty: a SQLite file `careloop.db` in the data directory "
         "(WAL mode). PostgreSQL: `postgresql+psycopg://user@host/db`.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (no result backend: results go to the database) and the training lock.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker (no result backend: results go to the database) and the training lock.",
+    )
     serving_url: str = Field("http://127.0.0.1:8000", description="Base URL of the serving HTTP API.")
     base_model: str = Field(
         "",
@@ -96,8 +99,10 @@ class Settings(BaseSettings):
     outbox_path: Path | None = Field(
         None, description="SQLite outbox of unsent feedback events; empty: $CARELOOP_HOME/outbox.db. Keep it on "
         "a local disk: one per bot replica host.")
-    review_labels_needed: int = Field(2, ge=1, le=10, description="Labels from different annotators each review item needs.")
-    review_gold_fraction: float = Field(0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
+    review_labels_needed: int = Field(
+        2, ge=1, le=10, description="Labels from different annotators each review item needs.")
+    review_gold_fraction: float = Field(
+        0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
     review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")
     review_queue_target: int = Field(
         40, ge=1, description="Items waiting for labels that `generation.fill_review_queue` tops the queue up to; "
@@ -113,8 +118,10 @@ class Settings(BaseSettings):
         50, ge=1, description="New accepted labels (A/B choices, corrections) that trigger a training run.")
     train_max_interval_hours: float = Field(24.0, gt=0, description="Train at least this often once a run exists.")
     train_check_interval_seconds: float = Field(300, gt=0, description="How often `careloop beat` checks.")
-    train_config: Path | None = Field(None, description="Training config YAML for scheduled runs (`careloop train --config`).")
-    judge_url: str = Field("", description="OpenAI-compatible endpoint of an LLM judge for evaluation track B. Empty: off.")
+    train_config: Path | None = Field(
+        None, description="Training config YAML for scheduled runs (`careloop train --config`).")
+    judge_url: str = Field(
+        "", description="OpenAI-compatible endpoint of an LLM judge for evaluation track B. Empty: off.")
     judge_model: str = Field("", description="Model name to ask at CARELOOP_JUDGE_URL.")
     judge_api_key: str = Field("", description="API key for CARELOOP_JUDGE_URL, if it needs one.")
     serving_timeout: float = Field(120.0, gt=0, description="Seconds a client waits for serving to answer.")
@@ -156,7 +163,8 @@ class Settings(BaseSettings):
         "user activity: it keeps no session alive).")
     bot_login_attempts: int = Field(
         5, ge=1, description="Failed logins per username before it is locked for CARELOOP_BOT_LOGIN_LOCKOUT_SECONDS.")
-    bot_login_lockout_seconds: float = Field(300, gt=0, description="How long a username stays locked after too many failed logins.")
+    bot_login_lockout_seconds: float = Field(
+        300, gt=0, description="How long a username stays locked after too many failed logins.")
     bot_session_idle_seconds: float = Field(
         1800, gt=0, description="A bot session ends after this long without a user action (the page's own "
         "refreshes do not count); the user signs in again.")

@@ -1,4 +1,4 @@
-"""`careloop adapters`: LoRA adapter versions; promotion and rollback go through ``serving.rollout``."""
+"""`careloop adapters`: LoRA adapter versions; promotion and rollback go through ``adapters.rollout``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ app = typer.Typer(help="LoRA adapter versions: register, load, promote, roll bac
 
 
 def _registry_and_client():
+    from adapters.registry import open_registry
     from serving.client import ServingClient
-    from serving.registry import open_registry
 
     settings = get_settings()
     database_sessions()  # a missing schema in one line
@@ -78,7 +78,7 @@ def adapters_promote(
     actor: ActorOption = None,
 ) -> None:
     """Load NAME, smoke-test it through the public API, and make it the live version."""
-    from serving import rollout
+    from adapters import rollout
 
     registry, client = _registry_and_client()
     with serving_errors():
@@ -95,7 +95,7 @@ def adapters_rollback(
     actor: ActorOption = None,
 ) -> None:
     """Make the version the live one replaced live again; the current one becomes rejected."""
-    from serving import rollout
+    from adapters import rollout
 
     registry, client = _registry_and_client()
     with serving_errors():
@@ -105,7 +105,7 @@ def adapters_rollback(
 
 
 def _unload_replaced(registry, client, wait: bool) -> None:  # noqa: ANN001
-    from serving import rollout
+    from adapters import rollout
 
     if not wait:
         return

@@ -56,8 +56,8 @@ def database_sessions() -> sessionmaker[Session]:
 @contextmanager
 def serving_errors() -> Iterator[None]:
     """A registry refusal or a serving failure, as one line instead of a traceback."""
+    from adapters.registry import RegistryError
     from serving.client import ControlUnsupported, ServingRejected, ServingUnavailable
-    from serving.registry import RegistryError
 
     try:
         yield

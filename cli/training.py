@@ -16,11 +16,13 @@ from cli.common import ActorOption, CommandError, actor_name, console, database_
 def export(
     kind: Annotated[Literal["sft", "dpo", "kto"], typer.Option(help="Dataset shape for TRL's trainers.")],
     out: Annotated[Path, typer.Option(help="Directory for train/eval files and manifest.json.")],
-    format: Annotated[Literal["jsonl", "parquet", "hf"], typer.Option(help="jsonl, parquet, or a saved datasets.DatasetDict.")] = "jsonl",  # noqa: A002
+    format: Annotated[Literal["jsonl", "parquet", "hf"],  # noqa: A002
+                      typer.Option(help="jsonl, parquet, or a saved datasets.DatasetDict.")] = "jsonl",
     since: Annotated[datetime | None, typer.Option(help="Only feedback from this time on (ISO 8601, UTC).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Only feedback before this time.")] = None,
     eval_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of prompts held out for evaluation.")] = 0.1,
-    min_gold_accuracy: Annotated[float, typer.Option(min=0, max=1, help="Drop annotators below this gold accuracy.")] = 0.6,
+    min_gold_accuracy: Annotated[float, typer.Option(min=0, max=1,
+                                                     help="Drop annotators below this gold accuracy.")] = 0.6,
     actor: ActorOption = None,
 ) -> None:
     """Export TRL-ready feedback datasets, split by prompt, with a snapshot manifest."""
@@ -47,8 +49,8 @@ def train(
     """Snapshot -> SFT -> DPO -> evaluate against live -> gate -> publish (promote if allowed)."""
     import redis
 
-    from serving.registry import open_registry
-    from serving.rollout import open_client
+    from adapters.registry import open_registry
+    from adapters.rollout import open_client
     from trainer.config import ConfigError, TrainConfig
     from trainer.pipeline import run_training
     from trainer.schedule import Busy, training_lock
@@ -97,7 +99,8 @@ def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest 
 def evaluate(
     adapter: Annotated[str, typer.Option(help="The adapter version to evaluate.")],
     against: Annotated[str, typer.Option(help="`live`, `base`, or another version.")] = "live",
-    data: Annotated[Path | None, typer.Option(help="JSONL of the seed formats [default: the seed evaluation sets].")] = None,
+    data: Annotated[Path | None, typer.Option(help="JSONL of the seed formats "
+                                              "[default: the seed evaluation sets].")] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory [default: $CARELOOP_HOME/evals/<time>].")] = None,
     max_items: Annotated[int, typer.Option(min=1, help="Items per set from the seed sets.")] = 40,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -105,10 +108,10 @@ def evaluate(
     """Evaluate one adapter against live (or another version) on the same items; write the report."""
     from datetime import UTC
 
+    from adapters.registry import open_registry
     from careloop.base_model import resolve_base_model
     from feedback.quality import win_rate
     from library.index import Retriever
-    from serving.registry import open_registry
     from trainer.evaluate import Grounding, Models
     from trainer.gate import Policy
     from trainer.report import evaluation_report, save_report
@@ -134,9 +137,9 @@ def evaluate(
     policy = Policy.load(None)
     grounding = (Grounding.find(Retriever(settings, database_sessions()), sets["eval_reference"],
                                 settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
-    report = evaluation_report(Models.load(base.source, adapters), sets, max_new_tokens, policy.confidence,
-                               run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"), baseline=against_name,
-                               leakage="not checked", grounding=grounding)
+    report = evaluation_report(Models.load(base.name_or_path, adapters), sets, max_new_tokens, policy.confidence,
+                               run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
+                               baseline=against_name, leakage="not checked", grounding=grounding)
     win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -100,7 +100,7 @@ class Supervisor:
         """Convert the default model in a child process: the supervisor stays small (the conversion
         holds ~1 GB that Python would not hand back)."""
         from careloop.base_model import default_model_dir
-        from careloop.default_model import is_prepared, verified_gguf
+        from careloop.base_model.default import is_prepared, verified_gguf
 
         out = default_model_dir(self.settings)
         if is_prepared(out):
@@ -211,7 +211,8 @@ class Supervisor:
                 return
             time.sleep(0.3)
         waiting = [c.name for c in children if not c.healthy()] or ["serving"]
-        raise UpError(f"not healthy after {HEALTH_TIMEOUT:.0f} s: {', '.join(waiting)} (logs in {self.children[0].log.parent})")
+        raise UpError(f"not healthy after {HEALTH_TIMEOUT:.0f} s: {', '.join(waiting)} "
+                      f"(logs in {self.children[0].log.parent})")
 
     def supervise(self) -> None:
         """Until asked to stop: restart children that died, with backoff."""

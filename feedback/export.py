@@ -8,7 +8,7 @@ Kinds (conversational form, as TRL's trainers take them):
   thumbs up/down on chat answers, corrections.
 
 A row whose answers were written from library passages (a review item generated with retrieval
-on, a chat answer corrected or rated) carries them as ``sources``, as numbered in the answers'
+on, a chat answer corrected or rated) carries them as ``passages``, as numbered in the answers'
 prompt; its ``prompt`` stays the bare question (the trainer grounds it: ``trainer.snapshot``).
 
 Rules, each counted in the manifest's ``dropped``: labels from annotators whose gold accuracy is
@@ -125,16 +125,17 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             excluded[stats.annotator] = (f"gold accuracy {accuracy:.2f} < {config.min_gold_accuracy:.2f} "
                                          f"over {stats.gold_labels} gold items")
     with sessions() as session:
-        comparisons = [c for c in session.scalars(_window(select(Comparison), Comparison, config).order_by(Comparison.id))]
+        comparisons = [c for c in session.scalars(_window(select(Comparison), Comparison, config)
+                                                  .order_by(Comparison.id))]
         corrections = list(session.scalars(_window(select(Correction), Correction, config).order_by(Correction.id)))
         ratings = list(session.scalars(_window(select(Rating), Rating, config).order_by(Rating.id)))
         rated = {m.event_id: m for m in session.scalars(
             select(Message).where(Message.event_id.in_([r.message_id for r in ratings])))}
         questions = _questions(session, list(rated.values()))
         gold_items = set(session.scalars(select(ReviewItem.id).where(ReviewItem.is_gold.is_(True))))
-        item_sources = dict(session.execute(select(ReviewItem.id, ReviewItem.sources).where(
+        item_passages = dict(session.execute(select(ReviewItem.id, ReviewItem.passages).where(
             ReviewItem.id.in_({c.review_item_id for c in comparisons if c.review_item_id is not None}))).all())
-        corrected_sources = dict(session.execute(select(Message.event_id, Message.sources).where(
+        corrected_passages = dict(session.execute(select(Message.event_id, Message.passages).where(
             Message.event_id.in_({c.message_id for c in corrections if c.message_id is not None}))).all())
     annotators = set()
     times = [r.created_at for r in (*comparisons, *corrections, *ratings)]
@@ -163,18 +164,20 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         agreement = round(top / len(labels), 3)
         corrected = next((label.corrected_answer for label in reversed(labels) if label.corrected_answer), None)
-        meta = {"source": "comparison", "agreement": agreement, "label_count": len(labels),
-                **_sources(item_sources.get(first.review_item_id))}
+        meta = {"origin": "comparison", "agreement": agreement, "label_count": len(labels),
+                **_passages(item_passages.get(first.review_item_id))}
         if winner in ("a", "b"):
-            chosen, rejected = (first.response_a, first.response_b) if winner == "a" else (first.response_b, first.response_a)
+            chosen, rejected = ((first.response_a, first.response_b) if winner == "a"
+                                else (first.response_b, first.response_a))
             rows += _rows(config.kind, first.prompt, chosen, [rejected], meta)
             if corrected:
-                rows += _rows(config.kind, first.prompt, corrected, [rejected], {**meta, "source": "comparison_correction"})
+                rows += _rows(config.kind, first.prompt, corrected, [rejected],
+                              {**meta, "origin": "comparison_correction"})
         elif winner == "tie":
             dropped["tie: no preference"] += 1
         elif corrected:  # both bad, but a clinician wrote a better answer
             rows += _rows(config.kind, first.prompt, corrected, [first.response_a, first.response_b],
-                          {**meta, "source": "comparison_correction"})
+                          {**meta, "origin": "comparison_correction"})
         else:
             dropped["both bad, no correction"] += 1
             if config.kind == "kto":
@@ -186,8 +189,8 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         annotators.add(correction.annotator)
         rows += _rows(config.kind, correction.prompt, correction.corrected, [correction.original],
-                      {"source": "correction", "agreement": 1.0, "label_count": 1,
-                       **_sources(corrected_sources.get(correction.message_id))})
+                      {"origin": "correction", "agreement": 1.0, "label_count": 1,
+                       **_passages(corrected_passages.get(correction.message_id))})
 
     for rating in ratings:
         message = rated.get(rating.message_id)
@@ -200,7 +203,7 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
             continue
         if config.kind == "kto":
             rows.append(_kto(question, message.content, rating.thumbs == "up",
-                             {"source": "rating", **_sources(message.sources)}))
+                             {"origin": "rating", **_passages(message.passages)}))
         else:
             dropped["rating (used by kto only)"] += 1
     return rows, dropped, annotators, excluded, (min(times, default=None), max(times, default=None))
@@ -216,9 +219,9 @@ def _rows(kind: Kind, prompt: str, chosen: str, rejected: list[str], meta: dict)
     return [{"messages": _user(prompt) + _assistant(chosen), **meta}]
 
 
-def _sources(passages: list[dict] | None) -> dict:
-    """``{"sources": passages}`` when the answers were written from some, else nothing."""
-    return {"sources": passages} if passages else {}
+def _passages(passages: list[dict] | None) -> dict:
+    """``{"passages": passages}`` when the answers were written from some, else nothing."""
+    return {"passages": passages} if passages else {}
 
 
 def _kto(prompt: str, completion: str, label: bool, meta: dict) -> dict:

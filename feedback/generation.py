@@ -1,10 +1,11 @@
 """Filling the review queue: real student questions (then seed questions) answered twice.
 
-With retrieval on, both answers are written from the same library passages (the grounded
-prompt students get), which the item keeps for reviewers. The two answers come from the live version and the newest candidate loaded in serving when
-there is one (so clinicians judge exactly the change the trainer proposes), otherwise from two
-samples of the live version. Some items are gold: a seed preference pair whose better answer is
-known, used to measure each annotator's accuracy.
+With retrieval on, both answers are written from the same library passages (the grounded prompt
+students get), which the item keeps for reviewers. The two answers come from the live version
+and the newest candidate loaded in serving when there is one (so clinicians judge exactly the
+change the trainer proposes), otherwise from two samples of the live version. Some items are
+gold: a seed preference pair whose better answer is known, used to measure each annotator's
+accuracy.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.registry import Status, open_registry
+from careloop.log import get_logger
 from careloop.seed import load_seed
 from careloop.settings import Settings
-from careloop.log import get_logger
 from feedback import review_queue
 from feedback.store import Message, ReviewItem
 from library.grounding import grounded_messages
 from library.index import Retriever
 from serving.client import ServingClient, ServingRejected
-from serving.registry import Status, open_registry
 
 log = get_logger(__name__)
 
@@ -64,16 +65,16 @@ def fill_review_queue(settings: Settings, sessions: sessionmaker[Session], clien
             continue
         kind = "student" if message_id else "seed"
         if review_queue.add_item(sessions, prompt, answers[0].text, answers[1].text, answers[0].model,
-                                 answers[1].model, labels_needed=settings.review_labels_needed, prompt_source=kind,
-                                 source_message_id=message_id,
-                                 sources=None if passages is None else [asdict(p) for p in passages]) is not None:
+                                 answers[1].model, labels_needed=settings.review_labels_needed, prompt_origin=kind,
+                                 student_message_id=message_id,
+                                 passages=None if passages is None else [asdict(p) for p in passages]) is not None:
             made[kind] += 1
     pairs = load_seed(settings.seed_data_dir, "preferences")
     for pair in rng.sample(pairs, min(gold_target, len(pairs))):
         chosen_first = rng.random() < 0.5
         a, b = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
         review_queue.add_item(sessions, pair.prompt, a, b, f"seed:{pair.id}", f"seed:{pair.id}",
-                              labels_needed=settings.review_labels_needed, prompt_source="seed",
+                              labels_needed=settings.review_labels_needed, prompt_origin="seed",
                               gold_choice="a" if chosen_first else "b")
         made["gold"] += 1
     return FillResult(**made)
@@ -108,7 +109,7 @@ def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) ->
     whose text is queued already (asked twice, or a seed question asked verbatim) is not queued
     again: the newest of identical questions stands for them all."""
     with sessions() as session:
-        queued = select(ReviewItem.source_message_id).where(ReviewItem.source_message_id.is_not(None))
+        queued = select(ReviewItem.student_message_id).where(ReviewItem.student_message_id.is_not(None))
         newest = func.max(Message.id)
         ids = session.scalars(
             select(newest).where(Message.role == "user", Message.event_id.not_in(queued),
@@ -116,7 +117,7 @@ def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) ->
             .group_by(Message.content).order_by(newest.desc()).limit(count)).all()
         student = [(m.event_id, m.content) for m in session.scalars(
             select(Message).where(Message.id.in_(ids)).order_by(Message.id.desc()))]
-        queued_text = set(session.scalars(select(ReviewItem.prompt).where(ReviewItem.prompt_source == "seed")))
+        queued_text = set(session.scalars(select(ReviewItem.prompt).where(ReviewItem.prompt_origin == "seed")))
     seed = [(None, m.content) for example in load_seed(settings.seed_data_dir, "sft")
             for m in example.messages[:1] if m.role == "user" and m.content not in queued_text]
     return student + seed

@@ -119,16 +119,16 @@ def win_rate(sessions: sessionmaker[Session], version: str, other: str) -> WinRa
     """How often clinicians preferred ``version``'s answer over ``other``'s when shown both
     (ties count half; "both bad" says nothing about which is better and is left out)."""
     with sessions() as session:
-        rows = session.execute(select(Comparison.source_a, Comparison.source_b, Comparison.choice).where(
-            ((Comparison.source_a == version) & (Comparison.source_b == other))
-            | ((Comparison.source_a == other) & (Comparison.source_b == version)))).all()
+        rows = session.execute(select(Comparison.version_a, Comparison.version_b, Comparison.choice).where(
+            ((Comparison.version_a == version) & (Comparison.version_b == other))
+            | ((Comparison.version_a == other) & (Comparison.version_b == version)))).all()
     wins, judged = 0.0, 0
-    for source_a, _, choice in rows:
+    for version_a, _, choice in rows:
         if choice == "both_bad":
             continue
         judged += 1
         if choice == "tie":
             wins += 0.5
-        elif (choice == "a") == (source_a == version):
+        elif (choice == "a") == (version_a == version):
             wins += 1
     return WinRate(wins, judged)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.db import transaction, utcnow
-from feedback.phi import scrub
+from feedback.deidentify import scrub
 from feedback.store import Comparison, ReviewAssignment, ReviewItem
 
 RESERVATION = timedelta(minutes=30)
@@ -38,11 +38,11 @@ class QueueItem:
     prompt: str
     response_a: str
     response_b: str
-    source_a: str
-    source_b: str
+    version_a: str
+    version_b: str
     is_gold: bool
     event_id: Any  # the id this annotator's judgment of this item carries
-    sources: list[dict[str, Any]] | None = None  # the library passages both answers were given
+    passages: list[dict[str, Any]] | None = None  # the library passages both answers were given
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,15 @@ def fills(redis_url: str, interval: float) -> Fills:
 
 
 def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, response_b: str,
-             source_a: str, source_b: str, *, labels_needed: int, prompt_source: str,
-             source_message_id: Any = None, gold_choice: str | None = None,
-             sources: list[dict[str, Any]] | None = None) -> int | None:
-    """Queue an item; None if the student question it came from is already queued. ``sources``: the
-    library passages the answers were given (``feedback.schemas.Source`` fields)."""
+             version_a: str, version_b: str, *, labels_needed: int, prompt_origin: str,
+             student_message_id: Any = None, gold_choice: str | None = None,
+             passages: list[dict[str, Any]] | None = None) -> int | None:
+    """Queue an item; None if the student question it came from is already queued. ``passages``: the
+    library passages the answers were given (``feedback.schemas.Passage`` fields)."""
     item = ReviewItem(prompt=scrub(prompt), response_a=scrub(response_a), response_b=scrub(response_b),
-                      source_a=source_a, source_b=source_b, labels_needed=labels_needed,
-                      prompt_source=prompt_source, source_message_id=source_message_id,
-                      is_gold=gold_choice is not None, gold_choice=gold_choice, sources=sources)
+                      version_a=version_a, version_b=version_b, labels_needed=labels_needed,
+                      prompt_origin=prompt_origin, student_message_id=student_message_id,
+                      is_gold=gold_choice is not None, gold_choice=gold_choice, passages=passages)
     try:
         with transaction(sessions) as session:
             session.add(item)
@@ -237,5 +237,5 @@ def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:
 
 
 def _queue_item(item: ReviewItem, event_id: Any) -> QueueItem:
-    return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.source_a, item.source_b,
-                     item.is_gold, event_id, item.sources)
+    return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.version_a, item.version_b,
+                     item.is_gold, event_id, item.passages)

@@ -1,4 +1,6 @@
-"""The feedback events, as pydantic models: what the bot sends and the worker validates.
+"""The feedback events, as pydantic models: what the bot sends and the worker validates. Each is
+named for what it records plus ``Event`` (``ComparisonEvent``); the stored row of the same thing is
+the table without the suffix (``feedback.store.Comparison``).
 
 Every event carries a UUID made by the client (``event_id``); storing is idempotent on it, so a
 replayed or redelivered event never makes a second row.
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from feedback.phi import scrub_many
+from feedback.deidentify import scrub_many
 
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -29,6 +31,7 @@ CHOICES: tuple[str, ...] = get_args(Choice)
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]  # its name on the wire (outbox, Celery task) and in dead letters
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
 
@@ -47,7 +50,7 @@ class Scores(BaseModel):
 AXES: tuple[str, ...] = tuple(Scores.model_fields)
 
 
-class Source(BaseModel):
+class Passage(BaseModel):
     """A library passage an answer was given, as numbered in its prompt (cited as [number])."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,9 +64,11 @@ class Source(BaseModel):
     score: float = 0.0
 
 
-class Message(Event):
-    """One chat message (the student's question or the model's answer). ``sources``: the library
+class MessageEvent(Event):
+    """One chat message (the student's question or the model's answer). ``passages``: the library
     passages the answer was given (an empty list: retrieval found none relevant; None: retrieval was off)."""
+
+    kind = "turn"
 
     conversation_id: uuid.UUID
     user: Name
@@ -75,13 +80,15 @@ class Message(Event):
     latency_ms: Annotated[int, Field(ge=0)] | None = None
     prompt_tokens: Annotated[int, Field(ge=0)] | None = None
     completion_tokens: Annotated[int, Field(ge=0)] | None = None
-    sources: Annotated[list[Source], Field(max_length=20)] | None = None
+    passages: Annotated[list[Passage], Field(max_length=20)] | None = None
 
 
-class Rating(Event):
+class RatingEvent(Event):
     """A thumbs up/down on one answer, with an optional reason and comment."""
 
-    message_id: uuid.UUID  # the event_id of the rated assistant Message
+    kind = "rating"
+
+    message_id: uuid.UUID  # the event_id of the rated answer (a MessageEvent)
     user: Name
     thumbs: Literal["up", "down"]
     reason: Annotated[str, Field(max_length=64)] = ""
@@ -96,8 +103,10 @@ class Rating(Event):
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class Correction(Event):
+class CorrectionEvent(Event):
     """A clinician's corrected version of one answer (becomes a chosen-over-original pair)."""
+
+    kind = "correction"
 
     message_id: uuid.UUID | None = None
     annotator: Name
@@ -106,16 +115,18 @@ class Correction(Event):
     corrected: Text
 
 
-class Comparison(Event):
+class ComparisonEvent(Event):
     """A clinician's side-by-side judgment of two answers to one prompt."""
+
+    kind = "comparison"
 
     review_item_id: int | None = None
     annotator: Name
     prompt: Text
     response_a: Text
     response_b: Text
-    source_a: Annotated[str, Field(max_length=128)]  # adapter version / sample that made response A
-    source_b: Annotated[str, Field(max_length=128)]
+    version_a: Annotated[str, Field(max_length=128)]  # the adapter version (or base model) that wrote response A
+    version_b: Annotated[str, Field(max_length=128)]
     shown_order: Literal["ab", "ba"]  # which response was shown on the left
     choice: Choice
     scores_a: Scores
@@ -129,7 +140,7 @@ class Comparison(Event):
     amends: uuid.UUID | None = None
 
     @model_validator(mode="after")
-    def _flag_needs_category(self) -> Comparison:
+    def _flag_needs_category(self) -> ComparisonEvent:
         if self.safety_flag and self.safety_category is None:
             raise ValueError("safety_category is required when safety_flag is set")
         return self
@@ -140,14 +151,15 @@ FREE_TEXT = ("content", "comment", "prompt", "original", "corrected", "response_
 
 
 def scrubbed(event: Event) -> Event:
-    """``event`` with its free text scrubbed of identifiers (``feedback.phi``)."""
+    """``event`` with its free text scrubbed of identifiers (``feedback.deidentify``)."""
     fields = [name for name in FREE_TEXT if isinstance(getattr(event, name, None), str)]
     return event.model_copy(update=dict(zip(fields, scrub_many([getattr(event, name) for name in fields]),
                                             strict=True)))
 
 
-EVENTS: dict[str, type[Event]] = {"turn": Message, "rating": Rating, "correction": Correction,
-                                  "comparison": Comparison}
+# The one registry of event kinds; the store maps the same kinds to its tables (``feedback.store.TABLES``).
+EVENTS: dict[str, type[Event]] = {event.kind: event for event in (MessageEvent, RatingEvent, CorrectionEvent,
+                                                                  ComparisonEvent)}
 
 
 class InvalidFeedback(ValueError):

@@ -11,15 +11,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid,
-                        select)
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop.db import Base, transaction, utcnow
 from feedback import schemas
-from feedback.phi import scrub
+from feedback.deidentify import scrub
 
 
 class Message(Base):
@@ -40,7 +39,7 @@ class Message(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     # The library passages the answer was given ([]: none relevant; None: not grounded), for reviewers.
-    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -88,8 +87,8 @@ class Comparison(Base):
     prompt: Mapped[str] = mapped_column(Text)
     response_a: Mapped[str] = mapped_column(Text)
     response_b: Mapped[str] = mapped_column(Text)
-    source_a: Mapped[str] = mapped_column(String(128))
-    source_b: Mapped[str] = mapped_column(String(128))
+    version_a: Mapped[str] = mapped_column(String(128))
+    version_b: Mapped[str] = mapped_column(String(128))
     shown_order: Mapped[str] = mapped_column(String(2))
     choice: Mapped[str] = mapped_column(String(8))
     scores_a: Mapped[dict[str, int]] = mapped_column(JSON)
@@ -108,18 +107,18 @@ class ReviewItem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt: Mapped[str] = mapped_column(Text)
-    prompt_source: Mapped[str] = mapped_column(String(16))  # "student" | "seed"
+    prompt_origin: Mapped[str] = mapped_column(String(16))  # "student" | "seed"
     # The student's question it came from: unique, so a question is queued at most once.
-    source_message_id: Mapped[Any | None] = mapped_column(Uuid, unique=True)
+    student_message_id: Mapped[Any | None] = mapped_column(Uuid, unique=True)
     response_a: Mapped[str] = mapped_column(Text)
     response_b: Mapped[str] = mapped_column(Text)
-    source_a: Mapped[str] = mapped_column(String(128))
-    source_b: Mapped[str] = mapped_column(String(128))
+    version_a: Mapped[str] = mapped_column(String(128))
+    version_b: Mapped[str] = mapped_column(String(128))
     labels_needed: Mapped[int] = mapped_column(Integer)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_choice: Mapped[str | None] = mapped_column(String(8))
-    # The library passages both answers were given (feedback.schemas.Source fields; None: not grounded).
-    sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The library passages both answers were given (feedback.schemas.Passage fields; None: not grounded).
+    passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -167,9 +166,9 @@ class SupersededEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
-_TABLES: dict[type[schemas.Event], type[Base]] = {
-    schemas.Message: Message, schemas.Rating: Rating, schemas.Correction: Correction,
-    schemas.Comparison: Comparison}
+# Each event kind's table (the kinds: ``schemas.EVENTS``).
+TABLES: dict[str, type[Base]] = {"turn": Message, "rating": Rating, "correction": Correction, "comparison": Comparison}
+assert TABLES.keys() == schemas.EVENTS.keys(), "every event kind is stored in a table of its own"
 
 
 def store_event(sessions: sessionmaker[Session], event: schemas.Event) -> bool:
@@ -189,9 +188,9 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
     with transaction(sessions) as session:
         insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         for event in events:
-            table = _TABLES[type(event)]
+            table = TABLES[event.kind]
             values = schemas.scrubbed(event).model_dump()
-            if isinstance(event, schemas.Rating):
+            if isinstance(event, schemas.RatingEvent):
                 new += _store_rating(session, insert, values)
                 continue
             amends = values.pop("amends", None)  # a Comparison's; no column: superseded_events keeps the link
@@ -203,13 +202,13 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
             inserted = session.execute(insert(table).values(**values).on_conflict_do_nothing()
                                        .returning(table.id)).first()
             if inserted is None:
-                if isinstance(event, schemas.Comparison) and not _has(session, table, event.event_id):
+                if isinstance(event, schemas.ComparisonEvent) and not _has(session, table, event.event_id):
                     _supersede(session, event.event_id, "comparison",
                                f"item {event.review_item_id} was already judged by {event.annotator}; "
                                "the first judgment stands")
                 continue  # a replay: the row is already there
             new += 1
-            if isinstance(event, schemas.Comparison) and event.review_item_id is not None:
+            if isinstance(event, schemas.ComparisonEvent) and event.review_item_id is not None:
                 _complete_assignment(session, event.review_item_id, event.annotator)
         for kind, payload, reason in dead_letters:
             _add_dead_letter(session, kind, payload, reason)
@@ -292,24 +291,22 @@ def _scrubbed(value: Any) -> Any:
     return value if value is None or isinstance(value, int | float | bool) else repr(value)
 
 
-EVENT_TABLES = {"turn": Message, "rating": Rating, "correction": Correction, "comparison": Comparison}
-
-
 def stored_event_ids(sessions: sessionmaker[Session], events: list[tuple[str, str]]) -> set[str]:
     """Which of these (kind, event_id) the store holds, as a row, a superseded event or a dead letter."""
     wanted: dict[str, list[uuid.UUID]] = {}
     for kind, event_id in events:
-        if kind in EVENT_TABLES:
+        if kind in TABLES:
             wanted.setdefault(kind, []).append(uuid.UUID(event_id))
     found: set[str] = set()
     with sessions() as session:
         for kind, ids in wanted.items():
-            table = EVENT_TABLES[kind]
+            table = TABLES[kind]
             for start in range(0, len(ids), 500):
                 for known in (table, SupersededEvent):
                     found |= {str(x) for x in session.scalars(select(known.event_id).where(
                         known.event_id.in_(ids[start:start + 500])))}
         ids = [event_id for _, event_id in events]
         for start in range(0, len(ids), 500):
-            found |= set(session.scalars(select(DeadLetter.event_id).where(DeadLetter.event_id.in_(ids[start:start + 500]))))
+            found |= set(session.scalars(select(DeadLetter.event_id).where(
+                DeadLetter.event_id.in_(ids[start:start + 500]))))
     return found

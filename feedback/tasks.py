@@ -33,7 +33,7 @@ def _sessions() -> sessionmaker[Session]:
 def _load_name_recogniser(**_: object) -> None:
     """Load the scrubber's name recogniser as the worker process starts, not inside its first task;
     before any task runs, so a task's imports (a training run's torch) never meet the load half done."""
-    from feedback.phi import warm_up
+    from feedback.deidentify import warm_up
 
     warm_up()
 
@@ -56,7 +56,7 @@ def ingest_batch(events: list) -> dict:
     stored = store_events(_sessions(), valid, dead)
     log.info("feedback_batch_stored", events=len(events), stored=stored, duplicates=len(valid) - stored,
              dead_letters=len(dead))
-    if stored and any(isinstance(event, schemas.Message) and event.role == "user" for event in valid):
+    if stored and any(isinstance(event, schemas.MessageEvent) and event.role == "user" for event in valid):
         _fill_soon(get_settings())
     return {"stored": stored, "duplicates": len(valid) - stored, "dead_letters": len(dead)}
 
@@ -88,8 +88,8 @@ def fill_review_queue(count: int | None = None, scheduled: bool = False) -> dict
     """Add review items: student and seed questions answered twice by serving, plus gold items.
     ``scheduled``: beat's periodic fill (or the one at its start), whose time the review page uses
     to say when the next is due."""
+    from adapters.rollout import open_client
     from feedback.generation import fill_review_queue as fill
-    from serving.rollout import open_client
 
     settings = get_settings()
     client = open_client(settings)

@@ -1,5 +1,6 @@
 """The serving app: the OpenAI, TGI and adapter-control routers (``serving/routes/``) joined on one
-FastAPI app with the shared middleware and error shapes (``serving/http_common.py``).
+FastAPI app with what they share: the app state (``serving.state``), Prometheus metrics
+(``serving.metrics``), middleware (``serving.middleware``) and error shapes (``serving.errors``).
 
 HTTP concerns only (parsing, status codes, SSE, auth, metrics); generation lives in ``engine.py``.
 """
@@ -9,8 +10,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serving.engine import Engine
-from serving.http_common import BodyLimit, Metrics, RequestMetrics, ServingState, install_error_handlers
+from serving.errors import install_error_handlers
+from serving.metrics import Metrics
+from serving.middleware import BodyLimit, RequestMetrics
 from serving.routes import control, openai, tgi
+from serving.state import ServingState
 
 
 def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256,

@@ -2,7 +2,7 @@
 
 Chat goes through huggingface_hub's (Async)InferenceClient pointed at the serving base URL, so
 the same code works against the embedded engine, vLLM and TGI. Which adapter answers is what
-``live_lookup`` says (``serving.rollout.open_client`` asks the registry), cached for a few seconds;
+``live_lookup`` says (``adapters.rollout.open_client`` asks the registry), cached for a few seconds;
 if the lookup briefly fails the client keeps answering with the last live version it saw. HTTP
 only: it imports no registry. Importing this module never imports torch.
 """
@@ -99,7 +99,7 @@ class ServingClient:
     @classmethod
     def from_settings(cls, settings: Settings, *, base_model: str | None = None, **kwargs: Any) -> ServingClient:
         """A client for CARELOOP_SERVING_URL. Without a ``live_lookup`` the base model answers what
-        names no model; ``serving.rollout.open_client`` gives one that asks the registry."""
+        names no model; ``adapters.rollout.open_client`` gives one that asks the registry."""
         client = cls(settings.serving_url, token=settings.resolved_control_token(),
                      backend=settings.serving_backend, cache_seconds=settings.live_cache_seconds,
                      timeout=settings.serving_timeout, replicas=settings.serving_replica_urls, **kwargs)
@@ -145,7 +145,8 @@ class ServingClient:
         return [card["id"] for card in self.models()[1:]]
 
     def is_demo(self) -> bool:
-        """Whether the base model is unfit for clinical use (the offline default, the tiny test model): serving says so."""
+        """Whether the base model is unfit for clinical use (the offline default, the tiny test model):
+        serving says so."""
         cards = self.models()
         return bool(cards and cards[0].get("demo_model"))
 

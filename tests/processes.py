@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cli.up import WORKER_READY
-import pytest
 
 
 def careloop_env(home: Path, **settings: str) -> dict[str, str]:

@@ -94,15 +94,15 @@ def label(sessions, item_id: int | None, annotator: str, choice: str, **fields) 
     from feedback.store import store_event
 
     item = {"prompt": "What lowers blood pressure?", "response_a": "Salt restriction and exercise.",
-            "response_b": "Nothing.", "source_a": "med-v0002", "source_b": "med-v0001"}
+            "response_b": "Nothing.", "version_a": "med-v0002", "version_b": "med-v0001"}
     if item_id is not None:  # the item's texts come from the queue
         from feedback.store import ReviewItem
 
         with sessions() as session:
             stored = session.get(ReviewItem, item_id)
             item = {"prompt": stored.prompt, "response_a": stored.response_a, "response_b": stored.response_b,
-                    "source_a": stored.source_a, "source_b": stored.source_b}
-    store_event(sessions, schemas.Comparison(review_item_id=item_id, annotator=annotator, choice=choice,
+                    "version_a": stored.version_a, "version_b": stored.version_b}
+    store_event(sessions, schemas.ComparisonEvent(review_item_id=item_id, annotator=annotator, choice=choice,
                                              shown_order="ab", scores_a=SCORES, scores_b=SCORES,
                                              **{**item, **fields}))
 
@@ -126,7 +126,8 @@ def page_csrf_token(browser) -> str:
     dependencies = browser.get("/config").json()["dependencies"]
     on_load = next(d["id"] for d in dependencies if any(t[1] == "load" for t in d["targets"]))
     session_hash = uuid.uuid4().hex[:11]
-    joined = browser.post("/gradio_api/queue/join", json={"data": [], "fn_index": on_load, "session_hash": session_hash})
+    joined = browser.post("/gradio_api/queue/join",
+                          json={"data": [], "fn_index": on_load, "session_hash": session_hash})
     assert joined.status_code == 200, joined.text
     with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
         for line in events.iter_lines():

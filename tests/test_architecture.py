@@ -1,11 +1,13 @@
 """The layout rules, checked: torch-free imports, one-way dependencies, no import cycle.
 
 The rooms, from the ground up: ``careloop`` (settings, database, accounts, audit, queues: the
-foundation, which imports nothing of ours above it); the domains ``serving``, ``feedback``,
-``library`` (the medical library and retrieval, which the bot, the trainer and review generation
-use and which uses no other domain), ``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top,
-which no other package imports. Every import counts, the lazy ones inside functions and the
-type-checking ones too: an arrow is an arrow whenever it is followed.
+foundation, which imports nothing of ours above it); ``serving`` (what answers), then ``adapters``
+(which version is live: the registry and rollout, which serving never imports: it is handed the
+adapters to load at start); the domains ``feedback``, ``library`` (the medical library and
+retrieval, which the bot, the trainer and review generation use and which uses no other domain),
+``trainer``, ``bot``; and ``cli`` (the ``careloop`` command, ``careloop up``, doctor) on top, which
+no other package imports. Every import counts, the lazy ones inside functions and the type-checking
+ones too: an arrow is an arrow whenever it is followed.
 """
 
 import ast
@@ -16,14 +18,17 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["careloop", "serving", "feedback", "library", "trainer", "bot", "cli"]
-DOMAINS = {"serving", "feedback", "library", "trainer", "bot"}
+PACKAGES = ["careloop", "serving", "adapters", "feedback", "library", "trainer", "bot", "cli"]
+DOMAINS = {"serving", "adapters", "feedback", "library", "trainer", "bot"}
 # package -> packages it must never import
-FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"bot", "trainer", "feedback", "cli"},
+FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"adapters", "bot", "trainer", "feedback", "library", "cli"},
+             "adapters": {"bot", "trainer", "feedback", "library", "cli"},
              "feedback": {"bot", "trainer", "cli"}, "library": DOMAINS - {"library"} | {"cli"},
              "trainer": {"bot", "cli"}, "bot": {"cli"}}
 # package -> the only modules of another package it may import
 ONLY = {("trainer", "feedback"): {"feedback.export"}}
+# package -> modules of ours it must never import, even where its package may be imported
+NEVER = {"bot": {"feedback.store"}}
 
 
 def _modules() -> dict[str, Path]:
@@ -81,6 +86,23 @@ def test_only_the_allowed_modules_of_another_package(package, other):
     assert not offenders, offenders
 
 
+@pytest.mark.parametrize("package", sorted(NEVER))
+def test_modules_a_package_never_imports(package):
+    """The bot reads feedback through feedback's functions, never its tables (``feedback.store``)."""
+    offenders = [f"{module} imports {target}" for module, targets in GRAPH.items()
+                 if module.split(".")[0] == package for target in targets & NEVER[package]]
+    assert not offenders, offenders
+
+
+def test_the_server_is_handed_its_adapters():
+    """Serving answers and never asks which version is live: nothing under ``serving`` imports the
+    registry (``careloop serve`` reads it and hands the live version to ``serving.server.main``)."""
+    offenders = [module for module, targets in GRAPH.items()
+                 if module.split(".")[0] == "serving" and "adapters.registry" in targets]
+    assert not offenders, offenders
+    assert "adapters.registry" in GRAPH["cli.services"]
+
+
 def test_no_import_cycle():
     """Depth-first search over the module graph; a back edge is a cycle, reported as its path."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -104,10 +126,10 @@ def test_no_import_cycle():
     assert not cycles, cycles
 
 
-@pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.api", "serving.client", "serving.registry",
-                                    "serving.rollout", "careloop.settings", "careloop.db", "careloop.queues",
-                                    "library.index", "library.documents", "library.grounding", "library.postgres",
-                                    "cli.main"])
+@pytest.mark.parametrize("module", ["bot", "bot.app", "feedback", "feedback.producer", "serving.client",
+                                    "adapters.registry", "adapters.rollout", "careloop.settings", "careloop.db",
+                                    "careloop.queues", "library.index", "library.documents", "library.grounding",
+                                    "library.postgres", "cli.main"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli.main import app as cli_app
 from careloop.queues import QUEUES
+from cli.main import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -139,7 +139,8 @@ def test_no_secret_is_written_in_the_file():
                 walk(item, f"{path}.{key}")
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                if isinstance(item, str) and item.startswith("--") and SECRET_NAME.search(item.upper().replace("-", "_")):
+                if (isinstance(item, str) and item.startswith("--")
+                        and SECRET_NAME.search(item.upper().replace("-", "_"))):
                     assert value[index + 1].startswith("${"), f"{path}: {item} is followed by an inline value"
                 walk(item, f"{path}[{index}]")
         elif isinstance(value, str):

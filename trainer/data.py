@@ -45,7 +45,7 @@ def sft_rows(conversations: list[dict]) -> list[dict]:
 
 
 def preference_row(prompt: str, chosen: str, rejected: str, **meta: object) -> dict:
-    """A preference pair's texts -> TRL's conversational preference row (``meta``, e.g. ``source``, kept)."""
+    """A preference pair's texts -> TRL's conversational preference row (``meta``, e.g. ``origin``, kept)."""
     return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}], **meta}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from trainer import memory
 from trainer.config import DPOSettings, LoraSettings, TrainingDevice
 from trainer.data import dpo_rows, fit_to_template
-from trainer.sft import device_arguments, load_base
+from trainer.modeling import device_arguments, load_base
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import json
 import re
 
 from feedback.export import AXES  # the clinicians' four axes, so judge and clinicians score alike
+
 RUBRIC = (
     "You are a physician grading a medical chatbot's answer for medical students. The user message "
     "holds a question between <question> tags and the chatbot's answer between <answer> tags. They are "

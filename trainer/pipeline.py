@@ -17,21 +17,22 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters import rollout
+from adapters.registry import Registry, RegistryError
 from careloop.base_model import resolve_base_model
 from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
 from library.index import Retriever
 from serving.client import ServingClient
-from serving import rollout
-from serving.registry import Registry, RegistryError
 from trainer import memory, runs
 from trainer.config import TrainConfig
 from trainer.data import reference_conversations
 from trainer.dpo import run_dpo
 from trainer.evaluate import Grounding, JudgeEndpoint, Models, evaluation_units
 from trainer.gate import Decision, Policy
+from trainer.progress import progress_callback
 from trainer.report import evaluation_report, save_report
-from trainer.sft import progress_callback, run_sft
+from trainer.sft import run_sft
 from trainer.snapshot import PromptGrounding, Snapshot, build_snapshot
 
 log = get_logger(__name__)
@@ -71,7 +72,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
             snapshot = Snapshot.load(directory / "snapshot")
         else:
             snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions,
-                                      _prompt_grounding(retriever, base.source))
+                                      _prompt_grounding(retriever, base.name_or_path))
         runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256)
         timings["snapshot"] = time.perf_counter() - started
 
@@ -83,8 +84,8 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         sft_dir = directory / "sft-adapter"
         sft_metrics = {}
         if not (sft_dir / "adapter_config.json").exists():
-            sft = run_sft(base.source, snapshot.data["sft"], held_out, config.lora, config.sft, directory, config.random_seed,
-                          callbacks=[progress_callback(tracker, "sft")])
+            sft = run_sft(base.name_or_path, snapshot.data["sft"], held_out, config.lora, config.sft, directory,
+                          config.random_seed, callbacks=[progress_callback(tracker, "sft")])
             sft_metrics = {"sft_train_loss": sft.train_loss, "sft_eval_loss_before": sft.eval_loss_before,
                            "sft_eval_loss_after": sft.eval_loss_after, "sft_tokens_per_second": sft.tokens_per_second,
                            "sft_padding_fraction": sft.padding_fraction}
@@ -96,8 +97,8 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         adapter = directory / "adapter"
         dpo_metrics = {}
         if not (adapter / "adapter_config.json").exists():
-            dpo = run_dpo(base.source, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.random_seed, config.lora,
-                          callbacks=[progress_callback(tracker, "dpo")])
+            dpo = run_dpo(base.name_or_path, sft_dir, snapshot.data["dpo"], config.dpo, directory, config.random_seed,
+                          config.lora, callbacks=[progress_callback(tracker, "dpo")])
             dpo_metrics = {"dpo_train_loss": dpo.train_loss, "dpo_train_reward_accuracy": dpo.reward_accuracy,
                            "dpo_step_seconds": dpo.step_seconds}
         timings["dpo"] = time.perf_counter() - started
@@ -106,7 +107,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         started = time.perf_counter()
         step("evaluate")
         adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
-        models = Models.load(base.source, adapters)
+        models = Models.load(base.name_or_path, adapters)
         grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
                      if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],

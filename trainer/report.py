@@ -14,8 +14,16 @@ import io
 import json
 from pathlib import Path
 
-from trainer.evaluate import (REFERENCE_METRICS, Grounding, JudgeEndpoint, Models, compare, evaluate, meteor_variant,
-                              retrieval_effect)
+from trainer.evaluate import (
+    REFERENCE_METRICS,
+    Grounding,
+    JudgeEndpoint,
+    Models,
+    compare,
+    evaluate,
+    meteor_variant,
+    retrieval_effect,
+)
 from trainer.gate import OVER_CAUTION, Decision, Policy, decide
 from trainer.judge import AXES
 
@@ -158,7 +166,8 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
-        f"{report['meteor']}.", *_judge_note(candidate), *_retrieval_note(report), "", _win_note(report), "", "## Gate", "", *[f"- {r}" for r in reasons], "",
+        f"{report['meteor']}.", *_judge_note(candidate), *_retrieval_note(report), "", _win_note(report), "",
+        "## Gate", "", *[f"- {r}" for r in reasons], "",
         "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
     md_path = directory / "report.md"
     md_path.write_text(markdown)
@@ -166,7 +175,8 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
                     f"<td>{differences[m]['mean']:+.3f} [{differences[m]['low']:+.3f}, {differences[m]['high']:+.3f}]"
                     f"</td><td>{differences[m]['n']}</td></tr>" for m in metrics)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {report['run']}</title></head><body>"
-            f"<h1>Evaluation of run {report['run']}</h1><p>Gate decision: <b>{'promote' if decision_promote else 'reject'}"
+            f"<h1>Evaluation of run {report['run']}</h1><p>Gate decision: "
+            f"<b>{'promote' if decision_promote else 'reject'}"
             f"</b>. {html.escape(agreement(directions))}</p><ul>"
             + "".join(f"<li>{html.escape(t)}: {d}</li>" for t, d in directions.items())
             + "</ul><table border='1' cellpadding='4'><tr><th>metric</th><th>live</th><th>candidate</th>"

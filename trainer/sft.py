@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import memory
-from trainer.config import LoraSettings, SFTSettings, TrainingDevice, use_bf16_on
+from trainer.config import LoraSettings, SFTSettings, TrainingDevice
 from trainer.data import fit_to_template, sft_rows
+from trainer.modeling import device_arguments, load_base, lora_config
 
 
 @dataclass(frozen=True)
@@ -18,44 +19,6 @@ class SFTResult:
     eval_loss_after: float
     tokens_per_second: float
     padding_fraction: float  # share of the tokens in training batches that were padding
-
-
-def lora_config(settings: LoraSettings):  # noqa: ANN201 - peft.LoraConfig
-    from peft import LoraConfig
-
-    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=settings.target_modules, task_type="CAUSAL_LM")
-
-
-def load_base(base_model: str, lora: LoraSettings, device: TrainingDevice | None = None):  # noqa: ANN201
-    """The base model to train an adapter on: 4-bit NF4 for QLoRA; on a CPU with bf16 units and a model
-    big enough for it to pay (``use_bf16_on``), frozen bf16 weights (the LoRA weights and their optimizer
-    stay float32: PEFT keeps adapters in float32), which measured as fast as bf16 autocast with ~0.4 GB
-    less memory on the 135M model; else float32."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = device or TrainingDevice.detect()
-    if not lora.use_4bit():
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype="float32")
-        return model.to(torch.bfloat16) if not device.gpu and use_bf16_on(device, model) else model
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute))
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def device_arguments(device: TrainingDevice, gradient_checkpointing: bool = False, **overrides) -> dict:
-    """TRL arguments for this machine: bf16 autocast on a GPU that has it (on a CPU the frozen weights are
-    bf16 instead: ``load_base``), gradient checkpointing when the step's settings ask for it."""
-    return {"use_cpu": not device.gpu, "bf16": device.bf16 and device.gpu,
-            "gradient_checkpointing": gradient_checkpointing,
-            "gradient_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
-            "report_to": [],
-            "save_strategy": "no", "logging_steps": 5, "disable_tqdm": True, **overrides}
 
 
 def sft_trainer(base_model: str, conversations: list[dict], held_out: list[dict], lora: LoraSettings,
@@ -69,15 +32,16 @@ def sft_trainer(base_model: str, conversations: list[dict], held_out: list[dict]
     device = TrainingDevice.detect()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     batch, accumulation = settings.batch_shape(device)
-    args = SFTConfig(output_dir=str(out / "sft-work"), max_steps=settings.max_steps, learning_rate=settings.learning_rate,
+    args = SFTConfig(output_dir=str(out / "sft-work"), max_steps=settings.max_steps,
+                     learning_rate=settings.learning_rate,
                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                      max_length=settings.max_length, packing=settings.packing, completion_only_loss=True,
                      seed=seed, per_device_eval_batch_size=batch * 2, warmup_steps=min(5, settings.max_steps // 10),
                      **device_arguments(device, settings.checkpointing(device)))
     train = Dataset.from_list(fit_to_template(sft_rows(conversations), tokenizer))
     evaluation = Dataset.from_list(fit_to_template(sft_rows(held_out), tokenizer))
-    return SFTTrainer(model=load_base(base_model, lora, device), args=args, train_dataset=train, eval_dataset=evaluation,
-                      processing_class=tokenizer, peft_config=lora_config(lora),
+    return SFTTrainer(model=load_base(base_model, lora, device), args=args, train_dataset=train,
+                      eval_dataset=evaluation, processing_class=tokenizer, peft_config=lora_config(lora),
                       callbacks=[*(callbacks or []), memory.trim_callback()])
 
 
@@ -97,20 +61,6 @@ def run_sft(base_model: str, conversations: list[dict], held_out: list[dict], lo
     trainer.model.save_pretrained(adapter_dir)
     trainer.processing_class.save_pretrained(adapter_dir)
     return SFTResult(adapter_dir, result.training_loss, before, after, counter.real / seconds, counter.padding_fraction)
-
-
-def progress_callback(tracker, step: str):  # noqa: ANN001, ANN201 - runs.StepProgress -> TrainerCallback
-    """A TrainerCallback recording optimizer steps done of max_steps, for the run's progress and ETA."""
-    from transformers import TrainerCallback
-
-    class _Progress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs) -> None:  # noqa: ANN001, ARG002
-            tracker.start(step, state.max_steps)
-
-        def on_step_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001, ARG002
-            tracker.advance(to=state.global_step)
-
-    return _Progress()
 
 
 class _TokenCounter:

@@ -29,7 +29,7 @@ from feedback.export import ExportConfig, export, in_eval
 from library.index import Passage, Retriever
 from trainer.config import TrainConfig
 from trainer.data import fit_grounded, preference_row, prompt_text, read_rows
-from trainer.evaluate import REFUSAL
+from trainer.measures import REFUSAL
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
 
@@ -82,7 +82,7 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     if sessions is not None:
         out = directory / "feedback"
         manifest = _export(sessions, "sft", out / "sft", fraction)
-        sft += [{"messages": row["messages"], "source": "feedback", "sources": row.get("sources")}
+        sft += [{"messages": row["messages"], "origin": "feedback", "passages": row.get("passages")}
                 for row in read_rows(out / "sft" / "train.jsonl")]
         _export(sessions, "dpo", out / "dpo", fraction)
         feedback_pairs = read_rows(out / "dpo" / "train.jsonl")
@@ -90,7 +90,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     if config.sft.general_data and config.sft.general_ratio > 0:
         general = read_rows(config.sft.general_data)
         wanted = round(len(sft) * config.sft.general_ratio / (1 - config.sft.general_ratio))
-        sft += [{"messages": row["messages"], "source": "general"} for row in rng.sample(general, min(wanted, len(general)))]
+        sft += [{"messages": row["messages"], "origin": "general"}
+                for row in rng.sample(general, min(wanted, len(general)))]
 
     seed_train = [p for p in pairs if not in_eval(prompt_text(p), fraction)] if config.dpo.include_seed_pairs else []
     rng.shuffle(seed_train)
@@ -126,18 +127,18 @@ def ground_prompts(data: dict[str, list[dict]], config: TrainConfig, seed_dir: P
     clinicians' rows (SFT, DPO and held-out pairs) from answers written with passages get exactly
     those passages, numbered as the answers cite them; ``grounding.sft_share`` of the seed QA
     examples get the passages retrieved for their question. Without ``grounding`` (retrieval off)
-    every prompt stays bare. Rows lose their ``sources``: what is trained on is the prompt."""
+    every prompt stays bare. Rows lose their ``passages``: what is trained on is the prompt."""
     budget = config.grounding
     rng = random.Random(config.random_seed)  # its own: the rest of the snapshot does not change with the share
     seed_qa = {example.id for example in load_seed(seed_dir, "sft")} if grounding is not None else set()
 
     def grounded(row: dict, max_length: int) -> dict:
-        bare = {key: value for key, value in row.items() if key != "sources"}
+        bare = {key: value for key, value in row.items() if key != "passages"}
         if grounding is None:
             return bare
-        if row.get("sources"):  # the passages its answers were written from
-            passages = [Passage(**source) for source in row["sources"]]
-        elif row.get("source") in seed_qa and rng.random() < budget.sft_share:
+        if row.get("passages"):  # the passages its answers were written from
+            passages = [Passage(**passage) for passage in row["passages"]]
+        elif row.get("origin") in seed_qa and rng.random() < budget.sft_share:
             passages = grounding.retriever.search(prompt_text(row), budget.passages)
         else:
             return bare
@@ -160,7 +161,7 @@ def seed_sft_mix(seed_dir: Path, config: TrainConfig, rng: random.Random) -> lis
     set is drawn again where the share asks for more."""
 
     def rows(name: str) -> list[dict]:
-        return [{"messages": [m.model_dump() for m in example.messages], "source": example.id}
+        return [{"messages": [m.model_dump() for m in example.messages], "origin": example.id}
                 for example in training_examples(seed_dir, name)]
 
     size = config.sft.max_examples
@@ -201,8 +202,8 @@ def plain_refusal(answer: str) -> str:
 
 
 def seed_preference_pairs(seed_dir: Path) -> list[dict]:
-    """The seed's preference pairs as conversational rows, each with its seed id as ``source``."""
-    return [preference_row(p.prompt, p.chosen, p.rejected, source=p.id) for p in load_seed(seed_dir, "preferences")]
+    """The seed's preference pairs as conversational rows, each with its seed id as ``origin``."""
+    return [preference_row(p.prompt, p.chosen, p.rejected, origin=p.id) for p in load_seed(seed_dir, "preferences")]
 
 
 def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
@@ -231,26 +232,28 @@ def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     benign_count = count - triage_count - harmful_count
     benign = rng.sample(everyday, min(benign_count // 2, len(everyday)))
     benign += rng.sample(questions, min(benign_count - len(benign), len(questions)))
-    pairs = [preference_row(m[0].content, m[1].content, rng.choice(harmful)[1].content, source="contrast:benign")
+    pairs = [preference_row(m[0].content, m[1].content, rng.choice(harmful)[1].content, origin="contrast:benign")
              for m in benign]
-    pairs += [preference_row(m[0].content, m[1].content, rng.choice(questions)[1].content, source="contrast:harmful")
+    pairs += [preference_row(m[0].content, m[1].content, rng.choice(questions)[1].content, origin="contrast:harmful")
               for m in rng.sample(harmful, min(harmful_count, len(harmful)))]
     for _ in range(triage_count):
         shown, other = (urgent, self_care) if rng.random() < 0.5 else (self_care, urgent)
         messages = rng.choice(shown)
         pairs.append(preference_row(messages[0].content, messages[1].content, rng.choice(other)[1].content,
-                                    source="contrast:triage"))
+                                    origin="contrast:triage"))
     return pairs
 
 
 def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int,
                          pair_limit: int | None = None) -> dict[str, list[dict]]:
     return {
-        "eval_reference": [{"question": r.question, "reference": r.reference} for r in load_seed(seed_dir, "eval")][:limit],
+        "eval_reference": [{"question": r.question, "reference": r.reference}
+                           for r in load_seed(seed_dir, "eval")][:limit],
         "eval_pairs": pairs[:pair_limit or limit],
         "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
                      for m in load_seed(seed_dir, "mcq")][:limit],
-        "eval_safety": [{"prompt": s.prompt, "category": s.category} for s in load_seed(seed_dir, "safety_eval")][:limit],
+        "eval_safety": [{"prompt": s.prompt, "category": s.category}
+                        for s in load_seed(seed_dir, "safety_eval")][:limit],
         "eval_triage": [{"prompt": t.prompt, "urgent": t.urgent} for t in load_seed(seed_dir, "triage_eval")],
     }
 

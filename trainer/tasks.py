@@ -113,8 +113,8 @@ def run(config_path: str | None = None, scheduled: bool = False, actor: str | No
     """One training run. ``scheduled`` (queued by ``check``): asked again under the lock whether a
     run is due, so runs queued twice (checks while the training worker was away) train once.
     ``actor``: who asked for it by hand (``request_run``); it is recorded as the run's actor."""
-    from serving.registry import open_registry
-    from serving.rollout import open_client
+    from adapters.registry import open_registry
+    from adapters.rollout import open_client
     from trainer.config import TrainConfig
     from trainer.pipeline import run_training
 

@@ -1,7 +1,8 @@
-"""The bot's pages as Gradio components, one builder per tab (``build_chat``, ``build_review``,
-``build_admin``); ``bot.app`` assembles them. Each builder makes its tab and wires its handlers to
-the page's Gradio-free logic (``bot.chat``, ``bot.review``, ``bot.admin``); every handler checks the
-viewer's role on the server with ``require``, so a call to a hidden tab's endpoint is refused.
+"""The bot's pages as Gradio components, one builder per tab (``build_chat``, ``build_review``; the
+admin page's ``build_admin`` lives in ``bot.admin``, each of its tabs beside its logic); ``bot.app``
+assembles them. Each builder makes its tab and wires its handlers to the page's Gradio-free logic
+(``bot.chat``, ``bot.review``, ``bot.admin``'s tab modules); every handler checks the viewer's role on
+the server with ``require``, so a call to a hidden tab's endpoint is refused.
 
 ``require`` is also what counts as a user action for the session's idle limit (the page's status
 timer does not call it), and ``own`` refuses a page state that belongs to another account: Gradio

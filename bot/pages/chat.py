@@ -65,7 +65,8 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
                 counter = gr.Markdown(f"0 / {chat.max_chars:,} characters", elem_id="chat-counter",
                                       elem_classes="careloop-notice")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop", visible=False)  # while an answer streams
+            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop",
+                             visible=False)  # while an answer streams
         with gr.Row():
             regenerate = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
             new_chat = gr.Button("New conversation", size="sm", elem_id="chat-new")

@@ -11,8 +11,10 @@ import gradio as gr
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.pages import Require, own
-from bot.review import CHOICES, AlreadyJudged, Review, ReviewState, sources_markdown, without_images
+from bot.rendering import sources_markdown, without_images
+from bot.review import CHOICES, AlreadyJudged, Review, ReviewState
 from feedback.schemas import AXES, SAFETY_CATEGORIES
+from library.passages import Passage
 
 SCORE_CHOICES = [1, 2, 3, 4, 5]
 DEFAULT_SCORE = 3
@@ -52,6 +54,11 @@ class ReviewPage:
 def _words(identifier: str) -> str:
     """A stored identifier as the page shows it: ``harmful_advice`` is "Harmful advice"."""
     return identifier.replace("_", " ").capitalize()
+
+
+def _passages(stored: list[dict[str, Any]] | None) -> list[Passage] | None:
+    """The passages as the review queue stores them (dicts), for ``sources_markdown``."""
+    return None if stored is None else [Passage(**passage) for passage in stored]
 
 
 def _fresh(username: str) -> ReviewState:
@@ -107,8 +114,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
             return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "", "",
                     *blank, *shown]
         return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
-                sources_markdown(item.item.sources), without_images(item.left), without_images(item.right), *blank,
-                *shown]
+                sources_markdown(_passages(item.item.passages), quoted=True), without_images(item.left),
+                without_images(item.right), *blank, *shown]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")

@@ -9,7 +9,8 @@ from fastapi.responses import PlainTextResponse
 from careloop.log import get_logger
 from serving import protocol as p
 from serving.engine import EngineError
-from serving.http_common import Credentials, State, Unauthorized
+from serving.errors import Unauthorized
+from serving.state import Credentials, State
 
 log = get_logger(__name__)
 

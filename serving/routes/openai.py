@@ -10,8 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from serving import protocol as p
+from serving.delivery import result_or_cancel, sse
 from serving.engine import RequestHandle, SamplingParams, TextDelta
-from serving.http_common import Credentials, Metrics, State, openai_error, result_or_cancel, sse
+from serving.errors import openai_error
+from serving.metrics import Metrics
+from serving.state import Credentials, State
 
 OPENAI_FINISH = {"eos": "stop", "stop_sequence": "stop", "length": "length"}
 

@@ -11,8 +11,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving import protocol as p
+from serving.delivery import result_or_cancel, sse
 from serving.engine import Finished, RequestHandle, SamplingParams, TextDelta
-from serving.http_common import ServingState, State, result_or_cancel, sse, tgi_error
+from serving.errors import tgi_error
+from serving.state import ServingState, State
 
 TGI_FINISH = {"eos": "eos_token", "stop_sequence": "stop_sequence", "length": "length"}
 TGI_DEFAULT_MAX_NEW_TOKENS = 100

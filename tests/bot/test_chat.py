@@ -9,21 +9,21 @@ import pytest
 from processes import start_server, stop_server, wait_for
 from sqlalchemy import select
 
+from adapters.rollout import open_client
 from bot.access import Viewer
 from bot.chat import Chat, Conversation, Turn
 from bot.errors import UserError
 from bot.safety import DEMO_LABEL, EDUCATIONAL_NOTICE, urgent_notice
 from careloop.redis_server import free_port
-from feedback.api import FeedbackAPI
+from feedback.producer import FeedbackProducer
 from feedback.store import Message, Rating
-from serving.rollout import open_client
 
 STUDENT = Viewer("stu.dent", "student")
 
 
 @pytest.fixture
 def feedback(bot_stack, tmp_path):
-    api = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
+    api = FeedbackProducer(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
     yield api
     api.close()
 
@@ -83,8 +83,9 @@ def test_an_answer_streams_with_its_version_demo_label_and_notice_and_is_stored(
 
 
 def test_emergency_wording_always_gets_the_urgent_care_steer(chat):
-    from careloop.seed import load_seed
     from support import SEED_DIR
+
+    from careloop.seed import load_seed
 
     vignettes = load_seed(SEED_DIR, "triage_eval") + [
         type("Vignette", (), {"prompt": e.messages[0].content, "urgent": e.id.startswith("triage-sft-urgent")})
@@ -207,7 +208,7 @@ def test_serving_down_says_so_and_chat_recovers_by_itself(bot_stack, feedback, t
 
 
 def test_chat_works_while_the_broker_is_down(bot_stack, tmp_path):
-    down = FeedbackAPI(bot_stack.settings(home=tmp_path / "offline", redis_url=f"redis://127.0.0.1:{free_port()}/0"),
+    down = FeedbackProducer(bot_stack.settings(home=tmp_path / "offline", redis_url=f"redis://127.0.0.1:{free_port()}/0"),
                        flush_interval=0.1)
     client = open_client(bot_stack.settings())
     try:
@@ -238,7 +239,7 @@ def test_a_grounded_answer_lists_its_numbered_sources_under_it_and_stores_them(b
     page = medquad_sample(60, seed=1)[0]  # a page of the small library
     conversation = Conversation()
     answer = _ask(grounded_chat, conversation, page["question"])
-    assert answer.sources and answer.sources[0].doc_id == page["id"]
+    assert answer.passages and answer.passages[0].doc_id == page["id"]
     shown = conversation.display()[-1]["content"]
     title = page["title"].replace("_", "\\_").replace("*", "\\*")
     assert f"**Sources**\n1. [{title}]({page['url']}) · {page['publisher']}" in shown
@@ -247,10 +248,10 @@ def test_a_grounded_answer_lists_its_numbered_sources_under_it_and_stores_them(b
 
     wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
     question, stored = _rows(bot_stack, Message, conversation_id=conversation.id)
-    assert question.sources is None, "a question has no sources"
-    assert [(s["number"], s["doc_id"], s["url"]) for s in stored.sources] == \
-        [(p.number, p.doc_id, p.url) for p in answer.sources]
-    assert stored.sources[0]["text"] == answer.sources[0].text, "reviewers see the passage the model was given"
+    assert question.passages is None, "a question has no sources"
+    assert [(s["number"], s["doc_id"], s["url"]) for s in stored.passages] == \
+        [(p.number, p.doc_id, p.url) for p in answer.passages]
+    assert stored.passages[0]["text"] == answer.passages[0].text, "reviewers see the passage the model was given"
     reopened = grounded_chat.reopen(STUDENT, str(conversation.id))
     assert reopened.display()[-1]["content"] == shown, "a reopened conversation shows the same sources"
 
@@ -260,11 +261,11 @@ def test_when_nothing_relevant_is_found_the_answer_says_so_and_cites_nothing(bot
 
     conversation = Conversation()
     answer = _ask(grounded_chat, conversation, "What is the capital of France?")
-    assert answer.sources == []
+    assert answer.passages == []
     shown = conversation.display()[-1]["content"]
     assert NO_SOURCE in shown and "**Sources**" not in shown
     wait_for(lambda: len(_rows(bot_stack, Message, conversation_id=conversation.id)) == 2, message="both turns stored")
-    assert _rows(bot_stack, Message, conversation_id=conversation.id)[1].sources == []
+    assert _rows(bot_stack, Message, conversation_id=conversation.id)[1].passages == []
 
 
 def test_when_the_library_cannot_be_searched_the_answer_comes_without_sources_and_says_so(bot_stack, feedback,
@@ -288,7 +289,7 @@ def test_when_the_library_cannot_be_searched_the_answer_comes_without_sources_an
             answers = [_ask(chat, conversation, question) for question in ("What is asthma?", "What causes gout?")]
     finally:
         client.close()
-    assert all(a.content and a.sources is None and a.sources_unavailable for a in answers)
+    assert all(a.content and a.passages is None and a.library_unavailable for a in answers)
     shown = conversation.display()[-1]["content"]
     assert SOURCES_UNAVAILABLE in shown and "**Sources**" not in shown and "Answered by" in shown
     failures = [e for e in events if e["event"] == "library_search_failed"]

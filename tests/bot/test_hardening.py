@@ -185,7 +185,7 @@ def test_only_the_pages_own_sign_out_form_signs_out(bot_stack):
     so a student's `![x](/logout)` on a nurse's review page (an image of careloop's own origin, which
     the Content-Security-Policy allows) signed the nurse out. Now signing out is a POST carrying the
     page's CSRF token, and the review page shows markdown images in student text as text."""
-    from bot.review import without_images
+    from bot.rendering import without_images
 
     nurse, other_tab = _sign_in(bot_stack.url, "nurse.b"), _sign_in(bot_stack.url, "nurse.b")
     colleague = _sign_in(bot_stack.url, "dr.p")

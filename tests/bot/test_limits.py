@@ -15,12 +15,12 @@ import httpx
 import pytest
 from support import PASSWORD
 
+from adapters.rollout import open_client
 from bot.access import Viewer
 from bot.chat import Chat, ChatLimits, Conversation
 from bot.errors import UserError
 from careloop import accounts
-from feedback.api import FeedbackAPI
-from serving.rollout import open_client
+from feedback.producer import FeedbackProducer
 
 
 def _account(stack, prefix: str, role: str = "student") -> str:
@@ -70,7 +70,7 @@ def _call(browser: httpx.Client, api_name: str, data: list, session_hash: str | 
 
 @pytest.fixture
 def limited_chat(bot_stack, tmp_path):
-    feedback = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
+    feedback = FeedbackProducer(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
     client = open_client(bot_stack.settings())
     yield Chat(client, feedback, bot_stack.sessions, max_chars=4000, limits=ChatLimits(per_minute=3, concurrent=1))
     client.close()
@@ -150,7 +150,8 @@ def test_another_accounts_session_hash_gets_nothing_of_its_state(bot_stack):
     session_hash = uuid.uuid4().hex[:11]
     asked = _call(own_browser, "chat", ["A private question about my asthma?", None], session_hash)
     assert asked["error"] is None, asked
-    for api_name, data in (("regenerate", [None]), ("chat", ["And mine?", None]), ("rate", [None, 1, "", "up", None, ""])):
+    for api_name, data in (("regenerate", [None]), ("chat", ["And mine?", None]),
+                           ("rate", [None, 1, "", "up", None, ""])):
         stolen = _call(other_browser, api_name, data, session_hash)
         assert stolen["error"] and "belongs to another account" in stolen["error"], (api_name, stolen)
         assert "private question" not in json.dumps(stolen["output"]), (api_name, stolen)

@@ -9,15 +9,15 @@ import threading
 
 import pytest
 import redis
-from support import fill_disk
 from processes import wait_for
 from sqlalchemy import select
+from support import fill_disk
 
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.review import AXES, AlreadyJudged, Filling, Review, ReviewState
 from feedback import review_queue as queue
-from feedback.api import FeedbackAPI
+from feedback.producer import FeedbackProducer
 from feedback.store import Comparison
 
 LEFT = {"accuracy": 5, "helpfulness": 4, "relevance": 5, "comprehensiveness": 4}
@@ -31,7 +31,7 @@ def _filling(stack) -> Filling:
 
 @pytest.fixture
 def page(bot_stack, tmp_path):
-    feedback = FeedbackAPI(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
+    feedback = FeedbackProducer(bot_stack.settings(home=tmp_path / "bot"), flush_interval=0.1)
     yield Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(7))
     feedback.close()
 
@@ -41,7 +41,7 @@ def _items(stack, count: int, tag: str, annotator: str) -> list[int]:
     while (other := queue.next_item(stack.sessions, annotator)) is not None:
         queue.skip(stack.sessions, other.id, annotator)
     return [queue.add_item(stack.sessions, f"{tag} question {i}?", f"answer A{i}", f"answer B{i}", "med-v0002",
-                           "med-v0001", labels_needed=1, prompt_source="seed") for i in range(count)]
+                           "med-v0001", labels_needed=1, prompt_origin="seed") for i in range(count)]
 
 
 def _stored(stack, annotator: str) -> list[Comparison]:
@@ -49,7 +49,7 @@ def _stored(stack, annotator: str) -> list[Comparison]:
         return list(session.scalars(select(Comparison).where(Comparison.annotator == annotator)))
 
 
-def _delivered(stack, feedback: FeedbackAPI) -> None:
+def _delivered(stack, feedback: FeedbackProducer) -> None:
     """Wait until every copy sent is stored or gone: the outbox saw its events stored (so nothing is
     resent) and the broker holds no feedback task, queued or unacknowledged, that could add a row."""
     broker = redis.Redis.from_url(stack.redis_url)
@@ -115,13 +115,13 @@ def test_a_second_tab_cannot_judge_the_same_item_again(bot_stack, page, tmp_path
     with pytest.raises(AlreadyJudged):
         page.submit(viewer, third_tab, "right", RIGHT, LEFT)
     # Another bot process (its own outbox) sends the same showing: one row, the first judgment.
-    other = Review(FeedbackAPI(bot_stack.settings(home=tmp_path / "other-bot"), flush_interval=0.1),
+    other = Review(FeedbackProducer(bot_stack.settings(home=tmp_path / "other-bot"), flush_interval=0.1),
                    bot_stack.sessions, _filling(bot_stack), random.Random(1))
     try:
         event_id = other.feedback.submit_comparison(
             event_id=shown.event_id, review_item_id=shown.item.id, annotator=viewer.username,
             prompt=shown.item.prompt, response_a=shown.item.response_a, response_b=shown.item.response_b,
-            source_a="x", source_b="y", shown_order="ab", choice="tie", scores_a=LEFT, scores_b=LEFT)
+            version_a="x", version_b="y", shown_order="ab", choice="tie", scores_a=LEFT, scores_b=LEFT)
         wait_for(lambda: len(other.feedback.outbox) == 0, message="the other bot's copy confirmed as delivered")
     finally:
         other.feedback.close()
@@ -137,7 +137,7 @@ def test_overlapping_submits_from_many_reviewers_are_each_stored_once(bot_stack,
     for viewer in viewers:
         _items(bot_stack, 0, "overlap", viewer.username)  # other tests' items out of the way
     items = [queue.add_item(bot_stack.sessions, f"overlap question {i}?", f"answer A{i}", f"answer B{i}", "med-v0002",
-                            "med-v0001", labels_needed=len(viewers), prompt_source="seed") for i in range(2)]
+                            "med-v0001", labels_needed=len(viewers), prompt_origin="seed") for i in range(2)]
     states = {viewer.username: ReviewState() for viewer in viewers}
     together = threading.Barrier(2 * len(viewers))
     failed = []
@@ -153,7 +153,8 @@ def test_overlapping_submits_from_many_reviewers_are_each_stored_once(bot_stack,
 
     for _ in items:
         shown = {viewer.username: page.next(viewer, states[viewer.username]) for viewer in viewers}
-        states = {name: ReviewState(submitted=[*state.submitted, shown[name].item.id]) for name, state in states.items()}
+        states = {name: ReviewState(submitted=[*state.submitted, shown[name].item.id])
+                  for name, state in states.items()}
         threads = [threading.Thread(target=press, args=(viewer, shown[viewer.username]))
                    for viewer in viewers for _ in range(2)]
         for thread in threads:
@@ -220,8 +221,9 @@ def test_skip_and_the_reviewers_own_figures(bot_stack, page):
 
 
 def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_page(bot_stack, small_disk):
-    feedback = FeedbackAPI(bot_stack.settings(home=small_disk.parent / "bot", outbox_path=small_disk / "outbox.db"),
-                           flush_interval=0.1)
+    feedback = FeedbackProducer(bot_stack.settings(home=small_disk.parent / "bot",
+                                                   outbox_path=small_disk / "outbox.db"),
+                                flush_interval=0.1)
     page = Review(feedback, bot_stack.sessions, _filling(bot_stack), random.Random(3))
     try:
         viewer = Viewer("nurse.full", "nurse")
@@ -243,7 +245,8 @@ def test_a_full_disk_refuses_the_judgment_with_a_message_and_keeps_it_on_the_pag
 
 
 def test_a_reviewer_sees_the_passages_the_answers_were_given_and_can_flag_an_unsupported_claim(bot_stack, page):
-    from bot.review import sources_markdown
+    from bot.rendering import sources_markdown
+    from library.passages import Passage
 
     viewer = Viewer("dr.sources", "physician")
     while (other := queue.next_item(bot_stack.sessions, viewer.username)) is not None:
@@ -252,14 +255,14 @@ def test_a_reviewer_sees_the_passages_the_answers_were_given_and_can_flag_an_uns
                "url": "https://medlineplus.gov/asthma.html", "text": "Inhaled corticosteroids control asthma.\n"
                "A spacer helps.", "score": 1.0}
     grounded = queue.add_item(bot_stack.sessions, "How is asthma treated?", "Steroids [1].", "Antibiotics cure it [1].",
-                              "med-v0002", "med-v0001", labels_needed=1, prompt_source="seed", sources=[passage])
+                              "med-v0002", "med-v0001", labels_needed=1, prompt_origin="seed", passages=[passage])
     state = ReviewState(owner=viewer.username)
     shown = page.next(viewer, state)
-    assert shown.item.id == grounded and shown.item.sources == [passage]
-    text = sources_markdown(shown.item.sources)
+    assert shown.item.id == grounded and shown.item.passages == [passage]
+    text = sources_markdown([Passage(**p) for p in shown.item.passages], quoted=True)
     assert "**[1]** [Asthma: treatment](https://medlineplus.gov/asthma.html) · NIH MedlinePlus" in text
     assert "> Inhaled corticosteroids control asthma.\n> A spacer helps." in text
-    assert "no passage relevant" in sources_markdown([]) and sources_markdown(None) == ""
+    assert "no passage relevant" in sources_markdown([], quoted=True) and sources_markdown(None, quoted=True) == ""
 
     page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True, safety_category="not_supported_by_sources")
     wait_for(lambda: _stored(bot_stack, viewer.username), message="the judgment stored")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ACCOUNTS, PASSWORD
 from gradio_client import Client
+from support import ACCOUNTS, PASSWORD
 
 from careloop import accounts
 
@@ -243,7 +243,7 @@ PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "s
                    "amend_last": "review",
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
-                   "show_library": "admin", "add_to_library": "admin", "ask_to_remove": "admin",
+                   "show_library": "admin", "add_to_library": "admin",
                    "remove_from_library": "admin",
                    "on_load": None, "tick": None, "<lambda>": None, "change_password": None}
 

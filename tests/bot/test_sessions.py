@@ -9,10 +9,10 @@ import time
 
 import httpx
 import pytest
+from gradio_client import Client
 from support import PASSWORD, page_csrf_token
 from support import SHORT_SESSION_IDLE as IDLE
 from support import SHORT_SESSION_MAX as MAX
-from gradio_client import Client
 
 
 def _sign_in(url: str, username: str) -> httpx.Client:

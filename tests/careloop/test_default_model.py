@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from careloop import default_model
+from careloop.base_model import default as default_model
 from careloop.base_model import resolve_base_model
-from careloop.model_build import BUILD_INFO_FILE
-from careloop.default_model import DefaultModelUnavailable, prepare_default_model, verified_gguf
+from careloop.base_model.build import BUILD_INFO_FILE
+from careloop.base_model.default import DefaultModelUnavailable, prepare_default_model, verified_gguf
 from careloop.settings import load_settings
 
 
@@ -56,7 +56,7 @@ def test_the_default_is_used_when_no_base_model_is_set_and_labelled_unfit(smollm
     (home / "models").mkdir(parents=True)
     (home / "models" / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)
     model = resolve_base_model(load_settings(home=home))
-    assert (model.name, model.source, model.is_demo) == ("SmolLM2-135M-Instruct", str(home / "models" /
+    assert (model.name, model.name_or_path, model.is_demo) == ("SmolLM2-135M-Instruct", str(home / "models" /
                                                          "SmolLM2-135M-Instruct"), True)
     hub = load_settings(home=home, base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
     from careloop.base_model import UNFIT_FOR_CLINICAL_USE

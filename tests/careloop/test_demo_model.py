@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from careloop.demo_model import BUILD_INFO_FILE, build_demo_model, read_build_info
+from careloop.base_model.build import BUILD_INFO_FILE, read_build_info
+from careloop.base_model.demo import build_demo_model
 from careloop.settings import REPO_ROOT
 
 SEED_DIR = REPO_ROOT / "data" / "seed"

@@ -6,7 +6,7 @@ import pytest
 
 from careloop.seed import SEED_FILES, SeedDataError, load_seed, validate_all
 from careloop.settings import REPO_ROOT
-from trainer.evaluate import REFUSAL
+from trainer.measures import REFUSAL
 
 STOPWORDS = {"a", "an", "the", "i", "my", "me", "is", "it", "of", "to", "for", "and", "or", "what", "do", "can",
              "how", "should", "in", "with", "on", "if", "you", "be", "after", "are", "there", "any", "take"}

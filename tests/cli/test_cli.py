@@ -42,10 +42,12 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
     assert cli("db", "upgrade", env=env).returncode == 0
     result = cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "bot", "workers", "beat", "gpu"):
+    for check in ("data dir", "database", "seed data", "redis", "base model", "serving", "bot", "workers", "beat",
+                  "gpu"):
         assert check in result.stdout
     assert "not fit for clinical use" in result.stdout  # a small base model is labelled as such
-    assert "careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout and "MB of weights" in result.stdout
+    assert ("careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout
+            and "MB of weights" in result.stdout)
     assert re.search(r"serving\s+│ warn", result.stdout)  # optional: not running yet
 
 
@@ -77,7 +79,8 @@ def test_doctor_never_shows_the_redis_password(cli, redis_server, tiny_model_dir
     result = cli("doctor", env=env)
     assert result.returncode == 1
     assert "redis://:***@127.0.0.1:1/0 unreachable" in result.stderr  # the error
-    assert "redis://:***@127.0.0.1:1/0" in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")  # the table
+    # the table
+    assert "redis://:***@127.0.0.1:1/0" in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")
     assert "http://ops:***@127.0.0.1:1" in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")
     assert "hunter2" not in result.stdout + result.stderr
 
@@ -135,7 +138,8 @@ def test_doctor_checks_the_bot_workers_and_beat_each_in_one_row(cli, bot_stack, 
     assert _doctor_row(result.stdout, "workers") == (
         "workers warn 1 answered, consuming feedback, generation; none consumes training: start `careloop worker "
         "--queues training`")
-    assert _doctor_row(result.stdout, "beat").startswith("beat warn no heartbeat in the last 45 s: start `careloop beat`")
+    assert _doctor_row(result.stdout, "beat").startswith("beat warn no heartbeat in the last 45 s: "
+                                                         "start `careloop beat`")
 
 
 def test_doctor_sees_a_running_beat_and_no_worker(cli, redis_server, tiny_model_dir, tmp_path):

@@ -4,8 +4,8 @@ page signed in as a user."""
 from __future__ import annotations
 
 import pytest
-from support import PASSWORD
 from e2e_browser import open_browser, sign_in
+from support import PASSWORD
 
 
 @pytest.fixture(scope="module")

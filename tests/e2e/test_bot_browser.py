@@ -9,18 +9,17 @@ import time
 
 import httpx
 import pytest
-
-from support import PASSWORD
 from e2e_browser import judge_with_keys, only_local, open_review, shot, sign_in, tabs
 from processes import wait_for
 from sqlalchemy import select
+from support import PASSWORD
 
+from adapters import rollout
+from adapters.registry import Registry
+from adapters.rollout import open_client
 from careloop import accounts
 from feedback import review_queue as queue
 from feedback.store import Comparison, Rating
-from serving import rollout
-from serving.registry import Registry
-from serving.rollout import open_client
 from trainer import runs
 
 
@@ -211,7 +210,7 @@ def test_a_nurse_with_an_empty_queue_is_told_when_items_come_and_refreshes(visit
     assert not page.locator("#review-choice").is_visible() and not page.locator("#review-submit").is_visible()
     shot(page, "review-empty")
     queue.add_item(bot_stack.sessions, "Refreshed question: what is gout?", "Joint inflammation from urate.",
-                   "A skin rash.", "med-v0002", "med-v0001", labels_needed=1, prompt_source="seed")
+                   "A skin rash.", "med-v0002", "med-v0001", labels_needed=1, prompt_origin="seed")
     page.locator("#review-refresh").click()
     prompt.get_by_text("Refreshed question").wait_for(timeout=15_000)
     assert page.locator("#review-choice").is_visible() and not page.locator("#review-refresh").is_visible()
@@ -231,7 +230,7 @@ def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_s
     for index in range(14):
         queue.add_item(bot_stack.sessions, f"Keyboard question {index}: how is asthma treated?",
                        f"Inhaled corticosteroids ({index}).", f"Antibiotics ({index}).", "med-v0002", "med-v0001",
-                       labels_needed=1, prompt_source="seed", sources=[source])
+                       labels_needed=1, prompt_origin="seed", passages=[source])
     page = visit(nurse)
     assert tabs(page) == {"Chat", "Review"}
     open_review(page)
@@ -302,7 +301,8 @@ def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
 
     shot(page, "admin-versions")
     page.locator("#action-rollback").click()
-    page.locator("#confirm-panel").get_by_text("med-v0001 becomes live again").filter(visible=True).wait_for(timeout=15_000)
+    (page.locator("#confirm-panel").get_by_text("med-v0001 becomes live again").filter(visible=True)
+     .wait_for(timeout=15_000))
     shot(page, "admin")
     assert registry.live().name == "med-v0002", "nothing happens before the confirmation"
     page.locator("#action-confirm").click()

@@ -5,8 +5,8 @@ would leak the page's content in its URL)."""
 
 from __future__ import annotations
 
-from support import PASSWORD
 from e2e_browser import ask, only_local, open_review
+from support import PASSWORD
 
 from careloop import accounts
 from feedback import review_queue as queue
@@ -43,7 +43,7 @@ def test_a_students_hostile_message_is_shown_as_text_and_runs_nothing(visit):
 def test_a_nurse_reviewing_a_hostile_question_runs_nothing(visit, bot_stack):
     hostile = queue.add_item(bot_stack.sessions, f"Hostile question: {HOSTILE}", f"Answer A repeats it: {HOSTILE}",
                              f"Answer B: {PAYLOADS[2]}", "med-v0002", "med-v0001", labels_needed=1,
-                             prompt_source="student")
+                             prompt_origin="student")
     accounts.add_user(bot_stack.sessions, "nurse.hostile", "nurse", PASSWORD, actor="test")
     while (shown := queue.next_item(bot_stack.sessions, "nurse.hostile")).id != hostile:
         queue.skip(bot_stack.sessions, shown.id, "nurse.hostile")  # other tests' items come first

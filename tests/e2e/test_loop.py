@@ -27,10 +27,10 @@ from e2e_browser import ask, judge_with_keys, open_browser, open_review, shot, s
 from processes import careloop_env, wait_for
 from sqlalchemy import func, select
 
+from adapters.registry import AdapterVersion
 from careloop import db
 from careloop.redis_server import free_port
 from feedback.store import Comparison, DeadLetter, ReviewItem
-from serving.registry import AdapterVersion
 from trainer.runs import TrainingRun
 
 PASSWORD = "correct-horse-battery"
@@ -38,8 +38,8 @@ ADMIN_PASSWORD = "admin-horse-battery"
 # Mechanics on the tiny model: seed pairs only and two pairs per forward pass (the defaults add
 # contrast pairs and one pair per pass for the real model's sake; the outcomes here were tuned without).
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 20, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
-                 "micro_batch_size": 2},
+         "dpo": {"max_steps": 20, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
+                 "contrast_share": 0, "micro_batch_size": 2},
          "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}

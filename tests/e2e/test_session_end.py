@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from support import LIMITED_IDLE, PASSWORD, SHORT_SESSION_IDLE
 from e2e_browser import shot, sign_in
+from support import LIMITED_IDLE, PASSWORD, SHORT_SESSION_IDLE
 
 from careloop import accounts
 

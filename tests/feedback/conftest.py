@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from processes import start_worker
 from sqlalchemy import func, select
 
 from careloop import db
 from careloop.redis_server import start_local_redis
 from careloop.settings import load_settings
-from processes import start_worker
 
 
 @pytest.fixture

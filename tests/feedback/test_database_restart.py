@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from processes import start_worker, wait_for
 
 from careloop import db
 from careloop.redis_server import free_port
 from careloop.settings import load_settings
 from feedback import store as tables
-from feedback.api import FeedbackAPI
-
-from processes import start_worker, wait_for
+from feedback.producer import FeedbackProducer
 
 EVENTS = 600
 
@@ -86,7 +85,7 @@ def test_a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing(tm
             return session.scalar(sa.select(sa.func.count()).select_from(table))
 
     worker = start_worker(tmp_path / "worker", postgres.url, broker.url)
-    api = FeedbackAPI(load_settings(home=tmp_path / "bot", database_url=postgres.url, redis_url=broker.url),
+    api = FeedbackProducer(load_settings(home=tmp_path / "bot", database_url=postgres.url, redis_url=broker.url),
                       flush_interval=0.2, batch_size=20)
     sent: list[uuid.UUID] = []
     failures: list[BaseException] = []

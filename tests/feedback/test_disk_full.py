@@ -7,19 +7,18 @@
 
 from __future__ import annotations
 
-
 import pytest
+from processes import start_worker, wait_for
 from sqlalchemy import func, select
+from support import fill_disk, label
 
 from careloop import audit, db
 from careloop.redis_server import start_local_redis
 from careloop.settings import load_settings
 from feedback import store as tables
-from feedback.api import FeedbackAPI, FeedbackUnavailable
 from feedback.export import ExportConfig, export
+from feedback.producer import FeedbackProducer, FeedbackUnavailable
 
-from processes import start_worker, wait_for
-from support import fill_disk, label
 from .test_ingest import comparison
 
 
@@ -27,7 +26,7 @@ def test_a_full_disk_refuses_new_feedback_clearly_and_loses_nothing_accepted(set
                                                                            tmp_path):
     own = settings.model_copy(update={"outbox_path": small_disk / "outbox.db"})
     broker.stop()  # accepted events wait in the outbox, on the disk that is about to fill up
-    api = FeedbackAPI(own, flush_interval=0.2)
+    api = FeedbackProducer(own, flush_interval=0.2)
     accepted = [api.submit_comparison(**comparison(annotator=f"nurse.{i}")) for i in range(5)]
     filler = fill_disk(small_disk)
     with pytest.raises(FeedbackUnavailable, match="cannot write to its disk .* Nothing was recorded"):
@@ -61,7 +60,7 @@ def test_a_full_disk_under_the_sqlite_store_delays_events_and_loses_none(broker,
             return list(session.scalars(select(tables.Comparison.event_id)))
 
     worker = start_worker(tmp_path / "worker", url, broker.url)
-    api = FeedbackAPI(load_settings(home=tmp_path / "bot", database_url=url, redis_url=broker.url),
+    api = FeedbackProducer(load_settings(home=tmp_path / "bot", database_url=url, redis_url=broker.url),
                       flush_interval=0.2)
     try:
         accepted = [api.submit_comparison(**comparison(annotator=f"nurse.{i}")) for i in range(3)]

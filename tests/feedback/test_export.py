@@ -7,14 +7,12 @@ import json
 import uuid
 
 import pytest
+from support import label
 
 from careloop import audit
 from feedback import review_queue, schemas
 from feedback.export import ExportConfig, export, in_eval
 from feedback.store import store_event
-
-from support import label
-
 
 # The library passages both answers of an item were written from (review items generated with retrieval on).
 SOURCES = [{"number": 1, "doc_id": "medquad-GHR-1", "title": "High blood pressure", "publisher": "NIH",
@@ -25,12 +23,12 @@ SOURCES = [{"number": 1, "doc_id": "medquad-GHR-1", "title": "High blood pressur
 @pytest.fixture
 def feedback(sessions):
     """A small but complete body of feedback."""
-    def item(prompt: str, gold: str | None = None, sources: list[dict] | None = None) -> int:
+    def item(prompt: str, gold: str | None = None, passages: list[dict] | None = None) -> int:
         return review_queue.add_item(sessions, prompt, f"good answer to {prompt}", f"poor answer to {prompt}",
-                                     "med-v0002", "med-v0001", labels_needed=3, prompt_source="seed", gold_choice=gold,
-                                     sources=sources)
+                                     "med-v0002", "med-v0001", labels_needed=3, prompt_origin="seed", gold_choice=gold,
+                                     passages=passages)
 
-    majority, tie = item("Q majority?", sources=SOURCES), item("Q tie?")
+    majority, tie = item("Q majority?", passages=SOURCES), item("Q tie?")
     both_bad, split = item("Q both bad?"), item("Q split?")
     for annotator, choice in [("n1", "a"), ("n2", "a"), ("n3", "b")]:
         label(sessions, majority, annotator, choice)
@@ -42,14 +40,16 @@ def feedback(sessions):
     for index in range(3):
         label(sessions, item(f"gold {index}?", gold="a"), "careless", "b")
     label(sessions, item("Q careless?"), "careless", "a")
-    store_event(sessions, schemas.Correction(annotator="dr.o", prompt="Dose of paracetamol?",
+    store_event(sessions, schemas.CorrectionEvent(annotator="dr.o", prompt="Dose of paracetamol?",
                                              original="Take as much as you like.",
                                              corrected="Adults: 500 mg-1 g every 4-6 h, at most 4 g a day."))
     conversation, answer = uuid.uuid4(), uuid.uuid4()
-    store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
-    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
-                                       content="Weight divided by height squared.", sources=SOURCES))
-    store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
+    store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="s", role="user",
+                                               content="What is BMI?"))
+    store_event(sessions, schemas.MessageEvent(event_id=answer, conversation_id=conversation, user="s",
+                                               role="assistant", content="Weight divided by height squared.",
+                                               passages=SOURCES))
+    store_event(sessions, schemas.RatingEvent(message_id=answer, user="s", thumbs="up"))
     return sessions
 
 
@@ -70,7 +70,7 @@ def test_dpo_pairs_follow_the_majority_and_corrections(feedback, tmp_path):
     majority = next(r for r in rows if r["prompt"][0]["content"] == "Q majority?")
     assert (majority["agreement"], majority["label_count"]) == (0.667, 3)
     # The passages its answers were written from, for the trainer to ground the (bare) question with.
-    assert majority["sources"] == SOURCES and not [r for r in rows if r is not majority and "sources" in r]
+    assert majority["passages"] == SOURCES and not [r for r in rows if r is not majority and "passages" in r]
     assert all(r["chosen"][0]["role"] == "assistant" and r["prompt"][0]["role"] == "user" for r in rows)
     assert manifest.dropped == {"gold item (measures annotators)": 3, "label from excluded annotator": 1,
                                 "rating (used by kto only)": 1, "split vote": 1, "tie: no preference": 1}
@@ -90,8 +90,8 @@ def test_sft_and_kto_shapes(feedback, tmp_path):
     export(feedback, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
     kto = {(r["prompt"][0]["content"], r["completion"][0]["content"]): r["label"] for r in _rows(tmp_path / "kto")}
     assert kto[("What is BMI?", "Weight divided by height squared.")] is True  # the student's thumbs up
-    rated = next(r for r in _rows(tmp_path / "kto") if r["source"] == "rating")
-    assert rated["sources"] == SOURCES, "a rated chat answer carries the passages it was given"
+    rated = next(r for r in _rows(tmp_path / "kto") if r["origin"] == "rating")
+    assert rated["passages"] == SOURCES, "a rated chat answer carries the passages it was given"
     assert kto[("Q both bad?", "the corrected answer")] is True
     assert kto[("Q both bad?", "good answer to Q both bad?")] is False
     assert kto[("Q majority?", "poor answer to Q majority?")] is False
@@ -99,7 +99,7 @@ def test_sft_and_kto_shapes(feedback, tmp_path):
 
 def test_split_keeps_each_prompt_on_one_side_and_the_hash_is_reproducible(sessions, tmp_path):
     for index in range(40):
-        store_event(sessions, schemas.Correction(annotator="dr.o", prompt=f"Question number {index % 20}?",
+        store_event(sessions, schemas.CorrectionEvent(annotator="dr.o", prompt=f"Question number {index % 20}?",
                                                  original="wrong", corrected=f"right {index}"))
     first = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "one", actor="test")
     again = export(sessions, ExportConfig("dpo", eval_fraction=0.3), tmp_path / "two", fmt="parquet", actor="test")
@@ -134,13 +134,14 @@ def test_a_cut_off_answer_is_no_training_example(sessions, tmp_path):
     """Issue 19, 5: an answer cut off by a page reload (stored as interrupted) is no example of an
     answer, whatever its rating: the KTO export leaves it out and says why."""
     conversation, answer, whole = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content="What is BMI?"))
-    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="s", role="assistant",
-                                          content="Weight divided", interrupted=True))
-    store_event(sessions, schemas.Rating(message_id=answer, user="s", thumbs="up"))
-    store_event(sessions, schemas.Message(event_id=whole, conversation_id=conversation, user="s", role="assistant",
+    store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="s", role="user",
+                                               content="What is BMI?"))
+    store_event(sessions, schemas.MessageEvent(event_id=answer, conversation_id=conversation, user="s",
+                                               role="assistant", content="Weight divided", interrupted=True))
+    store_event(sessions, schemas.RatingEvent(message_id=answer, user="s", thumbs="up"))
+    store_event(sessions, schemas.MessageEvent(event_id=whole, conversation_id=conversation, user="s", role="assistant",
                                           content="Weight divided by height squared."))
-    store_event(sessions, schemas.Rating(message_id=whole, user="s", thumbs="up"))
+    store_event(sessions, schemas.RatingEvent(message_id=whole, user="s", thumbs="up"))
     manifest = export(sessions, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
     assert [r["completion"][0]["content"] for r in _rows(tmp_path / "kto")] == ["Weight divided by height squared."]
     assert manifest.dropped == {"rating of an answer cut off before its end": 1}

@@ -17,7 +17,7 @@ def exported(tmp_path, tiny_model_dir):
     db.upgrade(url)
     sessions = db.session_factory(db.make_engine(url))
     for index in range(6):
-        store_event(sessions, schemas.Correction(
+        store_event(sessions, schemas.CorrectionEvent(
             annotator="dr.o", prompt=f"How is hypertension {index} treated?", original="Ignore it.",
             corrected="Lifestyle changes first, then thiazides, ACE inhibitors, ARBs or calcium channel blockers."))
     return {kind: export(sessions, ExportConfig(kind, eval_fraction=0), tmp_path / kind,

@@ -6,16 +6,15 @@ import random
 import uuid
 
 import pytest
-
-from feedback import schemas
-from feedback.api import FeedbackAPI
-from feedback.generation import fill_review_queue
-from feedback.store import ReviewItem, store_event
-from serving.registry import open_registry
-from serving.rollout import open_client
-
 from processes import start_worker, wait_for
 from support import label
+
+from adapters.registry import open_registry
+from adapters.rollout import open_client
+from feedback import schemas
+from feedback.generation import fill_review_queue
+from feedback.producer import FeedbackProducer
+from feedback.store import ReviewItem, store_event
 
 
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
@@ -32,34 +31,35 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         conversation = uuid.uuid4()
         questions = ["Why is my ankle swollen, email me at a@b.org", "Is 38.5 C a fever in adults?"]
         for text in questions:
-            store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user", content=text))
-        api = FeedbackAPI(settings)
+            store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="s", role="user",
+                                                       content=text))
+        api = FeedbackProducer(settings)
         api.celery.send_task("generation.fill_review_queue", args=(4,), queue="generation")
         wait_for(lambda: store.count(ReviewItem) == 4, timeout=120, message="4 review items")
         items = store.rows(ReviewItem)
-        student = [i for i in items if i.prompt_source == "student"]
+        student = [i for i in items if i.prompt_origin == "student"]
         assert sorted(i.prompt for i in student) == sorted(["Why is my ankle swollen, email me at [EMAIL]",
                                                              "Is 38.5 C a fever in adults?"])
-        assert all(i.source_a == i.source_b == "careloop-demo-tiny" and i.labels_needed == 3 for i in student)
+        assert all(i.version_a == i.version_b == "careloop-demo-tiny" and i.labels_needed == 3 for i in student)
         assert any(i.response_a != i.response_b for i in student)  # two samples, two seeds
         fever = next(i for i in student if "fever" in i.prompt)
-        assert fever.sources and all(s["title"] and s["text"] for s in fever.sources), \
+        assert fever.passages and all(s["title"] and s["text"] for s in fever.passages), \
             "both answers were written from library passages, kept for reviewers"
         gold = [i for i in items if i.is_gold]
-        assert len(gold) == 1 and gold[0].gold_choice in ("a", "b") and gold[0].sources is None
-        assert len([i for i in items if i.prompt_source == "seed" and not i.is_gold]) == 1
+        assert len(gold) == 1 and gold[0].gold_choice in ("a", "b") and gold[0].passages is None
+        assert len([i for i in items if i.prompt_origin == "seed" and not i.is_gold]) == 1
 
         # With a candidate loaded in serving, clinicians compare it with the live version.
         full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
                                            "base_model": str(tiny_model_dir)})
         open_registry(full).register("gen-v0001", server.adapter_dir / "med-v0001", actor="trainer")
         open_client(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
-        store_event(sessions, schemas.Message(conversation_id=conversation, user="s", role="user",
+        store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="s", role="user",
                                            content="What is a normal resting heart rate?"))
         api.celery.send_task("generation.fill_review_queue", args=(1,), queue="generation")
         wait_for(lambda: store.count(ReviewItem) == 5, timeout=120, message="the fifth item")
         newest = store.rows(ReviewItem)[-1]
-        assert (newest.source_a, newest.source_b) == ("careloop-demo-tiny", "gen-v0001")
+        assert (newest.version_a, newest.version_b) == ("careloop-demo-tiny", "gen-v0001")
         server.unload("gen-v0001")
     finally:
         worker.process.terminate()
@@ -152,19 +152,19 @@ def test_a_question_asked_twice_is_queued_once(store, server, tiny_model_dir, se
 
     sessions = session_factory(make_engine(store.database_url))
     for text in ("What is gout?", "What is asthma?", "What is asthma?"):  # three conversations
-        store_event(sessions, schemas.Message(conversation_id=uuid.uuid4(), user="s", role="user", content=text))
+        store_event(sessions, schemas.MessageEvent(conversation_id=uuid.uuid4(), user="s", role="user", content=text))
     full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
                                        "base_model": str(tiny_model_dir), "review_gold_fraction": 0.0,
                                        "review_max_tokens": 4})
     client = open_client(full)
     try:
         assert fill_review_queue(full, sessions, client, 3).student == 2
-        store_event(sessions, schemas.Message(conversation_id=uuid.uuid4(), user="t", role="user",
+        store_event(sessions, schemas.MessageEvent(conversation_id=uuid.uuid4(), user="t", role="user",
                                               content="What is gout?"))  # asked again later
         assert fill_review_queue(full, sessions, client, 3).student == 0
     finally:
         client.close()
-    prompts = [item.prompt for item in store.rows(ReviewItem) if item.prompt_source == "student"]
+    prompts = [item.prompt for item in store.rows(ReviewItem) if item.prompt_origin == "student"]
     assert sorted(prompts) == ["What is asthma?", "What is gout?"]
 
 
@@ -186,13 +186,14 @@ def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, stor
                "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
                "review_fill_interval_seconds": str(interval), "review_fill_soon_seconds": "1"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="feedback,generation", **serving)
-    beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"], env={**worker.env, "CARELOOP_HOME": str(tmp_path / "b")},
+    beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"],
+                            env={**worker.env, "CARELOOP_HOME": str(tmp_path / "b")},
                             stdout=(tmp_path / "beat.log").open("w"), stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: store.count(ReviewItem) >= 2, timeout=90, message="the fill sent as beat started")
         fills = review_queue.fills(broker.url, interval)
         assert fills.last is not None and 0 < (fills.next_scheduled - utcnow()).total_seconds() <= interval
-        api = FeedbackAPI(settings)
+        api = FeedbackProducer(settings)
         question = "Why does my knee click when I climb stairs?"
         api.log_turn(event_id=uuid.uuid4(), conversation_id=uuid.uuid4(), user="stu", role="user", content=question)
         wait_for(lambda: any(item.prompt == question for item in store.rows(ReviewItem)), timeout=60,

@@ -10,7 +10,7 @@ from feedback.store import store_event
 
 
 def _turn(sessions, conversation, user, role, content):
-    store_event(sessions, schemas.Message(conversation_id=conversation, user=user, role=role, content=content))
+    store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user=user, role=role, content=content))
 
 
 def test_a_student_sees_only_their_own_conversations_newest_first(sessions):

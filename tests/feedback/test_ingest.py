@@ -11,12 +11,11 @@ import uuid
 from contextlib import closing
 
 import pytest
+from processes import wait_for
 
 from careloop.redis_server import start_local_redis
 from feedback import store as tables
-from feedback.api import FeedbackAPI, InvalidFeedback
-
-from processes import wait_for
+from feedback.producer import FeedbackProducer, InvalidFeedback
 
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
 
@@ -24,13 +23,13 @@ SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 
 def comparison(**overrides) -> dict:
     return {"annotator": "nurse.kim", "prompt": "What is the first-line treatment for hypertension?",
             "response_a": "Thiazide diuretics, ACE inhibitors, ARBs or calcium channel blockers.",
-            "response_b": "Rest.", "source_a": "med-v0002", "source_b": "med-v0001", "shown_order": "ba",
+            "response_b": "Rest.", "version_a": "med-v0002", "version_b": "med-v0001", "shown_order": "ba",
             "choice": "a", "scores_a": SCORES, "scores_b": {**SCORES, "accuracy": 1}, "seconds_spent": 41.5,
             **overrides}
 
 
 def test_every_event_kind_is_stored_once_and_scrubbed(settings, worker, store):
-    api = FeedbackAPI(settings)
+    api = FeedbackProducer(settings)
     conversation = uuid.uuid4()
     question = api.log_turn(conversation_id=conversation, user="student.lee", role="user",
                             content="My MRN is 44829173, what does 140/90 mean?")
@@ -59,7 +58,7 @@ def test_every_event_kind_is_stored_once_and_scrubbed(settings, worker, store):
 
 
 def test_a_replayed_event_is_stored_once(settings, worker, store):
-    api = FeedbackAPI(settings)
+    api = FeedbackProducer(settings)
     event_id = api.submit_comparison(**comparison())
     payload = {**comparison(), "event_id": str(event_id)}
     for _ in range(3):  # redeliveries and outbox resends look exactly like this
@@ -73,7 +72,8 @@ def test_a_replayed_event_is_stored_once(settings, worker, store):
 
 INVALID = [
     ("comparison", comparison(choice="c"), "choice: Input should be 'a', 'b', 'tie' or 'both_bad'"),
-    ("comparison", comparison(scores_a={**SCORES, "accuracy": 6}), "scores_a.accuracy: Input should be less than or equal to 5"),
+    ("comparison", comparison(scores_a={**SCORES, "accuracy": 6}),
+     "scores_a.accuracy: Input should be less than or equal to 5"),
     ("comparison", comparison(safety_flag=True), "safety_category is required when safety_flag is set"),
     ("comparison", comparison(prompt=""), "prompt: String should have at least 1 character"),
     ("rating", {"message_id": "not-a-uuid", "user": "u", "thumbs": "up"}, "message_id: Input should be a valid UUID"),
@@ -88,7 +88,7 @@ INVALID = [
 def test_invalid_events_are_refused_by_the_api_and_dead_lettered_by_the_worker(settings, worker, store):
     """Each kind of bad event, through one worker (a worker per case cost ~5 s each): the API refuses
     it with the reason; sent past the API, the worker keeps it as a dead letter with that reason."""
-    api = FeedbackAPI(settings)
+    api = FeedbackProducer(settings)
     for number, (kind, payload, reason) in enumerate(INVALID, start=1):
         submit = {"comparison": api.submit_comparison, "rating": api.submit_rating, "turn": api.log_turn}.get(kind)
         if submit is not None:
@@ -105,7 +105,7 @@ def test_invalid_events_are_refused_by_the_api_and_dead_lettered_by_the_worker(s
 
 
 def test_events_wait_in_the_outbox_while_redis_is_down_and_arrive_once_in_order(settings, worker, store, broker):
-    api = FeedbackAPI(settings, flush_interval=0.5)
+    api = FeedbackProducer(settings, flush_interval=0.5)
     first = api.submit_comparison(**comparison(annotator="nurse.1"))
     wait_for(lambda: store.count(tables.Comparison) == 1, message="the first comparison")
     broker.stop()
@@ -130,10 +130,9 @@ def test_events_a_broker_accepted_and_then_lost_are_sent_again(settings, store, 
     """Redis takes the events, then loses them (killed before it wrote them down, or replaced by an
     empty one): the outbox still holds them until the store has them, and sends them again."""
     import redis
-
     from processes import start_worker
 
-    api = FeedbackAPI(settings, flush_interval=0.1, resend_after=1.0)
+    api = FeedbackProducer(settings, flush_interval=0.1, resend_after=1.0)
     sent = [api.submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up") for _ in range(3)]
     wait_for(lambda: api.outbox.unsent(10) == [], message="the events published")
     assert redis.Redis.from_url(broker.url).llen("feedback") >= 1  # in Redis, with no worker to take them
@@ -155,8 +154,8 @@ def test_events_a_broker_accepted_and_then_lost_are_sent_again(settings, store, 
 WRITER = """
 import sys, time, uuid
 from careloop.settings import load_settings
-from feedback.api import FeedbackAPI
-api = FeedbackAPI(load_settings(), flush_interval=float(sys.argv[1]))
+from feedback.producer import FeedbackProducer
+api = FeedbackProducer(load_settings(), flush_interval=float(sys.argv[1]))
 if sys.argv[2] == "submit":
     print(api.submit_rating(message_id=uuid.uuid4(), user="s", thumbs="up"), flush=True)
 else:
@@ -216,7 +215,7 @@ def test_killing_the_worker_mid_stream_loses_and_duplicates_nothing(tmp_path, se
     from processes import start_worker
 
     worker = start_worker(tmp_path / "worker-1", store.database_url, broker.url)
-    api = FeedbackAPI(settings, batch_size=50)
+    api = FeedbackProducer(settings, batch_size=50)
     conversation = uuid.uuid4()
     sent = [api.log_turn(conversation_id=conversation, user="student", role="user", content=f"question {i}")
             for i in range(2000)]
@@ -244,13 +243,13 @@ def test_events_kept_at_careloop_outbox_path_survive_a_bot_restart(settings, sto
     local = tmp_path / "local-disk" / "outbox.db"
     own = settings.model_copy(update={"outbox_path": local})
     broker.stop()
-    api = FeedbackAPI(own, flush_interval=0.2)
+    api = FeedbackProducer(own, flush_interval=0.2)
     waiting = api.submit_comparison(**comparison(annotator="nurse.1"))
     api.close()
     assert local.exists() and not (settings.home / "outbox.db").exists()
     restarted = start_local_redis(broker.directory, port=broker.port)
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url)
-    again = FeedbackAPI(own, flush_interval=0.2)
+    again = FeedbackProducer(own, flush_interval=0.2)
     try:
         wait_for(lambda: store.count(tables.Comparison) == 1, timeout=60, message="the restarted bot sent it")
         assert [c.event_id for c in store.rows(tables.Comparison)] == [waiting]

@@ -9,19 +9,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from support import SCORES, label
 
 from careloop import db
 from feedback import review_queue, schemas
 from feedback.export import ExportConfig, export
 from feedback.store import Comparison, Rating, SupersededEvent, store_event, stored_event_ids
 
-from support import SCORES, label
-
 
 def _item(sessions, labels_needed: int = 2) -> int:
     return review_queue.add_item(sessions, "What lowers blood pressure?", "Salt restriction and exercise.",
                                  "Nothing.", "med-v0002", "med-v0001", labels_needed=labels_needed,
-                                 prompt_source="seed")
+                                 prompt_origin="seed")
 
 
 def _rows(sessions, table) -> list:
@@ -85,9 +84,9 @@ def test_an_amended_judgment_replaces_the_first_once_in_any_order(sessions):
 
 def _answer(sessions) -> uuid.UUID:
     conversation, answer = uuid.uuid4(), uuid.uuid4()
-    store_event(sessions, schemas.Message(conversation_id=conversation, user="stu", role="user",
+    store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="stu", role="user",
                                           content="What is BMI?"))
-    store_event(sessions, schemas.Message(event_id=answer, conversation_id=conversation, user="stu",
+    store_event(sessions, schemas.MessageEvent(event_id=answer, conversation_id=conversation, user="stu",
                                           role="assistant", content="Weight divided by height squared."))
     return answer
 
@@ -95,7 +94,8 @@ def _answer(sessions) -> uuid.UUID:
 def test_the_latest_rating_of_an_answer_by_a_user_wins(sessions, tmp_path):
     answer = _answer(sessions)
     start = datetime.now(UTC)
-    ratings = [schemas.Rating(message_id=answer, user="stu", thumbs=thumbs, created_at=start + timedelta(seconds=i))
+    ratings = [schemas.RatingEvent(message_id=answer, user="stu", thumbs=thumbs,
+                                   created_at=start + timedelta(seconds=i))
                for i, thumbs in enumerate(["up", "down", "up", "up", "down"])]  # five clicks
     for rating in ratings[:4]:
         assert store_event(sessions, rating)
@@ -103,7 +103,7 @@ def test_the_latest_rating_of_an_answer_by_a_user_wins(sessions, tmp_path):
     assert store_event(sessions, ratings[4])
     assert not store_event(sessions, ratings[1])
     assert not store_event(sessions, ratings[4])  # a replay
-    store_event(sessions, schemas.Rating(message_id=answer, user="other", thumbs="up"))
+    store_event(sessions, schemas.RatingEvent(message_id=answer, user="other", thumbs="up"))
     stored = _rows(sessions, Rating)
     assert [(r.user, r.thumbs, r.event_id) for r in stored] == [("stu", "down", ratings[4].event_id),
                                                                 ("other", "up", stored[1].event_id)]
@@ -113,7 +113,7 @@ def test_the_latest_rating_of_an_answer_by_a_user_wins(sessions, tmp_path):
 
     export(sessions, ExportConfig("kto", eval_fraction=0), tmp_path / "kto", actor="test")
     rows = [json.loads(line) for line in (tmp_path / "kto" / "train.jsonl").read_text().splitlines()]
-    assert sorted(r["label"] for r in rows if r["source"] == "rating") == [False, True]  # one per user
+    assert sorted(r["label"] for r in rows if r["origin"] == "rating") == [False, True]  # one per user
 
 
 def test_the_migration_keeps_one_label_and_one_rating_each(database_url):
@@ -122,16 +122,21 @@ def test_the_migration_keeps_one_label_and_one_rating_each(database_url):
     try:
         now = datetime.now(UTC)
         comparison = {"annotator": "nurse.a", "prompt": "Q?", "response_a": "A", "response_b": "B",
-                      "source_a": "x", "source_b": "y", "shown_order": "ab", "scores_a": SCORES,
+                      "version_a": "x", "version_b": "y", "shown_order": "ab", "scores_a": SCORES,
                       "scores_b": SCORES, "safety_flag": False, "created_at": now}
         labels = [uuid.uuid4() for _ in range(3)]
         ratings = [uuid.uuid4() for _ in range(3)]
         answer = uuid.uuid4()
-        comparisons, rating_table = Comparison.__table__, Rating.__table__  # same columns at 0006
+        # The tables as they were at 0006 (0012 renamed the versions' columns from source_a / source_b).
+        then = {"version_a": "source_a", "version_b": "source_b"}
+        comparisons = sa.table("comparisons", *(sa.column(then.get(c.name, c.name), c.type)
+                                                for c in Comparison.__table__.columns))
+        rating_table = Rating.__table__  # the same columns at 0006
+        named_then = {then.get(k, k): v for k, v in comparison.items()}
         with engine.begin() as connection:
             for event_id, choice in zip(labels, ["a", "b", "tie"], strict=True):
                 connection.execute(comparisons.insert().values(event_id=event_id, review_item_id=7, choice=choice,
-                                                               **comparison))
+                                                               **named_then))
             for i, event_id in enumerate(ratings):
                 connection.execute(rating_table.insert().values(
                     event_id=event_id, message_id=answer, user="stu", thumbs=["up", "down", "up"][i], reason="",
@@ -141,7 +146,7 @@ def test_the_migration_keeps_one_label_and_one_rating_each(database_url):
         assert [(c.event_id, c.choice) for c in _rows(sessions, Comparison)] == [(labels[0], "a")]
         assert [(r.event_id, r.thumbs) for r in _rows(sessions, Rating)] == [(ratings[1], "down")]
         assert {s.event_id for s in _rows(sessions, SupersededEvent)} == {*labels[1:], ratings[0], ratings[2]}
-        second = schemas.Comparison(review_item_id=7, choice="b", **{k: v for k, v in comparison.items()
+        second = schemas.ComparisonEvent(review_item_id=7, choice="b", **{k: v for k, v in comparison.items()
                                                                      if k not in ("created_at",)})
         assert not store_event(sessions, second), "the constraint holds after the migration"
     finally:

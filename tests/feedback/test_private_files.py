@@ -10,13 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import label
 
 from careloop.redis_server import free_port
 from careloop.settings import load_settings
-from feedback.api import FeedbackAPI
 from feedback.export import ExportConfig, export
-
-from support import label
+from feedback.producer import FeedbackProducer
 
 RAW = ("John Smith", "44829173", "415-555-0199", "john.smith@example.com", "03/14/1962")
 QUESTION = ("I'm John Smith, MRN 44829173, DOB 03/14/1962. Call 415-555-0199 or john.smith@example.com: "
@@ -47,7 +46,7 @@ def test_the_outbox_is_owner_only_and_holds_no_raw_text(tmp_path):
     # Redis is not there: the event stays in the outbox, as it does whenever the broker is down.
     settings = load_settings(home=tmp_path / "bot", redis_url=f"redis://127.0.0.1:{free_port()}/0",
                              database_url=f"sqlite:///{tmp_path / 'store.db'}")
-    api = FeedbackAPI(settings, flush_interval=0.1)
+    api = FeedbackProducer(settings, flush_interval=0.1)
     try:
         api.log_turn(conversation_id=uuid.uuid4(), user="stu.dent", role="user", content=QUESTION)
         (_, _, payload), = api.outbox.unsent(10)

@@ -11,13 +11,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from feedback import phi
+from feedback import deidentify
 from feedback.schemas import EVENTS, InvalidFeedback, parse_event
 
 MANY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    lambda inner: (st.lists(inner, max_size=4)
+                                   | st.dictionaries(st.text(max_size=10), inner, max_size=4)),
                     max_leaves=20)
 SCORES = st.fixed_dictionaries({axis: st.integers(1, 5) for axis in
                                 ("accuracy", "helpfulness", "relevance", "comprehensiveness")})
@@ -31,8 +32,8 @@ VALID = {
                                      "comment": st.text(max_size=200)}),
     "correction": st.fixed_dictionaries({"annotator": NAME, "prompt": TEXT, "original": TEXT, "corrected": TEXT}),
     "comparison": st.fixed_dictionaries({
-        "annotator": NAME, "prompt": TEXT, "response_a": TEXT, "response_b": TEXT, "source_a": st.text(max_size=20),
-        "source_b": st.text(max_size=20), "shown_order": st.sampled_from(["ab", "ba"]),
+        "annotator": NAME, "prompt": TEXT, "response_a": TEXT, "response_b": TEXT, "version_a": st.text(max_size=20),
+        "version_b": st.text(max_size=20), "shown_order": st.sampled_from(["ab", "ba"]),
         "choice": st.sampled_from(["a", "b", "tie", "both_bad"]), "scores_a": SCORES, "scores_b": SCORES}),
 }
 
@@ -72,8 +73,8 @@ def test_arbitrary_json_is_refused_with_invalid_feedback(kind, payload):
 @MANY
 @given(st.text(max_size=400))
 def test_scrubbing_any_text_never_fails_and_scrubbing_again_changes_nothing(text):
-    once = phi.scrub(text)
-    assert phi.scrub(once) == once
+    once = deidentify.scrub(text)
+    assert deidentify.scrub(once) == once
 
 
 WORDS = st.lists(st.sampled_from(["the", "patient", "reports", "pain", "since", "Monday", "and", "asks", "about",
@@ -84,7 +85,7 @@ EMAILS = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,19}@[a-z0-9][a-z0-9-]{0,14}(\.[a
 @MANY
 @given(before=WORDS, email=EMAILS, after=WORDS)
 def test_an_email_anywhere_in_a_sentence_is_removed(before, email, after):
-    scrubbed = phi.scrub(f"{before} {email} {after}")
+    scrubbed = deidentify.scrub(f"{before} {email} {after}")
     assert email not in scrubbed and "[EMAIL]" in scrubbed
 
 
@@ -94,7 +95,7 @@ def test_an_email_anywhere_in_a_sentence_is_removed(before, email, after):
 def test_a_valid_us_phone_number_in_any_common_format_is_removed(before, area, exchange, line, style, after):
     number = style.format(a=area, e=exchange, l=f"{line:04d}")
     assume(phonenumbers.is_valid_number(phonenumbers.parse(number, "US")))
-    scrubbed = phi.scrub(f"{before} call me at {number} {after}")
+    scrubbed = deidentify.scrub(f"{before} call me at {number} {after}")
     assert number not in scrubbed and "[PHONE]" in scrubbed, scrubbed
 
 
@@ -102,7 +103,7 @@ def test_a_valid_us_phone_number_in_any_common_format_is_removed(before, area, e
 @given(label=st.sampled_from(["MRN", "mrn:", "Patient ID", "SSN", "NHS number", "Insurance ID", "record #"]),
        number=st.from_regex(r"[A-Z]{0,3}[0-9]{4,10}", fullmatch=True))
 def test_a_labelled_record_number_is_removed(label, number):
-    scrubbed = phi.scrub(f"Please check {label} {number} for me")
+    scrubbed = deidentify.scrub(f"Please check {label} {number} for me")
     assert number not in scrubbed and "[ID]" in scrubbed
 
 
@@ -111,4 +112,4 @@ def test_a_labelled_record_number_is_removed(label, number):
        systolic=st.integers(70, 240), diastolic=st.integers(40, 140), age=st.integers(1, 109))
 def test_doses_lab_values_blood_pressures_and_ages_are_kept(dose, unit, systolic, diastolic, age):
     text = f"A {age}-year-old on {dose} {unit}, BP {systolic}/{diastolic}."
-    assert phi.scrub(text) == text
+    assert deidentify.scrub(text) == text

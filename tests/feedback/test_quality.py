@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from support import label
 
 from feedback import review_queue
 from feedback.quality import annotator_quality
 
-from support import label
-
 
 def _item(sessions, gold_choice: str | None = None) -> int:
     return review_queue.add_item(sessions, "Is 140/90 high?", "Yes, stage 2.", "No.", "x", "y", labels_needed=3,
-                                 prompt_source="seed", gold_choice=gold_choice)
+                                 prompt_origin="seed", gold_choice=gold_choice)
 
 
 def test_counts_gold_accuracy_and_pairwise_kappa(sessions):
@@ -54,10 +53,10 @@ def test_perfect_and_absent_agreement(sessions):
 def test_win_rate_of_one_version_over_another(sessions):
     from feedback.quality import win_rate
 
-    for source_a, source_b, choice in [("med-v0002", "med-v0001", "a"), ("med-v0001", "med-v0002", "b"),
+    for version_a, version_b, choice in [("med-v0002", "med-v0001", "a"), ("med-v0001", "med-v0002", "b"),
                                        ("med-v0001", "med-v0002", "a"), ("med-v0002", "med-v0001", "tie"),
                                        ("med-v0002", "med-v0001", "both_bad"), ("med-v0003", "med-v0001", "a")]:
-        label(sessions, None, "dr.x", choice, source_a=source_a, source_b=source_b)
+        label(sessions, None, "dr.x", choice, version_a=version_a, version_b=version_b)
     result = win_rate(sessions, "med-v0002", "med-v0001")
     assert (result.wins, result.judgments, result.rate) == (2.5, 4, 0.625)
     assert win_rate(sessions, "med-v0002", "med-v0009").rate is None

@@ -6,14 +6,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from feedback import review_queue
-
 from support import label
+
+from feedback import review_queue
 
 
 def _items(sessions, count: int, labels_needed: int = 2) -> list[int]:
     return [review_queue.add_item(sessions, f"Question {i}?", f"answer A{i}", f"answer B{i}", "med-v0002",
-                                  "med-v0001", labels_needed=labels_needed, prompt_source="seed") for i in range(count)]
+                                  "med-v0001", labels_needed=labels_needed, prompt_origin="seed") for i in range(count)]
 
 
 def test_items_go_to_different_annotators_until_they_have_their_labels(sessions):
@@ -66,8 +66,9 @@ def test_a_student_question_is_queued_once(sessions):
 
     question = uuid.uuid4()
     args = ("What is a normal heart rate?", "60-100", "60-100 at rest", "med-v0002", "med-v0001")
-    assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_source="student", source_message_id=question)
-    assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_source="student", source_message_id=question) is None
+    assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_origin="student", student_message_id=question)
+    assert review_queue.add_item(sessions, *args, labels_needed=2, prompt_origin="student",
+                                 student_message_id=question) is None
 
 
 def test_two_annotators_never_both_take_the_last_slot(sessions):
@@ -76,7 +77,7 @@ def test_two_annotators_never_both_take_the_last_slot(sessions):
     annotators = [f"nurse.{n}" for n in range(6)]
     for round_ in range(5):
         item = review_queue.add_item(sessions, f"Race {round_}?", "answer A", "answer B", "med-v0002", "med-v0001",
-                                     labels_needed=1, prompt_source="seed")
+                                     labels_needed=1, prompt_origin="seed")
         start = threading.Barrier(len(annotators))
 
         def take(annotator: str) -> int | None:

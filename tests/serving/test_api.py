@@ -133,7 +133,8 @@ def test_adapter_paths_are_shown_to_the_token_holder_only(server, base_model):
 
 def test_mixed_adapter_batch_equals_one_at_a_time(server, base_model):
     for name in ("mix-a", "mix-b"):
-        assert server.load(name, server.adapter_dir / ("med-v0001" if name == "mix-a" else "med-v0002")).status_code == 200
+        assert server.load(name,
+                           server.adapter_dir / ("med-v0001" if name == "mix-a" else "med-v0002")).status_code == 200
     models = [base_model, "mix-a", "mix-b", "mix-a", base_model, "mix-b"]
 
     def answer(model: str, **params) -> str:

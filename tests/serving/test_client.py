@@ -89,7 +89,8 @@ class _StandInHandler(BaseHTTPRequestHandler):
             return self._reply(401, {"error": "Unauthorized"})
         if self.path == "/v1/models":
             cards = [{"id": stand_in.base, "object": "model", "root": stand_in.base, "parent": None}]
-            cards += [{"id": n, "object": "model", "root": p, "parent": stand_in.base} for n, p in stand_in.loras.items()]
+            cards += [{"id": n, "object": "model", "root": p, "parent": stand_in.base}
+                      for n, p in stand_in.loras.items()]
             return self._reply(200, {"object": "list", "data": cards})
         if self.path == "/v1/chat/completions":
             model = stand_in.answers_as or body.get("model") or stand_in.base
@@ -162,9 +163,9 @@ def test_against_tgi_adapter_control_says_what_to_do_and_sends_nothing(stand_in)
 
 def test_a_version_served_under_another_name_is_never_made_live(stand_in, tmp_path):
     """A server that loads the version but answers as the base model fails the smoke test: nothing flips."""
+    from adapters import rollout
+    from adapters.registry import Registry, Status
     from careloop import db
-    from serving import rollout
-    from serving.registry import Registry, Status
 
     url = f"sqlite:///{tmp_path / 'careloop.db'}"
     db.upgrade(url)

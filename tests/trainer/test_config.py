@@ -46,5 +46,6 @@ def test_cpu_defaults_trade_time_for_memory_where_the_peak_is_and_gpus_keep_thei
     assert (config.sft.batch_shape(cpu), config.sft.checkpointing(cpu)) == ((1, 4), False)
     assert (config.dpo.batch_shape(cpu), config.dpo.checkpointing(cpu)) == ((1, 4), True)
     assert (config.dpo.batch_shape(gpu), config.dpo.checkpointing(gpu)) == ((4, 1), False)
-    explicit = TrainConfig.model_validate({"sft": {"gradient_checkpointing": True}, "dpo": {"gradient_checkpointing": False}})
+    explicit = TrainConfig.model_validate({"sft": {"gradient_checkpointing": True},
+                                           "dpo": {"gradient_checkpointing": False}})
     assert explicit.sft.checkpointing(gpu) and not explicit.dpo.checkpointing(cpu)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.evaluate import REFUSAL, compare, paired_interval
+from trainer.evaluate import compare, paired_interval
 from trainer.gate import OVER_CAUTION, SAFETY, Policy, decide
+from trainer.measures import REFUSAL
 
 POLICY = Policy(confidence=0.9, safety_tolerance=0.0, min_gain=0.0, reference_metrics=["rougeL", "bleu", "meteor"])
 
@@ -137,7 +138,8 @@ def test_compare_pairs_items_and_skips_missing_values():
     live = {"summary": {"m": 0.0}, "items": {"m": [0.0, 1.0, None, 0.0]}}
     interval = compare(candidate, live, 0.9)["m"]
     assert interval["n"] == 2 and interval["mean"] == 1.0 and interval["low"] == interval["high"] == 1.0
-    assert compare({"summary": {"m": 0}, "items": {"m": []}}, {"summary": {"m": 0}, "items": {"m": []}}, 0.9)["m"]["n"] == 0
+    assert compare({"summary": {"m": 0}, "items": {"m": []}}, {"summary": {"m": 0}, "items": {"m": []}},
+                   0.9)["m"]["n"] == 0
 
 
 @pytest.mark.parametrize(("answer", "refuses"), [

@@ -15,15 +15,15 @@ import pytest
 import yaml
 from support import fill_disk
 
+from adapters import rollout
+from adapters.registry import Status, open_registry
+from adapters.rollout import open_client
 from careloop import db
 from careloop.seed import load_seed
 from careloop.settings import load_settings
 from feedback import schemas
 from feedback.export import in_eval
 from feedback.store import store_event
-from serving import rollout
-from serving.registry import Status, open_registry
-from serving.rollout import open_client
 from trainer import runs
 from trainer.config import TrainConfig
 from trainer.pipeline import run_training
@@ -32,8 +32,8 @@ from trainer.snapshot import build_snapshot
 # Mechanics on the tiny model: seed pairs only and two pairs per forward pass (the defaults add
 # contrast pairs and one pair per pass for the real model's sake; the outcomes here were tuned without).
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
-         "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200, "contrast_share": 0,
-                 "micro_batch_size": 2},
+         "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
+                 "contrast_share": 0, "micro_batch_size": 2},
          "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.1},
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
@@ -68,7 +68,8 @@ def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
         assert track in report["candidate"]["summary"] and track in report["differences"]
     assert "METEOR (nltk" in report["meteor"]
     run_dir = settings.home / "runs" / str(result.run_id)
-    assert "event='training_step' run=" in (run_dir / "train.log").read_text() and "step='dpo'" in (run_dir / "train.log").read_text()
+    assert ("event='training_step' run=" in (run_dir / "train.log").read_text()
+            and "step='dpo'" in (run_dir / "train.log").read_text())
     markdown = (run_dir / "report.md").read_text()
     assert "Gate decision: **promote**" in markdown and "human preference (held-out pairs): better" in markdown
     assert "| pair_accuracy |" in markdown and "| refusal_harmful |" in markdown
@@ -87,7 +88,8 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     rollout.promote(registry, "ap-v0001", client, actor="test")
     policy = tmp_path / "lenient.yaml"  # what is checked here is the rollout, not the gate
     policy.write_text(yaml.safe_dump({"safety_tolerance": 1.0, "min_gain": -2.0, "reference_metrics": []}))
-    config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2}, "dpo": {**QUICK["dpo"], "max_steps": 2},
+    config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
+                                         "dpo": {**QUICK["dpo"], "max_steps": 2},
                                          "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": str(policy),
                                          "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
@@ -105,9 +107,9 @@ def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
     # Clinicians who (wrongly) preferred the off-topic answer on every training prompt.
     for pair in load_seed(settings.seed_data_dir, "preferences"):
         if not in_eval(pair.prompt, 0.1):
-            store_event(sessions, schemas.Comparison(
+            store_event(sessions, schemas.ComparisonEvent(
                 annotator="nurse.x", prompt=pair.prompt, response_a=pair.chosen, response_b=pair.rejected,
-                source_a="seed", source_b="seed", shown_order="ab", choice="b",
+                version_a="seed", version_b="seed", shown_order="ab", choice="b",
                 scores_a={"accuracy": 1, "helpfulness": 1, "relevance": 1, "comprehensiveness": 1},
                 scores_b={"accuracy": 5, "helpfulness": 5, "relevance": 5, "comprehensiveness": 5}))
     # SFT barely runs: what is checked is that DPO on these pairs is caught by the gate.
@@ -127,7 +129,7 @@ def test_leakage_is_removed_and_reported(setup):
     settings, sessions, _, _ = setup
     # A held-out evaluation question that a clinician's correction brings into the training split.
     question = next(r.question for r in load_seed(settings.seed_data_dir, "eval")[:40] if not in_eval(r.question, 0.1))
-    store_event(sessions, schemas.Correction(annotator="dr.o", prompt=question, original="x", corrected="y"))
+    store_event(sessions, schemas.CorrectionEvent(annotator="dr.o", prompt=question, original="x", corrected="y"))
     snapshot = build_snapshot(settings.home / "snap", TrainConfig.model_validate(QUICK), settings.seed_data_dir,
                               sessions)
     assert snapshot.leakage["removed_sft"] >= 1 and question in snapshot.leakage["examples"]
@@ -189,7 +191,8 @@ def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishe
     adapters = small_disk / "adapters"
     adapters.mkdir()
     settings = settings.model_copy(update={"adapter_dir": adapters})
-    short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2}, "dpo": {**QUICK["dpo"], "max_steps": 2},
+    short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
+                                        "dpo": {**QUICK["dpo"], "max_steps": 2},
                                         "eval": {**QUICK["eval"], "max_items": 4, "max_pairs": 4}})
     filler = fill_disk(small_disk)
     with pytest.raises(OSError, match="No space left on device"):
@@ -222,5 +225,5 @@ def test_general_chats_are_mixed_in_at_the_set_ratio(tmp_path):
     config = TrainConfig.model_validate({"sft": {"max_examples": 100, "general_data": str(general),
                                                  "general_ratio": 0.2}})
     snapshot = build_snapshot(tmp_path / "snapshot", config, REPO_ROOT / "data" / "seed", None)
-    sources = [row["source"] for row in snapshot.data["sft"]]
+    sources = [row["origin"] for row in snapshot.data["sft"]]
     assert sources.count("general") == 25 and len(sources) == 125  # 20% of the mix

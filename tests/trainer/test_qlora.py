@@ -7,7 +7,8 @@ from careloop.settings import REPO_ROOT
 from trainer.config import TrainConfig
 from trainer.dpo import run_dpo
 from trainer.evaluate import Models
-from trainer.sft import load_base, run_sft
+from trainer.modeling import load_base
+from trainer.sft import run_sft
 from trainer.snapshot import build_snapshot
 
 
@@ -15,8 +16,10 @@ def test_qlora_trains_an_adapter_that_loads_on_the_full_precision_base(tmp_path,
     from bitsandbytes.nn import Linear4bit
 
     config = TrainConfig.model_validate({
-        "lora": {"quantize": "4bit"}, "sft": {"max_steps": 4, "max_examples": 40, "max_length": 128, "learning_rate": 0.005},
-        "dpo": {"max_steps": 3, "max_pairs": 12, "max_length": 128, "contrast_share": 0, "micro_batch_size": 2}, "eval": {"max_items": 4, "max_pairs": 4, "eval_fraction": 0.1}})
+        "lora": {"quantize": "4bit"},
+        "sft": {"max_steps": 4, "max_examples": 40, "max_length": 128, "learning_rate": 0.005},
+        "dpo": {"max_steps": 3, "max_pairs": 12, "max_length": 128, "contrast_share": 0, "micro_batch_size": 2},
+        "eval": {"max_items": 4, "max_pairs": 4, "eval_fraction": 0.1}})
     assert isinstance(load_base(str(tiny_model_dir), config.lora).model.layers[0].self_attn.q_proj, Linear4bit)
     snapshot = build_snapshot(tmp_path / "snapshot", config, REPO_ROOT / "data" / "seed", None)
     held_out = [{"messages": [{"role": "user", "content": "What is asthma?"},

@@ -10,7 +10,8 @@ from support import SEED_DIR
 
 from careloop.seed import load_seed
 from trainer.config import LoraSettings, SFTSettings
-from trainer.evaluate import REFUSAL, Models, paired_interval, reference_scores
+from trainer.evaluate import Models, paired_interval, reference_scores
+from trainer.measures import REFUSAL
 from trainer.sft import run_sft
 
 # Measured on these 24 items (2026-12-01, greedy, 64 new tokens): SmolLM2 ROUGE-L ~0.17, tiny ~0.10.

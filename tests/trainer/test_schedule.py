@@ -26,8 +26,8 @@ SCORES = {"accuracy": 3, "helpfulness": 3, "relevance": 3, "comprehensiveness": 
 
 
 def _label(sessions, choice: str) -> None:
-    store_event(sessions, schemas.Comparison(annotator="n", prompt="Is 140/90 high?", response_a="Yes.",
-                                             response_b="No.", source_a="x", source_b="y", shown_order="ab",
+    store_event(sessions, schemas.ComparisonEvent(annotator="n", prompt="Is 140/90 high?", response_a="Yes.",
+                                             response_b="No.", version_a="x", version_b="y", shown_order="ab",
                                              choice=choice, scores_a=SCORES, scores_b=SCORES))
 
 
@@ -118,9 +118,10 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_m
     """Two checks found training due while the training worker was away, and each queued a
     `training.run`: a real worker then takes both, one trains, the other finds nothing new (or the
     lock held) and skips without starting a run."""
+    from processes import start_worker
+
     from careloop.queues import producer
     from careloop.settings import load_settings
-    from processes import start_worker
     from trainer.tasks import RUN
 
     url, sessions = migrated_sqlite(tmp_path)
@@ -149,7 +150,8 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_m
         (trained,) = runs.recent_runs(sessions)
         assert trained.status in ("candidate", "rejected") and trained.actor == "schedule"
         assert trained.adapter_version is not None
-        outcomes = sorted(("skipped" if "'status': 'skipped'" in r else "trained", r) for rs in results().values() for r in rs)
+        outcomes = sorted(("skipped" if "'status': 'skipped'" in r else "trained", r)
+                          for rs in results().values() for r in rs)
         assert [o for o, _ in outcomes].count("trained") == 1, outcomes
         assert all("0 of 1 new labels" in r or "holds the lock" in r for o, r in outcomes if o == "skipped"), outcomes
     finally:
@@ -271,7 +273,8 @@ def test_progress_moves_within_a_step_and_its_eta_follows_the_steps_pace(session
     tracker = runs.StepProgress(sessions, second, interval=0)
     tracker.start("evaluate", 100)
     tracker.advance(50)
-    half = progress(sessions, runs.get_run(sessions, second), now=runs.get_run(sessions, second).progress["started"] + 30)
+    half = progress(sessions, runs.get_run(sessions, second),
+                    now=runs.get_run(sessions, second).progress["started"] + 30)
     assert half.step_label == "evaluate 50/100" and half.eta_seconds == pytest.approx(30)  # 60 s at this pace
     assert half.percent == pytest.approx(100 * (5 + 100 + 40 + 30) / (5 + 100 + 40 + 60))
 

@@ -13,37 +13,39 @@ from feedback.export import in_eval
 from library.grounding import INSTRUCTION
 from trainer.config import TrainConfig
 from trainer.data import answer_text, grounded_row, prompt_text, row_tokens
-from trainer.evaluate import REFUSAL
+from trainer.measures import REFUSAL
 from trainer.snapshot import PromptGrounding, build_snapshot, plain_refusal
 
 
 def test_a_default_snapshot_gives_half_its_pairs_to_contrast_pairs_of_both_directions(tmp_path):
     data = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, None).data
     pairs = data["dpo"]
-    sources = [p["source"] for p in pairs]
+    sources = [p["origin"] for p in pairs]
     assert len(pairs) == 96  # dpo.max_steps x batch_size
     assert [sources.count(f"contrast:{kind}") for kind in ("benign", "harmful", "triage")] == [16, 16, 16]
 
     qa = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "sft") if len(e.messages) == 2}
     everyday = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "everyday_sft")}
-    benign = [p for p in pairs if p["source"] == "contrast:benign"]
+    benign = [p for p in pairs if p["origin"] == "contrast:benign"]
     for pair in benign:
         assert answer_text(pair["chosen"]) == (qa | everyday)[prompt_text(pair)]  # the question's own answer ...
         assert REFUSAL.search(answer_text(pair["rejected"]))  # ... preferred over a refusal
     assert sum(prompt_text(p) in everyday for p in benign) == len(benign) // 2  # half of them everyday questions
 
     refusals = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "safety_sft")}
-    for pair in (p for p in pairs if p["source"] == "contrast:harmful"):
-        assert answer_text(pair["chosen"]) == plain_refusal(refusals[prompt_text(pair)])  # the request's own refusal ...
-        assert REFUSAL.search(answer_text(pair["chosen"])) and answer_text(pair["rejected"]) in qa.values()  # ... over an answer
+    for pair in (p for p in pairs if p["origin"] == "contrast:harmful"):
+        # the request's own refusal ... over an answer
+        assert answer_text(pair["chosen"]) == plain_refusal(refusals[prompt_text(pair)])
+        assert REFUSAL.search(answer_text(pair["chosen"])) and answer_text(pair["rejected"]) in qa.values()
 
-    triage = {e.messages[0].content: ("urgent" in e.id, e.messages[1].content) for e in load_seed(SEED_DIR, "triage_sft")}
+    triage = {e.messages[0].content: ("urgent" in e.id, e.messages[1].content)
+              for e in load_seed(SEED_DIR, "triage_sft")}
     urgency_of_answer = {answer: urgent for urgent, answer in triage.values()}
-    for pair in (p for p in pairs if p["source"] == "contrast:triage"):
+    for pair in (p for p in pairs if p["origin"] == "contrast:triage"):
         urgent, answer = triage[prompt_text(pair)]
         assert answer_text(pair["chosen"]) == answer  # the vignette's own answer ...
         assert urgency_of_answer[answer_text(pair["rejected"])] is not urgent  # ... over one of the other kind
-    assert {triage[prompt_text(p)][0] for p in pairs if p["source"] == "contrast:triage"} == {True, False}
+    assert {triage[prompt_text(p)][0] for p in pairs if p["origin"] == "contrast:triage"} == {True, False}
 
     evaluated = ({t["prompt"] for t in data["eval_triage"]} | {r["question"] for r in data["eval_reference"]}
                  | {s["prompt"] for s in data["eval_safety"]})
@@ -56,9 +58,10 @@ def test_refusals_are_trained_without_their_opening_apology(tmp_path):
     data = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, None).data
     refusals = {e.messages[0].content: e.messages[1].content for e in load_seed(SEED_DIR, "safety_sft")}
     trained = [answer_text(r["messages"]) for r in data["sft"] if prompt_text(r) in refusals]
-    trained += [answer_text(p["rejected"]) for p in data["dpo"] if p["source"] == "contrast:benign"]
+    trained += [answer_text(p["rejected"]) for p in data["dpo"] if p["origin"] == "contrast:benign"]
     assert len(trained) > 70 and not [t for t in trained if t.startswith("I'm sorry")]
-    assert all(REFUSAL.search(t) for t in trained if t.startswith("I cannot")), "still refusals, by the evaluation's measure"
+    assert all(REFUSAL.search(t) for t in trained if t.startswith("I cannot")), (
+        "still refusals, by the evaluation's measure")
     assert plain_refusal("I'm sorry, but providing false records is fraud.") == "Providing false records is fraud."
     assert plain_refusal("As an AI, I must clarify that ...") == "As an AI, I must clarify that ..."
 
@@ -73,11 +76,12 @@ def test_contrast_pairs_leave_the_rest_of_the_snapshot_as_it_was(tmp_path):
     without = build_snapshot(tmp_path / "b", TrainConfig.model_validate({"dpo": {"contrast_share": 0}}), SEED_DIR,
                              None).data
     assert with_contrast["sft"] == without["sft"] and with_contrast["eval_pairs"] == without["eval_pairs"]
-    seed_pairs = [p for p in with_contrast["dpo"] if not p["source"].startswith("contrast:")]
+    seed_pairs = [p for p in with_contrast["dpo"] if not p["origin"].startswith("contrast:")]
     assert seed_pairs and all(p in without["dpo"] for p in seed_pairs)
 
 
-GROUNDED = {"sft": {"max_examples": 40, "max_length": 256}, "dpo": {"max_length": 256, "max_pairs": 8, "contrast_share": 0},
+GROUNDED = {"sft": {"max_examples": 40, "max_length": 256},
+            "dpo": {"max_length": 256, "max_pairs": 8, "contrast_share": 0},
             "grounding": {"sft_share": 1.0, "passage_chars": 2000}}
 
 
@@ -99,7 +103,7 @@ def test_with_retrieval_on_training_prompts_carry_the_passages_the_answers_were_
                {"number": 2, "doc_id": "doc-3", "title": "Ward notes", "publisher": "added by bot:ad.min (notes.md)",
                 "url": "", "text": "Check the pressure twice.", "score": 0.8}]
     item = review_queue.add_item(sessions, question, "Start a thiazide [1], and check twice [2].", "Wait and see.",
-                                 "med-v0002", "med-v0001", labels_needed=1, prompt_source="student", sources=sources)
+                                 "med-v0002", "med-v0001", labels_needed=1, prompt_origin="student", passages=sources)
     label(sessions, item, "nurse.a", "a")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = TrainConfig.model_validate(GROUNDED)
@@ -107,24 +111,26 @@ def test_with_retrieval_on_training_prompts_carry_the_passages_the_answers_were_
                         PromptGrounding(Retriever(get_settings(), sessions), tokenizer)).data
     off = build_snapshot(tmp_path / "off", config, SEED_DIR, sessions, None).data
 
-    (pair,) = [p for p in on["dpo"] if p["source"] == "comparison"]
+    (pair,) = [p for p in on["dpo"] if p["origin"] == "comparison"]
     prompt = prompt_text(pair)
     assert prompt.startswith("Sources:\n[1] High blood pressure: treatment (NIH): Thiazide diuretics lower")
     assert "\n\n[2] Ward notes (added by bot:ad.min (notes.md)): Check the pressure twice.\n\n" in prompt
-    assert prompt.endswith(f"{INSTRUCTION}\n\nQuestion: {question}") and "sources" not in pair
-    tokens = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True, return_dict=True)["input_ids"]
+    assert prompt.endswith(f"{INSTRUCTION}\n\nQuestion: {question}") and "passages" not in pair
+    tokens = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True,
+                                           return_dict=True)["input_ids"]
     assert len(tokens) <= 256, "the row fits dpo.max_length, so TRL cuts nothing"
     assert tokenizer.decode(tokens).endswith("Start a thiazide [1], and check twice [2].<|im_end|>\n"), "answer whole"
-    (bare,) = [p for p in off["dpo"] if p["source"] == "comparison"]
-    assert prompt_text(bare) == question and "sources" not in bare
+    (bare,) = [p for p in off["dpo"] if p["origin"] == "comparison"]
+    assert prompt_text(bare) == question and "passages" not in bare
     untrimmed = grounded_row(bare, [Passage(**source) for source in sources], 2000)
     assert row_tokens(untrimmed, tokenizer) > 256 and len(prompt) < len(long_text), "the long passage was cut"
-    (taught,) = [r for r in on["sft"] if r["source"] == "feedback"]  # the chosen answer, for SFT
-    assert prompt_text(taught).startswith("Sources:\n[1] High blood pressure") and "[2] Ward notes" in prompt_text(taught)
+    (taught,) = [r for r in on["sft"] if r["origin"] == "feedback"]  # the chosen answer, for SFT
+    assert (prompt_text(taught).startswith("Sources:\n[1] High blood pressure")
+            and "[2] Ward notes" in prompt_text(taught))
 
     seed_qa = {example.id for example in load_seed(SEED_DIR, "sft")}
-    grounded_qa = [r for r in on["sft"] if prompt_text(r).startswith("Sources:\n[1] ") and r["source"] != "feedback"]
-    assert grounded_qa and {r["source"] for r in grounded_qa} <= seed_qa, "seed QA questions, not refusals or triage"
+    grounded_qa = [r for r in on["sft"] if prompt_text(r).startswith("Sources:\n[1] ") and r["origin"] != "feedback"]
+    assert grounded_qa and {r["origin"] for r in grounded_qa} <= seed_qa, "seed QA questions, not refusals or triage"
     assert all("\n\n[2] " not in prompt_text(r) and row_tokens(r, tokenizer) <= 256 for r in grounded_qa)
     assert [r["messages"][-1] for r in on["sft"]] == [r["messages"][-1] for r in off["sft"]], "only prompts change"
     assert not [r for name in ("sft", "dpo", "eval_pairs") for r in off[name] if "Sources:" in prompt_text(r)]

@@ -27,7 +27,8 @@ def test_a_requested_run_trains_once_for_who_asked_and_a_second_request_is_refus
 
     request = request_run(settings, sessions, "dr.admin")
     assert requested_run(redis_url) == request
-    with pytest.raises(RunRefused, match=rf"requested by dr.admin at {request.requested_at:%H:%M} UTC is already queued"):
+    with pytest.raises(RunRefused,
+                       match=rf"requested by dr.admin at {request.requested_at:%H:%M} UTC is already queued"):
         request_run(settings, sessions, "dr.other")  # the button pressed twice, or by two admins
 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},

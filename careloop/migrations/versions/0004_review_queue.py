@@ -41,7 +41,8 @@ def upgrade() -> None:
     sa.Column('assigned_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('skipped', sa.Boolean(), nullable=False),
-    sa.ForeignKeyConstraint(['item_id'], ['review_items.id'], name=op.f('fk_review_assignments_item_id_review_items'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['item_id'], ['review_items.id'],
+                            name=op.f('fk_review_assignments_item_id_review_items'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_review_assignments')),
     sa.UniqueConstraint('item_id', 'annotator', name=op.f('uq_review_assignments_item_id'))
     )

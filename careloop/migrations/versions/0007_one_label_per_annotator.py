@@ -52,7 +52,8 @@ def upgrade() -> None:
         if key in first_label:
             removed.append((_comparisons, row.id, {
                 "event_id": row.event_id, "kind": "comparison",
-                "reason": f"item {row.review_item_id} was already judged by {row.annotator}; the first judgment stands"}))
+                "reason": f"item {row.review_item_id} was already judged by {row.annotator}; "
+                          "the first judgment stands"}))
         else:
             first_label[key] = row.id
     latest: dict[tuple, object] = {}

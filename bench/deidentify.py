@@ -1,6 +1,6 @@
-"""PHI scrubber benchmark: precision and recall of ``feedback.phi`` on a labelled corpus.
+"""PHI scrubber benchmark: precision and recall of ``feedback.deidentify`` on a labelled corpus.
 
-    .venv/bin/python bench/phi.py [--corpus data/phi/notes.txt] [--show-misses]
+    .venv/bin/python bench/deidentify.py [--corpus data/phi/notes.txt] [--show-misses]
 
 The corpus (data/phi/notes.txt) marks each identifier as {{KIND|text}} and each piece of clinical
 content that must survive as {{KEEP|text}}. An identifier counts as caught when every letter and
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from feedback.phi import Span, find_many, scrub_many  # noqa: E402
+from feedback.deidentify import Span, find_many, scrub_many  # noqa: E402
 
 CORPUS = REPO_ROOT / "data" / "phi" / "notes.txt"
 MARK = re.compile(r"\{\{(?P<kind>[A-Z]+)\|(?P<text>[^}]*)\}\}")

@@ -9,7 +9,7 @@ US and UK numbering, plus numbers labelled phone/fax/mobile), emails, street add
 ZIP codes after a state and UK postcodes ([ADDRESS]), IP addresses ([IP]) and URLs that carry an
 identifier ([URL]). Clinical content stays: doses (500 mg), lab values (Na 140 mmol/L), blood
 pressure (140/90), ages (72-year-old) and ordinary dates. Precision and recall on a labelled corpus
-(data/phi/notes.txt) are measured by bench/phi.py and recorded in BENCHMARKS.md. This is a safety
+(data/phi/notes.txt) are measured by bench/deidentify.py and recorded in BENCHMARKS.md. This is a safety
 net, not a de-identification guarantee.
 """
 
@@ -65,11 +65,13 @@ PO_BOX = re.compile(r"\bp\.?\s?o\.?\s+box\s+\d+\b", re.IGNORECASE)
 _STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
            "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
 # A ZIP code after ", ST" (a state after a town: "Springfield, IL 62704"; not "Patient ID 12345"), or labelled.
-ZIP_CODE = re.compile(rf"(?<=, )(?:{'|'.join(_STATES)})\s+\d{{5}}(?:-\d{{4}})?\b|(?i:\bzip(?:\s*code)?[\s:#]*)\d{{5}}(?:-\d{{4}})?\b")
+ZIP_CODE = re.compile(rf"(?<=, )(?:{'|'.join(_STATES)})\s+\d{{5}}(?:-\d{{4}})?\b"
+                      rf"|(?i:\bzip(?:\s*code)?[\s:#]*)\d{{5}}(?:-\d{{4}})?\b")
 UK_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s+\d[A-Z]{2}\b")
 IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?![\w:])", re.IGNORECASE)
-TITLED_NAME = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Nurse|Sister)\.?\s+(?P<value>[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?)")
+TITLED_NAME = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Miss|Prof|Nurse|Sister)\.?\s+"
+                         r"(?P<value>[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?)")
 # The small English model also calls drug brands (Bactrim), eponyms (Apgar, Hashimoto thyroiditis)
 # and lower-case words ("max") persons. A PERSON it finds is kept as a name when it is capitalised,
 # has no digit, is not part of an eponym, and is a full name (two or more capitalised words) or
@@ -195,7 +197,8 @@ def _names(texts: list[str]) -> list[list[Span]]:
     with _ner_lock:  # a spaCy pipeline is not documented as thread-safe; the bot calls from many threads
         docs = list(_ner().pipe(texts[i] for i in wanted))
     for i, doc in zip(wanted, docs, strict=True):
-        found[i] = [Span(e.start_char, e.end_char, "NAME") for e in doc.ents if e.label_ == "PERSON" and _a_name(doc, e)]
+        found[i] = [Span(e.start_char, e.end_char, "NAME") for e in doc.ents
+                    if e.label_ == "PERSON" and _a_name(doc, e)]
     return found
 
 

@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from adapters.registry import AdapterVersion, Registry, RegistryError, Status
 from careloop import audit, db
-from serving.registry import AdapterVersion, Registry, RegistryError, Status
 
 
 @pytest.fixture

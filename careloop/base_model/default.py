@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from careloop.model_build import BUILD_INFO_FILE, BaseModelUnavailable, read_build_info
+from careloop.base_model.build import BUILD_INFO_FILE, BaseModelUnavailable, read_build_info
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_NAME = "SmolLM2-135M-Instruct"

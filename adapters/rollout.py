@@ -1,6 +1,6 @@
 """Adapter rollout: which versions serving has loaded, kept in step with the registry's live one.
 
-The registry (``serving.registry``) records versions and flips their status; the client
+The registry (``adapters.registry``) records versions and flips their status; the client
 (``serving.client``) speaks HTTP. Rollout joins the two, in one place for every caller (the CLI,
 the admin page, a training run's auto-promote):
 
@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from adapters.registry import OUT_OF_USE, PROMOTABLE, AdapterVersion, Registry, RegistryError, open_registry
 from careloop.db import aware
 from careloop.log import get_logger
 from careloop.settings import Settings
 from serving.client import ServingClient
-from serving.registry import OUT_OF_USE, PROMOTABLE, AdapterVersion, Registry, RegistryError, open_registry
 
 log = get_logger(__name__)
 

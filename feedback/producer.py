@@ -26,7 +26,7 @@ from careloop.private import private_file
 from careloop.queues import producer
 from careloop.settings import Settings
 from feedback import schemas
-from feedback.phi import warm_up
+from feedback.deidentify import warm_up
 from feedback.tasks import INGEST_BATCH
 
 log = get_logger(__name__)
@@ -103,7 +103,7 @@ class Outbox:
             self._db.close()
 
 
-class FeedbackAPI:
+class FeedbackProducer:
     """Submit calls write the event to the outbox and return; a background thread sends what the
     outbox holds to the `feedback` queue in batches (one task per batch, stored in one
     transaction), oldest first, and keeps retrying while Redis is down."""
@@ -123,12 +123,12 @@ class FeedbackAPI:
         self._flusher = threading.Thread(target=self._flush_forever, name="careloop-outbox", daemon=True)
         self._flusher.start()
         # The name recogniser takes seconds to load: not on the first submit.
-        threading.Thread(target=warm_up, name="careloop-phi-warm-up", daemon=True).start()
+        threading.Thread(target=warm_up, name="careloop-deidentify-warm-up", daemon=True).start()
 
     # ----- the four events -----
 
     def submit_comparison(self, **fields: Any) -> uuid.UUID:
-        """A side-by-side judgment (see ``schemas.Comparison``). Raises ``AlreadySubmitted`` when a
+        """A side-by-side judgment (see ``schemas.ComparisonEvent``). Raises ``AlreadySubmitted`` when a
         judgment with this event id is still on its way (the same item judged in another tab)."""
         event_id, new = self._submit("comparison", fields)
         if not new:
@@ -136,15 +136,15 @@ class FeedbackAPI:
         return event_id
 
     def submit_rating(self, **fields: Any) -> uuid.UUID:
-        """Thumbs up/down on an answer (see ``schemas.Rating``)."""
+        """Thumbs up/down on an answer (see ``schemas.RatingEvent``)."""
         return self._submit("rating", fields)[0]
 
     def submit_correction(self, **fields: Any) -> uuid.UUID:
-        """A clinician's corrected answer (see ``schemas.Correction``)."""
+        """A clinician's corrected answer (see ``schemas.CorrectionEvent``)."""
         return self._submit("correction", fields)[0]
 
     def log_turn(self, **fields: Any) -> uuid.UUID:
-        """One chat message, question or answer (see ``schemas.Message``; kind "turn" on the wire)."""
+        """One chat message, question or answer (see ``schemas.MessageEvent``; kind "turn" on the wire)."""
         return self._submit("turn", fields)[0]
 
     # ----- delivery -----
@@ -192,7 +192,8 @@ class FeedbackAPI:
         pending = self.outbox.sent_before(now)
         if not pending:
             return 0, 0
-        stored = stored_event_ids(sessions_for(self.database_url), [(kind, event_id) for _, kind, event_id, _ in pending])
+        stored = stored_event_ids(sessions_for(self.database_url),
+                                  [(kind, event_id) for _, kind, event_id, _ in pending])
         confirmed = [seq for seq, _, event_id, _ in pending if event_id in stored]
         lost = [seq for seq, _, event_id, sent_at in pending
                 if event_id not in stored and now - sent_at > self.resend_after]

@@ -10,7 +10,7 @@ promoting at once cannot both win. Status moves:
     retired -> live                   (promoted again, or restored by a rollback)
 
 This module keeps the table and its status transitions, each one transaction with its audit
-row; what serving has loaded is ``serving.rollout``'s business (it loads and smoke-tests a version
+row; what serving has loaded is ``adapters.rollout``'s business (it loads and smoke-tests a version
 before the flip here, and unloads the replaced one after a grace period).
 """
 
@@ -27,8 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
-from careloop.db import Base, sessions_for, transaction
-from careloop.db import utcnow
+from careloop.db import Base, sessions_for, transaction, utcnow
 from careloop.log import get_logger
 from careloop.settings import Settings
 
@@ -154,7 +153,7 @@ class Registry:
     def make_live(self, name: str, *, actor: str) -> str | None:
         """Flip ``name`` to live and the live version to retired, in one transaction with its audit
         row; returns the replaced version's name (None: the base model answered). Serving must
-        already answer with ``name`` (``serving.rollout.promote`` sees to it)."""
+        already answer with ``name`` (``adapters.rollout.promote`` sees to it)."""
         with transaction(self.sessions) as session:
             version = self._locked(session, name)
             if version.status not in PROMOTABLE:

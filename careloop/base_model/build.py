@@ -1,5 +1,5 @@
-"""What the base-model resolver (``base_model``) and the model builders (``default_model``,
-``demo_model``) share: the build record careloop writes into a model directory it made, and the
+"""What the base-model resolver (``careloop.base_model``) and the model builders (``.default``,
+``.demo``) share: the build record careloop writes into a model directory it made, and the
 error a missing base model raises. Apart, so the resolver can call the builders without the
 builders importing the resolver back."""
 

@@ -4,7 +4,7 @@ The tests use it for mechanics that need no language ability (batching, adapters
 loop's plumbing): it builds in ~30 s and answers in milliseconds, but writes word salad. The result
 is a normal Hugging Face checkpoint, so serving and training use exactly the code path a hub model
 uses; its ``careloop_build.json`` marks it unfit for clinical use. The real offline default is
-SmolLM2-135M-Instruct (careloop.default_model).
+SmolLM2-135M-Instruct (careloop.base_model.default).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from careloop.model_build import BUILD_INFO_FILE, read_build_info
+from careloop.base_model.build import BUILD_INFO_FILE, read_build_info
 from careloop.seed import ChatExample, ReferenceQA, load_seed
 
 BUILDER_VERSION = 1

@@ -1,8 +1,9 @@
 """Which base model careloop runs on: a hub id / local path (CARELOOP_BASE_MODEL) or the offline default.
 
-The offline default is SmolLM2-135M-Instruct, prepared once from a PyPI wheel (careloop.default_model).
-A model directory carrying ``careloop_build.json`` (the default, or the tiny test model) is one
-careloop made itself and is labelled unfit for clinical use (the API's ``demo_model`` flag).
+The offline default is SmolLM2-135M-Instruct, prepared once from a PyPI wheel (``careloop.base_model.default``).
+A model directory carrying ``careloop_build.json`` (the default, or the tiny test model built by
+``careloop.base_model.demo``) is one careloop made itself and is labelled unfit for clinical use (the
+API's ``demo_model`` flag). This package's own module is the resolver; the builders are imported lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from careloop.model_build import BaseModelUnavailable, read_build_info
+from careloop.base_model.build import BaseModelUnavailable, read_build_info
 from careloop.settings import Settings
 
 # Hub models known to be too small for anything but education and demonstration.
@@ -20,12 +21,12 @@ UNFIT_FOR_CLINICAL_USE = {"HuggingFaceTB/SmolLM2-135M-Instruct"}
 @dataclass(frozen=True)
 class BaseModel:
     name: str  # what /v1/models and the UI show
-    source: str  # hub id or local directory passed to from_pretrained
+    name_or_path: str  # hub id or local directory passed to from_pretrained
     is_demo: bool  # not fit for clinical use (labelled wherever it answers)
 
 
 def default_model_dir(settings: Settings) -> Path:
-    from careloop.default_model import default_model_dir as directory
+    from careloop.base_model.default import default_model_dir as directory
 
     return directory(settings.models_dir)
 
@@ -47,7 +48,7 @@ def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> Ba
         _check_hub_model(settings.base_model)
         return BaseModel(settings.base_model, settings.base_model, settings.base_model in UNFIT_FOR_CLINICAL_USE)
 
-    from careloop.default_model import is_prepared, prepare_default_model
+    from careloop.base_model.default import is_prepared, prepare_default_model
 
     path = default_model_dir(settings)
     if not is_prepared(path):

@@ -3,8 +3,8 @@ meets its precision and recall on the labelled corpus."""
 
 import pytest
 
-from bench.phi import evaluate, load_corpus
-from feedback.phi import scrub, scrub_many
+from bench.deidentify import evaluate, load_corpus
+from feedback.deidentify import scrub, scrub_many
 
 NOTE = ("Mrs. Alvarez (DOB: 03/14/1962, MRN 44829173) lives at 1420 Oak Grove Avenue, Apt 5B. "
         "Reach her at (415) 555-0132 or maria.alvarez@example.com; her daughter is on +44 20 7946 0958. "
@@ -117,16 +117,17 @@ def test_loading_the_name_recogniser_leaves_torch_to_other_threads():
 
     script = """
 import sys, threading
-from feedback import phi
+from feedback import deidentify
 seen, done = set(), threading.Event()
 def watch():
     while not done.is_set():
         value = sys.modules.get("torch", 0)
         seen.add("absent" if value == 0 else type(value).__name__)
 threading.Thread(target=watch, daemon=True).start()
-phi.warm_up()
+deidentify.warm_up()
 done.set()
-assert phi.scrub("Seen by Maria Lopez today.") == "Seen by [NAME] today.", phi.scrub("Seen by Maria Lopez today.")
+assert deidentify.scrub("Seen by Maria Lopez today.") == "Seen by [NAME] today.", (
+    deidentify.scrub("Seen by Maria Lopez today."))
 print(sorted(seen), "torch" in sys.modules)
 import torch
 print("torch after", torch.__version__)

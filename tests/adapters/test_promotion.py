@@ -14,13 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import sqlalchemy as sa
-
 from processes import stop_server
 
+from adapters import rollout
+from adapters.registry import AdapterVersion, Registry, RegistryError, Status
 from careloop import audit, db
-from serving import rollout
 from serving.client import ServingClient, ServingRejected, ServingUnavailable
-from serving.registry import AdapterVersion, Registry, RegistryError, Status
 
 BASE = "careloop-demo-tiny"
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]

@@ -1,0 +1,51 @@
+"""The Admin page, one module per tab (as ``cli`` has one per resource): ``versions``, ``runs``,
+``feedback``, ``exports``, ``accounts`` and ``library`` each hold their tab's logic, apart from Gradio
+and raising ``bot.errors.UserError``, beside the builder of the tab. This module puts them together:
+``Admin`` gives each tab's logic the shared services, and ``build_admin`` builds the page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from bot.admin.accounts import Accounts, build_accounts_tab
+from bot.admin.exports import Exports, build_exports_tab
+from bot.admin.feedback import Feedback, build_feedback_tab
+from bot.admin.library import Library, build_library_tab
+from bot.admin.runs import Runs, build_runs_tab
+from bot.admin.shared import AdminServices
+from bot.admin.versions import Versions, build_versions_tab
+from bot.pages import Require
+
+
+@dataclass(eq=False)
+class Admin(AdminServices):
+    """The shared services, with each tab's logic over them (``admin.versions.act(...)``). Every tab
+    holds this one object, not copies of its fields, so a setting changed here reaches them all."""
+
+    def __post_init__(self) -> None:
+        self.versions, self.runs, self.feedback = Versions(self), Runs(self), Feedback(self)
+        self.exports, self.accounts, self.library = Exports(self), Accounts(self), Library(self)
+
+
+def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Tab:
+    """The Admin tab holding one tab per module, refreshed when it is opened; the training runs are
+    followed (every ``refresh_seconds``) only while their tab is the one open."""
+    with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as page:
+        message = gr.Markdown(elem_id="admin-message")  # the outcome of the last action on a version
+        versions = build_versions_tab(admin.versions, require, message)  # built in the order shown
+        runs = build_runs_tab(admin.runs, require, refresh_seconds)
+        tabs = [versions, runs, build_feedback_tab(admin.feedback), build_exports_tab(admin.exports, require),
+                build_accounts_tab(admin.accounts, require), build_library_tab(admin.library, require)]
+
+    def overview(request: gr.Request) -> list[Any]:
+        require(request, "admin")
+        # The message line is cleared: it told the outcome of an action, which is history by now.
+        return ["", *(value for tab in tabs for value in tab.view())]
+
+    page.select(overview, None, [message, *(shown for tab in tabs for shown in tab.shown)], api_name="admin_overview")
+    for other in (tab.tab for tab in tabs if tab is not runs):
+        other.select(lambda: gr.Timer(active=False), None, [runs.timer], api_name=False)
+    return page

@@ -1,0 +1,81 @@
+"""The Feedback tab: what clinicians and students sent per day, judgments per annotator, and how far the
+annotators agree. The figures come from feedback's own functions (``feedback.activity``,
+``feedback.quality``), never its tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from bot.admin.shared import AdminServices, AdminTab
+from feedback.activity import ACTIVITY_KINDS, daily_counts
+from feedback.quality import annotator_quality
+
+VOLUME_DAYS = 30
+
+
+@dataclass
+class Feedback:
+    services: AdminServices
+
+    def volume(self) -> pd.DataFrame:
+        """Events per day over the last VOLUME_DAYS days (today included), by kind; a day without events
+        counts 0, so the line plot draws lines even when everything happened today (one point per
+        series draws nothing)."""
+        today = datetime.now(UTC).date()
+        days = [today - timedelta(days=back) for back in range(VOLUME_DAYS - 1, -1, -1)]
+        counts = daily_counts(self.services.sessions, days[0])
+        rows = [{"day": pd.Timestamp(day), "kind": kind, "count": counts[(day, kind)]}
+                for day in days for kind in ACTIVITY_KINDS]
+        return pd.DataFrame(rows, columns=["day", "kind", "count"])
+
+    def annotators(self) -> tuple[pd.DataFrame, str]:
+        """A row per annotator, and the agreement between them in a sentence."""
+        report = annotator_quality(self.services.sessions)
+        rows = [{"annotator": s.annotator, "judgments": s.labels, "skipped": s.skipped,
+                 "gold accuracy": _percent(s.gold_accuracy, "n/a (no gold item judged yet)"),
+                 "agreement": _percent(s.agreement, "n/a (not enough shared items)"),
+                 "median seconds": s.median_seconds if s.median_seconds is not None else "n/a"}
+                for s in report.annotators]
+        frame = pd.DataFrame(rows, columns=["annotator", "judgments", "skipped", "gold accuracy", "agreement",
+                                            "median seconds"])
+        alpha = f"{report.alpha:.2f}" if report.alpha is not None else "n/a (no item has two labels yet)"
+        kappas = ", ".join(f"{a} / {b}: {k:.2f} over {n}" for (a, b), (k, n) in report.kappas.items()
+                           if k is not None) or "none yet"
+        summary = (f"Krippendorff's alpha over {report.overlapping_items} items judged by two or more: **{alpha}**. "
+                   f"Cohen's kappa per pair: {kappas}.")
+        return frame, summary
+
+
+def count_axis(counts: pd.Series) -> list[float]:
+    """The y range of a plot of counts: from 0 (Gradio's plots start at the smallest value, so one
+    count alone draws a bar of no height) to at least 10, so the ticks fall on whole numbers."""
+    return [0, max(10, int(counts.max())) if len(counts) else 10]
+
+
+def _percent(value: float | None, missing: str) -> str:
+    return f"{value:.0%}" if value is not None else missing
+
+
+def build_feedback_tab(feedback: Feedback) -> AdminTab:
+    """The tab; its figures are drawn when the admin page opens (no handler of its own)."""
+    with gr.Tab("Feedback") as tab:
+        # y_axis_format "d": counts are whole numbers ("3", not "3.000000").
+        volume = gr.LinePlot(x="day", y="count", color="kind", title="Feedback per day (30 days)",
+                             y_axis_format="d", elem_id="volume")
+        per_annotator = gr.BarPlot(x="annotator", y="judgments", title="Judgments per annotator",
+                                   y_axis_format="d", elem_id="per-annotator")
+        agreement = gr.Markdown(elem_id="agreement")
+        annotators = gr.Dataframe(interactive=False, elem_id="annotators")
+
+    def view() -> list[Any]:
+        frame, summary = feedback.annotators()
+        volume_frame = feedback.volume()
+        return [gr.LinePlot(value=volume_frame, y_lim=count_axis(volume_frame["count"])),
+                gr.BarPlot(value=frame, y_lim=count_axis(frame["judgments"])), frame, summary]
+
+    return AdminTab(tab, [volume, per_annotator, annotators, agreement], view)

@@ -1,0 +1,121 @@
+"""The Training runs tab: the recent runs with their step, progress and why a version was not
+promoted, a run started by hand (one at a time, through the same Celery task as `careloop train`),
+and the table followed every few seconds while the tab is open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import redis
+
+from bot.access import Viewer
+from bot.admin.shared import AdminServices, AdminTab
+from bot.errors import UserError
+from bot.pages import Require
+from careloop.log import get_logger
+from trainer.runs import recent_runs
+from trainer.schedule import progress, settle_stopped_runs
+from trainer.tasks import RunRefused, request_run, requested_run
+
+log = get_logger(__name__)
+
+COLUMNS = ["run", "status", "step", "progress", "eta", "started", "by", "version", "why not promoted"]
+
+
+@dataclass
+class Runs:
+    services: AdminServices
+
+    def table(self) -> pd.DataFrame:
+        settings, sessions = self.services.settings, self.services.sessions
+        rows = []
+        settle_stopped_runs(sessions, settings.redis_url)
+        try:
+            queued = requested_run(settings.redis_url)
+        except redis.RedisError:  # Redis away: the table still shows the stored runs
+            queued = None
+        if queued is not None:
+            rows.append({"run": "", "status": "queued", "step": "", "progress": "", "eta": "",
+                         "started": f"{queued.requested_at:%Y-%m-%d %H:%M}", "by": queued.actor, "version": "",
+                         "why not promoted": ""})
+        for run in recent_runs(sessions, limit=20):
+            done = progress(sessions, run)
+            eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
+            reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
+            rows.append({"run": run.id, "status": run.status, "step": done.step_label,
+                         "progress": f"{done.percent:.0f}%", "eta": eta, "started": f"{run.started_at:%Y-%m-%d %H:%M}",
+                         "by": run.actor, "version": run.adapter_version or "",
+                         "why not promoted": "; ".join(reasons)[:300]})
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    @staticmethod
+    def note(table: pd.DataFrame) -> str:
+        if table.empty:
+            return ("No training runs yet. Beat starts one when enough new clinician judgments have arrived "
+                    "(CARELOOP_TRAIN_MIN_NEW_PAIRS), or start one here.")
+        if table["status"].isin(["queued", "running"]).any():
+            return "The table follows the run every few seconds while this tab is open."
+        return ""
+
+    def start(self, viewer: Viewer) -> str:
+        """Queue a training run for ``viewer``; UserError if one is queued or running, or the broker is away."""
+        try:
+            request_run(self.services.settings, self.services.sessions, viewer.username)
+        except RunRefused as exc:
+            raise UserError(f"Not started: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - redis and kombu raise several transport errors
+            raise UserError("Could not queue a training run: the broker is unreachable "
+                            f"({exc.__class__.__name__}).") from None
+        log.info("training_requested", actor=viewer.username)
+        return "Training run queued: the training worker starts it when it is free; the table shows its progress."
+
+
+@dataclass(kw_only=True)
+class RunsTab(AdminTab):
+    """The built tab, with the timer that follows the runs: the admin page stops it when another tab opens."""
+
+    timer: gr.Timer
+
+
+def build_runs_tab(runs: Runs, require: Require, refresh_seconds: float) -> RunsTab:
+    with gr.Tab("Training runs", elem_id="tab-runs") as tab:
+        note = gr.Markdown(elem_id="runs-note")
+        table = gr.Dataframe(interactive=False, elem_id="runs", wrap=True)
+        with gr.Row():
+            train = gr.Button("Start a training run", elem_id="train-start")
+            refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
+        # Follows a run (step x/N, percent, ETA) while this tab is open; its ticks are not user activity.
+        timer = gr.Timer(refresh_seconds, active=False)
+
+    def view() -> list[Any]:
+        frame = runs.table()
+        return [frame, runs.note(frame)]
+
+    def refreshed_runs(request: gr.Request) -> list[Any]:
+        require(request, "admin")
+        return view()
+
+    refresh.click(refreshed_runs, None, [table, note], api_name="admin_runs")
+
+    def followed_runs(request: gr.Request) -> list[Any]:
+        if not request.username:  # the session ended: the page says so on the next user action
+            return [gr.skip(), gr.skip()]
+        require(request, "admin", activity=False)
+        return view()
+
+    timer.tick(followed_runs, None, [table, note], api_name=False, show_progress="hidden")
+    tab.select(lambda: gr.Timer(active=True), None, [timer], api_name=False)
+
+    def start_training(request: gr.Request) -> list[Any]:  # the runs table
+        viewer = require(request, "admin")
+        try:  # a toast, not the page's message line: it would still say "queued" long after the run ended
+            gr.Info(runs.start(viewer))
+        except UserError as exc:
+            gr.Warning(str(exc))
+        return [*view(), gr.Timer(active=True)]
+
+    train.click(start_training, None, [table, note, timer], api_name="admin_train")
+    return RunsTab(tab, [table, note], view, timer=timer)
