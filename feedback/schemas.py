@@ -16,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from feedback.deidentify import scrub_many
 
@@ -27,6 +27,12 @@ SAFETY_CATEGORIES = ("harmful_advice", "missed_emergency", "wrong_dose", "misinf
                      "not_supported_by_sources", "privacy", "other")
 Choice = Literal["a", "b", "tie", "both_bad"]  # a / b: that response is the better one
 CHOICES: tuple[str, ...] = get_args(Choice)
+
+
+def formerly(name: str, before: str) -> AliasChoices:
+    """A field renamed by migration 0012, read under either name: events written before the upgrade
+    (waiting in a bot's outbox or the broker's queue) are stored, not dead-lettered as unknown fields."""
+    return AliasChoices(name, before)
 
 
 class Event(BaseModel):
@@ -80,7 +86,8 @@ class MessageEvent(Event):
     latency_ms: Annotated[int, Field(ge=0)] | None = None
     prompt_tokens: Annotated[int, Field(ge=0)] | None = None
     completion_tokens: Annotated[int, Field(ge=0)] | None = None
-    passages: Annotated[list[Passage], Field(max_length=20)] | None = None
+    passages: Annotated[list[Passage] | None,
+                        Field(max_length=20, validation_alias=formerly("passages", "sources"))] = None
 
 
 class RatingEvent(Event):
@@ -125,8 +132,9 @@ class ComparisonEvent(Event):
     prompt: Text
     response_a: Text
     response_b: Text
-    version_a: Annotated[str, Field(max_length=128)]  # the adapter version (or base model) that wrote response A
-    version_b: Annotated[str, Field(max_length=128)]
+    # The adapter version (or base model) that wrote each response.
+    version_a: Annotated[str, Field(max_length=128, validation_alias=formerly("version_a", "source_a"))]
+    version_b: Annotated[str, Field(max_length=128, validation_alias=formerly("version_b", "source_b"))]
     shown_order: Literal["ab", "ba"]  # which response was shown on the left
     choice: Choice
     scores_a: Scores

@@ -326,10 +326,12 @@ def limited_bot(bot_stack, tmp_path_factory):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs mounted for the test: a disk that really fills up (ENOSPC), not a simulation."""
+    """A 2 MiB tmpfs mounted for the test: a disk that really fills up (ENOSPC), not a simulation. Room
+    for the migrated SQLite store first: migrating an empty file writes ~0.9 MiB of WAL, which SQLite
+    cannot checkpoint into a 1 MiB disk (the tests fill whatever is left with ``fill_disk``)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.fail("The disk-full tests mount a small tmpfs and need root with mount rights: "

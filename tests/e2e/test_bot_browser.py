@@ -139,10 +139,10 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     # scripts with the limit named: tests/bot/test_chat.py), so nothing over it is ever sent.
     counter = page.locator("#chat-counter")
     page.locator("#chat-input textarea").fill("x" * 1234)
-    counter.filter(has_text="1,234 / 4,000 characters").wait_for(timeout=5_000)  # counted as it is typed
+    counter.filter(has_text="1,234 / 4,000 characters").wait_for(timeout=15_000)  # counted as it is typed
     page.locator("#chat-input textarea").fill("x" * 4001)
     assert page.locator("#chat-input textarea").input_value() == "x" * 4000, "the box stops at 4,000 characters"
-    counter.filter(has_text="4,000 / 4,000 characters (0 left)").wait_for(timeout=5_000)
+    counter.filter(has_text="4,000 / 4,000 characters (0 left)").wait_for(timeout=15_000)
     assert "it may be an emergency" in page.locator("#chatbot .bot").last.inner_text(), "the chat stays on screen"
     only_local(page)
 

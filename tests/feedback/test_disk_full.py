@@ -1,4 +1,4 @@
-"""Disk full (a real 1 MiB tmpfs that fills up) under each writer of clinicians' data.
+"""Disk full (a real 2 MiB tmpfs that fills up) under each writer of clinicians' data.
 
 - The bot's outbox: a new event is refused with a message that says so and that nothing was
   recorded, never half-kept; every event accepted before it is still delivered once space is back.

@@ -22,7 +22,10 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
                "review_gold_fraction": "0.25", "review_max_tokens": "12", "review_labels_needed": "3",
                # grounded in the library, within the tiny model's 512-token context
-               "library_index_dir": str(library_index_dir), "retrieval_top_k": "2", "retrieval_passage_chars": "150"}
+               "library_index_dir": str(library_index_dir), "retrieval_top_k": "2", "retrieval_passage_chars": "150",
+               # The default hour, not the tests' 10 s: the first fill loads the PostgreSQL library (15 s
+               # on a busy machine) and, redelivered, filled a fifth item before the candidate was loaded.
+               "celery_visibility_timeout": "3600"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation", **serving)
     try:
         from careloop.db import make_engine, session_factory

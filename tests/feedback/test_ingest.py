@@ -104,6 +104,26 @@ def test_invalid_events_are_refused_by_the_api_and_dead_lettered_by_the_worker(s
     assert store.count(tables.Comparison) + store.count(tables.Rating) + store.count(tables.Message) == 0
 
 
+def test_events_sent_before_the_renames_of_migration_0012_are_stored_not_dead_lettered(settings, worker, store):
+    """An outbox or queue that holds events from before the upgrade (``source_a`` / ``source_b`` for the
+    versions that wrote the answers, ``sources`` for the passages an answer was given) is emptied into
+    the store under today's names: a clinician's judgment in flight across an upgrade is not lost."""
+    api = FeedbackProducer(settings)
+    before = comparison()
+    before["source_a"], before["source_b"] = before.pop("version_a"), before.pop("version_b")
+    passage = {"number": 1, "doc_id": "medquad-1", "title": "Asthma", "text": "Inhalers help.", "score": 1.0}
+    answer = {"event_id": str(uuid.uuid4()), "conversation_id": str(uuid.uuid4()), "user": "stu", "role": "assistant",
+              "content": "Use your inhaler [1].", "sources": [passage]}
+    api.celery.send_task("feedback.ingest", args=("comparison", before), queue="feedback")
+    api.celery.send_task("feedback.ingest", args=("turn", answer), queue="feedback")
+    wait_for(lambda: store.count(tables.Comparison) + store.count(tables.Message) == 2, message="both events stored")
+    (judgment,) = store.rows(tables.Comparison)
+    assert (judgment.version_a, judgment.version_b) == ("med-v0002", "med-v0001")
+    (message,) = store.rows(tables.Message)
+    assert message.passages == [{**passage, "publisher": "", "url": ""}]
+    assert store.count(tables.DeadLetter) == 0
+
+
 def test_events_wait_in_the_outbox_while_redis_is_down_and_arrive_once_in_order(settings, worker, store, broker):
     api = FeedbackProducer(settings, flush_interval=0.5)
     first = api.submit_comparison(**comparison(annotator="nurse.1"))
