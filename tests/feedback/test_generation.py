@@ -193,7 +193,9 @@ def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, stor
                             env={**worker.env, "CARELOOP_HOME": str(tmp_path / "b")},
                             stdout=(tmp_path / "beat.log").open("w"), stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: store.count(ReviewItem) >= 2, timeout=90, message="the fill sent as beat started")
+        # The fill notes itself in Redis just after its items are stored: wait for both.
+        wait_for(lambda: store.count(ReviewItem) >= 2 and review_queue.fills(broker.url, interval).last is not None,
+                 timeout=90, message="the fill sent as beat started, and its note")
         fills = review_queue.fills(broker.url, interval)
         assert fills.last is not None and 0 < (fills.next_scheduled - utcnow()).total_seconds() <= interval
         api = FeedbackProducer(settings)
