@@ -18,8 +18,10 @@ from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from careloop.text import storable
 from feedback.deidentify import scrub_many
 
+INT4_MAX = 2**31 - 1  # the largest value of an Integer column (PostgreSQL's integer)
 Text = Annotated[str, Field(min_length=1, max_length=20_000)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Score = Annotated[int, Field(ge=1, le=5)]
@@ -35,14 +37,24 @@ def formerly(name: str, before: str) -> AliasChoices:
     return AliasChoices(name, before)
 
 
-class Event(BaseModel):
+class Record(BaseModel):
+    """A part of an event: every string in it is made storable before it is checked (a question of
+    only NUL characters is then empty, and refused as empty)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable(value) if isinstance(value, str) else value
+
+
+class Event(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[str]  # its name on the wire (outbox, Celery task) and in dead letters
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
 
 
-class Scores(BaseModel):
+class Scores(Record):
     """The four clinician axes, 1-5."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +68,7 @@ class Scores(BaseModel):
 AXES: tuple[str, ...] = tuple(Scores.model_fields)
 
 
-class Passage(BaseModel):
+class Passage(Record):
     """A library passage an answer was given, as numbered in its prompt (cited as [number])."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -83,9 +95,9 @@ class MessageEvent(Event):
     adapter_version: Annotated[str, Field(max_length=128)] = ""
     demo_model: bool = False
     interrupted: bool = False  # an answer cut off before its end (Stop, a page reloaded, serving lost)
-    latency_ms: Annotated[int, Field(ge=0)] | None = None
-    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
-    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    latency_ms: Annotated[int, Field(ge=0, le=INT4_MAX)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0, le=INT4_MAX)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0, le=INT4_MAX)] | None = None
     passages: Annotated[list[Passage] | None,
                         Field(max_length=20, validation_alias=formerly("passages", "sources"))] = None
 
@@ -127,7 +139,7 @@ class ComparisonEvent(Event):
 
     kind = "comparison"
 
-    review_item_id: int | None = None
+    review_item_id: Annotated[int, Field(ge=1, le=INT4_MAX)] | None = None
     annotator: Name
     prompt: Text
     response_a: Text

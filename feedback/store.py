@@ -14,9 +14,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop.db import Base, transaction, utcnow
+from careloop.text import storable
 from feedback import schemas
 from feedback.deidentify import scrub
 
@@ -215,6 +217,27 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
     return new
 
 
+def store_batch(sessions: sessionmaker[Session], events: list[schemas.Event],
+                dead_letters: list[tuple[str, Any, str]]) -> tuple[int, int]:
+    """``store_events`` for a worker's batch: in one transaction, or, when the database refuses the
+    data of some event (an error no retry can cure), each event in its own, the refused ones kept as
+    dead letters with the database's reason, so one bad event never holds back the others. Returns
+    (events stored, dead letters)."""
+    try:
+        return store_events(sessions, events, dead_letters), len(dead_letters)
+    except (DataError, IntegrityError):
+        pass
+    stored, dead_letters = 0, list(dead_letters)
+    for event in events:
+        try:
+            stored += store_events(sessions, [event])
+        except (DataError, IntegrityError) as exc:
+            reason = f"the database refused it: {str(exc.orig).strip().splitlines()[0][:300]}"
+            dead_letters.append((event.kind, event.model_dump(mode="json"), reason))
+    store_events(sessions, [], dead_letters)
+    return stored, len(dead_letters)
+
+
 def _store_rating(session: Session, insert: Any, values: dict[str, Any]) -> int:
     """Keep the latest of a user's ratings of an answer (by submit time); 1 if this one is new."""
     event_id = values["event_id"]
@@ -283,7 +306,7 @@ def _add_dead_letter(session: Session, kind: str, payload: Any, reason: str) -> 
 
 def _scrubbed(value: Any) -> Any:
     if isinstance(value, str):
-        return scrub(value)
+        return scrub(storable(value))
     if isinstance(value, dict):
         return {str(k): _scrubbed(v) for k, v in value.items()}
     if isinstance(value, list):

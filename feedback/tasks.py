@@ -16,7 +16,7 @@ from careloop.db import sessions_for
 from careloop.log import get_logger
 from careloop.settings import Settings, get_settings
 from feedback import review_queue, schemas
-from feedback.store import store_events
+from feedback.store import store_batch
 
 log = get_logger(__name__)
 
@@ -45,7 +45,8 @@ INGEST_OPTIONS = dict(acks_late=True, reject_on_worker_lost=True, autoretry_for=
 @shared_task(name=INGEST_BATCH, **INGEST_OPTIONS)
 def ingest_batch(events: list) -> dict:
     """Store a batch of ``(kind, payload)`` events in one transaction: valid ones once each, invalid
-    ones as dead letters with the reason. A database error retries the whole batch with backoff."""
+    ones as dead letters with the reason. A database that cannot be reached retries the whole batch
+    with backoff; an event whose data it refuses becomes a dead letter, the others are stored."""
     valid, dead = [], []
     for kind, payload in events:
         try:
@@ -53,12 +54,15 @@ def ingest_batch(events: list) -> dict:
         except schemas.InvalidFeedback as exc:
             dead.append((kind, payload, str(exc)))
             log.warning("feedback_dead_letter", kind=kind, reason=str(exc)[:200])
-    stored = store_events(_sessions(), valid, dead)
-    log.info("feedback_batch_stored", events=len(events), stored=stored, duplicates=len(valid) - stored,
-             dead_letters=len(dead))
+    stored, dead_letters = store_batch(_sessions(), valid, dead)
+    refused = dead_letters - len(dead)  # valid events whose data the database refused
+    if refused:
+        log.warning("feedback_dead_letter", refused_by_database=refused)
+    log.info("feedback_batch_stored", events=len(events), stored=stored, duplicates=len(valid) - refused - stored,
+             dead_letters=dead_letters)
     if stored and any(isinstance(event, schemas.MessageEvent) and event.role == "user" for event in valid):
         _fill_soon(get_settings())
-    return {"stored": stored, "duplicates": len(valid) - stored, "dead_letters": len(dead)}
+    return {"stored": stored, "duplicates": len(valid) - refused - stored, "dead_letters": dead_letters}
 
 
 @shared_task(name=INGEST, **INGEST_OPTIONS)

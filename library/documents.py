@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
 from careloop.db import Base, transaction, utcnow
+from careloop.text import storable
 from library import postgres
 from library.corpus import Chunk, chunk_text
 
@@ -117,6 +118,8 @@ def _pdf_text(name: str, data: bytes) -> tuple[str, str]:
             raise DocumentRefused(f"{name}: is an encrypted PDF; add a copy without a password")
         text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
         title = str((reader.metadata or {}).get("/Title") or "")
+        # A PDF's strings may hold NUL (PostgreSQL refuses it in text) or a lone surrogate: kept out.
+        text, title = storable(text), storable(title)
     except DocumentRefused:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:

@@ -3,6 +3,7 @@ per answer, a safety flag and an optional corrected answer; keyboard-first (``KE
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,13 @@ def _fresh(username: str) -> ReviewState:
     return ReviewState(owner=username)
 
 
+def _own_copy(state: ReviewState | None, viewer: Viewer) -> ReviewState:
+    """The tab's state, if it is ``viewer``'s, as a copy the handler changes and returns: a handler that
+    fails part-way leaves the tab as it was (issue 31, 2: a failed "Change my last judgment" had already
+    marked the previous item as the one on screen, and the next judgment was stored on it)."""
+    return copy.deepcopy(own(state, viewer, _fresh))
+
+
 def build_review(review: Review, require: Require) -> ReviewPage:
     with gr.Tab("Review", id="review", visible=False, elem_id="tab-review") as tab:
         review_state = gr.State()  # set per visitor by the app's load
@@ -119,7 +127,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = own(state, viewer, _fresh)
+        state = _own_copy(state, viewer)
         return [state, *show(viewer, state)]
 
     tab.select(open_review, [review_state], [review_state, *outputs], api_name="review_next", show_progress="hidden")
@@ -129,7 +137,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def submit_judgment(values: dict[Any, Any], request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = own(values[review_state], viewer, _fresh)
+        state = _own_copy(values[review_state], viewer)
         scores = [values[component] for component in score_inputs]
         half = len(AXES)
         try:
@@ -150,7 +158,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def pass_item(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = own(state, viewer, _fresh)
+        state = _own_copy(state, viewer)
         review.skip(viewer, state)
         return [state, *show(viewer, state)]
 
@@ -159,7 +167,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
 
     def amend_last(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
-        state = own(state, viewer, _fresh)
+        state = _own_copy(state, viewer)
         try:
             sent = review.amend(viewer, state)
         except UserError as exc:
@@ -169,7 +177,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         scores = [sent.left_scores[axis] for axis in AXES] + [sent.right_scores[axis] for axis in AXES]
         return [state, review.figures(viewer, state),
                 f"### Question (changing your last judgment: Submit replaces it, Skip keeps it)\n\n"
-                f"{without_images(item.prompt)}", without_images(sent.shown.left), without_images(sent.shown.right),
+                f"{without_images(item.prompt)}", sources_markdown(_passages(item.passages), quoted=True),
+                without_images(sent.shown.left), without_images(sent.shown.right),
                 *scores, sent.choice, sent.safety_flag, sent.safety_category, sent.corrected,
                 gr.Column(visible=True), gr.Button(visible=False), gr.Button(visible=False)]
 

@@ -279,6 +279,52 @@ def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_s
     only_local(page)
 
 
+def test_a_nurse_changes_her_last_judgment_and_her_next_one_lands_on_the_next_item(visit, bot_stack):
+    """Issue 31, 2: "Change my last judgment" shows item X again, with the passages its answers were
+    given; Submit replaces X's judgment, and the judgment after it is stored on the next item Y. (The
+    handler once failed after marking X as the item on screen, with Y still showing: the nurse's
+    judgment of Y was stored on X and Y was never judged.)"""
+    nurse = "nurse.amends"
+    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
+    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
+        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items come first
+    passage = {"number": 1, "doc_id": "medquad-gout", "title": "Gout", "publisher": "NIH MedlinePlus",
+               "url": "https://medlineplus.gov/gout.html", "text": "Gout comes from urate crystals in a joint.",
+               "score": 1.0}
+    x = queue.add_item(bot_stack.sessions, "Amend question X: what causes gout?", "Urate crystals [1].",
+                       "A virus.", "med-v0002", "med-v0001", labels_needed=1, prompt_origin="seed", passages=[passage])
+    y = queue.add_item(bot_stack.sessions, "Amend question Y: what is angina?", "Chest pain from the heart.",
+                       "A rash.", "med-v0002", "med-v0001", labels_needed=1, prompt_origin="seed")
+    page = visit(nurse)
+    open_review(page)
+    prompt = page.locator("#review-prompt")
+    prompt.get_by_text("Amend question X").wait_for(timeout=15_000)
+    judge_with_keys(page, "3")  # X: a tie
+    prompt.get_by_text("Amend question Y").wait_for(timeout=15_000)
+
+    page.locator("#review-amend").click()
+    prompt.get_by_text("changing your last judgment").wait_for(timeout=15_000)
+    assert "Amend question X" in prompt.inner_text()
+    page.locator("#review-sources").get_by_text("Gout comes from urate crystals").wait_for(timeout=15_000)
+    assert not [t for t in page.locator(".toast-body").all_inner_texts() if "error" in t.lower()]
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("4")  # X: both bad, replacing the tie
+    page.keyboard.press("Enter")
+    prompt.get_by_text("Amend question Y").wait_for(timeout=15_000)
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("3")  # Y: a tie
+    page.keyboard.press("Enter")
+    prompt.filter(has_text="The queue is empty").wait_for(timeout=30_000)
+
+    def stored() -> dict[int, str]:
+        with bot_stack.sessions() as session:
+            return {row.review_item_id: row.choice for row in session.scalars(
+                select(Comparison).where(Comparison.annotator == nurse))}
+
+    wait_for(lambda: stored() == {x: "both_bad", y: "tie"}, timeout=30,
+             message=f"X both bad and Y a tie (stored: {stored()})")
+
+
 def test_an_admin_sees_the_runs_and_rolls_back(visit, bot_stack):
     settings = bot_stack.settings()
     registry = Registry(bot_stack.sessions, "careloop-demo-tiny")

@@ -104,6 +104,20 @@ def test_invalid_events_are_refused_by_the_api_and_dead_lettered_by_the_worker(s
     assert store.count(tables.Comparison) + store.count(tables.Rating) + store.count(tables.Message) == 0
 
 
+def test_a_nul_in_a_students_message_loses_nobodys_feedback(settings, worker, store):
+    """Issue 31, 1: a message with a NUL (PostgreSQL refuses it in text) sent in one batch with a
+    nurse's judgment, as the bot's outbox sends them: both are stored, the message without the NUL."""
+    question = {"event_id": str(uuid.uuid4()), "conversation_id": str(uuid.uuid4()), "user": "stu", "role": "user",
+                "content": "nulcheck asthma \u0000 end"}
+    judgment = {**comparison(), "event_id": str(uuid.uuid4())}
+    api = FeedbackProducer(settings)
+    api.celery.send_task("feedback.ingest_batch", args=([("turn", question), ("comparison", judgment)],),
+                         queue="feedback")
+    wait_for(lambda: store.count(tables.Comparison) + store.count(tables.Message) == 2, message="both stored")
+    assert [m.content for m in store.rows(tables.Message)] == ["nulcheck asthma  end"]
+    assert store.count(tables.DeadLetter) == 0
+
+
 def test_events_sent_before_the_renames_of_migration_0012_are_stored_not_dead_lettered(settings, worker, store):
     """An outbox or queue that holds events from before the upgrade (``source_a`` / ``source_b`` for the
     versions that wrote the answers, ``sources`` for the passages an answer was given) is emptied into

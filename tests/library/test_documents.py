@@ -117,3 +117,14 @@ def test_an_index_that_cannot_be_saved_is_built_once_and_searched_from_memory(se
         for _ in range(3):
             assert retriever.search(page["question"])[0].doc_id == page["id"]
     assert [e["event"] for e in events] == ["library_index_not_saved"], events
+
+
+def test_a_pdf_whose_text_holds_nul_is_added_without_it_on_both_databases(sessions, files):
+    """Issue 31, 1: text extracted from a PDF may hold NUL characters, which PostgreSQL refuses in text
+    (the whole upload failed with a database error); they are dropped and the document is added."""
+    (added,) = add_documents(sessions, [files("nul.pdf", pdf_bytes("Warfarin \x00interacts with vitamin K.",
+                                                                 title="Warfarin\x00 handout"))],
+                             actor="ad.min", max_bytes=LIMIT)
+    assert "\x00" not in added.text and "Warfarin interacts with vitamin K" in added.text
+    assert added.title == "Warfarin handout"
+    assert [d.id for d in documents(sessions)] == [added.id]
