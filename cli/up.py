@@ -2,7 +2,7 @@
 
 Prepares what the parts need (data directory, migrations, the demo model when no base model is
 set, an admin account), starts a local Redis with AOF when none answers at CARELOOP_REDIS_URL, then
-serving, a feedback worker, a training worker, beat and the bot, each `python -m cli ...` in
+serving, a worker per queue (feedback, generation, training), beat and the bot, each `python -m cli ...` in
 its own process group with its log in `$CARELOOP_HOME/logs/`. It waits for each to be healthy,
 prints the URL, restarts a child that dies (with backoff, logged), and on Ctrl-C or SIGTERM stops
 them all, newest first. `careloop up --status` reads `$CARELOOP_HOME/up.json` and probes each part.
@@ -32,6 +32,10 @@ log = get_logger(__name__)
 
 STATE_FILE = "up.json"
 WORKER_READY = "careloop worker ready"  # `careloop worker` prints it on stdout, whatever the log level
+# One worker per queue: storing what a clinician submitted never waits behind a review fill (minutes
+# of generation) or a training run (issue 29, 1: judgments reached the store 6-15 minutes late when
+# ingest and generation shared one worker).
+WORKERS = {"feedback-worker": "feedback", "generation-worker": "generation", "training-worker": "training"}
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
@@ -173,11 +177,9 @@ class Supervisor:
         self.redis_started = bool(children)
         if settings.serving_backend == "embedded":
             children.append(Child("serving", [*careloop, "serve"], logs / "serving.log", url=f"{serving_url}/health"))
+        children += [Child(name, [*careloop, "worker", "--queues", queue], logs / f"{name}.log",
+                           ready_line=WORKER_READY) for name, queue in WORKERS.items()]
         children += [
-            Child("feedback-worker", [*careloop, "worker", "--queues", "feedback,generation"],
-                  logs / "feedback-worker.log", ready_line=WORKER_READY),
-            Child("training-worker", [*careloop, "worker", "--queues", "training"], logs / "training-worker.log",
-                  ready_line=WORKER_READY),
             Child("beat", [*careloop, "beat"], logs / "beat.log"),
             Child("bot", [*careloop, "bot"], logs / "bot.log",
                   url=f"http://{client_host(settings.bot_host)}:{settings.bot_port}/"),

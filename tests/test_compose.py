@@ -21,7 +21,7 @@ from cli.main import app as cli_app
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 PROFILES = {"embedded": "serving-embedded", "vllm": "serving-vllm", "tgi": "serving-tgi"}
-ALWAYS = {"redis", "postgres", "migrate", "feedback-worker", "training-worker", "beat", "bot"}
+ALWAYS = {"redis", "postgres", "migrate", "feedback-worker", "generation-worker", "training-worker", "beat", "bot"}
 ENV = {"POSTGRES_PASSWORD": "pw-from-env", "CARELOOP_CONTROL_TOKEN": "token-from-env",
        "CARELOOP_BASE_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|API_KEY")
@@ -67,7 +67,7 @@ def test_each_profile_runs_every_part_with_one_serving_engine(profile):
             assert service["restart"] == "unless-stopped", name
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     careloop = {name for name, service in services.items() if str(service.get("image", "")).startswith("careloop")}
-    assert careloop >= {"migrate", "feedback-worker", "training-worker", "beat", "bot"}
+    assert careloop >= {"migrate", "feedback-worker", "generation-worker", "training-worker", "beat", "bot"}
     for name in careloop - {"migrate"}:
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
         env = services[name]["environment"]

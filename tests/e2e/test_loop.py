@@ -150,7 +150,7 @@ def test_the_whole_loop_through_the_browser(system):
     logs = re.search(r"^logs:\s+(\S+)/<part>\.log$", status.stdout, re.MULTILINE)
     assert logs and Path(logs[1]).resolve() == (system["home"] / "logs").resolve(), status.stdout  # shortened, not cut
     assert all(len(line) <= 80 for line in status.stdout.splitlines() if logs[1] not in line), status.stdout
-    assert {"serving", "feedback-worker", "training-worker", "beat", "bot", "redis"} <= {
+    assert {"serving", "feedback-worker", "generation-worker", "training-worker", "beat", "bot", "redis"} <= {
         line.split()[0] for line in status.stdout.splitlines() if line.strip()}
     doctor = _cli(system, "doctor", columns=80)
     for part in ("bot", "workers", "beat"):

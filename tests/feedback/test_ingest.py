@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import uuid
 from contextlib import closing
 
 import pytest
-from processes import wait_for
+from processes import start_worker, wait_for
 
 from careloop.redis_server import start_local_redis
 from feedback import store as tables
@@ -116,6 +117,35 @@ def test_a_nul_in_a_students_message_loses_nobodys_feedback(settings, worker, st
     wait_for(lambda: store.count(tables.Comparison) + store.count(tables.Message) == 2, message="both stored")
     assert [m.content for m in store.rows(tables.Message)] == ["nulcheck asthma  end"]
     assert store.count(tables.DeadLetter) == 0
+
+
+def test_a_judgment_is_stored_within_seconds_while_a_review_fill_holds_the_generation_worker(
+        tmp_path, store, broker, settings):
+    """Issue 29, 1: with `careloop up`'s workers (``cli.up.WORKERS``: one per queue), a nurse's judgment
+    is stored while a review fill waits on serving; when ingest and generation shared one worker,
+    judgments waited for whole fills (6-15 minutes on the default model)."""
+    from cli.up import WORKERS
+
+    with closing(socket.socket()) as silent:  # a serving that takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        serving = {"serving_url": f"http://127.0.0.1:{silent.getsockname()[1]}", "serving_timeout": "300"}
+        workers = {name: start_worker(tmp_path / name, store.database_url, broker.url, queues=queue, **serving)
+                   for name, queue in WORKERS.items() if queue != "training"}
+        api = FeedbackProducer(settings)
+        try:
+            api.celery.send_task("generation.fill_review_queue", args=(2,), queue="generation")
+            wait_for(lambda: "generation.fill_review_queue" in workers["generation-worker"].log.read_text(),
+                     message="the fill taken by the generation worker")
+            started = time.monotonic()
+            api.submit_comparison(**comparison())
+            wait_for(lambda: store.count(tables.Comparison) == 1, timeout=20, message="the judgment stored")
+            assert time.monotonic() - started < 10, "stored, but only after the fill"
+            assert store.count(tables.ReviewItem) == 0, "the fill still waits on serving"
+        finally:
+            api.close()
+            for worker in workers.values():
+                worker.kill()
 
 
 def test_events_sent_before_the_renames_of_migration_0012_are_stored_not_dead_lettered(settings, worker, store):
