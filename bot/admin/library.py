@@ -159,8 +159,10 @@ def build_library_tab(library: Library, require: Require) -> AdminTab:
     tab.select(show_library, None, outputs, api_name="admin_library")
 
     def add_to_library(paths: list[str] | None, request: gr.Request) -> list[Any]:
+        # The role first: a refused caller must not delete anything, not even an admin's upload it names
+        # (issue 31, 9: a student's call with the cache path of an admin's upload deleted that file).
+        viewer = require(request, "admin")
         try:
-            viewer = require(request, "admin")
             added = library.add_documents(viewer, paths)
         except UserError as exc:  # the reasons stay on the page, one line per refused file
             added = str(exc)

@@ -301,3 +301,28 @@ def test_each_role_reaches_exactly_its_pages_through_every_handler(bot_stack):
     # Refusals and blank input are logged as one line each; a traceback would mean a crash (and a
     # traceback per refusal would bury real ones).
     assert bot_stack.bot.log.read_text().count("Traceback") == tracebacks, bot_stack.bot.log.read_text()[-3000:]
+
+
+def test_a_refused_call_to_add_documents_deletes_no_upload(bot_stack):
+    """Issue 31, 9: a student calling the library's add handler with the cache path of an admin's upload
+    was refused, and the file deleted anyway (its clean-up ran first). Refused now before anything."""
+    upload = bot_stack.home / "bot" / "gradio-cache" / uuid.uuid4().hex / "ward-notes.md"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("# Ward notes\n\nHand hygiene before and after each patient.")
+    (index,) = [index for index, (name, _) in _handlers(bot_stack).items() if name == "add_to_library"]
+    with httpx.Client(base_url=bot_stack.url, timeout=60) as browser:
+        assert browser.post("/login", data={"username": "stu.dent", "password": PASSWORD}).status_code == 200
+        session_hash = uuid.uuid4().hex[:11]
+        file_data = {"path": str(upload), "orig_name": upload.name, "meta": {"_type": "gradio.FileData"}}
+        joined = browser.post("/gradio_api/queue/join", json={"data": [[file_data]], "fn_index": index,
+                                                              "session_hash": session_hash})
+        assert joined.status_code == 200, joined.text
+        outcome = ""
+        with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
+            for line in events.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    outcome = (message.get("output") or {}).get("error") or "ok"
+                    break
+    assert outcome == "Your role (student) cannot use the admin page.", outcome
+    assert upload.is_file(), "the admin's upload is still there"
