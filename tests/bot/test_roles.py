@@ -263,11 +263,11 @@ def _handlers(stack) -> dict[int, tuple[str, int]]:
 EVENT_DATA = {"liked": {"index": 1, "value": "an answer", "liked": False}}  # what a thumbs click sends
 
 
-def _run(browser: httpx.Client, fn_index: int, inputs: int, event_data: dict | None) -> str:
-    """Call handler ``fn_index`` the way the page does (queue/join, then its event stream), with a
-    blank for each input; "ok", or the error the page would show."""
+def _run(browser: httpx.Client, fn_index: int, inputs: int, event_data: dict | None, data: list | None = None) -> str:
+    """Call handler ``fn_index`` the way the page does (queue/join, then its event stream), with
+    ``data`` or a blank for each input; "ok", or the error the page would show."""
     session_hash = uuid.uuid4().hex[:11]
-    joined = browser.post("/gradio_api/queue/join", json={"data": [None] * inputs, "fn_index": fn_index,
+    joined = browser.post("/gradio_api/queue/join", json={"data": data or [None] * inputs, "fn_index": fn_index,
                                                           "session_hash": session_hash, "event_data": event_data})
     if joined.status_code != 200:
         return f"HTTP {joined.status_code}: {joined.text[:200]}"
@@ -312,17 +312,7 @@ def test_a_refused_call_to_add_documents_deletes_no_upload(bot_stack):
     (index,) = [index for index, (name, _) in _handlers(bot_stack).items() if name == "add_to_library"]
     with httpx.Client(base_url=bot_stack.url, timeout=60) as browser:
         assert browser.post("/login", data={"username": "stu.dent", "password": PASSWORD}).status_code == 200
-        session_hash = uuid.uuid4().hex[:11]
         file_data = {"path": str(upload), "orig_name": upload.name, "meta": {"_type": "gradio.FileData"}}
-        joined = browser.post("/gradio_api/queue/join", json={"data": [[file_data]], "fn_index": index,
-                                                              "session_hash": session_hash})
-        assert joined.status_code == 200, joined.text
-        outcome = ""
-        with browser.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as events:
-            for line in events.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
-                if message.get("msg") == "process_completed":
-                    outcome = (message.get("output") or {}).get("error") or "ok"
-                    break
-    assert outcome == "Your role (student) cannot use the admin page.", outcome
+        outcome = _run(browser, index, 1, None, data=[[file_data]])
+    assert outcome == "error: Your role (student) cannot use the admin page.", outcome
     assert upload.is_file(), "the admin's upload is still there"

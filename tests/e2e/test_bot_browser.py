@@ -216,14 +216,19 @@ def test_a_nurse_with_an_empty_queue_is_told_when_items_come_and_refreshes(visit
     assert page.locator("#review-choice").is_visible() and not page.locator("#review-refresh").is_visible()
 
 
+def _new_nurse(stack, nurse: str) -> None:
+    """A nurse account whose queue holds only what the test adds (other tests' items skipped)."""
+    accounts.add_user(stack.sessions, nurse, "nurse", PASSWORD, actor="test")
+    while (other := queue.next_item(stack.sessions, nurse)) is not None:
+        queue.skip(stack.sessions, other.id, nurse)
+
+
 def test_a_nurse_labels_with_the_keyboard_and_each_key_names_the_answer_on_its_side(visit, bot_stack):
     """Keys 1 and 2 choose the answer shown on the left and on the right, whichever of the item's
     answers the blind order put there: the stored choice names that answer. Key 3 is a tie. The
     nurse judges until both orders came up under a side key (each showing is a coin toss)."""
     nurse = "nurse.keys"
-    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
-    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
-        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items come first
+    _new_nurse(bot_stack, nurse)
     source = {"number": 1, "doc_id": "medquad-x", "title": "Asthma: treatment", "publisher": "NIH MedlinePlus",
               "url": "https://medlineplus.gov/asthma.html", "text": "Inhaled corticosteroids control asthma.",
               "score": 1.0}
@@ -285,9 +290,7 @@ def test_a_nurse_changes_her_last_judgment_and_her_next_one_lands_on_the_next_it
     handler once failed after marking X as the item on screen, with Y still showing: the nurse's
     judgment of Y was stored on X and Y was never judged.)"""
     nurse = "nurse.amends"
-    accounts.add_user(bot_stack.sessions, nurse, "nurse", PASSWORD, actor="test")
-    while (other := queue.next_item(bot_stack.sessions, nurse)) is not None:
-        queue.skip(bot_stack.sessions, other.id, nurse)  # other tests' items come first
+    _new_nurse(bot_stack, nurse)
     passage = {"number": 1, "doc_id": "medquad-gout", "title": "Gout", "publisher": "NIH MedlinePlus",
                "url": "https://medlineplus.gov/gout.html", "text": "Gout comes from urate crystals in a joint.",
                "score": 1.0}
