@@ -17,7 +17,9 @@ LIBRARY_DIR = REPO_ROOT / "data" / "library"
 
 PASSWORD = "correct-horse-battery"
 ACCOUNTS = {"stu.dent": "student", "nurse.a": "nurse", "nurse.b": "nurse", "dr.p": "physician", "ad.min": "admin"}
-SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 3.0, 8.0
+# 5 s, not 3: under the full suite a page took over 3 s to load (reads only, which keep no session alive)
+# and its session ended before it showed (CI, stop 35).
+SHORT_SESSION_IDLE, SHORT_SESSION_MAX = 5.0, 12.0
 LIMITED_IDLE = 8.0  # the limited bot's idle limit: longer than its 1 s status refresh, and than the old 5 s timer
 SCORES = {"accuracy": 4, "helpfulness": 3, "relevance": 5, "comprehensiveness": 2}
 LIBRARY_UPLOAD_LIMIT = 256 * 1024  # the shared bot's CARELOOP_LIBRARY_MAX_DOCUMENT_BYTES: over it costs little to send

@@ -45,8 +45,8 @@ def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
     status timer, Gradio's heartbeat, `/config`) do not (issue 18, 5: they used to)."""
     client = Client(short_sessions_bot.url, auth=("stu.dent", PASSWORD), verbose=False)
     browser = _sign_in(short_sessions_bot.url, "nurse.a")
-    # The student acts every IDLE/6 s (a request would have to take 2 s on a loaded machine to let
-    # the session lapse); the nurse's page only reads.
+    # The student acts every IDLE/6 s (a request would have to take IDLE * 5/6 s on a loaded machine
+    # to let the session lapse); the nurse's page only reads.
     keep_until = time.monotonic() + 2 * IDLE
     while time.monotonic() < keep_until:
         time.sleep(IDLE / 6)
