@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -121,3 +122,48 @@ def test_the_last_enabled_admin_is_kept_when_asked(sessions):
     with pytest.raises(accounts.AccountError, match="admin.two is the only enabled admin"):
         accounts.set_role(sessions, "admin.two", "student", actor="x", keep_an_admin=True)
     accounts.set_disabled(sessions, "admin.two", True, actor="cli:root")  # the shell may
+
+
+def test_two_admins_demoting_each_other_at_once_both_finish(postgres_url):
+    """Issue 31, 13: on PostgreSQL, two admins demoting each other at once deadlocked (each locked the
+    account it changed, then waited for the other's row) and one saw a generic error. Made certain
+    here: a third connection holds the first admin's row until both changes are waiting, then lets go.
+    Both finish, and an admin is left."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from careloop import db
+
+    db.upgrade(postgres_url)
+    engine = db.make_engine(postgres_url)
+    sessions = db.session_factory(engine)
+    for name in ("admin.first", "admin.x", "admin.y"):
+        accounts.add_user(sessions, name, "admin", "long enough pw", actor="test")
+    failures: list[BaseException] = []
+
+    def demote(username: str) -> None:
+        try:
+            accounts.set_role(sessions, username, "nurse", actor="bot:other", keep_an_admin=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    try:
+        with engine.connect() as holder:
+            holder.execute(sa.text("SELECT id FROM users WHERE username = 'admin.first' FOR UPDATE"))
+            threads = [threading.Thread(target=demote, args=(name,)) for name in ("admin.x", "admin.y")]
+            for thread in threads:
+                thread.start()
+            with engine.connect() as watcher:
+                deadline = time.monotonic() + 20
+                while watcher.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar() < 2:
+                    assert time.monotonic() < deadline, "both changes were to wait on the held row"
+                    time.sleep(0.05)
+            holder.rollback()
+        for thread in threads:
+            thread.join(30)
+        assert not failures, failures
+        assert {user.username: user.role for user in accounts.users(sessions)} == {
+            "admin.first": "admin", "admin.x": "nurse", "admin.y": "nurse"}
+    finally:
+        engine.dispose()
