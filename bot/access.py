@@ -15,8 +15,10 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +34,7 @@ from careloop.accounts import (
     change_own_password,
     normalize_username,
 )
+from careloop.db import utcnow
 from careloop.log import get_logger
 
 log = get_logger(__name__)
@@ -231,25 +234,35 @@ class Access:
             raise Refused(f"Your role ({viewer.role}) cannot use the {page} page.")
         return viewer
 
-    def change_password(self, username: str | None, current: str, new: str, repeated: str) -> Viewer:
-        """The signed-in account replaces its password; Refused says why not (the message is fit to show)."""
+    def change_password(self, username: str | None, current: str, new: str,
+                        repeated: str) -> tuple[Viewer, datetime]:
+        """The signed-in account replaces its password; Refused says why not (the message is fit to show).
+        Also returns the moment of the change: the account's other sessions signed in before it end."""
         viewer = self.viewer(username)
         if new != repeated:
             raise Refused("The two new passwords differ: type the same one twice.")
         try:
-            change_own_password(self._sessions, viewer.username, current, new)
+            changed = change_own_password(self._sessions, viewer.username, current, new)
         except AccountError as exc:
             raise Refused(f"Password not changed: {exc}.") from None
         log.info("password_changed", user=viewer.username)
-        return self.viewer(viewer.username)
+        return self.viewer(viewer.username), changed
+
+    def sessions_valid_from(self, username: str) -> datetime | None:
+        """When the account's password, role or enabled state last changed (``SessionTokens``); an
+        account that no longer exists ends its sessions now."""
+        with self._sessions() as session:
+            user = session.scalar(select(User).where(User.username == normalize_username(username)))
+        return utcnow() if user is None else user.sessions_valid_from
 
 
 class SessionTokens(dict):
     """Gradio's map of session cookie to username (``App.tokens``), with sessions that end: after
-    ``idle_seconds`` without a user action, or ``max_seconds`` after signing in, whichever comes
-    first. Gradio resolves the user of every request (page, API call, file) with ``tokens.get``, so
-    an ended session is refused everywhere at once, and a shared ward computer left signed in does
-    not stay so.
+    ``idle_seconds`` without a user action, ``max_seconds`` after signing in, or when the account's
+    password, role or enabled state changed after it signed in (``valid_from``: the account's
+    ``sessions_valid_from``, read at most once a second per account; issue 31, 3). Gradio resolves the
+    user of every request (page, API call, file) with ``tokens.get``, so an ended session is refused
+    everywhere at once, and a shared ward computer left signed in does not stay so.
 
     Only user actions count as activity (``touch``: the page's handlers call it through
     ``bot.pages.guard``); reading a token does not, or the open page's own status timer and
@@ -257,10 +270,18 @@ class SessionTokens(dict):
     stored normalised (Gradio keeps the name as typed at sign-in), so ``Stu.One`` is ``stu.one``
     in every handler."""
 
-    def __init__(self, idle_seconds: float, max_seconds: float):
+    ACCOUNT_CHECK_SECONDS = 1.0
+
+    def __init__(self, idle_seconds: float, max_seconds: float,
+                 valid_from: Callable[[str], datetime | None] | None = None):
         super().__init__()
         self._idle, self._max = idle_seconds, max_seconds
-        self._times: dict[str, tuple[float, float]] = {}  # token -> (signed in, last user action)
+        self._valid_from = valid_from
+        # token -> (signed in, last user action) on the monotonic clock, and the wall-clock moment the
+        # session counts as signed in from (compared with the database's sessions_valid_from)
+        self._times: dict[str, tuple[float, float]] = {}
+        self._since: dict[str, datetime] = {}
+        self._accounts: dict[str, tuple[float, datetime | None]] = {}  # username -> (read at, valid from)
         self._lock = threading.Lock()
 
     def __setitem__(self, token: str, username: str) -> None:
@@ -268,6 +289,7 @@ class SessionTokens(dict):
         with self._lock:
             super().__setitem__(token, normalize_username(username))
             self._times[token] = (now, now)
+            self._since[token] = utcnow()
 
     def touch(self, tokens: list[str]) -> None:
         """A user action in the sessions ``tokens`` (the request's session cookies): they stay alive
@@ -278,28 +300,68 @@ class SessionTokens(dict):
                 if self._active(token):
                     self._times[token] = (self._times[token][0], now)
 
+    def renew(self, tokens: list[str], since: datetime) -> None:
+        """The sessions ``tokens`` outlive an account change made from them at ``since`` (the owner's
+        own password change ends their other sessions, not this one)."""
+        with self._lock:
+            for token in tokens:
+                if token in self._since:
+                    self._since[token] = since
+            self._accounts.clear()
+
     def __delitem__(self, token: str) -> None:
         with self._lock:  # Gradio's logout may delete a token that just ended
-            self.pop(token, None)
-            self._times.pop(token, None)
+            self._forget(token)
 
     def get(self, token: object, default: str | None = None) -> str | None:
         with self._lock:
-            return super().get(token) if self._active(token) else default
+            if not self._active(token):
+                return default
+            username, since = super().get(token), self._since[token]
+        if self._changed_after(username, since):
+            with self._lock:
+                self._forget(token)
+            log.info("session_ended", user=username, reason="account_changed")
+            return default
+        return username
 
     def __contains__(self, token: object) -> bool:
+        return self.get(token) is not None
+
+    def _changed_after(self, username: str, since: datetime) -> bool:
+        """Whether the account's password, role or enabled state changed after ``since``. Read outside
+        the lock (a database call), cached briefly: every request of a page asks."""
+        if self._valid_from is None:
+            return False
+        now = time.monotonic()
         with self._lock:
-            return self._active(token)
+            read_at, valid_from = self._accounts.get(username, (-math.inf, None))
+        if now - read_at > self.ACCOUNT_CHECK_SECONDS:
+            valid_from = self._valid_from(username)
+            with self._lock:
+                if len(self._accounts) >= 10_000:
+                    self._accounts.clear()
+                self._accounts[username] = (now, valid_from)
+        if valid_from is None:
+            return False
+        if valid_from.tzinfo is None:  # SQLite gives back naive UTC
+            valid_from = valid_from.replace(tzinfo=UTC)
+        return since < valid_from
+
+    def _forget(self, token: object) -> None:
+        self.pop(token, None)
+        self._times.pop(token, None)
+        self._since.pop(token, None)
 
     def _active(self, token: object) -> bool:
-        """Whether ``token`` is a session that has not ended (an ended one is forgotten)."""
+        """Whether ``token`` is a session that has not timed out (a timed-out one is forgotten)."""
         if token not in self._times:
             return False
         started, seen = self._times[token]
         now = time.monotonic()
         if now - seen > self._idle or now - started > self._max:
-            username = self.pop(token, None)
-            del self._times[token]
+            username = super().get(token)
+            self._forget(token)
             log.info("session_ended", user=username, idle=now - seen > self._idle)
             return False
         return True

@@ -130,13 +130,15 @@ def open_services(settings: Settings) -> Services:
     registry = Registry(sessions, base_model_name(settings))
     limits = ChatLimits(settings.bot_chat_per_minute, settings.bot_chat_concurrent)
     retriever = Retriever(settings, sessions) if settings.retrieval_enabled else None
-    return Services(settings, Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds),
+    access = Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds)
+    return Services(settings, access,
                     Chat(client, feedback, sessions, settings.bot_max_message_chars, limits, retriever,
                          settings.retrieval_passage_chars),
                     Review(feedback, sessions, Filling(settings.redis_url, settings.review_fill_interval_seconds,
                                                        settings.review_fill_soon_seconds)),
                     Admin(settings, sessions, registry, client), feedback,
-                    SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds))
+                    SessionTokens(settings.bot_session_idle_seconds, settings.bot_session_max_seconds,
+                                  access.sessions_valid_from))
 
 
 def build(services: Services) -> gr.Blocks:
@@ -182,11 +184,13 @@ def build(services: Services) -> gr.Blocks:
         def change_password(current: str | None, new: str | None, repeated: str | None,
                             request: gr.Request) -> list[Any]:
             try:
-                viewer = access.change_password(request.username, current or "", new or "", repeated or "")
+                viewer, changed = access.change_password(request.username, current or "", new or "", repeated or "")
             except Refused as exc:
                 gr.Warning(str(exc))
                 return [gr.skip()] * 7
-            services.tokens.touch(session_tokens(dict(request.cookies)))
+            sessions = session_tokens(dict(request.cookies))
+            services.tokens.renew(sessions, changed)  # the account's other sessions end; this one goes on
+            services.tokens.touch(sessions)
             gr.Info("Your password is set. Use it from now on.")
             return ["", "", "", *pages_for(viewer)]
 

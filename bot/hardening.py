@@ -57,8 +57,10 @@ import hmac
 import json
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -133,6 +135,42 @@ SESSION_COOKIE = "access-token"  # Gradio's session cookies: access-token[-unsec
 def csrf_token(session_token: str) -> str:
     """The token the page's sign-out form must carry, for the session cookie ``session_token``."""
     return hmac.new(_CSRF_KEY, session_token.encode(), hashlib.sha256).hexdigest()
+
+
+class Handouts:
+    """Files a handler handed to one session (an export, a version's report figure): Gradio serves any
+    file of its cache to anyone signed in who has the URL, so its file route serves these to the
+    sessions they were made for only (issue 31, 10: a student with an export's URL downloaded it). In
+    this process's memory, as the sessions are."""
+
+    FILE_ROUTE = "/gradio_api/file="
+
+    def __init__(self) -> None:
+        self._sessions: dict[Path, frozenset[str]] = {}  # handed-out folder -> the sessions it is for
+        self._lock = threading.Lock()
+
+    def grant(self, folder: Path, sessions: list[str]) -> None:
+        with self._lock:
+            for gone in [known for known in self._sessions if not known.exists()]:  # deleted by Gradio
+                del self._sessions[gone]
+            self._sessions[folder.resolve()] = frozenset(sessions)
+
+    def refuses(self, path: str, cookies: dict[str, str]) -> bool:
+        """Whether a request for ``path`` (a file route) from a browser with ``cookies`` asks for a file
+        handed to other sessions."""
+        if not path.startswith(self.FILE_ROUTE):
+            return False
+        try:
+            wanted = Path(path[len(self.FILE_ROUTE):]).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False  # Gradio refuses it
+        with self._lock:
+            owners = next((sessions for folder, sessions in self._sessions.items() if wanted.is_relative_to(folder)),
+                          None)
+        return owners is not None and not owners.intersection(session_tokens(cookies))
+
+
+HANDOUTS = Handouts()
 
 
 def session_tokens(cookies: dict[str, str]) -> list[str]:
@@ -285,6 +323,9 @@ class RefusedRoutes:
                 return await self._logout(scope, receive, send, int(length))
         elif method == "GET" and path == "/":
             return await _rewritten(self.app, scope, receive, send, _with_login_script)
+        elif HANDOUTS.refuses(path, _cookies(Headers(scope=scope))):
+            return await _refuse(404, "No such file for this session: downloads are for the session that "
+                                 "made them.")(scope, receive, send)
         await self.app(scope, receive, send)
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:

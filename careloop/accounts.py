@@ -49,6 +49,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Sessions signed in before this moment have ended: set when the password, role or enabled state
+    # changes, so a reset or demotion reaches a browser that is already signed in (issue 31, 3).
+    sessions_valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 def normalize_username(username: str) -> str:
@@ -104,21 +107,27 @@ def set_role(sessions: sessionmaker[Session], username: str, role: str, *, actor
     the CLI may (someone with the server's shell can always add one)."""
     _check_role(role)
     with transaction(sessions) as session:
+        if keep_an_admin and role != "admin":
+            _lock_admins(session)
         user = _get(session, username)
         if keep_an_admin and role != "admin":
             _check_another_admin(session, user)
         audit.record(session, actor, "user.set_role", user.username, before=user.role, after=role)
         user.role = role
+        user.sessions_valid_from = utcnow()
 
 
 def set_disabled(sessions: sessionmaker[Session], username: str, disabled: bool, *, actor: str,
                  keep_an_admin: bool = False) -> None:
     """Disable or enable an account; ``keep_an_admin`` as in :func:`set_role`."""
     with transaction(sessions) as session:
+        if keep_an_admin and disabled:
+            _lock_admins(session)
         user = _get(session, username)
         if keep_an_admin and disabled:
             _check_another_admin(session, user)
         user.disabled = disabled
+        user.sessions_valid_from = utcnow()
         audit.record(session, actor, "user.disable" if disabled else "user.enable", user.username)
 
 
@@ -130,12 +139,14 @@ def set_password(sessions: sessionmaker[Session], username: str, password: str, 
         user = _get(session, username)
         user.password_hash = _hasher.hash(password)
         user.must_change_password = temporary
+        user.sessions_valid_from = utcnow()
         audit.record(session, actor, "user.set_password", user.username, temporary_password=temporary)
 
 
-def change_own_password(sessions: sessionmaker[Session], username: str, current: str, new: str) -> None:
+def change_own_password(sessions: sessionmaker[Session], username: str, current: str, new: str) -> datetime:
     """The account's owner replaces their password (a temporary one, or any): the current one must be
-    right and the new one different. Audited with the owner as the actor."""
+    right and the new one different. Audited with the owner as the actor. Every session signed in
+    before the returned moment has ended: the caller renews the one the change was made from."""
     _check_password(new)
     if new == current:
         raise AccountError("choose a password different from the one you were given")
@@ -146,7 +157,9 @@ def change_own_password(sessions: sessionmaker[Session], username: str, current:
         user = _get(session, user.username)
         user.password_hash = _hasher.hash(new)
         user.must_change_password = False
+        user.sessions_valid_from = changed = utcnow()
         audit.record(session, user.username, "user.change_password", user.username)
+    return changed
 
 
 def users(sessions: sessionmaker[Session]) -> list[User]:
@@ -161,13 +174,21 @@ def _get(session: Session, username: str) -> User:
     return user
 
 
+def _lock_admins(session: Session) -> list[int]:
+    """Lock every enabled admin's row, in one order (by id), before the account being changed: two
+    admins demoting each other at once then queue on the first row, so they cannot both pass the
+    last-admin check, and never deadlock (issue 31, 13: each locked its target, then waited for the
+    other's). Returns their ids."""
+    return list(session.scalars(select(User.id).where(User.role == "admin", User.disabled.is_(False))
+                                .order_by(User.id).with_for_update()))
+
+
 def _check_another_admin(session: Session, user: User) -> None:
-    """Refuse a change that would leave no enabled admin (``user`` is about to stop being one)."""
+    """Refuse a change that would leave no enabled admin (``user`` is about to stop being one); the
+    admins' rows are locked already (``_lock_admins``)."""
     if user.role != "admin" or user.disabled:
         return
-    # Every enabled admin's row is locked, so two admins demoting each other at once cannot both pass.
-    admins = session.scalars(select(User.id).where(User.role == "admin", User.disabled.is_(False)).with_for_update())
-    if not set(admins) - {user.id}:
+    if not set(_lock_admins(session)) - {user.id}:
         raise AccountError(f"{user.username} is the only enabled admin: make another account an admin first, "
                            "or no one could manage accounts from the web app")
 

@@ -53,7 +53,7 @@ def build_exports_tab(exports: Exports, require: Require) -> AdminTab:
     def export(kind: str, fmt: str, request: gr.Request) -> str | None:
         viewer = require(request, "admin")
         try:
-            return handout(exports.export(viewer, kind, fmt))
+            return handout(exports.export(viewer, kind, fmt), request)
         except UserError as exc:  # one output: the skip alone, not refused()'s list
             gr.Warning(str(exc))
             return gr.skip()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.registry import Registry
 from bot.errors import UserError
+from bot.hardening import HANDOUTS, session_tokens
 from bot.pages import Require
 from careloop.settings import Settings
 from serving.client import ServingClient
@@ -94,15 +95,17 @@ def build_confirm_panel(panel_id: str, buttons: str) -> ConfirmPanel:
     return ConfirmPanel(pending, panel, text, confirm)
 
 
-def handout(path: str | None) -> str | None:
-    """A copy of ``path`` for Gradio to serve. Gradio serves every file under ``allowed_paths`` to
-    anyone signed in, students included, so careloop's home (exports, run snapshots holding
-    clinicians' corrections) is never one: a handler hands out a copy (mode 0600) put straight into
-    Gradio's cache (the bot's private ``gradio-cache``, see ``bot.app``) under a name no one can
-    guess. Gradio serves it from there without a second copy and deletes it after
-    CARELOOP_BOT_DOWNLOAD_SECONDS."""
+def handout(path: str | None, request: gr.Request) -> str | None:
+    """A copy of ``path`` for Gradio to serve to the session of ``request`` only. Gradio serves every
+    file under ``allowed_paths`` to anyone signed in, students included, so careloop's home (exports,
+    run snapshots holding clinicians' corrections) is never one: a handler hands out a copy (mode
+    0600) put straight into Gradio's cache (the bot's private ``gradio-cache``, see ``bot.app``) under
+    a name no one can guess, which Gradio's file route serves to this session alone
+    (``bot.hardening.Handouts``). Gradio serves it from there without a second copy and deletes it
+    after CARELOOP_BOT_DOWNLOAD_SECONDS."""
     if path is None:
         return None
     folder = Path(get_upload_folder()) / uuid.uuid4().hex
     folder.mkdir(parents=True, mode=0o700)
+    HANDOUTS.grant(folder, session_tokens(dict(request.cookies)))
     return shutil.copy(path, folder)

@@ -140,7 +140,7 @@ def build_versions_tab(versions: Versions, require: Require, message: gr.Markdow
             text, figure = versions.report(name)
         except UserError as exc:
             return refused(exc, 2)
-        return [text, gr.Image(value=handout(figure), visible=figure is not None)]
+        return [text, gr.Image(value=handout(figure, request), visible=figure is not None)]
 
     version.change(show_report, [version], [report, report_figure], api_name="admin_report")
 

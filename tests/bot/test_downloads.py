@@ -41,3 +41,21 @@ def test_an_export_download_is_private_and_deleted_after_its_time(bot_stack, tmp
         assert kept.exists()
     finally:
         bot.stop()
+
+
+def test_an_export_is_served_to_the_session_that_made_it_only(bot_stack):
+    """Issue 31, 10: an export's URL was a bearer token: any signed-in student or nurse who had it got
+    the clinicians' dataset until the copy was deleted. Gradio's file route now serves a handed-out
+    file to the session it was made for; every other session, even the same admin's, gets 404."""
+    import httpx
+
+    admin = Client(bot_stack.url, auth=("ad.min", PASSWORD), verbose=False)
+    downloaded = Path(admin.predict("dpo", "jsonl", api_name="/admin_export"))  # fetched by its own session
+    (served,) = (bot_stack.home / "bot" / "gradio-cache").rglob(downloaded.name)
+    route = f"/gradio_api/file={served}"
+    for username in ("stu.dent", "nurse.a", "ad.min"):
+        with httpx.Client(base_url=bot_stack.url, timeout=10) as other:
+            assert other.post("/login", data={"username": username, "password": PASSWORD}).status_code == 200
+            refused = other.get(route)
+            assert refused.status_code == 404 and "session that made them" in refused.text, (username, refused.text)
+    assert served.exists(), "the admin's copy is still there for her"

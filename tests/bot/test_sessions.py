@@ -10,9 +10,12 @@ import time
 import httpx
 import pytest
 from gradio_client import Client
+from processes import wait_for
 from support import PASSWORD, page_csrf_token
 from support import SHORT_SESSION_IDLE as IDLE
 from support import SHORT_SESSION_MAX as MAX
+
+from careloop import accounts
 
 
 def _sign_in(url: str, username: str) -> httpx.Client:
@@ -38,6 +41,45 @@ def test_signing_out_ends_every_session_of_that_account_only(bot_stack):
     assert laptop.get("/gradio_api/info").status_code == 401
     assert _signed_in(colleague)
     assert _signed_in(_sign_in(bot_stack.url, "nurse.a")), "signing in again works"
+
+
+NEW_PASSWORD = "a-new-horse-battery"
+
+
+@pytest.mark.parametrize("change", ["password reset by an admin", "role changed", "disabled and enabled again",
+                                    "password changed by its owner elsewhere"])
+def test_an_account_change_ends_the_sessions_signed_in_before_it(bot_stack, change):
+    """Issue 31, 3: after an admin reset a student's password, the student's old session was blocked
+    only until the new password was chosen, then answered again. Any change of password, role or
+    enabled state now ends the account's sessions signed in before it (within a second, on every
+    route); the owner's own change keeps the session it was made from."""
+    sessions, username = bot_stack.sessions, f"stu.{change.split()[0]}.{change.split()[1]}"
+    accounts.add_user(sessions, username, "student", PASSWORD, actor="test")
+    old = _sign_in(bot_stack.url, username)
+    assert _signed_in(old)
+    owner = None
+    if change == "password reset by an admin":
+        accounts.set_password(sessions, username, NEW_PASSWORD, actor="ad.min", temporary=True)
+    elif change == "role changed":
+        accounts.set_role(sessions, username, "nurse", actor="ad.min")
+    elif change == "disabled and enabled again":
+        accounts.set_disabled(sessions, username, True, actor="ad.min")
+        accounts.set_disabled(sessions, username, False, actor="ad.min")
+    else:
+        owner = Client(bot_stack.url, auth=(username, PASSWORD), verbose=False)
+        owner.predict(PASSWORD, NEW_PASSWORD, NEW_PASSWORD, api_name="/change_password")
+    wait_for(lambda: not _signed_in(old), timeout=5, message=f"the old session to end ({change})")
+    assert old.get("/gradio_api/info").status_code == 401
+    if owner is not None:
+        time.sleep(1.5)  # past the bot's once-a-second read of the account
+        owner.predict(api_name="/new_conversation")  # the session the change was made from goes on
+    password = NEW_PASSWORD if "password" in change else PASSWORD
+    if password != PASSWORD:
+        assert httpx.post(f"{bot_stack.url}/login", data={"username": username, "password": PASSWORD},
+                          timeout=10).status_code != 200, "the old password no longer signs in"
+    again = httpx.Client(base_url=bot_stack.url, timeout=10)
+    assert again.post("/login", data={"username": username, "password": password}).status_code == 200
+    assert _signed_in(again), "signing in after the change works"
 
 
 def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
