@@ -130,7 +130,9 @@ class Review:
         return "".join(told)
 
     def next(self, viewer: Viewer, state: ReviewState) -> Shown | None:
-        item = review_queue.next_item(self.sessions, viewer.username, exclude=state.submitted)
+        """The item to judge now: never one this reviewer judged, stored or still on its way from any of
+        her tabs (issue 29, 4: after a reload, an item judged a moment ago showed again, sides swapped)."""
+        item = review_queue.next_item(self.sessions, viewer.username, exclude=self._sent(viewer, state))
         state.shown = Shown(item, self.rng.choice(("ab", "ba"))) if item else None
         return state.shown
 
@@ -202,6 +204,10 @@ class Review:
         log.info("judgment_amending", user=viewer.username, item=state.shown.item.id)
         return state.last
 
+    def _sent(self, viewer: Viewer, state: ReviewState) -> set[int]:
+        """Items judged from this tab, and from any tab whose judgments the outbox still holds."""
+        return {*state.submitted, *self.feedback.outbox.judged_items(viewer.username)}
+
     def _refuse_second(self, viewer: Viewer, state: ReviewState, item: review_queue.QueueItem) -> None:
         log.warning("second_judgment_refused", user=viewer.username, item=item.id)
         state.submitted.append(item.id)
@@ -221,7 +227,7 @@ class Review:
         saying what it counts: judgments sent from this tab reach the store a moment later (through
         the outbox and the worker), so the line says how many are stored and how many on their way."""
         shown = [state.shown.item.id] if state.shown else []
-        progress = review_queue.progress(self.sessions, viewer.username, exclude=[*shown, *state.submitted])
+        progress = review_queue.progress(self.sessions, viewer.username, exclude=[*shown, *self._sent(viewer, state)])
         sent = len(state.submitted)
         stored = review_queue.judged_count(self.sessions, viewer.username, state.submitted) if sent else 0
         stats = annotator_quality(self.sessions).by_annotator().get(viewer.username)

@@ -94,6 +94,14 @@ class Outbox:
         with self._lock:
             self._db.executemany("UPDATE outbox SET sent_at = NULL WHERE seq = ?", [(seq,) for seq in seqs])
 
+    def judged_items(self, annotator: str) -> set[int]:
+        """The review items ``annotator`` judged whose judgments are still here (not yet stored)."""
+        with self._lock:
+            rows = self._db.execute("SELECT json_extract(payload, '$.review_item_id') FROM outbox "
+                                    "WHERE kind = 'comparison' AND json_extract(payload, '$.annotator') = ?",
+                                    (annotator,)).fetchall()
+        return {row[0] for row in rows if row[0] is not None}
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]

@@ -130,6 +130,30 @@ def test_a_second_tab_cannot_judge_the_same_item_again(bot_stack, page, tmp_path
     assert stored.choice == ("a" if shown.order == "ab" else "b"), "the first tab's judgment stands"
 
 
+def test_a_reloaded_page_never_shows_an_item_judged_a_moment_ago(bot_stack, tmp_path):
+    """Issue 29, 4: a judgment still on its way (in the outbox: here the broker is unreachable, as
+    while a worker is busy) left its item open in the store, so a reloaded page (a new tab state)
+    showed it again with A and B swapped. The reviewer's outbox is asked too."""
+    from careloop.redis_server import free_port
+
+    viewer = Viewer("nurse.reload", "nurse")
+    first, second = _items(bot_stack, 2, "reload", viewer.username)
+    unreachable = bot_stack.settings(home=tmp_path / "bot", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    review = Review(FeedbackProducer(unreachable, flush_interval=0.1), bot_stack.sessions, _filling(bot_stack))
+    try:
+        tab = ReviewState()
+        assert review.next(viewer, tab).item.id == first
+        review.submit(viewer, tab, "left", LEFT, RIGHT)
+        reloaded = ReviewState()
+        assert review.next(viewer, reloaded).item.id == second, "the judged item is not shown again"
+        review.submit(viewer, reloaded, "right", RIGHT, LEFT)
+        after = review.next(viewer, ReviewState())  # a fill may have added others meanwhile
+        assert after is None or after.item.id not in (first, second), "neither judged item shows again"
+        assert len(review.feedback.outbox) == 2 and not _stored(bot_stack, viewer.username), "still on their way"
+    finally:
+        review.feedback.close()
+
+
 def test_overlapping_submits_from_many_reviewers_are_each_stored_once(bot_stack, page):
     """Six reviewers on one bot (its handlers run in threads, one outbox) press submit at the same
     moment, each twice (a double press), for two items in turn: every judgment is stored exactly once."""
