@@ -1,6 +1,7 @@
 """Retrieval benchmark: quality, added latency, build time and memory of the library's search.
 
-    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--postgresql URL] [--rouge N [--model DIR]]
+    .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--postgresql URL [--worst-case 16800]]
+                                        [--rouge N [--model DIR]]
 
 Builds the whole shipped library's index from scratch in a temporary data directory (as a fresh
 `careloop up` does), loads it back from disk (as every later start does), then asks each of a fixed
@@ -13,6 +14,14 @@ admins' changes, tokenizing, BM25, the relevance score), one question at a time.
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres): the same questions, side by side, asked of
 the PostgreSQL full-text backend in a scratch database created for the run and dropped after it:
 its first load (COPY, tsvector, GIN), a later start's check that it is loaded, and the store's size.
+
+``--worst-case N`` (with ``--postgresql``): the worst case of issue 31, 6, in a scratch database of its
+own: the shipped library plus N passages of admins' documents of random words (added as an admin
+adds them), and a question of 4,000 characters of random words. Asked of PostgreSQL with every word
+used (no cap) and with the CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest, alternately, with the ratio of
+the medians; beside them a normal question, the per-question count of admins' passages that the
+search did before migration 0014 (alone: the rest of that search is gone), and the bm25s index over
+the same library, capped and not.
 
 ``--rouge N``: the base model (``--model``, default the configured one) answers the first N items
 of each source of the held-out seed QA (data/seed/medqa_eval.jsonl: K-QA, MedQuAD) greedily, with
@@ -45,7 +54,9 @@ import sqlalchemy as sa  # noqa: E402
 from careloop import db  # noqa: E402
 from careloop.settings import load_settings  # noqa: E402
 from library.corpus import medquad_records  # noqa: E402
+from library.documents import add_documents  # noqa: E402
 from library.index import Retriever, build_or_load  # noqa: E402
+from library.passages import WORD  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -149,11 +160,128 @@ def postgresql_figures(server_url: str, home: Path, sample: list[dict]) -> None:
         engine.dispose()
 
 
+# What a search did first before migration 0014: count, for each of the question's lexemes, the
+# admins' passages holding it (a filter over every one of them per lexeme). Timed alone, for comparison.
+COUNTED_PER_QUESTION = sa.text("""
+SELECT word.lexeme,
+       (SELECT count(*) FROM library_passages AS p
+        WHERE p.document_id IS NOT NULL AND p.search @@ plainto_tsquery('simple', word.lexeme)) AS found
+FROM unnest(to_tsvector('careloop_english', :words)) AS word
+""")
+
+
+def random_words(words: list[str], chars: int, rng: random.Random) -> str:
+    text = ""
+    while len(text) < chars:
+        text += rng.choice(words) + " "
+    return text[:chars].strip()
+
+
+def timed(run: Callable[[], object], server_cpu: Callable[[], float | None]) -> tuple[float, float | None]:
+    """Wall seconds of ``run()``, and CPU seconds of the PostgreSQL server (None: not measurable) or of
+    this thread (``server_cpu`` None)."""
+    cpu_started = time.thread_time() if server_cpu is None else server_cpu()
+    started = time.perf_counter()
+    run()
+    wall = time.perf_counter() - started
+    cpu_ended = time.thread_time() if server_cpu is None else server_cpu()
+    return wall, None if cpu_started is None or cpu_ended is None else cpu_ended - cpu_started
+
+
+def side_by_side(name: str, runs: dict[str, Callable[[], object]], repeats: int,
+                 server_cpu: Callable[[], float | None] | None) -> None:
+    """Each of ``runs`` ``repeats`` times, in turns (a busy machine slows them alike): the median wall
+    time and the mean CPU time (the server's is read in 10 ms ticks: a mean over the runs resolves a
+    few ms); the first against the second as a ratio."""
+    figures: dict[str, list[tuple[float, float | None]]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            figures[label].append(timed(run, server_cpu))
+    cpu_name = "this process's CPU" if server_cpu is None else "the PostgreSQL server's CPU"
+    medians = {}
+    for label, measured in figures.items():
+        wall = statistics.median(w for w, _ in measured)
+        cpus = [c for _, c in measured if c is not None]
+        cpu = statistics.mean(cpus) if cpus else None
+        medians[label] = (wall, cpu)
+        print(f"{name}: {label}: wall {wall * 1000:.1f} ms (median of {repeats})"
+              + (f", {cpu_name} {cpu * 1000:.1f} ms (mean)" if cpu is not None else ""))
+    (before, before_cpu), (after, after_cpu) = list(medians.values())[:2]
+    print(f"{name}: ratio, {list(runs)[0]} / {list(runs)[1]}: wall {before / after:.1f}"
+          + (f", CPU {before_cpu / max(after_cpu, 0.001):.1f}" if before_cpu is not None and after_cpu is not None
+             else "") + " (CPU under 1 ms counted as 1 ms)")
+
+
+def worst_case_figures(server_url: str, home: Path, admin_passages: int, seed: int, repeats: int = 10) -> None:
+    """Issue 31, 6: a 4,000-character question of random words over the shipped library and
+    ``admin_passages`` passages of admins' documents of random words."""
+    with scratch_database(server_url) as url:
+        db.upgrade(url)
+        settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="postgresql")
+        engine = db.make_engine(url)
+        sessions = db.session_factory(engine)
+        store = Retriever(settings, sessions).library()
+        rng = random.Random(seed)
+        words = [word for record in medquad_records(settings.library_data_dir)
+                 for word in WORD.findall(record["text"].lower())]
+        documents = home / "worst-case-documents"
+        documents.mkdir()
+        paths, per_document = [], 1000
+        for number in range(0, admin_passages, per_document):  # ~580 characters a paragraph: a passage each
+            count = min(per_document, admin_passages - number)
+            paragraphs = [random_words(words, 580, rng) + "." for _ in range(count)]
+            paths.append(documents / f"notes-{number // per_document}.md")
+            paths[-1].write_text(f"# Course notes {number // per_document}\n\n" + "\n\n".join(paragraphs))
+        started = time.perf_counter()
+        added = add_documents(sessions, paths, "bench", 10 * 2**20)
+        add_seconds = time.perf_counter() - started
+        question = random_words(words, 4000, rng)
+        normal = "What are the symptoms of asthma?"
+        cap, k, threshold = settings.retrieval_max_query_terms, settings.retrieval_top_k, settings.retrieval_min_score
+        with sessions() as session:
+            shipped = session.scalar(sa.text("SELECT passages FROM library_loads"))
+        print(f"worst case: {sum(d.passages for d in added):,} passages of admins' documents of random words "
+              f"({len(added)} documents, added in {add_seconds:.1f} s) beside {shipped:,} shipped; a question of "
+              f"{len(question):,} characters of random words ({len(store.query_terms(question, 0))} distinct "
+              f"lexemes); top-k {k}, threshold {threshold}")
+
+        def counted_per_question() -> None:
+            with sessions() as session:
+                session.execute(COUNTED_PER_QUESTION, {"words": question}).all()
+
+        def server_cpu() -> float | None:
+            return backend_cpu_seconds(sessions)
+
+        side_by_side("postgresql", {
+            "the long question, every word used": lambda: store.search(question, k, threshold, max_terms=0),
+            f"the long question, its {cap} rarest words": lambda: store.search(question, k, threshold, cap),
+            f"a normal question ({normal!r})": lambda: store.search(normal, k, threshold, cap),
+        }, repeats, server_cpu)
+        side_by_side("postgresql", {
+            "before migration 0014, the per-question count of admins' passages alone": counted_per_question,
+            f"the whole search now, {cap} rarest words": lambda: store.search(question, k, threshold, cap),
+        }, min(repeats, 3), server_cpu)
+
+        bm25s_settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="bm25s")
+        started = time.perf_counter()
+        library = Retriever(bm25s_settings, sessions).library()
+        print(f"bm25s: the same library's index ({len(library):,} passages) built in "
+              f"{time.perf_counter() - started:.1f} s")
+        side_by_side("bm25s", {
+            "the long question, every word used": lambda: library.search(question, k, threshold, max_terms=0),
+            f"the long question, its {cap} rarest words": lambda: library.search(question, k, threshold, cap),
+            f"a normal question ({normal!r})": lambda: library.search(normal, k, threshold, cap),
+        }, repeats, None)
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=1000, help="pages whose question is asked")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--postgresql", default="", help="PostgreSQL server URL: measure that backend too")
+    parser.add_argument("--worst-case", type=int, default=0, metavar="PASSAGES",
+                        help="with --postgresql: a 4,000-character question over this many admins' passages (0: skip)")
     parser.add_argument("--rouge", type=int, default=0, help="held-out seed QA items per source to answer (0: skip)")
     parser.add_argument("--model", default="", help="model directory for --rouge [default: the configured base model]")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -185,6 +313,8 @@ def main() -> None:
         measure(retriever, sample, settings.retrieval_min_score).report("bm25s")
         if args.postgresql:
             postgresql_figures(args.postgresql, Path(home), sample)
+            if args.worst_case:
+                worst_case_figures(args.postgresql, Path(home), args.worst_case, args.seed)
 
     print(f"load average while it ran: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

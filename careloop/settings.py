@@ -66,11 +66,29 @@ class Settings(BaseSettings):
         0.7, ge=0, le=1, description="Least share (0-1) of a question's content words, weighted by rarity, that a "
         "passage must contain to count as relevant; when none does the answer says that no source in the library "
         "matched, and cites none.")
+    retrieval_max_query_terms: int = Field(
+        32, ge=1, le=1000, description="Most distinct words of a question a library search uses: its rarest (the "
+        "most informative), so that a long question costs about what a short one does.")
     retrieval_passage_chars: int = Field(
         600, ge=80, le=4000, description="Longest passage text given to the model, in characters (longer ones are "
         "cut at a sentence end): keeps grounded prompts inside a small model's context.")
     library_max_document_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest document file an admin may add to the library.")
+    # A small PDF can hold gigabytes of text (one compressed stream shared by many pages): the text is
+    # capped too. 2 M characters is a 500-page textbook; the passage cap is about the shipped library's
+    # size, so admins' documents at most double each process's index.
+    library_max_document_chars: int = Field(
+        2_000_000, ge=1000, description="Most characters of text one library document may hold (a PDF's read "
+        "stops as soon as it has more).")
+    library_max_pdf_pages: int = Field(500, ge=1, description="Most pages a PDF added to the library may have.")
+    library_max_passages: int = Field(
+        40_000, ge=1, description="Most passages the admins' documents may hold together; a document that would "
+        "take the library over it is refused.")
+    library_pdf_timeout_seconds: float = Field(
+        60, gt=0, description="Longest a PDF's text may take to read (in a child process, killed then).")
+    library_pdf_memory_bytes: int = Field(
+        1024**3, ge=128 * 1024**2, description="Most memory (address space) the child process reading a PDF may "
+        "use; a PDF that needs more is refused.")
     # "seed" alone means the seed corpus (seed_data_dir, `careloop seed validate`).
     random_seed: int = Field(0, ge=0, description="Random seed for training and the tiny test model's build.")
     serving_backend: Literal["embedded", "vllm", "tgi"] = Field(

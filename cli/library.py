@@ -41,14 +41,19 @@ def _reindex(sessions) -> None:
 def library_add(paths: Annotated[list[Path], typer.Argument(help="Markdown (.md), text (.txt) or PDF files.")],
                 actor: ActorOption = None) -> None:
     """Add documents (all or none: a file that is refused stops the batch, with the reason)."""
-    from library.documents import add_documents
+    from library.documents import DocumentLimits, add_documents
+    from library.grounding import INSTRUCTION_LIKE_WARNING, instruction_like
 
     sessions = database_sessions()
+    settings = get_settings()
     with _refusals():
-        added = add_documents(sessions, paths, actor_name(actor), get_settings().library_max_document_bytes)
+        added = add_documents(sessions, paths, actor_name(actor), settings.library_max_document_bytes,
+                              DocumentLimits.of(settings))
     for document in added:
         console.print(f"added document {document.id}: {document.title} ({document.filename}, {document.kind}, "
                       f"{document.passages} passages)", markup=False)
+        for quote in instruction_like(document.text):
+            console.print(f"  check it: {INSTRUCTION_LIKE_WARNING} «{quote}»", markup=False)
     _reindex(sessions)
 
 

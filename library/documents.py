@@ -6,18 +6,19 @@ row commit together, and the search index (``library.index``) is only ever a cop
 PostgreSQL a document's passages are written to the store ``library.postgres`` searches in the same
 transaction, and deleted with it.
 A file is checked whole before anything is stored: one that is not text, an unreadable or
-text-less PDF, one over the size limit, or one already in the library is refused with a one-line
-reason, and a batch with any refused file adds none.
+text-less PDF, one over the size, text or page limits, one that would take the library over its
+passage limit, or one already in the library is refused with a one-line reason, and a batch with any
+refused file adds none. A PDF is read in a child process with its memory and time capped
+(``library.pdf``): a PDF bomb costs that child, not the bot.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import DateTime, Integer, String, Text, select
@@ -26,9 +27,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from careloop import audit
 from careloop.db import Base, transaction, utcnow
+from careloop.settings import Settings
 from careloop.text import storable
 from library import postgres
 from library.corpus import Chunk, chunk_text
+from library.pdf import PdfUnreadable, pdf_text
 
 KINDS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".pdf": "pdf"}
 
@@ -62,6 +65,26 @@ class DocumentRefused(ValueError):
 
 
 @dataclass(frozen=True)
+class DocumentLimits:
+    """How much text a document and the library may hold, and what reading a PDF may cost: the
+    CARELOOP_LIBRARY_* settings (``DocumentLimits.of(settings)``)."""
+
+    max_chars: int
+    max_pdf_pages: int
+    max_passages: int
+    pdf_timeout_seconds: float
+    pdf_memory_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings | None = None) -> DocumentLimits:
+        """The limits ``settings`` set; without settings, their defaults."""
+        settings = settings or Settings.model_construct()
+        return cls(settings.library_max_document_chars, settings.library_max_pdf_pages,
+                   settings.library_max_passages, settings.library_pdf_timeout_seconds,
+                   settings.library_pdf_memory_bytes)
+
+
+@dataclass(frozen=True)
 class NewDocument:
     path: Path
     title: str
@@ -70,9 +93,14 @@ class NewDocument:
     size_bytes: int
     text: str
 
+    @cached_property
+    def passages(self) -> int:
+        return len(chunk_text(self.text))
 
-def read_document(path: Path, max_bytes: int) -> NewDocument:
+
+def read_document(path: Path, max_bytes: int, limits: DocumentLimits | None = None) -> NewDocument:
     """The document at ``path`` checked and its text extracted, or ``DocumentRefused`` saying why."""
+    limits = limits or DocumentLimits.of()
     name = path.name
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
@@ -85,8 +113,11 @@ def read_document(path: Path, max_bytes: int) -> NewDocument:
         data = path.read_bytes()
     except OSError as exc:
         raise DocumentRefused(f"{name}: cannot be read ({exc.strerror or exc})") from None
-    title, text = _pdf_text(name, data) if kind == "pdf" else _plain_text(name, data)
+    title, text = _pdf_text(name, data, limits) if kind == "pdf" else _plain_text(name, data)
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip()
+    if len(text) > limits.max_chars:
+        raise DocumentRefused(f"{name}: its text is over {limits.max_chars:,} characters "
+                              "(CARELOOP_LIBRARY_MAX_DOCUMENT_CHARS)")
     if not re.search(r"\w{2}", text):
         raise DocumentRefused(f"{name}: has no text to index" + (" (a scanned PDF needs OCR first)" if kind == "pdf"
                                                                  else ""))
@@ -107,35 +138,25 @@ def _plain_text(name: str, data: bytes) -> tuple[str, str]:
     return "", text
 
 
-def _pdf_text(name: str, data: bytes) -> tuple[str, str]:
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
-
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on a broken file repeat our reason
+def _pdf_text(name: str, data: bytes, limits: DocumentLimits) -> tuple[str, str]:
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise DocumentRefused(f"{name}: is an encrypted PDF; add a copy without a password")
-        text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
-        title = str((reader.metadata or {}).get("/Title") or "")
-        # A PDF's strings may hold NUL (PostgreSQL refuses it in text) or a lone surrogate: kept out.
-        text, title = storable(text), storable(title)
-    except DocumentRefused:
-        raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
-        raise DocumentRefused(f"{name}: is not a readable PDF ({str(exc).splitlines()[0][:120] or type(exc).__name__})"
-                              ) from None
-    return title, text
+        title, text = pdf_text(data, max_chars=limits.max_chars, max_pages=limits.max_pdf_pages,
+                               timeout_seconds=limits.pdf_timeout_seconds, memory_bytes=limits.pdf_memory_bytes)
+    except PdfUnreadable as exc:
+        raise DocumentRefused(f"{name}: {exc}") from None
+    # A PDF's strings may hold NUL (PostgreSQL refuses it in text) or a lone surrogate: kept out.
+    return storable(title), storable(text)
 
 
-def add_documents(sessions: sessionmaker[Session], paths: list[Path], actor: str,
-                  max_bytes: int) -> list[LibraryDocument]:
+def add_documents(sessions: sessionmaker[Session], paths: list[Path], actor: str, max_bytes: int,
+                  limits: DocumentLimits | None = None) -> list[LibraryDocument]:
     """Add every file, each audited, or none: ``DocumentRefused`` lists each file refused and why."""
+    limits = limits or DocumentLimits.of()
     read: list[NewDocument] = []
     reasons: list[str] = []
     for path in paths:
         try:
-            read.append(read_document(path, max_bytes))
+            read.append(read_document(path, max_bytes, limits))
         except DocumentRefused as exc:
             reasons.append(str(exc))
     first_of: dict[str, NewDocument] = {}
@@ -149,6 +170,14 @@ def add_documents(sessions: sessionmaker[Session], paths: list[Path], actor: str
             if known is not None:
                 reasons.append(f"{document.path.name}: already in the library as document {known.id} "
                                f"({known.title}, added by {known.added_by})")
+        # Counted from the texts, as the index cuts them; two admins adding at once may pass it together.
+        total = sum(len(chunk_text(text)) for text in session.scalars(select(LibraryDocument.text)))
+        for document in read:
+            total += document.passages
+            if total > limits.max_passages:
+                reasons.append(f"{document.path.name}: its {document.passages:,} passages would take the library's "
+                               f"added documents to {total:,}, over the limit of {limits.max_passages:,} passages "
+                               "(CARELOOP_LIBRARY_MAX_PASSAGES)")
     if reasons:
         raise DocumentRefused("\n".join(reasons))
     try:

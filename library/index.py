@@ -4,7 +4,9 @@ network), built once per library content and kept on disk under ``$CARELOOP_HOME
 Each passage is indexed with its page's title and heading (the question a MedQuAD page answers)
 counted twice ahead of its text, and without a stopword list: the question words ("how many",
 "who is at risk") are what tells a page's sections apart. Snowball stemming (PyStemmer). The figures
-behind these choices are in BENCHMARKS.md ("Retrieval").
+behind these choices are in BENCHMARKS.md ("Retrieval"). Both backends search a question for its
+CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest words (``library.passages.informative_terms``): a long
+question costs about what a short one does.
 
 ``Retriever`` is what the bot, review generation and evaluation ask, and the one place the backend
 is chosen: this index, or PostgreSQL's full-text search (``library.postgres``, ``open_store``).
@@ -31,7 +33,7 @@ from careloop.settings import Settings
 from library import postgres
 from library.corpus import CHUNK_CHARS, Chunk, medquad_chunks, shipped_digest
 from library.documents import LibraryDocument, chunks_of, document_chunks, documents_fingerprint
-from library.passages import STOPWORDS, Passage, stemmer, tokens
+from library.passages import MAX_QUERY_TERMS, STOPWORDS, Passage, informative_terms, stemmer, tokens
 
 log = get_logger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each build step at DEBUG whatever our level
@@ -75,17 +77,20 @@ class Library:
             chunks = [Chunk(**json.loads(line)) for line in lines]
         return cls(chunks, bm25s.BM25.load(str(directory), load_corpus=False))
 
-    def search(self, question: str, k: int, min_score: float = 0.0) -> list[Passage]:
+    def search(self, question: str, k: int, min_score: float = 0.0,
+               max_terms: int = MAX_QUERY_TERMS) -> list[Passage]:
         """The best passage of each of the ``k`` best-matching documents (BM25) whose ``match`` is
-        at least ``min_score``, best first, numbered from 1; empty when none is."""
+        at least ``min_score``, best first, numbered from 1; empty when none is. Of the question's
+        words, the ``max_terms`` rarest are used (``query_terms``)."""
         vocabulary = self.retriever.vocab_dict
-        query = [token for token in tokens([question])[0] if token and token in vocabulary]
+        used = set(self.query_terms(question, max_terms))
+        query = [token for token in tokens([question])[0] if token in used and token in vocabulary]
         if not query or not self.chunks:
             return []
         depth = min(len(self.chunks), 8 * k)  # a document's other passages may crowd the first hits
         found, _ = self.retriever.retrieve([query], k=depth, show_progress=False, n_threads=0)
         candidates = np.asarray(found[0])
-        scores = self.match(question, candidates)
+        scores = self.match(question, candidates, used)
         passages: list[Passage] = []
         seen: set[str] = set()
         for index, score in zip(candidates, scores, strict=True):
@@ -99,12 +104,25 @@ class Library:
                                     chunk.text, round(float(score), 3)))
         return passages
 
-    def match(self, question: str, candidates: np.ndarray) -> np.ndarray:
+    def query_terms(self, question: str, max_terms: int = MAX_QUERY_TERMS) -> list[str]:
+        """The stemmed words of the question a search uses: its ``max_terms`` rarest distinct ones
+        (``informative_terms``, by the number of passages holding each)."""
+        indptr, vocabulary = self.retriever.scores["indptr"], self.retriever.vocab_dict
+        found = {}
+        for token in tokens([question])[0]:
+            if token and token not in found:  # bm25s gives "" for no word
+                column = vocabulary.get(token)
+                found[token] = 0 if column is None else int(indptr[column + 1] - indptr[column])
+        return informative_terms(found, max_terms)
+
+    def match(self, question: str, candidates: np.ndarray, used: set[str] | None = None) -> np.ndarray:
         """For each candidate passage, the share of the question's content words (stopwords left
-        out, each weighted by its IDF) that it contains, 0 to 1: unlike a BM25 score it does not
-        grow with the question's length, so one threshold tells "nothing relevant" for any question.
-        A word no passage holds weighs the most and matches nowhere."""
+        out, each weighted by its IDF; of the words ``used`` only, if given) that it contains, 0 to 1:
+        unlike a BM25 score it does not grow with the question's length, so one threshold tells
+        "nothing relevant" for any question. A word no passage holds weighs the most and matches nowhere."""
         words = set(tokens([question], STOPWORDS)[0]) - {""}  # bm25s gives "" for no word
+        if used is not None:
+            words &= used
         if not words:
             return np.zeros(len(candidates))
         scores = self.retriever.scores
@@ -186,7 +204,9 @@ class Retriever:
     """What the bot and the trainer ask: the configured number of passages for a question, from
     the library as admins last left it. The one place the search backend is chosen
     (``CARELOOP_RETRIEVAL_BACKEND``): the bm25s index, checked every ``refresh_seconds`` for admins'
-    changes, or PostgreSQL's store, which has each change as it commits."""
+    changes, or PostgreSQL's store, which has each change as it commits (no bm25s index is built
+    for it: ``library()`` after an admin's change, as the CLI and the admin page call it, only checks
+    that the store is loaded)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], refresh_seconds: float = REFRESH_SECONDS):
         self.settings = settings
@@ -220,5 +240,7 @@ class Retriever:
             log.error("library_warm_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
-        """Up to ``k`` passages (default CARELOOP_RETRIEVAL_TOP_K) relevant to ``question``."""
-        return self.library().search(question, k or self.settings.retrieval_top_k, self.settings.retrieval_min_score)
+        """Up to ``k`` passages (default CARELOOP_RETRIEVAL_TOP_K) relevant to ``question``, searched
+        for its CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest words."""
+        return self.library().search(question, k or self.settings.retrieval_top_k, self.settings.retrieval_min_score,
+                                     self.settings.retrieval_max_query_terms)

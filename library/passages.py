@@ -5,12 +5,18 @@ citation check (``library.grounding``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import bm25s
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
+
+from careloop.settings import Settings
+
+# CARELOOP_RETRIEVAL_MAX_QUERY_TERMS's default: what a search uses unless told otherwise.
+MAX_QUERY_TERMS: int = Settings.model_fields["retrieval_max_query_terms"].default
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,15 @@ def tokens(texts: list[str], stopwords: list[str] | None = None) -> list[list[st
     """Lower-cased, stemmed words of each text, without ``stopwords``."""
     return bm25s.tokenize(texts, lower=True, stopwords=stopwords, stemmer=stemmer(), return_ids=False,
                           show_progress=False)
+
+
+def informative_terms(found: Mapping[str, int], max_terms: int) -> list[str]:
+    """The ``max_terms`` most informative of a question's distinct terms (all of them for 0): those the
+    fewest passages hold (``found``: each term's count, in the question's order; a term no passage
+    holds comes first, as it weighs the most), the question's order among equally rare ones. Each
+    term a search uses costs it work over the passages holding it, so a long question is searched
+    for its rarest words, as a short one is for all of them: a 4,000-character question took 10 s of
+    PostgreSQL's CPU with every word used (issue 31, 6)."""
+    if not max_terms or len(found) <= max_terms:
+        return list(found)
+    return sorted(found, key=found.__getitem__)[:max_terms]

@@ -12,9 +12,12 @@ deleted with it (foreign key, cascade).
 
 ``search`` computes the relevance share of ``library.index``'s ``Library.match`` with the store's
 own lexemes: each of the question's content words weighted by its IDF (bm25s's formula; passage
-counts from ``library_terms``, written at load, plus admins' passages counted as it searches).
-Only passages holding one of the rarest words can reach the threshold (``_viable``): those are
-ranked by each question word's ``ts_rank`` times its IDF, and the best that reach it returned.
+counts from ``library_terms``, counted at load and kept by triggers as admins' documents come and
+go, migration 0014). Of a long question it uses the rarest lexemes only
+(CARELOOP_RETRIEVAL_MAX_QUERY_TERMS, ``informative_terms``): what a search costs grows with the
+lexemes it uses. Only passages holding one of the rarest words can reach the threshold
+(``_viable``): those are ranked by each question word's ``ts_rank`` times its IDF, and the best that
+reach it returned.
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.db import transaction
 from careloop.log import get_logger
 from library.corpus import CHUNK_CHARS, Chunk, shipped_digest
-from library.passages import STOPWORDS, WORD, Passage
+from library.passages import MAX_QUERY_TERMS, STOPWORDS, WORD, Passage, informative_terms
 
 log = get_logger(__name__)
 
@@ -38,31 +41,34 @@ STORE_VERSION = 1  # bump when what is stored of a passage changes: the store is
 LOAD_LOCK = 0x6C6962  # the advisory lock loads take exclusively and documents' writes shared ("lib")
 _STOPWORDS = frozenset(STOPWORDS)
 
-# Each lexeme of the question, whether it is a content word's, and the number of passages that
-# hold it: the shipped ones' counted at load (library_terms), admins' counted now (few); and the
-# number of passages.
-_WEIGHTS = text("""
-SELECT word.lexeme,
-       word.lexeme = ANY(tsvector_to_array(to_tsvector('careloop_english', :content))) AS content,
-       coalesce(shipped.passages, 0) + (
-           SELECT count(*) FROM library_passages AS p
-           WHERE p.document_id IS NOT NULL AND p.search @@ plainto_tsquery('simple', word.lexeme)) AS found,
-       (SELECT passages FROM library_loads)
-       + (SELECT count(*) FROM library_passages WHERE document_id IS NOT NULL) AS total
-FROM unnest(to_tsvector('careloop_english', :words)) AS word
-LEFT JOIN library_terms AS shipped ON shipped.lexeme = word.lexeme
+# Each lexeme of the question, in the question's order, whether it is a content word's, and the
+# number of passages that hold it, with the number of passages: counted ahead (migration 0014: at
+# load, and by triggers as admins' documents come and go), read by primary key.
+_TERMS = text("""
+WITH question AS MATERIALIZED (
+    SELECT to_tsvector('careloop_english', :words) AS words,
+           tsvector_to_array(to_tsvector('careloop_english', :content)) AS content)
+SELECT word.lexeme, word.lexeme = ANY(question.content) AS content, coalesce(terms.passages, 0) AS found,
+       (SELECT coalesce(max(all_passages), 0) FROM library_loads) AS total
+FROM question CROSS JOIN unnest(question.words) AS word
+LEFT JOIN library_terms AS terms ON terms.lexeme = word.lexeme
+ORDER BY word.positions[1], word.lexeme
 """)
 
 # The passages that can reach the threshold (they hold one of the ``viable`` lexemes), best first:
-# the sum over the question's lexemes of each one's ts_rank (its occurrences, title and heading
-# weighing most) times its IDF, as BM25 weighs a rare word above a common one.
+# the sum over the question's lexemes used of each one's ts_rank (its occurrences, title and heading
+# weighing most) times its IDF, as BM25 weighs a rare word above a common one. The lexemes of the
+# best only are listed (for their relevance share): for every match, that was a third of the time.
 _CANDIDATES = text("""
-SELECT p.doc_id, p.title, p.publisher, p.url, p.text, tsvector_to_array(p.search) AS lexemes
-FROM library_passages AS p
-WHERE p.search @@ CAST(:viable AS tsquery)
-ORDER BY (SELECT sum(word.idf * ts_rank(p.search, word.query))
-          FROM unnest(CAST(:queries AS tsquery[]), CAST(:idfs AS float8[])) AS word(query, idf)) DESC, p.id
-LIMIT :depth
+SELECT best.doc_id, best.title, best.publisher, best.url, best.text, tsvector_to_array(best.search) AS lexemes
+FROM (SELECT p.id, p.doc_id, p.title, p.publisher, p.url, p.text, p.search,
+             (SELECT sum(word.idf * ts_rank(p.search, word.query))
+              FROM unnest(CAST(:queries AS tsquery[]), CAST(:idfs AS float8[])) AS word(query, idf)) AS rank
+      FROM library_passages AS p
+      WHERE p.search @@ CAST(:viable AS tsquery)
+      ORDER BY rank DESC, p.id
+      LIMIT :depth) AS best
+ORDER BY best.rank DESC, best.id
 """)
 
 
@@ -82,17 +88,18 @@ class Store:
         with self.sessions() as session:
             return session.scalar(text("SELECT count(*) FROM library_passages"))
 
-    def search(self, question: str, k: int, min_score: float = 0.0) -> list[Passage]:
+    def search(self, question: str, k: int, min_score: float = 0.0,
+               max_terms: int = MAX_QUERY_TERMS) -> list[Passage]:
         """The best passage of each of the ``k`` best-ranked documents whose share of the question's
-        content words is at least ``min_score``, best first, numbered from 1; empty when none is."""
+        content words is at least ``min_score``, best first, numbered from 1; empty when none is. Of
+        the question's lexemes, the ``max_terms`` rarest are used (``query_terms``)."""
         words = WORD.findall(question.lower())
         if not words:
             return []
         with self.sessions() as session:
-            counted = session.execute(_WEIGHTS, {"words": " ".join(words), "content": " ".join(
-                word for word in words if word not in _STOPWORDS)}).all()
-            idf = {row.lexeme: math.log(1 + (row.total - row.found + 0.5) / (row.found + 0.5)) for row in counted}
-            weights = {row.lexeme: idf[row.lexeme] for row in counted if row.content}  # what relevance counts
+            used = self._query_terms(session, words, max_terms)
+            idf = {term.lexeme: math.log(1 + (term.total - term.found + 0.5) / (term.found + 0.5)) for term in used}
+            weights = {term.lexeme: idf[term.lexeme] for term in used if term.content}  # what relevance counts
             if weights:
                 needed = _viable(weights, min_score)
             else:  # no content word: no passage holds any of it; without a threshold, any word will do
@@ -116,6 +123,22 @@ class Store:
             passages.append(Passage(len(passages) + 1, row.doc_id, row.title, row.publisher, row.url, row.text,
                                     round(share, 3)))
         return passages
+
+    def query_terms(self, question: str, max_terms: int = MAX_QUERY_TERMS) -> list[str]:
+        """The lexemes of the question a search uses: its ``max_terms`` rarest distinct ones
+        (``informative_terms``, by the number of passages holding each)."""
+        words = WORD.findall(question.lower())
+        if not words:
+            return []
+        with self.sessions() as session:
+            return [term.lexeme for term in self._query_terms(session, words, max_terms)]
+
+    @staticmethod
+    def _query_terms(session: Session, words: list[str], max_terms: int) -> list[Row]:
+        counted = {row.lexeme: row for row in session.execute(_TERMS, {"words": " ".join(words), "content": " ".join(
+            word for word in words if word not in _STOPWORDS)})}
+        return [counted[lexeme] for lexeme in informative_terms(
+            {lexeme: row.found for lexeme, row in counted.items()}, max_terms)]
 
 
 def _quoted(lexeme: str) -> str:
@@ -176,20 +199,22 @@ def ensure_loaded(sessions: sessionmaker[Session], key: str,
         if session.scalar(loaded, {"key": key}):
             return False
         started = time.perf_counter()
+        # The load counts every passage's lexemes once, below: the triggers that count a document's
+        # as it is added or removed (migration 0014) leave this transaction's writes alone.
+        session.execute(text("SET LOCAL careloop.library_load = 'on'"))
         for table in ("library_passages", "library_terms", "library_loads"):
             session.execute(text(f"DELETE FROM {table}"))
         count = _copy(session, passages(session))
         session.execute(text("""
             INSERT INTO library_terms (lexeme, passages)
-            SELECT word.lexeme, count(*) FROM library_passages AS p, unnest(p.search) AS word
-            WHERE p.document_id IS NULL GROUP BY word.lexeme"""))
+            SELECT word.lexeme, count(*) FROM library_passages AS p, unnest(p.search) AS word GROUP BY word.lexeme"""))
         # New rows wait in the GIN index's pending list, which every search reads through: merge it now.
         session.execute(text("SELECT gin_clean_pending_list('ix_library_passages_search')"))
         session.execute(text("ANALYZE library_passages, library_terms"))
         seconds = time.perf_counter() - started
         session.execute(text("""
-            INSERT INTO library_loads (key, passages, seconds)
-            SELECT :key, count(*), :seconds FROM library_passages WHERE document_id IS NULL"""),
+            INSERT INTO library_loads (key, passages, all_passages, seconds)
+            SELECT :key, count(*) FILTER (WHERE document_id IS NULL), count(*), :seconds FROM library_passages"""),
                         {"key": key, "seconds": seconds})
     log.info("library_store_loaded", passages=count, seconds=round(seconds, 1))
     return True

@@ -5,7 +5,6 @@ index is rebuilt so that answers cite the change within seconds."""
 
 from __future__ import annotations
 
-import re
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,10 +19,19 @@ from bot.access import Viewer
 from bot.admin.shared import AdminServices, AdminTab, build_confirm_panel, refused
 from bot.errors import UserError
 from bot.pages import Require
+from bot.rendering import literal
 from careloop.log import get_logger
 from library.corpus import medquad_records
-from library.documents import DocumentRefused, LibraryDocument, add_documents, documents, remove_document
-from library.index import build_or_load
+from library.documents import (
+    DocumentLimits,
+    DocumentRefused,
+    LibraryDocument,
+    add_documents,
+    documents,
+    remove_document,
+)
+from library.grounding import INSTRUCTION_LIKE_WARNING, instruction_like
+from library.index import Retriever
 
 log = get_logger(__name__)
 
@@ -64,19 +72,23 @@ class Library:
         if not paths:
             raise UserError("Choose one or more files to add: Markdown (.md), text (.txt) or PDF (.pdf).")
         try:
+            settings = self.services.settings
             added = add_documents(self.services.sessions, [Path(path) for path in paths], f"bot:{viewer.username}",
-                                  self.services.settings.library_max_document_bytes)
+                                  settings.library_max_document_bytes, DocumentLimits.of(settings))
         except DocumentRefused as exc:
             raise UserError("**Nothing was added to the library:**\n\n" + "\n".join(
-                f"- {_escaped(line)}" for line in str(exc).splitlines())) from None
-        listed = "\n".join(f"- document {d.id}: **{_escaped(d.title)}** ({_escaped(d.filename)}, {d.kind}, "
+                f"- {literal(line)}" for line in str(exc).splitlines())) from None
+        listed = "\n".join(f"- document {d.id}: **{literal(d.title)}** ({literal(d.filename)}, {d.kind}, "
                            f"{d.passages} passages)" for d in added)
-        return f"Added to the library:\n\n{listed}\n\n{self._reindexed()}"
+        warnings = "".join(f"\n\n**Check document {d.id}:** {literal(INSTRUCTION_LIKE_WARNING)}\n\n"
+                           + "\n".join(f"> {literal(quote)}" for quote in quotes)
+                           for d in added if (quotes := instruction_like(d.text)))
+        return f"Added to the library:\n\n{listed}{warnings}\n\n{self._reindexed()}"
 
     def removal_confirmation(self, document_id: str | None) -> str:
         document = self._document(document_id)
-        return (f"Remove document {document.id}, **{_escaped(document.title)}** ({_escaped(document.filename)}, "
-                f"added by {_escaped(document.added_by)}): answers stop citing it within seconds.")
+        return (f"Remove document {document.id}, **{literal(document.title)}** ({literal(document.filename)}, "
+                f"added by {literal(document.added_by)}): answers stop citing it within seconds.")
 
     def remove_document(self, viewer: Viewer, document_id: str | None) -> str:
         document = self._document(document_id)
@@ -84,7 +96,7 @@ class Library:
             remove_document(self.services.sessions, document.id, f"bot:{viewer.username}")
         except DocumentRefused as exc:  # removed by someone else since the dialog
             raise UserError(f"Not removed: {exc}.") from None
-        return (f"Removed document {document.id}, **{_escaped(document.title)}** ({_escaped(document.filename)}). "
+        return (f"Removed document {document.id}, **{literal(document.title)}** ({literal(document.filename)}). "
                 f"{self._reindexed()}")
 
     def _document(self, document_id: str | None) -> LibraryDocument:
@@ -97,25 +109,22 @@ class Library:
 
     def _reindexed(self) -> str:
         """The search index rebuilt for the library as it is now, as `careloop library add` does; each
-        process's retriever loads it at its next check (every few seconds)."""
+        process's retriever loads it at its next check (every few seconds). On PostgreSQL there is none
+        to build: the change is in the store as it commits (a bm25s index was built after each change
+        all the same, 3.5 to 6 s of CPU for nothing: issue 31, 6)."""
         try:
-            library = build_or_load(self.services.settings, self.services.sessions)
+            library = Retriever(self.services.settings, self.services.sessions).library()
         except OSError as exc:
             log.error("library_reindex_failed", error=str(exc)[:300])
             return (f"The search index could not be rebuilt now ({exc.strerror or exc}); the chat rebuilds it at "
                     "its next question.")
-        return f"The search index is ready ({len(library.chunks):,} passages)."
+        return f"The search index is ready ({len(library):,} passages)."
 
 
 def _size(size_bytes: int) -> str:
     if size_bytes >= 2**20:
         return f"{size_bytes / 2**20:.1f} MiB"
     return f"{size_bytes / 1024:.1f} KiB" if size_bytes >= 1024 else f"{size_bytes} B"
-
-
-def _escaped(text: str) -> str:
-    """``text`` shown as written in Markdown (a file name like ``__init__.md`` is not bold)."""
-    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
 
 
 def discard_uploads(paths: list[str] | None) -> None:

@@ -10,7 +10,7 @@ from support import SEED_DIR, label
 from careloop.seed import load_seed
 from feedback import review_queue
 from feedback.export import in_eval
-from library.grounding import INSTRUCTION
+from library.grounding import INSTRUCTION, SOURCES_NOTE
 from trainer.config import TrainConfig
 from trainer.data import answer_text, grounded_row, prompt_text, row_tokens
 from trainer.measures import REFUSAL
@@ -113,8 +113,8 @@ def test_with_retrieval_on_training_prompts_carry_the_passages_the_answers_were_
 
     (pair,) = [p for p in on["dpo"] if p["origin"] == "comparison"]
     prompt = prompt_text(pair)
-    assert prompt.startswith("Sources:\n[1] High blood pressure: treatment (NIH): Thiazide diuretics lower")
-    assert "\n\n[2] Ward notes (added by bot:ad.min (notes.md)): Check the pressure twice.\n\n" in prompt
+    assert prompt.startswith(f"{SOURCES_NOTE}\n<sources>\n[1] High blood pressure: treatment (NIH): Thiazide")
+    assert "\n\n[2] Ward notes (added by bot:ad.min (notes.md)): Check the pressure twice.\n</sources>\n\n" in prompt
     assert prompt.endswith(f"{INSTRUCTION}\n\nQuestion: {question}") and "passages" not in pair
     tokens = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True,
                                            return_dict=True)["input_ids"]
@@ -125,11 +125,12 @@ def test_with_retrieval_on_training_prompts_carry_the_passages_the_answers_were_
     untrimmed = grounded_row(bare, [Passage(**source) for source in sources], 2000)
     assert row_tokens(untrimmed, tokenizer) > 256 and len(prompt) < len(long_text), "the long passage was cut"
     (taught,) = [r for r in on["sft"] if r["origin"] == "feedback"]  # the chosen answer, for SFT
-    assert (prompt_text(taught).startswith("Sources:\n[1] High blood pressure")
+    assert (prompt_text(taught).startswith(f"{SOURCES_NOTE}\n<sources>\n[1] High blood pressure")
             and "[2] Ward notes" in prompt_text(taught))
 
     seed_qa = {example.id for example in load_seed(SEED_DIR, "sft")}
-    grounded_qa = [r for r in on["sft"] if prompt_text(r).startswith("Sources:\n[1] ") and r["origin"] != "feedback"]
+    grounded_qa = [r for r in on["sft"]
+                   if prompt_text(r).startswith(f"{SOURCES_NOTE}\n<sources>\n[1] ") and r["origin"] != "feedback"]
     assert grounded_qa and {r["origin"] for r in grounded_qa} <= seed_qa, "seed QA questions, not refusals or triage"
     assert all("\n\n[2] " not in prompt_text(r) and row_tokens(r, tokenizer) <= 256 for r in grounded_qa)
     assert [r["messages"][-1] for r in on["sft"]] == [r["messages"][-1] for r in off["sft"]], "only prompts change"
