@@ -8,7 +8,8 @@ the admin page, a training run's auto-promote):
   flip ``live`` (the registry's transaction); an exception before the flip changes nothing.
 - rollback: the same flip backwards, to the version the live one replaced (or the base model).
 - unload: a version that stopped being live is unloaded once the grace period has passed since
-  (clients cache the live name for a few seconds), unless it went live again meanwhile.
+  (clients cache the live name for a few seconds), unless it went live again meanwhile; and if a
+  flip and an unload cross anyway, whichever comes second loads the live version again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from adapters.registry import OUT_OF_USE, PROMOTABLE, AdapterVersion, Registry, 
 from careloop.db import aware
 from careloop.log import get_logger
 from careloop.settings import Settings
-from serving.client import ServingClient
+from serving.client import ServingClient, ServingRejected
 
 log = get_logger(__name__)
 
@@ -61,6 +62,7 @@ def promote(registry: Registry, name: str, client: ServingClient, *, actor: str)
         raise RegistryError(f"{name} is {version.status}; only candidate or retired versions can be promoted")
     ensure_serving(version, client)
     previous = registry.make_live(name, actor=actor)
+    _reload_if_unloaded(version, client)
     result = Promotion(name, previous, time.perf_counter() - started)
     log.info("adapter_promoted", adapter=name, previous=previous, actor=actor, seconds=round(result.seconds, 3))
     return result
@@ -73,9 +75,12 @@ def rollback(registry: Registry, client: ServingClient, *, actor: str, reason: s
     current = registry.live()
     if current is None:
         raise RegistryError("no version is live: nothing to roll back")
-    if current.replaced is not None:
-        ensure_serving(registry.get(current.replaced), client)
+    target = registry.get(current.replaced) if current.replaced is not None else None
+    if target is not None:
+        ensure_serving(target, client)
     live = registry.restore_replaced(current.name, actor=actor, reason=reason)
+    if target is not None:
+        _reload_if_unloaded(target, client)
     log.info("adapter_rolled_back", adapter=live, rolled_back=current.name, actor=actor)
     return Promotion(live, current.name, time.perf_counter() - started)
 
@@ -90,12 +95,34 @@ def unload_stale(registry: Registry, client: ServingClient, grace_seconds: float
         age = (datetime.now(UTC) - aware(version.status_changed_at)).total_seconds()
         if age < grace_seconds:
             time.sleep(grace_seconds - age)
-        if registry.get(version.name).status in OUT_OF_USE:  # not re-promoted meanwhile
-            for replica, names in loaded.items():
-                if version.name in names:
-                    replica.unload_adapter(version.name)
+        if registry.get(version.name).status not in OUT_OF_USE:  # re-promoted meanwhile
+            continue
+        for replica, names in loaded.items():
+            if version.name in names:
+                replica.unload_adapter(version.name)
+        if registry.get(version.name).status in OUT_OF_USE:
             unloaded.append(version.name)
+        else:  # a promotion or rollback flipped it live between the check and the unload
+            _reload_if_unloaded(version, client)
     return unloaded
+
+
+def _reload_if_unloaded(version: AdapterVersion, client: ServingClient) -> None:
+    """Load ``version`` again on each replica that lacks it. Issue 31, 12: ``unload_stale`` checks
+    that a version is out of use, then unloads it; a promotion or rollback of that version could
+    land in between (its load check seeing the version still loaded, its flip after the unload),
+    leaving the live version unloaded and every chat failing. Each side checks after its
+    own step, so whichever comes second restores it. Best effort: the flip has happened, and
+    until this succeeds clients answer with the base model (``ServingClient`` says so)."""
+    for replica in client.replicas():
+        try:
+            if version.name in replica.loaded_adapters():
+                continue
+            log.warning("live_version_unloaded_loading_again", adapter=version.name, replica=replica.url)
+            replica.load_adapter(version.name, version.path)
+        except Exception as exc:  # noqa: BLE001 - best effort (see above); 409: the other side loaded it first
+            if not (isinstance(exc, ServingRejected) and exc.status == 409):
+                log.exception("live_version_reload_failed", adapter=version.name, replica=replica.url)
 
 
 def unload_replaced(registry: Registry, client: ServingClient, grace_seconds: float, *,

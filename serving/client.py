@@ -3,8 +3,10 @@
 Chat goes through huggingface_hub's (Async)InferenceClient pointed at the serving base URL, so
 the same code works against the embedded engine, vLLM and TGI. Which adapter answers is what
 ``live_lookup`` says (``adapters.rollout.open_client`` asks the registry), cached for a few seconds;
-if the lookup briefly fails the client keeps answering with the last live version it saw. HTTP
-only: it imports no registry. Importing this module never imports torch.
+if the lookup briefly fails the client keeps answering with the last live version it saw, and if
+serving no longer has the live version (someone unloaded it) the base model answers, under its own
+name, so every "answered by" shows it. HTTP only: it imports no registry. Importing this module
+never imports torch.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class ServingClient:
     """Chat and control against one serving base URL.
 
     ``live_lookup`` returns the live adapter name (None: the base model answers); it is
-    called at most every ``cache_seconds`` and its failures fall back to the last answer.
+    called at most every ``cache_seconds`` and its failures fall back to the last answer. A chat
+    that names no model and finds the live version missing from serving is answered by the base
+    model (``_base_instead``).
     ``replicas``: the base URLs of each server behind ``url`` when it is a load balancer; adapter
     control has to reach every one of them (see ``replicas()``).
     """
@@ -88,6 +92,7 @@ class ServingClient:
         self._live_lookup = live_lookup
         self._cache_seconds = cache_seconds
         self._live: tuple[float, str | None] | None = None  # (monotonic time read, name)
+        self._missing_live: str | None = None  # the live version serving said it does not have
         self._lock = threading.Lock()
         self._base_model: str | None = None
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
@@ -177,31 +182,89 @@ class ServingClient:
 
     def chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> ChatAnswer:
         """One whole answer. ``params``: max_tokens, temperature, top_p, seed, stop."""
-        model = self.resolve_model(model)
+        name = self.resolve_model(model)
         started = time.perf_counter()
-        with _translated_errors():
-            out = self._inference.chat_completion(messages, model=model, **params)
+        try:
+            with _translated_errors():
+                out = self._inference.chat_completion(messages, model=name, **params)
+        except ServingRejected as exc:
+            name = self._base_instead(model, name, exc)
+            with _translated_errors():
+                out = self._inference.chat_completion(messages, model=name, **params)
+        else:
+            self._answered(name)
         choice = out.choices[0]
-        return ChatAnswer(choice.message.content or "", out.model or model, choice.finish_reason,
+        return ChatAnswer(choice.message.content or "", out.model or name, choice.finish_reason,
                           out.usage.prompt_tokens, out.usage.completion_tokens, time.perf_counter() - started)
 
     def stream_chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> Iterator[ChatDelta]:
-        model = self.resolve_model(model)
+        name = self.resolve_model(model)
+        started = False
+        try:
+            for delta in self._stream(messages, name, **params):
+                if not started:
+                    started = True
+                    self._answered(name)
+                yield delta
+        except ServingRejected as exc:
+            if started:
+                raise
+            yield from self._stream(messages, self._base_instead(model, name, exc), **params)
+
+    def _stream(self, messages: Messages, name: str, **params: Any) -> Iterator[ChatDelta]:
         with _translated_errors():
-            for chunk in self._inference.chat_completion(messages, model=model, stream=True, **params):
+            for chunk in self._inference.chat_completion(messages, model=name, stream=True, **params):
                 if chunk.choices:
                     choice = chunk.choices[0]
-                    yield ChatDelta(choice.delta.content or "", chunk.model or model, choice.finish_reason)
+                    yield ChatDelta(choice.delta.content or "", chunk.model or name, choice.finish_reason)
 
     async def astream_chat(self, messages: Messages, *, model: str | None = None,
                            **params: Any) -> AsyncIterator[ChatDelta]:
-        model = self.resolve_model(model)
+        name = self.resolve_model(model)
+        started = False
+        try:
+            async for delta in self._astream(messages, name, **params):
+                if not started:
+                    started = True
+                    self._answered(name)
+                yield delta
+        except ServingRejected as exc:
+            if started:
+                raise
+            async for delta in self._astream(messages, self._base_instead(model, name, exc), **params):
+                yield delta
+
+    async def _astream(self, messages: Messages, name: str, **params: Any) -> AsyncIterator[ChatDelta]:
         with _translated_errors():
-            stream = await self._async_inference.chat_completion(messages, model=model, stream=True, **params)
+            stream = await self._async_inference.chat_completion(messages, model=name, stream=True, **params)
             async for chunk in stream:
                 if chunk.choices:
                     choice = chunk.choices[0]
-                    yield ChatDelta(choice.delta.content or "", chunk.model or model, choice.finish_reason)
+                    yield ChatDelta(choice.delta.content or "", chunk.model or name, choice.finish_reason)
+
+    def _base_instead(self, asked: str | None, used: str, error: ServingRejected) -> str:
+        """The base model's name, when ``used`` is the live version this client chose itself and
+        serving says it does not exist; otherwise ``error`` again. Issue 31, 12: the live version
+        unloaded (by hand, or by a cleanup racing a promotion) made every chat fail until someone
+        reloaded it. The answer carries the base model's name, so whatever shows which version
+        answered shows the base model (and its not-for-clinical-use label, if it has one); the
+        warning is logged once per version, not per chat."""
+        if asked is not None or error.status != 404 or used == (base := self.base_model()):
+            raise error
+        with self._lock:
+            first, self._missing_live = self._missing_live != used, used
+        if first:
+            log.warning("live_version_not_loaded_base_model_answers", adapter=used, base_model=base,
+                        reason=str(error))
+        return base
+
+    def _answered(self, name: str) -> None:
+        """``name`` answered: if it is the live version that was missing, say it is back."""
+        if self._missing_live != name:
+            return
+        with self._lock:
+            self._missing_live = None
+        log.info("live_version_answers_again", adapter=name)
 
     def smoke_test(self, model: str) -> ChatAnswer:
         """A short greedy answer from ``model`` through the public API, or an exception saying why not."""

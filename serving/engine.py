@@ -6,7 +6,9 @@ shared KV cache, and streams each row's text back to its own asyncio queue. Batc
 continuous: between two decode steps, waiting requests are prefilled and join the running batch,
 and finished rows leave it. Adapter
 loads run on the engine thread *between* decode steps, so a load never races a forward pass and
-requests in flight keep going; an unload waits until no queued or running request uses it.
+requests in flight keep going; an unload waits until no queued or running request uses it. What a
+load request names is checked and copied in one go (``_snapshot_adapter``) and the engine loads the
+copy, so a directory swapped for a symlink after the check cannot redirect the load.
 
 This engine is for a laptop or CPU box; production swaps in vLLM or TGI behind the same HTTP API.
 """
@@ -15,6 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections import deque
@@ -31,6 +37,8 @@ from careloop.log import get_logger
 log = get_logger(__name__)
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what PEFT reads, in its order
 
 
 class EngineError(Exception):
@@ -247,7 +255,7 @@ class Engine:
         self._adapters: dict[str, str] = {}  # name -> path, only touched on the engine thread
         self._inflight: dict[str, int] = {}  # adapter -> queued + running requests
         self._draining: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
-        self._pending_loads: deque[tuple[str, str, asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+        self._pending_loads: deque[_PendingLoad] = deque()
         self._waiting: deque[_Request] = deque()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -304,21 +312,50 @@ class Engine:
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter under an immutable name; raises AdapterExists / AdapterLoadError."""
-        if self.adapter_dir is not None:
-            resolved = Path(path).resolve()
-            if not resolved.is_relative_to(self.adapter_dir):
-                raise AdapterLoadError(f"lora_path must be inside the adapter directory {self.adapter_dir}")
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise AdapterLoadError(f"No LoRA adapter at {path!r} (adapter_config.json missing).")
+        with self._lock:
+            self._refuse_taken(name)
+        snapshot, directory = await asyncio.to_thread(self._snapshot_adapter, path)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        with self._lock:
-            if name in self._adapters or any(p[0] == name for p in self._pending_loads):
-                raise AdapterExists(f"The lora adapter `{name}` has already been loaded; adapter "
-                                    "names are immutable versions, load a new version instead.")
-            self._pending_loads.append((name, path, loop, future))
-            self._wake.notify()
+        try:
+            with self._lock:
+                self._refuse_taken(name)
+                self._pending_loads.append(_PendingLoad(name, directory, snapshot, loop, future))
+                self._wake.notify()
+        except AdapterExists:
+            snapshot.cleanup()
+            raise
         await future
+
+    def _refuse_taken(self, name: str) -> None:
+        if name in self._adapters or any(load.name == name for load in self._pending_loads):
+            raise AdapterExists(f"The lora adapter `{name}` has already been loaded; adapter "
+                                "names are immutable versions, load a new version instead.")
+
+    def _snapshot_adapter(self, path: str) -> tuple[tempfile.TemporaryDirectory, str]:
+        """Copy the adapter's files at ``path`` into a private directory; return it and the adapter's
+        real directory. Issue 31, 11: the check resolved ``path`` but PEFT loaded it by name later, so
+        a directory swapped for a symlink in between loaded an adapter from outside the adapter
+        directory. Here each file is opened along its resolved path with no symlink followed, checked
+        to be inside the adapter directory, and copied; PEFT loads the copy, which nobody else can
+        change. Symlinks that stay inside the adapter directory still work (they are resolved first)."""
+        root = self.adapter_dir or Path(Path(path).resolve().anchor)
+        directory = Path(path).resolve()
+        if not directory.is_relative_to(root):
+            raise AdapterLoadError(f"lora_path must be inside the adapter directory {self.adapter_dir}")
+        snapshot = tempfile.TemporaryDirectory(prefix="careloop-adapter-")
+        try:
+            if not _copy_inside(root, directory / ADAPTER_CONFIG, Path(snapshot.name)):
+                raise AdapterLoadError(f"No LoRA adapter at {path!r} ({ADAPTER_CONFIG} missing).")
+            if not any(_copy_inside(root, directory / weights, Path(snapshot.name)) for weights in ADAPTER_WEIGHTS):
+                raise AdapterLoadError(f"No LoRA adapter at {path!r} (no {' or '.join(ADAPTER_WEIGHTS)}).")
+        except OSError as exc:  # unreadable, or no room for the copy: a reason, not a 500
+            snapshot.cleanup()
+            raise AdapterLoadError(f"Reading the adapter at {path!r} failed: {exc}") from None
+        except BaseException:
+            snapshot.cleanup()
+            raise
+        return snapshot, str(directory)
 
     async def unload_adapter(self, name: str) -> None:
         """Stop routing new requests to ``name``; return once the requests using it have finished."""
@@ -376,16 +413,18 @@ class Engine:
             with self._lock:
                 if not self._pending_loads:
                     break
-                name, path, loop, future = self._pending_loads.popleft()
+                load = self._pending_loads.popleft()
             try:
-                self._attach_adapter(name, path)
+                self._attach_adapter(load.name, load.snapshot.name)
             except Exception as exc:  # noqa: BLE001 - a bad adapter file must not kill the engine
-                loop.call_soon_threadsafe(_settle, future, AdapterLoadError(
-                    f"Loading adapter {name!r} from {path!r} failed: {type(exc).__name__}: {exc}"))
+                load.loop.call_soon_threadsafe(_settle, load.future, AdapterLoadError(
+                    f"Loading adapter {load.name!r} from {load.path!r} failed: {type(exc).__name__}: {exc}"))
                 continue
+            finally:
+                load.snapshot.cleanup()  # the weights are in memory now
             with self._lock:
-                self._adapters[name] = path
-            loop.call_soon_threadsafe(_settle, future, None)
+                self._adapters[load.name] = load.path
+            load.loop.call_soon_threadsafe(_settle, load.future, None)
         with self._lock:
             done = [name for name in self._draining if self._inflight.get(name, 0) == 0]
         for name in done:
@@ -540,6 +579,50 @@ def settled_text(tokenizer, tokens: list[int]) -> str:
     prefix of the next as tokens are added, so streamed pieces add up."""
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     return text.rstrip("\ufffd").replace("\ufffd", "")
+
+
+@dataclass
+class _PendingLoad:
+    name: str
+    path: str  # the adapter's real directory, shown in /v1/models
+    snapshot: tempfile.TemporaryDirectory  # the copy of its files that the engine thread loads
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+def _copy_inside(root: Path, path: Path, into: Path) -> bool:
+    """Copy the regular file ``path`` into the directory ``into``, if it is inside ``root``; False if
+    there is no such file. The file is opened component by component from ``root`` along its
+    resolved path without following a symlink, so what is copied is what was checked: a component
+    swapped for a symlink since the resolve makes this refuse, not read elsewhere."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise AdapterLoadError(f"{path.name} of the adapter links outside the adapter directory {root}")
+    parts = real.relative_to(root).parts
+    if not parts:
+        raise AdapterLoadError(f"{path} is not a regular file")
+    no_follow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            parent, fd = fd, os.open(part, no_follow | os.O_DIRECTORY, dir_fd=fd)
+            os.close(parent)
+        # O_NONBLOCK: a FIFO put there must not hang the load (fstat refuses it below).
+        parent, fd = fd, os.open(parts[-1], no_follow | os.O_NONBLOCK, dir_fd=fd)
+        os.close(parent)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (ENOTDIR too: a directory now a link)
+        os.close(fd)
+        return False
+    except OSError as exc:  # ELOOP: a symlink where the resolve saw none
+        os.close(fd)
+        raise AdapterLoadError(f"{path} could not be opened without following a link ({exc.strerror}); "
+                               "was it replaced while loading?") from None
+    with open(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise AdapterLoadError(f"{path} is not a regular file")
+        with open(into / path.name, "wb") as target:
+            shutil.copyfileobj(source, target)
+    return True
 
 
 def _settle(future: asyncio.Future, error: Exception | None) -> None:

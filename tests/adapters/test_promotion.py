@@ -475,3 +475,49 @@ def test_clients_pick_up_a_new_version_once_their_live_cache_window_has_passed(s
     assert admin.chat(QUESTION, max_tokens=2).model == "lc-v0002"  # a client without a cache: at once
     student.close()
     admin.close()
+
+
+def test_an_unload_crossing_a_rollback_leaves_the_live_version_loaded(server, registry, monkeypatch):
+    """Issue 31, 12: ``unload_stale`` checked that the retired version was out of use, then unloaded
+    it; a rollback to it landing in between left the live version unloaded, and every chat failed.
+    The rollback's flip is made to land exactly there: the version must end up loaded and answering."""
+    client = _client(server, registry)
+    _register(registry, server, "ux-v0001", "med-v0001")
+    _register(registry, server, "ux-v0002", "med-v0002")
+    rollout.promote(registry, "ux-v0001", client, actor="admin")
+    rollout.promote(registry, "ux-v0002", client, actor="admin")
+    unload = client.unload_adapter
+
+    def rollback_lands_then_unload(name: str) -> None:
+        if name == "ux-v0001":
+            registry.restore_replaced("ux-v0002", actor="admin", reason="crossing the cleanup")
+        unload(name)
+
+    monkeypatch.setattr(client, "unload_adapter", rollback_lands_then_unload)
+    assert rollout.unload_stale(registry, client, grace_seconds=0) == []
+    assert registry.live().name == "ux-v0001"
+    assert "ux-v0001" in client.loaded_adapters()
+    assert client.chat(QUESTION, max_tokens=4).model == "ux-v0001"
+    client.close()
+
+
+def test_a_promotion_crossing_an_unload_leaves_the_live_version_loaded(server, registry, monkeypatch):
+    """The other order: the promotion saw the retired version still loaded (so loaded nothing), the
+    cleanup's unload landed before the flip: the promotion loads it again after its flip."""
+    client = _client(server, registry)
+    _register(registry, server, "pu-v0001", "med-v0001")
+    _register(registry, server, "pu-v0002", "med-v0002")
+    rollout.promote(registry, "pu-v0001", client, actor="admin")
+    rollout.promote(registry, "pu-v0002", client, actor="admin")
+    make_live = registry.make_live
+
+    def unloaded_then_flip(name: str, *, actor: str) -> str | None:
+        client.unload_adapter(name)  # the cleanup's unload, between the promotion's check and its flip
+        return make_live(name, actor=actor)
+
+    monkeypatch.setattr(registry, "make_live", unloaded_then_flip)
+    rollout.promote(registry, "pu-v0001", client, actor="admin")
+    assert registry.live().name == "pu-v0001"
+    assert "pu-v0001" in client.loaded_adapters()
+    assert client.chat(QUESTION, max_tokens=4).model == "pu-v0001"
+    client.close()

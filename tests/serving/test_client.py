@@ -43,6 +43,45 @@ def test_what_the_server_refuses_comes_back_as_a_readable_reason(server):
     assert unauthorized.value.status == 401
 
 
+def test_with_the_live_version_unloaded_the_base_model_answers_and_says_so(server):
+    """Issue 31, 12: the live version unloaded over HTTP let the answer in flight finish, then every
+    chat failed with "The model `med-...` does not exist" until someone loaded it again. A chat that
+    names no model is answered by the base model instead, under the base model's name (what the bot
+    shows as "answered by"), with one warning; a caller that names the version still hears it is gone."""
+    from structlog.testing import capture_logs
+
+    assert server.load("fallback-v0001", server.adapter_dir / "med-v0001").status_code == 200
+    client = ServingClient(server.url, token=server.token, live_lookup=lambda: "fallback-v0001", cache_seconds=0)
+    base = client.base_model()
+    assert client.chat(QUESTION, max_tokens=4).model == "fallback-v0001"
+    client.unload_adapter("fallback-v0001")
+
+    async def collect() -> list:
+        return [d async for d in client.astream_chat(QUESTION, max_tokens=8, temperature=0)]
+
+    with capture_logs() as events:
+        whole = client.chat(QUESTION, max_tokens=8, temperature=0)
+        streamed = list(client.stream_chat(QUESTION, max_tokens=8, temperature=0))
+        streamed_async = asyncio.run(collect())
+    assert whole.model == base and whole.completion_tokens > 0
+    assert whole.text == client.chat(QUESTION, model=base, max_tokens=8, temperature=0).text  # the base model's
+    for deltas in (streamed, streamed_async):
+        assert {d.model for d in deltas} == {base} and "".join(d.text for d in deltas) == whole.text
+    warnings = [e for e in events if e["event"] == "live_version_not_loaded_base_model_answers"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning", events
+    assert warnings[0]["adapter"] == "fallback-v0001" and warnings[0]["base_model"] == base
+    with pytest.raises(ServingRejected, match="does not exist") as named:
+        client.chat(QUESTION, model="fallback-v0001", max_tokens=4)
+    assert named.value.status == 404
+
+    assert server.load("fallback-v0001", server.adapter_dir / "med-v0001").status_code == 200
+    with capture_logs() as events:
+        assert client.chat(QUESTION, max_tokens=4).model == "fallback-v0001"
+    assert [e["event"] for e in events if e["event"].startswith("live_version")] == ["live_version_answers_again"]
+    assert server.unload("fallback-v0001").status_code == 200
+    client.close()
+
+
 def test_an_unreachable_server_is_reported_as_unavailable():
     client = ServingClient("http://127.0.0.1:9", token="any")
     assert client.health() is False
