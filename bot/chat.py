@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.errors import UserError
-from bot.rendering import sources_markdown
+from bot.rendering import literal, sources_markdown, untrusted
 from bot.safety import answer_footer, urgent_notice
 from careloop.log import get_logger
 from feedback import history
@@ -74,13 +74,13 @@ class Conversation:
         shown = []
         for turn in self.turns:
             if turn.role == "user":
-                shown.append({"role": "user", "content": turn.content})
+                shown.append({"role": "user", "content": literal(turn.content)})
                 continue
             parts = [turn.notice] if turn.notice else []
             if not turn.done:
-                parts.append(f"{turn.content} ▌")  # still writing
+                parts.append(f"{untrusted(turn.content)} ▌")  # still writing
             else:
-                parts.append(turn.content or "_(The model gave no answer; press Regenerate.)_")
+                parts.append(untrusted(turn.content) or "_(The model gave no answer; press Regenerate.)_")
                 if turn.interrupted:
                     parts.append(f"**Interrupted:** _{turn.interrupted}_")
                 if turn.passages is not None:

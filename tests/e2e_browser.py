@@ -71,11 +71,14 @@ def only_local(page) -> None:
 
 
 def ask(page, question: str, timeout_ms: int = 90_000) -> str:
-    """Send a chat question and wait for the finished answer (its footer); returns the answer's text."""
+    """Send a chat question with Enter, as most students do, and wait for the finished answer (its
+    footer); returns the answer's text. (Clicking Send right after filling in a long question can miss:
+    the box grows to fit it and moves the button a frame later. Other tests click Send.)"""
     answers = page.locator("#chatbot .bot")
     before = answers.count()
-    page.locator("#chat-input textarea").fill(question)
-    page.locator("#chat-send").click()
+    box = page.locator("#chat-input textarea")
+    box.fill(question)
+    box.press("Enter")
     try:
         page.wait_for_function(
             "(before) => { const all = document.querySelectorAll('#chatbot .bot');"
@@ -84,6 +87,7 @@ def ask(page, question: str, timeout_ms: int = 90_000) -> str:
     except PlaywrightTimeout:
         last = answers.last.inner_text() if answers.count() > before else "(no answer shown)"
         notices = page.locator(".toast-body").all_inner_texts()
+        shot(page, "no-finished-answer")
         raise AssertionError(f"no finished answer to {question!r} in {timeout_ms / 1000:.0f} s; the page shows: "
                              f"{last!r}; notices: {notices}") from None
     return answers.last.inner_text()

@@ -60,8 +60,11 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
         chatbot = gr.Chatbot(label="careloop", height=460, elem_id="chatbot", buttons=["copy"])
         with gr.Row():
             with gr.Column(scale=8):
-                message = gr.Textbox(placeholder="Ask a medical question (educational use)…", show_label=False,
-                                     lines=2, max_lines=8, elem_id="chat-input", max_length=chat.max_chars)
+                # One line that grows to eight: Gradio then sends on Enter and starts a new line on
+                # Shift+Enter, the chat convention (with lines=2 it was the other way round; issue 29, 8).
+                message = gr.Textbox(placeholder="Ask a medical question (educational use)… Enter sends, "
+                                     "Shift+Enter starts a new line", show_label=False, lines=1, max_lines=8,
+                                     elem_id="chat-input", max_length=chat.max_chars)
                 counter = gr.Markdown(f"0 / {chat.max_chars:,} characters", elem_id="chat-counter",
                                       elem_classes="careloop-notice")
             send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")

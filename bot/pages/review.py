@@ -12,7 +12,7 @@ import gradio as gr
 from bot.access import Viewer
 from bot.errors import UserError
 from bot.pages import Require, own
-from bot.rendering import sources_markdown, without_images
+from bot.rendering import literal, sources_markdown, untrusted
 from bot.review import CHOICES, AlreadyJudged, Review, ReviewState
 from feedback.schemas import AXES, SAFETY_CATEGORIES
 from library.passages import Passage
@@ -121,9 +121,9 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         if empty:
             return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "", "",
                     *blank, *shown]
-        return [review.figures(viewer, state), f"### Question\n\n{without_images(item.item.prompt)}",
-                sources_markdown(_passages(item.item.passages), quoted=True), without_images(item.left),
-                without_images(item.right), *blank, *shown]
+        return [review.figures(viewer, state), f"### Question\n\n{literal(item.item.prompt)}",
+                sources_markdown(_passages(item.item.passages), quoted=True), untrusted(item.left),
+                untrusted(item.right), *blank, *shown]
 
     def open_review(state: ReviewState | None, request: gr.Request) -> list[Any]:
         viewer = require(request, "review")
@@ -177,8 +177,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         scores = [sent.left_scores[axis] for axis in AXES] + [sent.right_scores[axis] for axis in AXES]
         return [state, review.figures(viewer, state),
                 f"### Question (changing your last judgment: Submit replaces it, Skip keeps it)\n\n"
-                f"{without_images(item.prompt)}", sources_markdown(_passages(item.passages), quoted=True),
-                without_images(sent.shown.left), without_images(sent.shown.right),
+                f"{literal(item.prompt)}", sources_markdown(_passages(item.passages), quoted=True),
+                untrusted(sent.shown.left), untrusted(sent.shown.right),
                 *scores, sent.choice, sent.safety_flag, sent.safety_category, sent.corrected,
                 gr.Column(visible=True), gr.Button(visible=False), gr.Button(visible=False)]
 

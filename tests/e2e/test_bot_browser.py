@@ -58,6 +58,23 @@ def _ratings(stack, comment: str) -> list[Rating]:
         return list(session.scalars(select(Rating).where(Rating.comment == comment)))
 
 
+def test_enter_sends_and_shift_enter_starts_a_new_line(visit):
+    """Issue 29, 8: Enter added a line and Shift+Enter sent, the other way round from every chat."""
+    page = visit("stu.dent")
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.type("What is a normal resting heart rate?")
+    box.press("Shift+Enter")
+    box.type("And in children?")
+    assert box.input_value() == "What is a normal resting heart rate?\nAnd in children?", "Shift+Enter: a new line"
+    assert page.locator("#chatbot .user").count() == 0, "nothing sent yet"
+    box.press("Enter")
+    sent = page.locator("#chatbot .user").last
+    sent.wait_for(timeout=30_000)
+    assert "And in children?" in sent.inner_text() and box.input_value() == "", "Enter sent both lines"
+    page.locator("#chatbot .bot").last.get_by_text("Answered by").wait_for(timeout=90_000)
+
+
 def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page = visit("stu.dent")
     assert tabs(page) == {"Chat"}, "a student sees neither review nor admin"
