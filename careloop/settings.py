@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     train_min_new_pairs: int = Field(
         50, ge=1, description="New accepted labels (A/B choices, corrections) that trigger a training run.")
     train_max_interval_hours: float = Field(24.0, gt=0, description="Train at least this often once a run exists.")
+    train_feedback_wait_seconds: float = Field(
+        120, ge=0, description="How long a training run waits, before its snapshot, for feedback already submitted "
+        "to reach the store (in the bots' outboxes or the feedback queue); what is still on its way then is recorded "
+        "with the run.")
     train_check_interval_seconds: float = Field(300, gt=0, description="How often `careloop beat` checks.")
     train_config: Path | None = Field(
         None, description="Training config YAML for scheduled runs (`careloop train --config`).")

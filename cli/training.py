@@ -79,20 +79,22 @@ def train(
 
 
 def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 10) -> None:
-    """Training runs: status, step, progress and ETA of a running one, the adapter each produced."""
-    from trainer.runs import recent_runs
+    """Training runs: status, step, progress and ETA of a running one, the adapter each produced, and the
+    clinicians' data each trained on."""
+    from trainer.runs import describe_data, recent_runs
     from trainer.schedule import progress, settle_stopped_runs
 
     sessions = database_sessions()
     settle_stopped_runs(sessions, get_settings().redis_url)
     table = Table(title="training runs")
-    for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "error"):
+    for column in ("run", "status", "step", "progress", "eta", "adapter", "started", "by", "clinicians' data",
+                   "error"):
         table.add_column(column, overflow="fold")
     for run in recent_runs(sessions, limit):
         now = progress(sessions, run)
         eta = "" if now.eta_seconds is None or run.status != "running" else f"{now.eta_seconds:.0f} s"
         table.add_row(str(run.id), run.status, now.step_label, f"{now.percent:.0f}%", eta, run.adapter_version or "",
-                      f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, run.error[:80])
+                      f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, describe_data(run.data), run.error[:80])
     console.print(table)
 
 

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
 from kombu.exceptions import OperationalError as BrokerError
 
 from careloop.log import get_logger
@@ -27,6 +28,7 @@ from careloop.queues import producer
 from careloop.settings import Settings
 from feedback import schemas
 from feedback.deidentify import warm_up
+from feedback.in_flight import report_outbox
 from feedback.tasks import INGEST_BATCH
 
 log = get_logger(__name__)
@@ -125,6 +127,9 @@ class FeedbackProducer:
         self.batch_size = batch_size
         self.resend_after = settings.feedback_resend_seconds if resend_after is None else resend_after
         self._last_confirm = 0.0
+        self._id = uuid.uuid4().hex  # this producer's outbox, as feedback.in_flight counts it
+        self._redis_url = settings.redis_url
+        self._reporter: redis.Redis | None = None
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -229,3 +234,13 @@ class FeedbackProducer:
                     self.confirm()
             except Exception:  # noqa: BLE001 - the sender must outlive any one failure (the database may be down)
                 log.exception("outbox_flush_failed")
+            self._report()
+
+    def _report(self) -> None:
+        """Tell Redis what this outbox holds (``feedback.in_flight``: a training run waits for it)."""
+        try:
+            if self._reporter is None:
+                self._reporter = redis.Redis.from_url(self._redis_url, socket_timeout=2)
+            report_outbox(self._reporter, self._id, len(self.outbox), ttl_seconds=max(10.0, 5 * self.flush_interval))
+        except (redis.RedisError, OSError, sqlite3.Error):
+            pass  # Redis away: nothing can be on its way through it; the flush above logs the outage

@@ -26,7 +26,7 @@ FORBIDDEN = {"careloop": DOMAINS | {"cli"}, "serving": {"adapters", "bot", "trai
              "feedback": {"bot", "trainer", "cli"}, "library": DOMAINS - {"library"} | {"cli"},
              "trainer": {"bot", "cli"}, "bot": {"cli"}}
 # package -> the only modules of another package it may import
-ONLY = {("trainer", "feedback"): {"feedback.export"}}
+ONLY = {("trainer", "feedback"): {"feedback.export", "feedback.in_flight"}}  # its data, and what is on its way
 # package -> modules of ours it must never import, even where its package may be imported
 NEVER = {"bot": {"feedback.store"}}
 

@@ -22,6 +22,7 @@ from adapters.registry import Registry, RegistryError
 from careloop.base_model import resolve_base_model
 from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
+from feedback.in_flight import wait_until_stored
 from library.index import Retriever
 from serving.client import ServingClient
 from trainer import memory, runs
@@ -71,9 +72,14 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         if (directory / "snapshot" / "snapshot.json").exists():
             snapshot = Snapshot.load(directory / "snapshot")
         else:
+            # What clinicians submitted before the run started is trained on (issue 29, 2): wait, within a
+            # bound, for what is still in the bots' outboxes or the feedback queue, and record what was not.
+            late = wait_until_stored(settings.redis_url, settings.train_feedback_wait_seconds)
+            log.info("training_feedback_waited", run=run_id, waited_seconds=late.waited_seconds,
+                     still_on_its_way=late.describe())
             snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions,
-                                      _prompt_grounding(retriever, base.name_or_path))
-        runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256)
+                                      _prompt_grounding(retriever, base.name_or_path), in_flight=asdict(late))
+        runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256, data=snapshot.clinician_data())
         timings["snapshot"] = time.perf_counter() - started
 
         live = registry.live()

@@ -38,6 +38,9 @@ class TrainingRun(Base):
     # Within the current step: {"step", "done", "total", "started" (epoch seconds)}; see StepProgress.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     adapter_version: Mapped[str | None] = mapped_column(String(64))
+    # The clinicians' data it trained and was evaluated on, and what was still on its way to the store
+    # when its snapshot was taken (``clinician_data``).
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     error: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -60,6 +63,22 @@ def start_run(sessions: sessionmaker[Session], actor: str, config: dict) -> int:
         session.add(run)
         session.flush()
         return run.id
+
+
+def describe_data(data: dict[str, Any] | None) -> str:
+    """A run's clinicians' data in a line: what the Admin page and `careloop runs` show."""
+    if not data:
+        return ""
+    pairs, answers = data.get("pairs", {}), data.get("answers", {})
+    line = (f"{pairs.get('train', 0)} pairs (+{pairs.get('eval', 0)} held out), "
+            f"{answers.get('train', 0)} corrected or approved answers")
+    late = data.get("in_flight", {})
+    if late.get("outbox_events") or late.get("queued_batches"):
+        line += (f"; {late.get('outbox_events', 0)} events, {late.get('queued_batches', 0)} batches still on their "
+                 f"way after {late.get('waited_seconds', 0):.0f} s")
+    elif late:
+        line += f"; none on its way (waited {late.get('waited_seconds', 0):.0f} s)"
+    return line
 
 
 def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:

@@ -32,6 +32,8 @@ from trainer.data import fit_grounded, preference_row, prompt_text, read_rows
 from trainer.measures import REFUSAL
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
+# Rows that came from clinicians (feedback.export's origins, and the SFT rows made of them), not seed data
+CLINICIAN_ORIGINS = {"comparison", "comparison_correction", "correction", "rating", "feedback"}
 
 
 @dataclass
@@ -41,13 +43,24 @@ class Snapshot:
     data: dict[str, list[dict]]
     leakage: dict = field(default_factory=dict)
     feedback_manifest: dict = field(default_factory=dict)
+    in_flight: dict = field(default_factory=dict)  # feedback still on its way to the store when it was taken
 
     @classmethod
     def load(cls, directory: Path) -> Snapshot:
         info = json.loads((directory / "snapshot.json").read_text())
         data = {name: [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines()]
                 for name in FILES}
-        return cls(directory, info["sha256"], data, info["leakage"], info["feedback_manifest"])
+        return cls(directory, info["sha256"], data, info["leakage"], info["feedback_manifest"],
+                   info.get("in_flight", {}))
+
+    def clinician_data(self) -> dict:
+        """How many of its rows came from clinicians (what a run trained and was evaluated on), and what
+        was still on its way to the store when it was taken (``trainer.runs.describe_data``)."""
+        def mine(names: tuple[str, ...]) -> int:
+            return sum(row.get("origin") in CLINICIAN_ORIGINS for name in names for row in self.data[name])
+
+        return {"pairs": {"train": mine(("dpo",)), "eval": mine(("eval_pairs",))},
+                "answers": {"train": mine(("sft",))}, "in_flight": self.in_flight}
 
     def data_window(self) -> tuple[datetime, datetime] | None:
         """(first, last) feedback event the snapshot learned from; None when it holds none (seed only)."""
@@ -71,7 +84,8 @@ class PromptGrounding:
 
 
 def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
-                   sessions: sessionmaker[Session] | None, grounding: PromptGrounding | None = None) -> Snapshot:
+                   sessions: sessionmaker[Session] | None, grounding: PromptGrounding | None = None,
+                   in_flight: dict | None = None) -> Snapshot:
     rng = random.Random(config.random_seed)
     fraction = config.eval.eval_fraction
     pairs = seed_preference_pairs(seed_dir)
@@ -113,10 +127,11 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in data[name]]
         (directory / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
         digest.update(name.encode() + b"\n" + "\n".join(lines).encode())
-    snapshot = Snapshot(directory, digest.hexdigest(), data, leakage, manifest)
+    snapshot = Snapshot(directory, digest.hexdigest(), data, leakage, manifest, in_flight or {})
     (directory / "snapshot.json").write_text(json.dumps(
         {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "leakage": leakage,
-         "feedback_manifest": manifest}, indent=2, default=str) + "\n")
+         "feedback_manifest": manifest, "clinician_data": snapshot.clinician_data(), "in_flight": snapshot.in_flight},
+        indent=2, default=str) + "\n")
     return snapshot
 
 

@@ -16,13 +16,15 @@ from bot.admin.shared import AdminServices, AdminTab
 from bot.errors import UserError
 from bot.pages import Require
 from careloop.log import get_logger
-from trainer.runs import recent_runs
+from feedback.in_flight import in_flight
+from trainer.runs import describe_data, recent_runs
 from trainer.schedule import progress, settle_stopped_runs
 from trainer.tasks import RunRefused, request_run, requested_run
 
 log = get_logger(__name__)
 
-COLUMNS = ["run", "status", "step", "progress", "eta", "started", "by", "version", "why not promoted"]
+COLUMNS = ["run", "status", "step", "progress", "eta", "started", "by", "clinicians' data", "version",
+           "why not promoted"]
 
 
 @dataclass
@@ -39,26 +41,42 @@ class Runs:
             queued = None
         if queued is not None:
             rows.append({"run": "", "status": "queued", "step": "", "progress": "", "eta": "",
-                         "started": f"{queued.requested_at:%Y-%m-%d %H:%M}", "by": queued.actor, "version": "",
-                         "why not promoted": ""})
+                         "started": f"{queued.requested_at:%Y-%m-%d %H:%M}", "by": queued.actor,
+                         "clinicians' data": "", "version": "", "why not promoted": ""})
         for run in recent_runs(sessions, limit=20):
             done = progress(sessions, run)
             eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
             reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
             rows.append({"run": run.id, "status": run.status, "step": done.step_label,
                          "progress": f"{done.percent:.0f}%", "eta": eta, "started": f"{run.started_at:%Y-%m-%d %H:%M}",
-                         "by": run.actor, "version": run.adapter_version or "",
+                         "by": run.actor, "clinicians' data": describe_data(run.data),
+                         "version": run.adapter_version or "",
                          "why not promoted": "; ".join(reasons)[:300]})
         return pd.DataFrame(rows, columns=COLUMNS)
 
-    @staticmethod
-    def note(table: pd.DataFrame) -> str:
+    def note(self, table: pd.DataFrame) -> str:
+        parts = []
         if table.empty:
-            return ("No training runs yet. Beat starts one when enough new clinician judgments have arrived "
-                    "(CARELOOP_TRAIN_MIN_NEW_PAIRS), or start one here.")
-        if table["status"].isin(["queued", "running"]).any():
-            return "The table follows the run every few seconds while this tab is open."
-        return ""
+            parts.append("No training runs yet. Beat starts one when enough new clinician judgments have arrived "
+                         "(CARELOOP_TRAIN_MIN_NEW_PAIRS), or start one here.")
+        elif table["status"].isin(["queued", "running"]).any():
+            parts.append("The table follows the run every few seconds while this tab is open.")
+        parts.append(self._on_its_way())
+        return " ".join(part for part in parts if part)
+
+    def _on_its_way(self) -> str:
+        """Feedback submitted but not stored yet: a run started now waits for it (issue 29, 2)."""
+        client = redis.Redis.from_url(self.services.settings.redis_url, socket_timeout=2)
+        try:
+            late = in_flight(client)
+        except redis.RedisError:
+            return ""
+        finally:
+            client.close()
+        if late.empty:
+            return "Every judgment submitted so far is stored."
+        return (f"On its way to the store: {late.describe()}; a run started now waits up to "
+                f"{self.services.settings.train_feedback_wait_seconds:.0f} s for it.")
 
     def start(self, viewer: Viewer) -> str:
         """Queue a training run for ``viewer``; UserError if one is queued or running, or the broker is away."""
