@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +27,7 @@ from bot.access import Viewer
 from bot.errors import UserError
 from bot.rendering import literal, sources_markdown, untrusted
 from bot.safety import answer_footer, urgent_notice
+from careloop.db import utcnow
 from careloop.log import get_logger
 from feedback import history
 from feedback.producer import FeedbackProducer, FeedbackUnavailable, InvalidFeedback
@@ -58,6 +60,7 @@ class Turn:
     interrupted: str = ""  # why an answer stopped early, if it did
     passages: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
     library_unavailable: bool = False  # retrieval is on but the library could not be searched
+    at: datetime = field(default_factory=utcnow)  # when it was asked, or when the answer was given
 
 
 @dataclass
@@ -213,7 +216,7 @@ class Chat:
         finally:  # also when Stop, or the page going away (closed, reloaded), closes this generator
             if not finished and not reply.interrupted:
                 reply.interrupted = CUT_OFF
-            reply.done = True
+            reply.done, reply.at = True, utcnow()
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
         yield conversation  # the finished answer, with its footer
@@ -258,22 +261,50 @@ class Chat:
             raise UserError(f"The rating was not sent: {exc}") from None
 
     def conversations(self, viewer: Viewer) -> list[tuple[str, str]]:
-        """(label, id) of the viewer's own conversations, the most recent first."""
-        return [(f"{c.title} · {c.last_at:%Y-%m-%d %H:%M}", str(c.id))
-                for c in history.conversations(self.sessions, viewer.username)]
+        """(label, id) of the viewer's own conversations, the most recent first, each with the time it
+        was last asked in: the stored ones and those whose messages are still on their way to the store
+        (issue 29, 5: the list showed 1 of 5 until ingest caught up)."""
+        listed = {c.id: (c.title, _aware(c.last_at)) for c in history.conversations(self.sessions, viewer.username)}
+        for turn in self.feedback.outbox.turns(viewer.username):
+            conversation_id, at = uuid.UUID(turn["conversation_id"]), _moment(turn.get("created_at"))
+            title, last = listed.get(conversation_id, (None, at))
+            if title is None and turn["role"] == "user":
+                title = history.title(turn["content"])
+            listed[conversation_id] = (title or "…", max(last, at))
+        ordered = sorted(listed.items(), key=lambda item: item[1][1], reverse=True)
+        return [(f"{title} · {last:%Y-%m-%d %H:%M}", str(conversation_id))
+                for conversation_id, (title, last) in ordered]
 
     def reopen(self, viewer: Viewer, conversation_id: str) -> Conversation:
         try:
             wanted = uuid.UUID(conversation_id)
         except (TypeError, ValueError):
             raise UserError("Choose one of your conversations.") from None
-        rows = history.messages(self.sessions, viewer.username, wanted)
-        if not rows:
-            raise UserError("That conversation is not among yours (or has not been saved yet).")
-        return Conversation(wanted, [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
-                                          passages=None if m.passages is None else [Passage(**s) for s in m.passages],
-                                          interrupted=CUT_OFF_STORED if m.interrupted else "")
-                                     for m in rows], owner=viewer.username)
+        turns = [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
+                      passages=None if m.passages is None else [Passage(**s) for s in m.passages],
+                      interrupted=CUT_OFF_STORED if m.interrupted else "", at=m.created_at)
+                 for m in history.messages(self.sessions, viewer.username, wanted)]
+        stored = {turn.event_id for turn in turns}
+        turns += [Turn(t["role"], t["content"], uuid.UUID(t["event_id"]), t.get("adapter_version", ""),
+                       t.get("demo_model", False), logged=True,
+                       passages=None if t.get("passages") is None else [Passage(**s) for s in t["passages"]],
+                       interrupted=CUT_OFF_STORED if t.get("interrupted") else "", at=_moment(t.get("created_at")))
+                  for t in self.feedback.outbox.turns(viewer.username)
+                  if t["conversation_id"] == str(wanted) and uuid.UUID(t["event_id"]) not in stored]
+        if not turns:
+            raise UserError("That conversation is not among yours.")
+        return Conversation(wanted, turns, owner=viewer.username)
+
+    @staticmethod
+    def stop(conversation: Conversation) -> Conversation:
+        """Stop pressed: the answer being written ends now, marked as cut off and with its footer (issue
+        29, 5: it kept a blinking cursor and no label until reopened). Gradio cancels its generator,
+        which logs it as it stands a moment later."""
+        last = conversation.turns[-1] if conversation.turns else None
+        if last is not None and last.role == "assistant" and not last.done:
+            last.interrupted = last.interrupted or CUT_OFF
+            last.done = True
+        return conversation
 
     def is_demo(self) -> bool:
         now = time.monotonic()
@@ -299,16 +330,25 @@ class Chat:
         try:
             if not question.logged:
                 self.feedback.log_turn(event_id=question.event_id, conversation_id=conversation.id,
-                                       user=viewer.username, role="user", content=question.content)
+                                       user=viewer.username, role="user", content=question.content,
+                                       created_at=question.at)
                 question.logged = True
             self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
                                    role="assistant", content=reply.content, adapter_version=reply.model,
                                    demo_model=reply.demo, interrupted=bool(reply.interrupted),
-                                   latency_ms=int(seconds * 1000),
+                                   latency_ms=int(seconds * 1000), created_at=reply.at,
                                    passages=None if reply.passages is None else [asdict(p) for p in reply.passages])
         except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
             return
         reply.logged = True
+
+
+def _moment(iso: str | None) -> datetime:
+    return _aware(datetime.fromisoformat(iso)) if iso else utcnow()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite gives back naive UTC
 
 
 def _serving_message(exc: Exception) -> str:

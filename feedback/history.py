@@ -34,7 +34,7 @@ def conversations(sessions: sessionmaker[Session], user: str, limit: int = 50) -
             .order_by(func.max(Message.id).desc()).limit(limit)).all()
         firsts = dict(session.execute(select(Message.id, Message.content).where(
             Message.id.in_([row[1] for row in rows]))).all())
-    return [ConversationSummary(conversation_id, _title(firsts.get(first_id, "")), started, last, count)
+    return [ConversationSummary(conversation_id, title(firsts.get(first_id, "")), started, last, count)
             for conversation_id, first_id, started, last, count in rows]
 
 
@@ -45,6 +45,6 @@ def messages(sessions: sessionmaker[Session], user: str, conversation_id: uuid.U
             Message.conversation_id == conversation_id, Message.user == user).order_by(Message.id)))
 
 
-def _title(text: str, width: int = 60) -> str:
+def title(text: str, width: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1].rstrip() + "…"

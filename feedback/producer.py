@@ -96,6 +96,13 @@ class Outbox:
         with self._lock:
             self._db.executemany("UPDATE outbox SET sent_at = NULL WHERE seq = ?", [(seq,) for seq in seqs])
 
+    def turns(self, user: str) -> list[dict[str, Any]]:
+        """``user``'s chat messages still here (not yet stored), oldest first, as their events' fields."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM outbox WHERE kind = 'turn' AND "
+                                    "json_extract(payload, '$.user') = ? ORDER BY seq", (user,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
     def judged_items(self, annotator: str) -> set[int]:
         """The review items ``annotator`` judged whose judgments are still here (not yet stored)."""
         with self._lock:

@@ -100,6 +100,16 @@ class MessageEvent(Event):
     completion_tokens: Annotated[int, Field(ge=0, le=INT4_MAX)] | None = None
     passages: Annotated[list[Passage] | None,
                         Field(max_length=20, validation_alias=formerly("passages", "sources"))] = None
+    # When it was asked or answered, by the bot's clock (None: when stored). Issue 29, 5: the history
+    # stamped every conversation with the time ingest caught up, not the time the student asked.
+    created_at: datetime | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a time zone")
+        return value
 
 
 class RatingEvent(Event):

@@ -195,6 +195,8 @@ def store_events(sessions: sessionmaker[Session], events: list[schemas.Event],
             if isinstance(event, schemas.RatingEvent):
                 new += _store_rating(session, insert, values)
                 continue
+            if values.get("created_at", ...) is None:
+                del values["created_at"]  # not told when it happened: when it is stored
             amends = values.pop("amends", None)  # a Comparison's; no column: superseded_events keeps the link
             if amends is not None and _amend(session, amends, values):
                 new += 1

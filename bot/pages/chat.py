@@ -129,7 +129,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
         event.then(history_choices, None, [past], api_name=False)
 
     def stopped(state: Conversation | None, request: gr.Request) -> tuple[list, gr.Button]:
-        return own(state, require(request, "chat"), _fresh).display(), _stop(False)
+        return chat.stop(own(state, require(request, "chat"), _fresh)).display(), _stop(False)
 
     stop.click(stopped, [conversation], [chatbot, stop], cancels=[*asked, regenerated], api_name=False)
 

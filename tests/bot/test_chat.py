@@ -294,3 +294,50 @@ def test_when_the_library_cannot_be_searched_the_answer_comes_without_sources_an
     assert SOURCES_UNAVAILABLE in shown and "**Sources**" not in shown and "Answered by" in shown
     failures = [e for e in events if e["event"] == "library_search_failed"]
     assert len(failures) == 1 and "medquad.jsonl.gz is missing" in failures[0]["error"], events
+
+
+def test_stop_ends_the_answer_at_once_marked_and_labelled(chat, bot_stack):
+    """Issue 29, 5: after Stop the answer kept its blinking cursor, with no "Interrupted" mark and no
+    not-for-clinical-use label, until the conversation was reopened."""
+    conversation = Conversation(owner=STUDENT.username)
+    stream = chat.answer(STUDENT, conversation, "What is hypertension?")
+    while not (conversation.turns and conversation.turns[-1].role == "assistant" and conversation.turns[-1].content):
+        next(stream)  # until the answer's first words are on the page
+    shown = chat.stop(conversation).display()[-1]["content"]
+    assert "▌" not in shown and "Interrupted:" in shown and "cut off before it finished" in shown
+    assert "Answered by `careloop-demo-tiny`" in shown and DEMO_LABEL in shown
+    stream.close()  # Gradio cancels the generator: it logs the answer as it stands, marked interrupted
+    wait_for(lambda: [m.interrupted for m in _rows(bot_stack, Message, conversation_id=conversation.id)]
+             == [False, True], message="the question and the interrupted answer stored")
+    stored_question = _rows(bot_stack, Message, conversation_id=conversation.id)[0]
+    assert stored_question.created_at.replace(tzinfo=None) == conversation.turns[0].at.replace(tzinfo=None), (
+        "stored with the time it was asked, not the time it was stored")
+
+
+def test_the_history_lists_conversations_still_on_their_way_with_the_time_they_were_asked(chat, bot_stack, tmp_path):
+    """Issue 29, 5: the history listed 1 of 5 conversations until ingest caught up, then stamped them all
+    with the time they were stored. Here the broker is unreachable, so nothing is stored: the list and
+    reopening come from the page's outbox, and each conversation carries the time it was asked."""
+    from careloop.db import utcnow
+
+    unreachable = bot_stack.settings(home=tmp_path / "offline-bot", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    offline = FeedbackProducer(unreachable, flush_interval=0.1)
+    try:
+        away = Chat(chat.client, offline, bot_stack.sessions, max_chars=4000)
+        asked = []
+        for question in ("What is asthma?", "What is anaemia?"):
+            conversation = Conversation(owner=STUDENT.username)
+            for _ in away.answer(STUDENT, conversation, question):
+                pass
+            asked.append((conversation, conversation.turns[0].at))
+        listed = dict((value, label) for label, value in away.conversations(STUDENT))
+        for conversation, at in asked:
+            label = listed[str(conversation.id)]
+            assert label.startswith(conversation.turns[0].content) and label.endswith(f"{at:%Y-%m-%d %H:%M}")
+            reopened = away.reopen(STUDENT, str(conversation.id))
+            assert [(t.role, t.content) for t in reopened.turns] == [(t.role, t.content) for t in conversation.turns]
+        assert list(listed)[:2] == [str(asked[1][0].id), str(asked[0][0].id)], "the most recent first"
+        assert not _rows(bot_stack, Message, conversation_id=asked[0][0].id), "nothing stored: all from the outbox"
+        assert utcnow() >= asked[1][1]
+    finally:
+        offline.close()
