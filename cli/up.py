@@ -36,6 +36,10 @@ WORKER_READY = "careloop worker ready"  # `careloop worker` prints it on stdout,
 # of generation) or a training run (issue 29, 1: judgments reached the store 6-15 minutes late when
 # ingest and generation shared one worker).
 WORKERS = {"feedback-worker": "feedback", "generation-worker": "generation", "training-worker": "training"}
+# Who gets the cores on one host (issue 29, 9): serving, the bot and storing feedback first; review
+# generation after them; training last. A niced process still takes every idle cycle, so a run on a
+# quiet machine is as fast as before, and a student waiting for an answer goes first on a busy one.
+NICENESS = {"generation-worker": 5, "training-worker": 10}
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
@@ -52,6 +56,7 @@ class Child:
     log: Path
     url: str = ""  # health is GET url answering 200; empty: a "ready" line in the log, or staying alive
     ready_line: str = ""
+    nice: int = 0  # added to the child's niceness (NICENESS)
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -63,7 +68,8 @@ class Child:
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
         self.started_at = time.time()
         self.restart_at = None
 
@@ -178,7 +184,7 @@ class Supervisor:
         if settings.serving_backend == "embedded":
             children.append(Child("serving", [*careloop, "serve"], logs / "serving.log", url=f"{serving_url}/health"))
         children += [Child(name, [*careloop, "worker", "--queues", queue], logs / f"{name}.log",
-                           ready_line=WORKER_READY) for name, queue in WORKERS.items()]
+                           ready_line=WORKER_READY, nice=NICENESS.get(name, 0)) for name, queue in WORKERS.items()]
         children += [
             Child("beat", [*careloop, "beat"], logs / "beat.log"),
             Child("bot", [*careloop, "bot"], logs / "bot.log",

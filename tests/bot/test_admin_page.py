@@ -18,6 +18,7 @@ from bot.access import Viewer
 from bot.admin import Admin
 from bot.admin.feedback import VOLUME_DAYS, count_axis
 from bot.errors import UserError
+from bot.rendering import literal
 from careloop import accounts, audit
 from careloop.redis_server import free_port
 from feedback import schemas
@@ -255,7 +256,7 @@ def test_library_documents_are_added_listed_and_removed_with_every_refusal_shown
         admin.library.add_documents(ADMIN, [])
 
     added = admin.library.add_documents(ADMIN, [notes])
-    assert "document 1: **Ward protocol** (ward-protocol.md, markdown, 1 passages)" in added
+    assert f"document 1: **Ward protocol** ({literal('ward-protocol.md')}, markdown, 1 passages)" in added
     assert "The search index is ready" in added
     row = admin.library.table().iloc[0]
     assert (row["title"], row["file"], row["kind"], row["size"], row["passages"], row["added by"]) == (
@@ -265,13 +266,14 @@ def test_library_documents_are_added_listed_and_removed_with_every_refusal_shown
     (passage,) = retriever.search("What does the ward protocol say about zolendronate infusions?")
     assert (passage.doc_id, passage.publisher) == ("doc-1", "added by bot:ad.min (ward-protocol.md)")
     copy = upload("copy.md", (uploads / "ward-protocol.md").read_bytes())
-    with pytest.raises(UserError, match=r"copy\.md: already in the library as document 1"):
+    with pytest.raises(UserError) as refused:
         admin.library.add_documents(ADMIN, [copy])
+    assert "copy.md: already in the library as document 1" in str(refused.value).replace("\\", "")
 
     with pytest.raises(UserError, match="Choose the document to remove"):
         admin.library.removal_confirmation(None)
     assert admin.library.removal_confirmation("1").startswith(
-        "Remove document 1, **Ward protocol** (ward-protocol.md, added")
+        f"Remove document 1, **Ward protocol** ({literal('ward-protocol.md')}, added")
     assert admin.library.remove_document(ADMIN, "1").startswith("Removed document 1, **Ward protocol**")
     with pytest.raises(UserError, match="There is no document 1 in the library"):
         admin.library.remove_document(ADMIN, "1")

@@ -241,8 +241,9 @@ def test_a_grounded_answer_lists_its_numbered_sources_under_it_and_stores_them(b
     answer = _ask(grounded_chat, conversation, page["question"])
     assert answer.passages and answer.passages[0].doc_id == page["id"]
     shown = conversation.display()[-1]["content"]
-    title = page["title"].replace("_", "\\_").replace("*", "\\*")
-    assert f"**Sources**\n1. [{title}]({page['url']}) · {page['publisher']}" in shown
+    from bot.rendering import literal  # the title and publisher as written, whatever Markdown marks they hold
+
+    assert f"**Sources**\n1. [{literal(page['title'])}]({page['url']}) · {literal(page['publisher'])}" in shown
     assert shown.index("**Sources**") < shown.index("Answered by") < shown.index(EDUCATIONAL_NOTICE), \
         "the footer (version, label, notice) stays under the sources"
 

@@ -15,6 +15,7 @@ from support import fill_disk
 
 from bot.access import Viewer
 from bot.errors import UserError
+from bot.rendering import literal
 from bot.review import AXES, AlreadyJudged, Filling, Review, ReviewState
 from feedback import review_queue as queue
 from feedback.producer import FeedbackProducer
@@ -284,8 +285,9 @@ def test_a_reviewer_sees_the_passages_the_answers_were_given_and_can_flag_an_uns
     shown = page.next(viewer, state)
     assert shown.item.id == grounded and shown.item.passages == [passage]
     text = sources_markdown([Passage(**p) for p in shown.item.passages], quoted=True)
-    assert "**[1]** [Asthma: treatment](https://medlineplus.gov/asthma.html) · NIH MedlinePlus" in text
-    assert "> Inhaled corticosteroids control asthma.\n> A spacer helps." in text
+    assert (f"**[1]** [{literal('Asthma: treatment')}](https://medlineplus.gov/asthma.html) · "
+            f"{literal('NIH MedlinePlus')}") in text
+    assert f"> {literal('Inhaled corticosteroids control asthma.')}\n> {literal('A spacer helps.')}" in text
     assert "no passage relevant" in sources_markdown([], quoted=True) and sources_markdown(None, quoted=True) == ""
 
     page.submit(viewer, state, "left", LEFT, RIGHT, safety_flag=True, safety_category="not_supported_by_sources")

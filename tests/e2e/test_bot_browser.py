@@ -111,10 +111,13 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
         final = seen[-1]
         assert "Answered by careloop-demo-tiny" in final and "not for clinical use" in final
         assert "For medical education only" in final
-        if any(text.endswith("▌") for text in seen) and "gave no answer" not in final:
+        # The chat's text can lag a tick behind the buttons (Gradio renders its Markdown asynchronously),
+        # so the one sample of a short answer's cursor may come as Stop already hides: ask again then.
+        if any(text.endswith("▌") for text in seen) and "gave no answer" not in final and any(stop_while_writing):
             break
     else:
-        pytest.fail(f"no answer showed while it was being written (a cursor at its end): {answers}")
+        pytest.fail(f"no answer showed while it was being written (a cursor at its end) with Stop beside it: "
+                    f"{answers}; Stop visible at each cursor: {stop_while_writing}")
     assert page.locator("#chat-input textarea").input_value() == ""
     assert any(stop_while_writing), "Stop showed while the answer was being written"
     page.locator("#chat-stop").wait_for(state="hidden", timeout=10_000)

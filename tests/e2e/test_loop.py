@@ -152,6 +152,12 @@ def test_the_whole_loop_through_the_browser(system):
     assert all(len(line) <= 80 for line in status.stdout.splitlines() if logs[1] not in line), status.stdout
     assert {"serving", "feedback-worker", "generation-worker", "training-worker", "beat", "bot", "redis"} <= {
         line.split()[0] for line in status.stdout.splitlines() if line.strip()}
+    # Issue 29, 9: students first on a shared host: review generation niced 5, training 10, the rest not
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = {name: os.getpriority(os.PRIO_PROCESS, _child(system, name)["pid"]) - base
+                for name in ("serving", "bot", "feedback-worker", "generation-worker", "training-worker")}
+    assert niceness == {"serving": 0, "bot": 0, "feedback-worker": 0, "generation-worker": 5,
+                        "training-worker": 10}, niceness
     doctor = _cli(system, "doctor", columns=80)
     for part in ("bot", "workers", "beat"):
         assert re.search(rf"^│ {part}\s+│ ok ", doctor.stdout, re.MULTILINE), doctor.stdout

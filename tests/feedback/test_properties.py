@@ -22,8 +22,11 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     max_leaves=20)
 SCORES = st.fixed_dictionaries({axis: st.integers(1, 5) for axis in
                                 ("accuracy", "helpfulness", "relevance", "comprehensiveness")})
-TEXT = st.text(min_size=1, max_size=300).filter(str.strip)
-NAME = st.text(min_size=1, max_size=128)
+# Valid text: any character but NUL, which is dropped before validation (issue 31, 1), so an event of
+# NULs alone is refused as empty and one with NULs does not come back unchanged.
+CHARACTERS = st.characters(exclude_characters="\x00")
+TEXT = st.text(CHARACTERS, min_size=1, max_size=300).filter(str.strip)
+NAME = st.text(CHARACTERS, min_size=1, max_size=128)
 VALID = {
     "turn": st.fixed_dictionaries({"conversation_id": st.uuids().map(str), "user": NAME,
                                    "role": st.sampled_from(["user", "assistant"]), "content": TEXT}),
