@@ -104,6 +104,12 @@ def _models_to_compare(settings: Settings, client: ServingClient) -> tuple[str, 
     return (live, candidates[-1]) if candidates else (live, live)
 
 
+def _reviewable(example_id: str) -> bool:
+    """Whether a seed question is one a nurse can judge answers to: not PubMedQA's research-abstract
+    yes/no/maybe items (issue 29, 8: nurses got abstracts to read), which stay in training and evaluation."""
+    return not example_id.startswith("pubmedqa-")
+
+
 def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) -> list[tuple[object, str]]:
     """Newest student questions not queued yet, then every seed question not queued yet. A question
     whose text is queued already (asked twice, or a seed question asked verbatim) is not queued
@@ -118,6 +124,6 @@ def _prompts(settings: Settings, sessions: sessionmaker[Session], count: int) ->
         student = [(m.event_id, m.content) for m in session.scalars(
             select(Message).where(Message.id.in_(ids)).order_by(Message.id.desc()))]
         queued_text = set(session.scalars(select(ReviewItem.prompt).where(ReviewItem.prompt_origin == "seed")))
-    seed = [(None, m.content) for example in load_seed(settings.seed_data_dir, "sft")
+    seed = [(None, m.content) for example in load_seed(settings.seed_data_dir, "sft") if _reviewable(example.id)
             for m in example.messages[:1] if m.role == "user" and m.content not in queued_text]
     return student + seed

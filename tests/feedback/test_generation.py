@@ -209,3 +209,22 @@ def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, stor
             process.terminate()
             process.wait(30)
     assert "Sending due task" not in (tmp_path / "beat.log").read_text(), "no periodic fill was due yet"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_seed_questions_for_review_are_ones_a_nurse_can_judge(store, server, tiny_model_dir, settings):
+    """Issue 29, 8: nurses were given PubMedQA's research abstracts with a yes/no/maybe question to judge
+    answers to; those stay in training and evaluation, and review gets the seed's patient questions."""
+    from careloop.db import make_engine, session_factory
+
+    sessions = session_factory(make_engine(store.database_url))
+    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                       "base_model": str(tiny_model_dir), "review_gold_fraction": 0.0,
+                                       "review_max_tokens": 4})
+    client = open_client(full)
+    try:
+        assert fill_review_queue(full, sessions, client, 4).seed == 4
+    finally:
+        client.close()
+    prompts = [item.prompt for item in store.rows(ReviewItem)]
+    assert len(prompts) == 4 and not [p for p in prompts if "abstract" in p.lower()], prompts
