@@ -108,6 +108,27 @@ def _workers(settings: Settings) -> str:
     return answered
 
 
+def feedback_delivery(settings: Settings) -> str:
+    """What clinicians submitted that is not stored yet; fails when storing is behind (an event on its way
+    for over a minute, or the feedback queue backing up), which `careloop up --status` shows too
+    (issue 29, 7: with judgments 15 minutes late, doctor and the status said all was well)."""
+    import redis
+
+    from feedback.in_flight import in_flight
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        late = in_flight(client)
+    except redis.RedisError as exc:
+        raise RuntimeError(f"could not read the queues at {settings.redis_url} ({type(exc).__name__})") from None
+    finally:
+        client.close()
+    if late.behind:
+        raise RuntimeError(f"storing is behind: {late.describe()}; is the feedback worker up and free? "
+                           "(`careloop up --status`, feedback-worker.log)")
+    return "everything submitted is stored" if late.empty else late.describe()
+
+
 def _beat(settings: Settings) -> str:
     import time
 
@@ -145,6 +166,7 @@ CHECKS: list[tuple[str, bool, Callable[[Settings], str]]] = [
     ("serving", False, _serving),
     ("bot", False, _bot),
     ("workers", False, _workers),
+    ("feedback", False, feedback_delivery),
     ("beat", False, _beat),
     ("gpu", False, _gpu),
 ]

@@ -69,6 +69,7 @@ def up(
 ) -> None:
     """Run everything on this machine: Redis (if none answers), serving, workers, beat and the web app."""
     from cli import up as supervisor
+    from cli.doctor import feedback_delivery
 
     settings = get_settings()
     if status:
@@ -80,6 +81,11 @@ def up(
         down = [row["name"] for row in running.parts if row["state"] != "up"]
         if down:
             raise CommandError(f"some parts are not up: {', '.join(down)} (their logs: {running.logs}/<part>.log)")
+        try:
+            console.print(f"{'feedback:':<12}{feedback_delivery(settings)}", markup=False, highlight=False,
+                          soft_wrap=True)
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from None
         return
     try:
         supervisor.run(settings, lambda line: console.print(line, highlight=False, soft_wrap=True))

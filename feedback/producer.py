@@ -65,12 +65,15 @@ class Outbox:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "sent_at" not in columns:  # an outbox written before sends were confirmed
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent_at REAL")
+        if "added_at" not in columns:  # an outbox written before its age was reported
+            self._db.execute("ALTER TABLE outbox ADD COLUMN added_at REAL")
 
     def add(self, kind: str, payload: dict[str, Any]) -> bool:
         """Queue the event; False if one with its id is already here (a resend)."""
         with self._lock:
-            return self._db.execute("INSERT OR IGNORE INTO outbox (event_id, kind, payload) VALUES (?, ?, ?)",
-                                    (payload["event_id"], kind, json.dumps(payload))).rowcount == 1
+            return self._db.execute("INSERT OR IGNORE INTO outbox (event_id, kind, payload, added_at) "
+                                    "VALUES (?, ?, ?, ?)", (payload["event_id"], kind, json.dumps(payload),
+                                                            time.time())).rowcount == 1
 
     def unsent(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
@@ -114,6 +117,11 @@ class Outbox:
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def oldest(self) -> float | None:
+        """When the oldest event still here was added (epoch seconds); None when empty."""
+        with self._lock:
+            return self._db.execute("SELECT min(coalesce(added_at, sent_at, 0)) FROM outbox").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
@@ -248,6 +256,7 @@ class FeedbackProducer:
         try:
             if self._reporter is None:
                 self._reporter = redis.Redis.from_url(self._redis_url, socket_timeout=2)
-            report_outbox(self._reporter, self._id, len(self.outbox), ttl_seconds=max(10.0, 5 * self.flush_interval))
+            report_outbox(self._reporter, self._id, len(self.outbox), self.outbox.oldest(),
+                          ttl_seconds=max(10.0, 5 * self.flush_interval))
         except (redis.RedisError, OSError, sqlite3.Error):
             pass  # Redis away: nothing can be on its way through it; the flush above logs the outage

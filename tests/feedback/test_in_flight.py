@@ -9,6 +9,7 @@ import threading
 import uuid
 from dataclasses import asdict
 
+import pytest
 import redis
 from processes import start_worker, wait_for
 from support import SCORES, SEED_DIR
@@ -75,3 +76,23 @@ def test_feedback_still_on_its_way_when_the_wait_ends_is_recorded_with_the_run(s
     snapshot = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, sessions, in_flight=asdict(late))
     line = describe_data(snapshot.clinician_data())
     assert line.startswith("0 pairs (+0 held out)") and f"{JUDGED} events" in line and "still on their way" in line
+
+
+def test_doctor_says_storing_is_behind_when_an_event_waits_over_a_minute(store, broker, settings, monkeypatch):
+    """Issue 29, 7: judgments were stored 15 minutes late while `careloop doctor` and `up --status` showed
+    all green. An event on its way for over a minute (or a backed-up feedback queue) now fails the check."""
+    from cli.doctor import feedback_delivery
+    from feedback import in_flight as module
+
+    sessions = db.session_factory(db.make_engine(store.database_url))
+    assert feedback_delivery(settings) == "everything submitted is stored"
+    producer = _judge(settings, sessions)  # no worker: they wait
+    try:
+        assert "6 events in outboxes" in feedback_delivery(settings), "on their way, not late yet"
+        monkeypatch.setattr(module, "LATE_SECONDS", 0.5)  # a minute, shortened: the rule, not the clock
+        wait_for(lambda: module.in_flight(redis.Redis.from_url(broker.url)).behind, timeout=10,
+                 message="the oldest event older than the limit")
+        with pytest.raises(RuntimeError, match="storing is behind: 6 events in outboxes .oldest"):
+            feedback_delivery(settings)
+    finally:
+        producer.close()
