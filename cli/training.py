@@ -92,7 +92,7 @@ def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest 
         table.add_column(column, overflow="fold")
     for run in recent_runs(sessions, limit):
         now = progress(sessions, run)
-        eta = "" if now.eta_seconds is None or run.status != "running" else f"{now.eta_seconds:.0f} s"
+        eta = now.eta_label if run.status == "running" else ""
         table.add_row(str(run.id), run.status, now.step_label, f"{now.percent:.0f}%", eta, run.adapter_version or "",
                       f"{run.started_at:%Y-%m-%d %H:%M}", run.actor, describe_data(run.data), run.error[:80])
     console.print(table)

@@ -192,6 +192,18 @@ class Progress:
     def step_label(self) -> str:
         return f"{self.step} {self.step_done}/{self.step_total}" if self.step_total else self.step
 
+    @property
+    def eta_label(self) -> str:
+        """The time left as people say it (issue 29, 7: raw seconds such as "2421 s")."""
+        if not self.eta_seconds:
+            return ""
+        minutes = self.eta_seconds / 60
+        if minutes < 1:
+            return "under a minute"
+        if minutes < 90:
+            return f"about {round(minutes)} min"
+        return f"about {minutes / 60:.1f} h"
+
 
 # Each step's expected share of a run, until a finished run has measured them (SmolLM2 on 2 cores,
 # BENCHMARKS.md run L).

@@ -45,8 +45,11 @@ class Runs:
                          "clinicians' data": "", "version": "", "why not promoted": ""})
         for run in recent_runs(sessions, limit=20):
             done = progress(sessions, run)
-            eta = f"{done.eta_seconds:.0f} s" if done.eta_seconds else ""
+            eta = done.eta_label
             reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
+            if run.status == "candidate":  # passed, with the config's auto_promote off: the admin decides
+                reasons = ["the gate passed: promote it yourself on the Adapter versions tab (this run's "
+                           "config has auto_promote off)"]
             rows.append({"run": run.id, "status": run.status, "step": done.step_label,
                          "progress": f"{done.percent:.0f}%", "eta": eta, "started": f"{run.started_at:%Y-%m-%d %H:%M}",
                          "by": run.actor, "clinicians' data": describe_data(run.data),

@@ -88,6 +88,15 @@ def test_runs_show_progress_and_one_training_request_at_a_time_reaches_the_queue
         with pytest.raises(UserError, match=rf"run {run_id} \(started by beat\) is running: dpo, {done}"):
             admin.runs.start(ADMIN)
     assert admin.runs.table().iloc[0]["status"] == "interrupted", "no process holds its lock: it is not running"
+    # Issue 29, 7: a run that passed with auto-promote off said nothing in "why not promoted"
+    runs.update_run(admin.sessions, run_id, status="candidate", adapter_version="med-v0042",
+                    decision={"promote": True, "reasons": ["PASS safety held"]},
+                    data={"pairs": {"train": 9, "eval": 1}, "answers": {"train": 2},
+                          "in_flight": {"outbox_events": 0, "queued_batches": 0, "waited_seconds": 3.0}})
+    candidate = admin.runs.table().iloc[0]
+    assert candidate["why not promoted"].startswith("the gate passed: promote it yourself"), candidate.to_dict()
+    assert candidate["clinicians' data"] == ("9 pairs (+1 held out), 2 corrected or approved answers; "
+                                             "none on its way (waited 3 s)")
 
     broker = redis.Redis.from_url(bot_stack.redis_url)
     before = broker.llen("training")

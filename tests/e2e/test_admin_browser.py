@@ -75,7 +75,8 @@ def test_a_run_moves_on_the_page_and_a_second_start_is_refused_naming_it(visit, 
             first = table.inner_text()
             at(8)  # no click: the page follows the run by itself
             table.get_by_text("sft 8/16").filter(visible=True).first.wait_for(timeout=20_000)
-            assert table.inner_text() != first and " s" in table.inner_text(), "percent and ETA shown and moving"
+            shown = table.inner_text()
+            assert shown != first and ("about " in shown or "under a minute" in shown), "percent and ETA moving"
             page.locator("#train-start").click()
             page.locator(".toast-body").get_by_text(f"run {run_id} (started by beat) is running: sft 8/16").wait_for(
                 timeout=15_000)

@@ -3,6 +3,7 @@ and beat + a real worker running a scheduled training end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -190,7 +191,10 @@ def test_progress_and_eta_come_from_the_last_finished_run(sessions):
     runs.update_run(sessions, second, step="dpo", started_at=datetime.now(UTC) - timedelta(seconds=70))
     now = progress(sessions, runs.get_run(sessions, second))
     assert now.step == "dpo" and now.percent == pytest.approx(60.0)
-    assert now.eta_seconds == pytest.approx(30, abs=3)
+    assert now.eta_seconds == pytest.approx(30, abs=3) and now.eta_label == "under a minute"
+    # Issue 29, 7: the time left as people say it, not "2421 s"
+    assert [dataclasses.replace(now, eta_seconds=seconds).eta_label for seconds in (2421, 840, 7200, 0)] == [
+        "about 40 min", "about 14 min", "about 2.0 h", ""]
 
 
 def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_killed_mid_run(
