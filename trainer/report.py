@@ -84,6 +84,35 @@ def track_directions(differences: dict[str, dict]) -> dict[str, str]:
     return directions
 
 
+def track_details(differences: dict[str, dict]) -> dict[str, str]:
+    """Per track, its direction and, when mixed, which metrics went which way (issue 29, 7: "safety:
+    mixed" did not say that refusals and urgent-care advice had improved while over-caution rose)."""
+    details = {}
+    for track, direction in track_directions(differences).items():
+        if direction == "mixed":
+            moved: dict[str, list[str]] = {"better": [], "worse": []}
+            for metric in TRACKS[track]:
+                mean = differences.get(metric, {}).get("mean", 0.0)
+                mean = -mean if metric in LOWER_IS_BETTER else mean
+                if abs(mean) > 1e-9:
+                    moved["better" if mean > 0 else "worse"].append(metric)
+            direction = f"mixed (better: {', '.join(moved['better'])}; worse: {', '.join(moved['worse'])})"
+        details[track] = direction
+    return details
+
+
+def leakage_lines(leakage: dict | str) -> list[str]:
+    """What the snapshot removed from training because the evaluation asks it, as sentences."""
+    if not isinstance(leakage, dict):
+        return [str(leakage)]
+    removed = leakage.get("removed_sft", 0) + leakage.get("removed_dpo", 0)
+    if not removed:
+        return ["No training row repeated an evaluation question."]
+    lines = [f"Removed from training because the evaluation asks them: {leakage.get('removed_sft', 0)} SFT rows "
+             f"and {leakage.get('removed_dpo', 0)} preference pairs. For example:", ""]
+    return lines + [f"- {' '.join(str(example).split())[:160]}" for example in leakage.get("examples", [])[:5]]
+
+
 def agreement(directions: dict[str, str]) -> str:
     moved = {d for d in directions.values() if d != "no change"}
     if not moved:
@@ -119,7 +148,8 @@ def _retrieval_note(report: dict) -> list[str]:
              "With retrieval minus without, same items:", ""]
     for side, name in (("candidate", "candidate"), ("live", f"live ({report['live']})")):
         lines.append(f"- {name}: " + ", ".join(
-            f"{metric} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for metric, d in retrieval[side].items()))
+            f"{metric} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("n", 1)
+            else f"{metric} n/a (no item)" for metric, d in retrieval[side].items()))
     lines += ["", "citation_support is lexical: the share of an answer's sentences citing a passage [n] that share at "
               "least half their content words with it (not whether the passage says the same thing)."]
     return lines
@@ -141,7 +171,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
     left.bar([p - 0.2 for p in positions], [live[m] for m in metrics], width=0.4, label=f"live ({report['live']})")
     left.bar([p + 0.2 for p in positions], [candidate[m] for m in metrics], width=0.4, label="candidate")
     left.set_xticks(list(positions), metrics, rotation=45, ha="right")
-    left.set_title("Scores (higher is better, except over_refusal_benign)")
+    left.set_title("Scores (higher is better, except over_*)")
     left.legend()
     means = [differences[m]["mean"] for m in metrics]
     errors = [[differences[m]["mean"] - differences[m]["low"] for m in metrics],
@@ -149,7 +179,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
     right.errorbar(means, list(positions), xerr=errors, fmt="o")
     right.axvline(0, color="grey", linewidth=1)
     right.set_yticks(list(positions), metrics)
-    right.set_title(f"candidate - live, {differences[metrics[0]]['confidence']:.0%} paired bootstrap interval")
+    right.set_title(f"candidate - live ({differences[metrics[0]]['confidence']:.0%} interval)")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -158,17 +188,18 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
     (directory / "report.png").write_bytes(png)
 
     rows = [f"| {m} | {live[m]:.3f} | {candidate[m]:.3f} | {differences[m]['mean']:+.3f} "
-            f"[{differences[m]['low']:+.3f}, {differences[m]['high']:+.3f}] | {differences[m]['n']} |" for m in metrics]
+            f"[{differences[m]['low']:+.3f}, {differences[m]['high']:+.3f}] | {differences[m]['n']} |"
+            if differences[m]["n"] else f"| {m} | n/a | n/a | n/a (no item of this track) | 0 |" for m in metrics]
     markdown = "\n".join([
         f"# Evaluation of run {report['run']}", "",
         f"Candidate against live `{report['live']}` on the same held-out items (snapshot `{report['snapshot'][:12]}`).",
         f"Gate decision: **{'promote' if decision_promote else 'reject'}**.", "",
-        "## Tracks", "", *[f"- {track}: {direction}" for track, direction in directions.items()], "",
+        "## Tracks", "", *[f"- {track}: {direction}" for track, direction in track_details(differences).items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
         f"{report['meteor']}.", *_judge_note(candidate), *_retrieval_note(report), "", _win_note(report), "",
         "## Gate", "", *[f"- {r}" for r in reasons], "",
-        "## Leakage", "", f"{report['leakage']}", "", "![scores](report.png)", ""])
+        "## Leakage", "", *leakage_lines(report["leakage"]), "", "![scores](report.png)", ""])
     md_path = directory / "report.md"
     md_path.write_text(markdown)
     table = "".join(f"<tr><td>{html.escape(m)}</td><td>{live[m]:.3f}</td><td>{candidate[m]:.3f}</td>"

@@ -57,7 +57,9 @@ class Versions:
         directory = run_dir(self.services.settings, version.training_run_id) if version.training_run_id else None
         if directory and (directory / "report.md").is_file():
             figure = directory / "report.png"
-            return (directory / "report.md").read_text(), str(figure) if figure.is_file() else None
+            # The figure shows below the text (a handed-out copy): its relative link would be a broken image.
+            text = (directory / "report.md").read_text().replace("![scores](report.png)", "")
+            return text, str(figure) if figure.is_file() else None
         card = Path(version.path) / "README.md"
         if card.is_file():
             return card.read_text(), None

@@ -19,3 +19,29 @@ def test_tracks_that_point_different_ways_are_called_out():
     same = track_directions({m: _diff(0.0) for m in metrics} | {"pair_accuracy": _diff(0.2), "bleu": _diff(0.01)})
     assert agreement(same) == "The tracks that moved agree: all better."
     assert agreement(track_directions({m: _diff(0.0) for m in metrics})) == "No track moved."
+
+
+def test_the_report_says_which_metrics_moved_reads_its_leakage_and_marks_empty_tracks(tmp_path):
+    """Issue 29, 7: "safety: mixed" hid that refusals and urgent-care advice improved while over-caution
+    rose; leakage printed as a Python dict; a track with no items read "+0.000 over 0 items"."""
+    from trainer.report import leakage_lines, track_details, write_report
+
+    metrics = ["bleu", "refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "citation_support"]
+    differences = {m: _diff(0.0) for m in metrics} | {
+        "refusal_harmful": _diff(0.2), "urgent_care_red_flags": _diff(0.1), "over_refusal_benign": _diff(0.05),
+        "citation_support": {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 0, "confidence": 0.9}}
+    assert track_details(differences)["safety"] == (
+        "mixed (better: refusal_harmful, urgent_care_red_flags; worse: over_refusal_benign)")
+    leakage = {"removed_sft": 2, "removed_dpo": 1, "examples": ["What is asthma?", "What is gout?"]}
+    assert leakage_lines(leakage)[0] == ("Removed from training because the evaluation asks them: 2 SFT rows and "
+                                         "1 preference pairs. For example:")
+    assert leakage_lines({"removed_sft": 0, "removed_dpo": 0, "examples": []}) == [
+        "No training row repeated an evaluation question."]
+    summary = {m: 0.5 for m in metrics}
+    report = {"run": 7, "live": "med-v0001", "snapshot": "0" * 64, "candidate": {"summary": summary},
+              "live_results": {"summary": summary}, "differences": differences, "meteor": "METEOR: on",
+              "leakage": leakage, "win_rate": {}}
+    markdown = write_report(tmp_path, report, True, ["PASS x"])[0].read_text()
+    assert "| citation_support | n/a | n/a | n/a (no item of this track) | 0 |" in markdown
+    assert "{'removed_sft'" not in markdown and "- What is asthma?" in markdown
+    assert "- safety: mixed (better: refusal_harmful" in markdown
