@@ -1,5 +1,5 @@
 """The Admin page, one module per tab (as ``cli`` has one per resource): ``versions``, ``runs``,
-``feedback``, ``exports``, ``accounts`` and ``library`` each hold their tab's logic, apart from Gradio
+``feedback``, ``exports``, ``accounts``, ``library`` and ``audit`` each hold their tab's logic, apart from Gradio
 and raising ``bot.errors.UserError``, beside the builder of the tab. This module puts them together:
 ``Admin`` gives each tab's logic the shared services, and ``build_admin`` builds the page."""
 
@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from bot.admin.accounts import Accounts, build_accounts_tab
+from bot.admin.audit import Audit, build_audit_tab
 from bot.admin.exports import Exports, build_exports_tab
 from bot.admin.feedback import Feedback, build_feedback_tab
 from bot.admin.library import Library, build_library_tab
@@ -28,6 +29,7 @@ class Admin(AdminServices):
     def __post_init__(self) -> None:
         self.versions, self.runs, self.feedback = Versions(self), Runs(self), Feedback(self)
         self.exports, self.accounts, self.library = Exports(self), Accounts(self), Library(self)
+        self.audit = Audit(self)
 
 
 def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Tab:
@@ -38,7 +40,8 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
         versions = build_versions_tab(admin.versions, require, message)  # built in the order shown
         runs = build_runs_tab(admin.runs, require, refresh_seconds)
         tabs = [versions, runs, build_feedback_tab(admin.feedback), build_exports_tab(admin.exports, require),
-                build_accounts_tab(admin.accounts, require), build_library_tab(admin.library, require)]
+                build_accounts_tab(admin.accounts, require), build_library_tab(admin.library, require),
+                build_audit_tab(admin.audit, require)]
 
     def overview(request: gr.Request) -> list[Any]:
         require(request, "admin")

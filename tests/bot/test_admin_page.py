@@ -292,3 +292,20 @@ def test_library_documents_are_added_listed_and_removed_with_every_refusal_shown
                   if e.action.startswith("library")]
     assert events == [("bot:ad.min", "library.add", "document 1"), ("bot:ad.min", "library.remove", "document 1")]
     client.close()
+
+
+def test_the_audit_tab_shows_who_did_what_and_filters_by_action(admin):
+    """Issue 29, 7: the audit log was written and nowhere to be read on the page."""
+    from bot.admin.audit import ALL
+
+    accounts.add_user(admin.sessions, "nurse.audited", "nurse", "long enough password", actor="bot:ad.min")
+    accounts.set_role(admin.sessions, "nurse.audited", "physician", actor="cli:root")
+    everything = admin.audit.table()
+    assert list(everything.columns) == ["when (UTC)", "who", "action", "target", "details"]
+    newest = everything.iloc[0]
+    assert (newest["who"], newest["action"], newest["target"]) == ("cli:root", "user.set_role", "nurse.audited")
+    assert "before: nurse; after: physician" in newest["details"]
+    assert {"user.add", "user.set_role"} <= set(admin.audit.actions()) and admin.audit.actions()[0] == ALL
+    added = admin.audit.table("user.add")
+    assert set(added["action"]) == {"user.add"} and "nurse.audited" in set(added["target"])
+    assert admin.audit.table("no.such.action").empty

@@ -24,7 +24,7 @@ PAGE_OF = {"chat": "chat", "regenerate": "chat", "new_conversation": "chat", "op
            "admin_train": "admin", "admin_export": "admin", "admin_account_add": "admin",
            "admin_account_role": "admin", "admin_account_disable": "admin", "admin_account_enable": "admin",
            "admin_account_reset": "admin", "admin_library": "admin", "admin_library_add": "admin",
-           "admin_library_remove": "admin", "change_password": "own account"}
+           "admin_library_remove": "admin", "admin_audit": "admin", "change_password": "own account"}
 ALLOWED = {"student": {"chat", "own account"}, "nurse": {"chat", "review", "own account"},
            "physician": {"chat", "review", "own account"}, "admin": {"chat", "admin", "own account"}}
 
@@ -244,7 +244,7 @@ PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "s
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
                    "show_library": "admin", "add_to_library": "admin",
-                   "remove_from_library": "admin",
+                   "remove_from_library": "admin", "show_audit": "admin",
                    "on_load": None, "tick": None, "<lambda>": None, "change_password": None}
 
 
