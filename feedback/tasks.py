@@ -4,11 +4,14 @@ exactly once; fill the review queue. Publishers send them by the names below."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import redis
-from celery import shared_task
+from celery import Task, shared_task
 from celery.signals import beat_init, worker_process_init
+from celery.utils.time import maybe_iso8601
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,11 +21,19 @@ from careloop.settings import Settings, get_settings
 from feedback import review_queue, schemas
 from feedback.store import store_batch
 
+if TYPE_CHECKING:
+    from serving.client import ServingUnavailable
+
 log = get_logger(__name__)
 
 INGEST_BATCH = "feedback.ingest_batch"
 INGEST = "feedback.ingest"
 FILL_REVIEW_QUEUE = "generation.fill_review_queue"
+# A fill that finds serving away (starting, loading its model) tries again after 1, 2, 4, 8, 10, 10... s:
+# the pause's cap is how late the fill may run once serving answers. It gives up when it expires (the
+# next periodic fill takes over) or after SERVING_WAIT_SECONDS.
+SERVING_RETRY_MAX_SECONDS = 10.0
+SERVING_WAIT_SECONDS = 600.0
 
 
 def _sessions() -> sessionmaker[Session]:
@@ -87,18 +98,21 @@ def _fill_soon(settings: Settings) -> None:
         log.warning("review_fill_not_sent", reason=exc.__class__.__name__)
 
 
-@shared_task(name=FILL_REVIEW_QUEUE, acks_late=True, reject_on_worker_lost=True)
-def fill_review_queue(count: int | None = None, scheduled: bool = False) -> dict:
+@shared_task(name=FILL_REVIEW_QUEUE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def fill_review_queue(self: Task, count: int | None = None, scheduled: bool = False) -> dict:
     """Add review items: student and seed questions answered twice by serving, plus gold items.
     ``scheduled``: beat's periodic fill (or the one at its start), whose time the review page uses
     to say when the next is due."""
     from adapters.rollout import open_client
     from feedback.generation import fill_review_queue as fill
+    from serving.client import ServingUnavailable
 
     settings = get_settings()
     client = open_client(settings)
     try:
         result = fill(settings, _sessions(), client, count or settings.review_batch_size, retriever=_retriever())
+    except ServingUnavailable as exc:
+        return _wait_for_serving(self, settings, exc)
     finally:
         client.close()
     log.info("review_queue_filled", scheduled=scheduled, **asdict(result))
@@ -107,6 +121,30 @@ def fill_review_queue(count: int | None = None, scheduled: bool = False) -> dict
     except redis.RedisError as exc:
         log.warning("review_fill_not_recorded", reason=exc.__class__.__name__)
     return asdict(result)
+
+
+def _wait_for_serving(task: Task, settings: Settings, exc: ServingUnavailable) -> dict:
+    """Serving does not answer yet: try the fill again with backoff, one log line per try, and give
+    up with one warning when the fill expires or has waited SERVING_WAIT_SECONDS. Issue 29, 6: the
+    fill sent as `careloop up` started met serving still loading its model and died with a traceback;
+    the queue stayed empty until a student's question sent another, 5.5 minutes later. The pause is
+    a retry's countdown, not a sleep: the worker runs other tasks meanwhile."""
+    now = datetime.now(UTC)
+    limit = now + timedelta(seconds=SERVING_WAIT_SECONDS)
+    expires = maybe_iso8601(task.request.expires)
+    deadline = expires.replace(tzinfo=expires.tzinfo or UTC) if expires else limit
+    if not task.request.retries:  # the first try: the wait starts now, and its retries carry the deadline
+        deadline = min(deadline, limit)
+    # A task held unacknowledged past the visibility timeout would be handed out a second time.
+    pause = min(2.0 ** task.request.retries, SERVING_RETRY_MAX_SECONDS, settings.celery_visibility_timeout / 2)
+    reason = str(exc)[:300]
+    if now + timedelta(seconds=pause) >= deadline:
+        log.warning("review_fill_gave_up_waiting_for_serving", url=settings.serving_url,
+                    tries=task.request.retries + 1, reason=reason)
+        return {"serving_unavailable": reason}
+    log.info("review_fill_waiting_for_serving", url=settings.serving_url, tries=task.request.retries + 1,
+             retry_in_seconds=pause, reason=reason)
+    raise task.retry(countdown=pause, expires=deadline)
 
 
 @lru_cache(maxsize=1)

@@ -81,10 +81,13 @@ class TextDelta:
     token_id: int
 
 
+FINISH_REASONS = ("eos", "stop_sequence", "length", "cancelled", "error")
+
+
 @dataclass
 class Finished:
     text: str
-    finish_reason: str  # "eos" | "stop_sequence" | "length" | "cancelled" | "error"
+    finish_reason: str  # one of FINISH_REASONS
     prompt_tokens: int
     completion_tokens: int
     adapter: str | None

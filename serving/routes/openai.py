@@ -16,7 +16,9 @@ from serving.errors import openai_error
 from serving.metrics import Metrics
 from serving.state import Credentials, State
 
-OPENAI_FINISH = {"eos": "stop", "stop_sequence": "stop", "length": "length"}
+# "cancelled": the client hung up (or serving is stopping): vLLM's word for it. An unmapped reason was a
+# KeyError traceback in the log each time a fill was stopped mid-answer.
+OPENAI_FINISH = {"eos": "stop", "stop_sequence": "stop", "length": "length", "cancelled": "abort", "error": "abort"}
 
 router = APIRouter()
 

@@ -16,7 +16,10 @@ from serving.engine import Finished, RequestHandle, SamplingParams, TextDelta
 from serving.errors import tgi_error
 from serving.state import ServingState, State
 
-TGI_FINISH = {"eos": "eos_token", "stop_sequence": "stop_sequence", "length": "length"}
+# TGI has no word for a request cut short (the client hung up, or serving is stopping): "length", as it
+# ended before its end.
+TGI_FINISH = {"eos": "eos_token", "stop_sequence": "stop_sequence", "length": "length", "cancelled": "length",
+              "error": "length"}
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
 
 router = APIRouter()

@@ -245,3 +245,15 @@ def test_bad_adapters_are_refused_and_the_server_keeps_serving(server, base_mode
                           json={"lora_name": "../evil", "lora_path": str(broken)})
     assert bad_name.status_code == 422
     assert chat(server, base_model, max_tokens=4).status_code == 200
+
+
+def test_every_way_a_request_ends_has_a_finish_reason_in_both_protocols():
+    """A request cut short (its client hung up, or serving stopping mid-answer) ended in a KeyError
+    traceback in serving's log: neither protocol had a word for "cancelled" (issue 29, seen while
+    stopping `careloop up` during a review fill)."""
+    from serving.engine import FINISH_REASONS
+    from serving.routes.openai import OPENAI_FINISH
+    from serving.routes.tgi import TGI_FINISH
+
+    assert set(OPENAI_FINISH) == set(FINISH_REASONS) == set(TGI_FINISH)
+    assert OPENAI_FINISH["cancelled"] == "abort"  # vLLM's finish reason for an aborted request
