@@ -16,7 +16,7 @@ from bot.admin.exports import Exports, build_exports_tab
 from bot.admin.feedback import Feedback, build_feedback_tab
 from bot.admin.library import Library, build_library_tab
 from bot.admin.runs import Runs, build_runs_tab
-from bot.admin.shared import AdminServices
+from bot.admin.shared import AdminServices, AdminTab
 from bot.admin.versions import Versions, build_versions_tab
 from bot.pages import Require
 
@@ -49,6 +49,14 @@ def build_admin(admin: Admin, require: Require, refresh_seconds: float) -> gr.Ta
         return ["", *(value for tab in tabs for value in tab.view())]
 
     page.select(overview, None, [message, *(shown for tab in tabs for shown in tab.shown)], api_name="admin_overview")
+    # Each tab shows what is true now when it is opened, not what was true when the page was (issue 29,
+    # 7: "No versions yet" after a run had finished, charts empty until a reload).
+    for tab in (tab for tab in tabs if tab.shown):
+        def refreshed(request: gr.Request, tab: AdminTab = tab) -> list[Any]:
+            require(request, "admin")
+            return tab.view()
+
+        tab.tab.select(refreshed, None, tab.shown, api_name=False)
     for other in (tab.tab for tab in tabs if tab is not runs):
         other.select(lambda: gr.Timer(active=False), None, [runs.timer], api_name=False)
     return page

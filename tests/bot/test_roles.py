@@ -244,7 +244,7 @@ PAGE_OF_HANDLER = {"ask": "chat", "again": "chat", "history_choices": "chat", "s
                    "overview": "admin", "refreshed_runs": "admin", "show_report": "admin", "handler": "admin",
                    "confirmed": "admin", "start_training": "admin", "export": "admin", "followed_runs": "admin",
                    "show_library": "admin", "add_to_library": "admin",
-                   "remove_from_library": "admin", "show_audit": "admin",
+                   "remove_from_library": "admin", "show_audit": "admin", "refreshed": "admin",
                    "on_load": None, "tick": None, "<lambda>": None, "change_password": None}
 
 

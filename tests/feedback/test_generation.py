@@ -130,17 +130,17 @@ def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny
 
 
 def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_model_dir, settings):
-    """One-token answers are often empty (the model stops at once): a nurse cannot judge those, so
-    they never become review items."""
+    """One-token answers are often empty (the model stops at once; with this seed, 3 of the first 15
+    questions): a nurse cannot judge those, so they never become review items."""
     from careloop.db import make_engine, session_factory
 
     full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                       "base_model": str(tiny_model_dir), "review_max_tokens": 2,
+                                       "base_model": str(tiny_model_dir), "review_max_tokens": 1,
                                        "review_gold_fraction": 0.0})
     sessions = session_factory(make_engine(store.database_url))
     client = open_client(full)
     try:
-        result = fill_review_queue(full, sessions, client, 12, rng=random.Random(3))
+        result = fill_review_queue(full, sessions, client, 12, rng=random.Random(0))
     finally:
         client.close()
     assert result.skipped >= 1, "this seed gives some empty answers: the test must exercise the skip"
