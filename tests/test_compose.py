@@ -152,3 +152,16 @@ def test_no_secret_is_written_in_the_file():
     for missing in ("POSTGRES_PASSWORD", "CARELOOP_CONTROL_TOKEN"):
         with pytest.raises(ValueError, match=missing):
             render("embedded", {key: value for key, value in ENV.items() if key != missing})
+
+
+def test_students_come_first_on_shared_cpus_as_with_careloop_up():
+    """Issue 29, 9: review generation and training yield the CPUs to serving, the bot and storing
+    feedback, in compose (CPU weights) as in `careloop up` (niceness), and in the same order."""
+    from cli.up import NICENESS
+
+    services = render("embedded", ENV)["services"]
+    weight = {name: int(services[name].get("cpu_shares", 1024)) for name in
+              ("serving-embedded", "bot", "feedback-worker", "generation-worker", "training-worker")}
+    assert weight["serving-embedded"] == weight["bot"] == weight["feedback-worker"] == 1024
+    assert weight["feedback-worker"] > weight["generation-worker"] > weight["training-worker"], weight
+    assert 0 < NICENESS["generation-worker"] < NICENESS["training-worker"]
