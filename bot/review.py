@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.access import Viewer
 from bot.errors import UserError
+from careloop.db import utcnow
 from careloop.log import get_logger
 from feedback import review_queue
 from feedback.producer import AlreadySubmitted, FeedbackProducer, FeedbackUnavailable, InvalidFeedback
@@ -174,7 +175,7 @@ class Review:
                 response_a=item.response_a, response_b=item.response_b, version_a=item.version_a,
                 version_b=item.version_b, shown_order=shown.order, choice=as_item, scores_a=scores_a,
                 scores_b=scores_b, safety_flag=bool(safety_flag), safety_category=safety_category or None,
-                corrected_answer=(corrected or "").strip() or None,
+                corrected_answer=(corrected or "").strip() or None, created_at=utcnow(),
                 seconds_spent=round(min(time.monotonic() - shown.shown_at, 86_400), 1))
         except AlreadySubmitted:  # another tab sent this item's judgment; it is on its way
             self._refuse_second(viewer, state, item)

@@ -16,7 +16,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from careloop.text import storable
 from feedback.deidentify import scrub_many
@@ -102,14 +111,7 @@ class MessageEvent(Event):
                         Field(max_length=20, validation_alias=formerly("passages", "sources"))] = None
     # When it was asked or answered, by the bot's clock (None: when stored). Issue 29, 5: the history
     # stamped every conversation with the time ingest caught up, not the time the student asked.
-    created_at: datetime | None = None
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("needs a time zone")
-        return value
+    created_at: AwareDatetime | None = None
 
 
 class RatingEvent(Event):
@@ -149,6 +151,9 @@ class ComparisonEvent(Event):
 
     kind = "comparison"
 
+    # When the clinician pressed Submit, by the bot's clock (None: when stored): a training run trains on
+    # the judgments sent before it started, however late they were stored (issue 29, 2).
+    created_at: AwareDatetime | None = None
     review_item_id: Annotated[int, Field(ge=1, le=INT4_MAX)] | None = None
     annotator: Name
     prompt: Text

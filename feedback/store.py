@@ -272,7 +272,8 @@ def _amend(session: Session, amends: Any, values: dict[str, Any]) -> bool:
     if row is None or (row.review_item_id, row.annotator) != (values["review_item_id"], values["annotator"]):
         return False
     for key, value in values.items():
-        setattr(row, key, value)
+        if key != "created_at":  # a change keeps the judgment's time: when it was first sent
+            setattr(row, key, value)
     _supersede(session, amends, "comparison", f"amended by the same annotator's later judgment {event_id}")
     return True
 

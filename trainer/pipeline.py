@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,8 +78,10 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
             late = wait_until_stored(settings.redis_url, settings.train_feedback_wait_seconds)
             log.info("training_feedback_waited", run=run_id, waited_seconds=late.waited_seconds,
                      still_on_its_way=late.describe())
+            started_at = runs.get_run(sessions, run_id).started_at
             snapshot = build_snapshot(directory / "snapshot", config, settings.seed_data_dir, sessions,
-                                      _prompt_grounding(retriever, base.name_or_path), in_flight=asdict(late))
+                                      _prompt_grounding(retriever, base.name_or_path), in_flight=asdict(late),
+                                      until=started_at if started_at.tzinfo else started_at.replace(tzinfo=UTC))
         runs.update_run(sessions, run_id, snapshot_sha256=snapshot.sha256, data=snapshot.clinician_data())
         timings["snapshot"] = time.perf_counter() - started
 

@@ -85,7 +85,9 @@ class PromptGrounding:
 
 def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
                    sessions: sessionmaker[Session] | None, grounding: PromptGrounding | None = None,
-                   in_flight: dict | None = None) -> Snapshot:
+                   in_flight: dict | None = None, until: datetime | None = None) -> Snapshot:
+    """The run's data. ``until``: clinicians' feedback sent before this moment (the run's start), however
+    late it was stored; what came after goes to the next run (issue 29, 2)."""
     rng = random.Random(config.random_seed)
     fraction = config.eval.eval_fraction
     pairs = seed_preference_pairs(seed_dir)
@@ -95,10 +97,10 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     feedback_eval_pairs: list[dict] = []
     if sessions is not None:
         out = directory / "feedback"
-        manifest = _export(sessions, "sft", out / "sft", fraction)
+        manifest = _export(sessions, "sft", out / "sft", fraction, until)
         sft += [{"messages": row["messages"], "origin": "feedback", "passages": row.get("passages")}
                 for row in read_rows(out / "sft" / "train.jsonl")]
-        _export(sessions, "dpo", out / "dpo", fraction)
+        _export(sessions, "dpo", out / "dpo", fraction, until)
         feedback_pairs = read_rows(out / "dpo" / "train.jsonl")
         feedback_eval_pairs = read_rows(out / "dpo" / "eval.jsonl")
     if config.sft.general_data and config.sft.general_ratio > 0:
@@ -328,8 +330,10 @@ def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], d
     return data, {"removed_sft": len(leaked_sft), "removed_dpo": len(leaked_dpo), "examples": examples}
 
 
-def _export(sessions: sessionmaker[Session], kind: str, out: Path, fraction: float) -> dict:
+def _export(sessions: sessionmaker[Session], kind: str, out: Path, fraction: float,
+            until: datetime | None = None) -> dict:
     from dataclasses import asdict
 
-    return asdict(export(sessions, ExportConfig(kind, eval_fraction=fraction), out, actor="trainer.snapshot"))
+    return asdict(export(sessions, ExportConfig(kind, until=until, eval_fraction=fraction), out,
+                         actor="trainer.snapshot"))
 

@@ -6,6 +6,7 @@ real parts: the bot's outbox reporting to Redis, the feedback queue, a worker, t
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import asdict
 
@@ -25,17 +26,22 @@ from trainer.snapshot import build_snapshot
 JUDGED = 6
 
 
-def _judge(settings, sessions) -> FeedbackProducer:
-    """A nurse judges ``JUDGED`` items through the bot's producer; no worker is storing yet."""
+def _judge(settings, sessions, tag: str = "asthma", reported: bool = True) -> FeedbackProducer:
+    """A nurse judges ``JUDGED`` items through the bot's producer (``reported``: no worker is storing
+    yet, and the test waits until the outbox has told Redis it holds them)."""
+    from careloop.db import utcnow
+
     producer = FeedbackProducer(settings, flush_interval=0.1)
     for i in range(JUDGED):
-        prompt = f"How is asthma number {i} treated in children?"
+        prompt = f"How is {tag} number {i} treated in children?"
         item = queue.add_item(sessions, prompt, f"Inhaled steroids {i}.", f"Antibiotics {i}.", "med-v0002",
                               "med-v0001", labels_needed=1, prompt_origin="seed")
         producer.submit_comparison(event_id=uuid.uuid4(), review_item_id=item, annotator="nurse.a", prompt=prompt,
                                    response_a=f"Inhaled steroids {i}.", response_b=f"Antibiotics {i}.",
                                    version_a="med-v0002", version_b="med-v0001", shown_order="ab", choice="a",
-                                   scores_a=SCORES, scores_b=SCORES)
+                                   scores_a=SCORES, scores_b=SCORES, created_at=utcnow())
+    if not reported:
+        return producer
     client = redis.Redis.from_url(settings.redis_url)
     wait_for(lambda: in_flight(client).outbox_events == JUDGED, timeout=10, message="the outbox reported")
     client.close()
@@ -96,3 +102,31 @@ def test_doctor_says_storing_is_behind_when_an_event_waits_over_a_minute(store, 
             feedback_delivery(settings)
     finally:
         producer.close()
+
+
+def test_a_run_trains_on_the_judgments_sent_before_it_started_not_those_sent_during_it(store, broker, settings,
+                                                                                         tmp_path):
+    """The ward bench found a run trained on 28 pairs when 24 judgments had been sent before the admin
+    pressed Start: 4 were sent while its snapshot was being taken. Judgments carry the time Submit was
+    pressed, and the snapshot takes those sent before the run started, however late they were stored."""
+    from careloop.db import utcnow
+
+    sessions = db.session_factory(db.make_engine(store.database_url))
+    worker = start_worker(tmp_path / "worker", store.database_url, broker.url)
+    try:
+        producer = _judge(settings, sessions, reported=False)
+        started = utcnow()  # the run starts here
+        late = _judge(settings, sessions, tag="eczema", reported=False)  # sent after the start
+        client = redis.Redis.from_url(broker.url)
+        time.sleep(1)  # both outboxes have reported what they hold
+        wait_for(lambda: in_flight(client).empty, timeout=60, message="every judgment stored")
+        client.close()
+        producer.close()
+        late.close()
+    finally:
+        worker.kill()
+    snapshot = build_snapshot(tmp_path / "snapshot", TrainConfig(), SEED_DIR, sessions, until=started)
+    data = snapshot.clinician_data()
+    assert data["pairs"]["train"] + data["pairs"]["eval"] == JUDGED, data
+    everything = build_snapshot(tmp_path / "everything", TrainConfig(), SEED_DIR, sessions).clinician_data()
+    assert everything["pairs"]["train"] + everything["pairs"]["eval"] == 2 * JUDGED, "all were stored"
