@@ -17,6 +17,12 @@ from feedback.producer import FeedbackProducer
 from feedback.store import ReviewItem, store_event
 
 
+def _on(settings, server, tiny_model_dir, **overrides):
+    """``settings`` talking to the test's serving of the tiny model, with ``overrides``."""
+    return settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
+                                       "base_model": str(tiny_model_dir), **overrides})
+
+
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         tmp_path, store, broker, server, tiny_model_dir, settings, library_index_dir):
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
@@ -53,8 +59,7 @@ def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         assert len([i for i in items if i.prompt_origin == "seed" and not i.is_gold]) == 1
 
         # With a candidate loaded in serving, clinicians compare it with the live version.
-        full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                           "base_model": str(tiny_model_dir)})
+        full = _on(settings, server, tiny_model_dir)
         open_registry(full).register("gen-v0001", server.adapter_dir / "med-v0001", actor="trainer")
         open_client(full).load_adapter("gen-v0001", str(server.adapter_dir / "med-v0001"))
         store_event(sessions, schemas.MessageEvent(conversation_id=conversation, user="s", role="user",
@@ -116,9 +121,7 @@ def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny
     from feedback.generation import FillResult, fill_review_queue
 
     sessions = session_factory(make_engine(store.database_url))
-    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                       "base_model": str(tiny_model_dir), "review_queue_target": 3,
-                                       "review_gold_fraction": 0.0, "review_max_tokens": 4})
+    full = _on(settings, server, tiny_model_dir, review_queue_target=3, review_gold_fraction=0.0, review_max_tokens=4)
     client = open_client(full)
     assert fill_review_queue(full, sessions, client, 5).seed == 3
     assert fill_review_queue(full, sessions, client, 5) == FillResult(0, 0, 0, 0)  # three wait: nothing to do
@@ -134,9 +137,7 @@ def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_mode
     questions): a nurse cannot judge those, so they never become review items."""
     from careloop.db import make_engine, session_factory
 
-    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                       "base_model": str(tiny_model_dir), "review_max_tokens": 1,
-                                       "review_gold_fraction": 0.0})
+    full = _on(settings, server, tiny_model_dir, review_max_tokens=1, review_gold_fraction=0.0)
     sessions = session_factory(make_engine(store.database_url))
     client = open_client(full)
     try:
@@ -156,9 +157,7 @@ def test_a_question_asked_twice_is_queued_once(store, server, tiny_model_dir, se
     sessions = session_factory(make_engine(store.database_url))
     for text in ("What is gout?", "What is asthma?", "What is asthma?"):  # three conversations
         store_event(sessions, schemas.MessageEvent(conversation_id=uuid.uuid4(), user="s", role="user", content=text))
-    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                       "base_model": str(tiny_model_dir), "review_gold_fraction": 0.0,
-                                       "review_max_tokens": 4})
+    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, review_max_tokens=4)
     client = open_client(full)
     try:
         assert fill_review_queue(full, sessions, client, 3).student == 2
@@ -218,9 +217,7 @@ def test_seed_questions_for_review_are_ones_a_nurse_can_judge(store, server, tin
     from careloop.db import make_engine, session_factory
 
     sessions = session_factory(make_engine(store.database_url))
-    full = settings.model_copy(update={"serving_url": server.url, "control_token": server.token,
-                                       "base_model": str(tiny_model_dir), "review_gold_fraction": 0.0,
-                                       "review_max_tokens": 4})
+    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, review_max_tokens=4)
     client = open_client(full)
     try:
         assert fill_review_queue(full, sessions, client, 4).seed == 4
