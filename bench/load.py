@@ -35,7 +35,8 @@ Prints the command line, then one table, all measured in this run:
      correction, gives none; feedback.export). Then where a difference comes from: judgments sent
      before the start missing from its export, pairs from judgments sent after the start (stored before
      its snapshot), what the export dropped and the snapshot removed (leakage, caps), and what was
-     still on its way to the store when the snapshot was taken,
+     still on its way to the store when the snapshot was taken, and how far the time left the Admin
+     page showed (sampled every 15 s) was off over the run's second half (target: within 25%),
   5. memory: the peak resident memory of all careloop processes together (during the load, and up to
      the end of the run) and of each.
 
@@ -135,7 +136,7 @@ class System:
                     "CARELOOP_SERVING_PORT": str(free_port()), "CARELOOP_BOT_PORT": str(free_port()),
                     "CARELOOP_ADMIN_PASSWORD": PASSWORD, "CARELOOP_REVIEW_LABELS_NEEDED": "1",
                     "CARELOOP_REVIEW_GOLD_FRACTION": "0", "CARELOOP_REVIEW_FILL_INTERVAL_SECONDS": "5",
-                    "CARELOOP_REVIEW_MAX_TOKENS": "32", "CARELOOP_REVIEW_QUEUE_TARGET": "40",
+                    "CARELOOP_REVIEW_QUEUE_TARGET": "40",
                     "CARELOOP_TRAIN_MIN_NEW_PAIRS": "1000000", "CARELOOP_BOT_LOGIN_ATTEMPTS": "1000",
                     "CARELOOP_LOG_LEVEL": "WARNING", **training}
         self.output = home / "up.out"
@@ -223,6 +224,42 @@ class Sampler(threading.Thread):
             self.peak_total = max(self.peak_total, sum(memory.values()))
             for name, value in memory.items():
                 self.peak[name] = max(self.peak.get(name, 0), value)
+
+
+class EtaLog(threading.Thread):
+    """The time left the Admin page shows for the first training run (``trainer.schedule.progress``),
+    every ETA_POLL_SECONDS while it runs: issue 29, 7's target is within 25% over its second half."""
+
+    def __init__(self, system: System):
+        super().__init__(daemon=True)
+        self.system = system
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, seconds left it said)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from careloop import db
+        from trainer.runs import TrainingRun
+        from trainer.schedule import progress
+
+        sessions = db.session_factory(db.make_engine(f"sqlite:///{self.system.home / 'careloop.db'}"))
+        while not self.stopping.wait(ETA_POLL_SECONDS):
+            try:
+                with sessions() as session:
+                    run = session.query(TrainingRun).order_by(TrainingRun.id).first()
+                if run is None or run.status != "running":
+                    if run is not None:
+                        return
+                    continue
+                left = progress(sessions, run).eta_seconds
+            except Exception:  # noqa: BLE001 - the store busy or migrating: skip this sample
+                continue
+            if left is not None:
+                self.samples.append((time.time(), left))
+
+    def errors(self, began: float, ended: float) -> list[float]:
+        """Each second-half sample's error: how far its end time was off, over the time then left."""
+        half = began + (ended - began) / 2
+        return [abs(at + left - ended) / (ended - at) for at, left in self.samples if half <= at < ended]
 
 
 class Store(threading.Thread):
@@ -436,6 +473,7 @@ def admin(url: str, at: float, pressed: dict) -> None:
     pressed["answered"] = time.monotonic()
 
 
+ETA_POLL_SECONDS = 15
 RUN_COLUMNS = ("id", "status", "step", "data", "timings", "decision", "started_at", "finished_at", "error")
 
 
@@ -475,7 +513,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def run_rows(system: System, run: dict, start: float, pressed: dict, review: ReviewLog,
-             clock: float) -> list[tuple[str, str, str, str]]:
+             clock: float, eta: EtaLog) -> list[tuple[str, str, str, str]]:
     """The run's figures, and its clinician pairs against the judgments sent before ``start``
     (monotonic); ``clock``: epoch seconds minus monotonic seconds, to read the store's times."""
     rows = []
@@ -489,6 +527,11 @@ def run_rows(system: System, run: dict, start: float, pressed: dict, review: Rev
                      "", ""))
     if run["error"]:
         rows.append(("  error", run["error"][:100], "", ""))
+    if began and ended:
+        errors = eta.errors(began, ended)
+        rows.append(("  time left as the Admin page said it: error over the run's second half, median / max",
+                     f"{statistics.median(errors):.0%} / {max(errors):.0%} ({len(errors)} samples)" if errors
+                     else "no sample", "", "within 25%"))
 
     before = [j for j in review.judgments if j.answered < start]
     ab = [j for j in before if j.choice in ("left", "right")]
@@ -577,9 +620,10 @@ def main() -> None:
         turns = turns_per_conversation(model_dir)
         student(system.url, "stu.0", len(QUESTIONS) - 1, time.monotonic() + 20, alone, turns)
 
-        sampler, store = Sampler(system), Store(system)
+        sampler, store, eta = Sampler(system), Store(system), EtaLog(system)
         sampler.start()
         store.start()
+        eta.start()
         chat, review, pressed = ChatLog(), ReviewLog(), {}
         began = time.monotonic()
         deadline = began + args.seconds
@@ -608,6 +652,7 @@ def main() -> None:
             run = wait_for_run(system, 0 if "error" in pressed else args.train_wait)
         store.stopping.set()
         sampler.stopping.set()
+        eta.stopping.set()
         sampler.join(5)
         store.join(5)
 
@@ -651,7 +696,7 @@ def main() -> None:
         elif run is not None:
             clock = time.time() - time.monotonic()
             start = pressed.get("at") or (_moment(run["started_at"]) or 0) - clock  # the press, or beat's start
-            rows += run_rows(system, run, start, pressed, review, clock)
+            rows += run_rows(system, run, start, pressed, review, clock, eta)
         rows.append(("memory, all processes: peak during the load (MiB)", f"{sampler.load_peak_total / 2**20:.0f}",
                      "", "< 24 GiB machine"))
         if run is not None:

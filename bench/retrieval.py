@@ -2,11 +2,22 @@
 
     .venv/bin/python bench/retrieval.py [--questions 1000] [--seed 0] [--postgresql URL [--worst-case 16800]]
                                         [--rouge N [--model DIR]]
+    .venv/bin/python bench/retrieval.py --patient [--split confirmation|tuning] [--tune]
 
-Builds the whole shipped library's index from scratch in a temporary data directory (as a fresh
-`careloop up` does), loads it back from disk (as every later start does), then asks each of a fixed
+``--patient``: patient-style questions (data/library/patient_questions.jsonl: lay words, symptoms
+instead of names, misspellings; each labelled with the MedQuAD pages that answer it, or none),
+asked of the configured library's bm25s index (CARELOOP_HOME's: built once with its embeddings,
+minutes, then loaded), BM25 alone and hybrid side by side, with the configured thresholds:
+Recall@3 (a page of a right topic among the first three sources, of the answerable questions) and
+"nothing relevant" precision (of the questions given no source, the share that the library truly
+does not answer) and recall (of those, the share given none). ``--tune`` (tuning split only):
+the same for a grid of CARELOOP_RETRIEVAL_MIN_SIMILARITY and CARELOOP_RETRIEVAL_MIN_SCORE values.
+
+Builds the whole shipped library's BM25 index (without embeddings: ``--patient`` measures those)
+from scratch in a temporary data directory (as a fresh `careloop up` does), loads it back from disk
+(as every later start does), then asks each of a fixed
 sample of MedQuAD pages' own questions (each page's `question` field) and reports Recall@1/3/5 of
-the page the question was written from, with the default relevance threshold applied. Latency is
+the page (URL) the question was written from, with the default relevance threshold applied. Latency is
 the time a chat question waits for its passages: `Retriever.search` (the database check for
 admins' changes, tokenizing, BM25, the relevance score), one question at a time.
 
@@ -33,6 +44,7 @@ the MedQuAD eval items' own pages (split "eval"), so that half is open-book; K-Q
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
@@ -56,7 +68,9 @@ from careloop.settings import load_settings  # noqa: E402
 from library.corpus import medquad_records  # noqa: E402
 from library.documents import add_documents  # noqa: E402
 from library.index import Retriever, build_or_load  # noqa: E402
-from library.passages import WORD  # noqa: E402
+from library.passages import WORD, https_url  # noqa: E402
+
+PATIENT_QUESTIONS = REPO_ROOT / "data" / "library" / "patient_questions.jsonl"
 
 
 def rss_mib() -> float:
@@ -94,8 +108,9 @@ def measure(retriever: Retriever, sample: list[dict], min_score: float,
     empty = 0
     for record in sample:
         found = retriever.library().search(record["question"], 5, min_score)
-        ids = [passage.doc_id for passage in found]
-        ranks.append(ids.index(record["id"]) + 1 if record["id"] in ids else None)
+        urls = [passage.url for passage in found]  # the page: sources are one per URL (issue 30, 2)
+        page = https_url(record["url"])
+        ranks.append(urls.index(page) + 1 if page in urls else None)
         empty += not found
     latencies, cpu_times = [], []  # CPU time too: wall time on a busy shared machine waits for a core
     server_started = server_cpu()
@@ -140,7 +155,8 @@ def scratch_database(server_url: str) -> Iterator[str]:
 def postgresql_figures(server_url: str, home: Path, sample: list[dict]) -> None:
     with scratch_database(server_url) as url:
         db.upgrade(url)
-        settings = load_settings(home=home, database_url=url, retrieval_backend="postgresql")
+        settings = load_settings(home=home, database_url=url, retrieval_backend="postgresql",
+                                 retrieval_dense=False)
         engine = db.make_engine(url)
         sessions = db.session_factory(engine)
         started = time.perf_counter()
@@ -217,7 +233,8 @@ def worst_case_figures(server_url: str, home: Path, admin_passages: int, seed: i
     ``admin_passages`` passages of admins' documents of random words."""
     with scratch_database(server_url) as url:
         db.upgrade(url)
-        settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="postgresql")
+        settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="postgresql",
+                                 retrieval_dense=False)
         engine = db.make_engine(url)
         sessions = db.session_factory(engine)
         store = Retriever(settings, sessions).library()
@@ -262,7 +279,8 @@ def worst_case_figures(server_url: str, home: Path, admin_passages: int, seed: i
             f"the whole search now, {cap} rarest words": lambda: store.search(question, k, threshold, cap),
         }, min(repeats, 3), server_cpu)
 
-        bm25s_settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="bm25s")
+        bm25s_settings = load_settings(home=home / "worst-case", database_url=url, retrieval_backend="bm25s",
+                                       retrieval_dense=False)
         started = time.perf_counter()
         library = Retriever(bm25s_settings, sessions).library()
         print(f"bm25s: the same library's index ({len(library):,} passages) built in "
@@ -275,6 +293,70 @@ def worst_case_figures(server_url: str, home: Path, admin_passages: int, seed: i
         engine.dispose()
 
 
+@dataclass
+class PatientFigures:
+    recall_at_3: float
+    answerable: int
+    none_precision: float | None  # None: no question was given no source
+    none_recall: float
+    unanswerable: int
+    empty: int
+    latencies: list[float]  # sorted, seconds
+
+
+def patient_figures(search: Callable[[str], list], questions: list[dict]) -> PatientFigures:
+    hits = empty_right = empty = 0
+    latencies = []
+    for item in questions:
+        started = time.perf_counter()
+        found = search(item["question"])
+        latencies.append(time.perf_counter() - started)
+        right = {https_url(url) for url in item["urls"]}
+        hits += bool(item["urls"]) and any(passage.url in right for passage in found[:3])
+        empty += not found
+        empty_right += not found and not item["urls"]
+    answerable = sum(bool(item["urls"]) for item in questions)
+    unanswerable = len(questions) - answerable
+    return PatientFigures(hits / answerable, answerable, empty_right / empty if empty else None,
+                          empty_right / unanswerable if unanswerable else 0.0, unanswerable, empty, sorted(latencies))
+
+
+def patient_report(split: str, tune: bool) -> None:
+    settings = load_settings(retrieval_backend="bm25s")
+    db.upgrade(settings.resolved_database_url)
+    sessions = db.sessions_for(settings.resolved_database_url)
+    started = time.perf_counter()
+    library = build_or_load(settings, sessions)
+    questions = [row for row in map(json.loads, PATIENT_QUESTIONS.read_text().splitlines()) if row["split"] == split]
+    print(f"library: {len(library):,} passages (index built or loaded in {time.perf_counter() - started:.0f} s); "
+          f"{PATIENT_QUESTIONS.name}, {split} split: {sum(bool(q['urls']) for q in questions)} answerable, "
+          f"{sum(not q['urls'] for q in questions)} not answered by the library; top 3")
+    k, terms = 3, settings.retrieval_max_query_terms
+
+    def line(name: str, figures: PatientFigures) -> None:
+        precision = "n/a" if figures.none_precision is None else f"{figures.none_precision:.3f}"
+        print(f"{name:<44} Recall@3 {figures.recall_at_3:.3f}  nothing-relevant precision {precision} "
+              f"(of {figures.empty} given none)  recall {figures.none_recall:.3f}  latency p50 "
+              f"{figures.latencies[len(figures.latencies) // 2] * 1000:.0f} ms, p95 "
+              f"{figures.latencies[int(0.95 * len(figures.latencies)) - 1] * 1000:.0f} ms")
+
+    if not tune:
+        score, similarity = settings.retrieval_min_score, settings.retrieval_min_similarity
+        line(f"BM25 alone (min score {score})",
+             patient_figures(lambda q: library.search(q, k, score, terms), questions))
+        line(f"hybrid (min score {score}, min similarity {similarity})",
+             patient_figures(lambda q: library.search(q, k, score, terms, similarity), questions))
+        return
+    if split != "tuning":
+        raise SystemExit("--tune chooses thresholds: on the tuning split only")
+    for score in (0.7, 0.8, 0.9):
+        line(f"BM25 alone (min score {score})",
+             patient_figures(lambda q: library.search(q, k, score, terms), questions))
+        for similarity in (0.3, 0.35, 0.375, 0.4, 0.425, 0.45, 0.5, 0.6):
+            line(f"hybrid (min score {score}, min similarity {similarity})",
+                 patient_figures(lambda q: library.search(q, k, score, terms, similarity), questions))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=1000, help="pages whose question is asked")
@@ -285,10 +367,16 @@ def main() -> None:
     parser.add_argument("--rouge", type=int, default=0, help="held-out seed QA items per source to answer (0: skip)")
     parser.add_argument("--model", default="", help="model directory for --rouge [default: the configured base model]")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--patient", action="store_true", help="patient-style questions: BM25 alone against hybrid")
+    parser.add_argument("--split", choices=("confirmation", "tuning"), default="confirmation")
+    parser.add_argument("--tune", action="store_true", help="with --patient --split tuning: a grid of thresholds")
     args = parser.parse_args()
+    if args.patient:
+        patient_report(args.split, args.tune)
+        return
 
     with tempfile.TemporaryDirectory() as home:
-        settings = load_settings(home=Path(home), retrieval_backend="bm25s")
+        settings = load_settings(home=Path(home), retrieval_backend="bm25s", retrieval_dense=False)
         db.upgrade(settings.resolved_database_url)
         sessions = db.sessions_for(settings.resolved_database_url)
         before = rss_mib()

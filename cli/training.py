@@ -105,13 +105,13 @@ def evaluate(
                                               "[default: the seed evaluation sets].")] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory [default: $CARELOOP_HOME/evals/<time>].")] = None,
     max_items: Annotated[int, typer.Option(min=1, help="Items per set from the seed sets.")] = 40,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Evaluate one adapter against live (or another version) on the same items; write the report."""
     from datetime import UTC
 
     from adapters.registry import open_registry
     from careloop.base_model import resolve_base_model
+    from careloop.decoding import decoding_for
     from feedback.quality import win_rate
     from library.index import Retriever
     from trainer.evaluate import Grounding, Models
@@ -139,7 +139,8 @@ def evaluate(
     policy = Policy.load(None)
     grounding = (Grounding.find(Retriever(settings, database_sessions()), sets["eval_reference"],
                                 settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
-    report = evaluation_report(Models.load(base.name_or_path, adapters), sets, max_new_tokens, policy.confidence,
+    report = evaluation_report(Models.load(base.name_or_path, adapters), sets, decoding_for(settings),
+                               policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
                                baseline=against_name, leakage="not checked", grounding=grounding)
     win = win_rate(database_sessions(), adapter, against_name)

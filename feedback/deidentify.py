@@ -199,12 +199,17 @@ _ner_lock = threading.Lock()
 
 
 class _WithoutTorch(importlib.abc.MetaPathFinder):
-    """Refuses `import torch` while installed. Unlike a ``sys.modules["torch"] = None`` entry, it leaves
-    other threads' view of sys.modules alone: scipy and sklearn look torch up there, and a training
-    run's imports crashed on the None entry while a worker's warm-up loaded spaCy."""
+    """Refuses `import torch` to the thread that installed it, while installed. Unlike a
+    ``sys.modules["torch"] = None`` entry, it leaves other threads' view of sys.modules alone: scipy and
+    sklearn look torch up there, and a training run's imports crashed on the None entry while a worker's
+    warm-up loaded spaCy. Other threads import torch as usual: the bot's request screen, loading its
+    embedding model while the recogniser loaded, failed with "No module named 'torch'"."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
 
     def find_spec(self, name: str, path=None, target=None):  # noqa: ANN001, ANN201, ARG002
-        if name.split(".")[0] == "torch":
+        if name.split(".")[0] == "torch" and threading.get_ident() == self.thread:
             raise ModuleNotFoundError(f"No module named {name!r} (not loaded for the name recogniser)", name=name)
         return None
 

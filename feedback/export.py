@@ -201,6 +201,9 @@ def build_rows(sessions: sessionmaker[Session], config: ExportConfig):  # noqa: 
         if message.interrupted:  # a cut-off answer is no example of an answer, good or bad
             dropped["rating of an answer cut off before its end"] += 1
             continue
+        if message.screened:  # the request screen's refusal, not an answer of the model's
+            dropped["rating of the request screen's refusal"] += 1
+            continue
         if config.kind == "kto":
             rows.append(_kto(question, message.content, rating.thumbs == "up",
                              {"origin": "rating", **_passages(message.passages)}))

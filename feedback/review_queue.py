@@ -43,6 +43,7 @@ class QueueItem:
     is_gold: bool
     event_id: Any  # the id this annotator's judgment of this item carries
     passages: list[dict[str, Any]] | None = None  # the library passages both answers were given
+    screened: str | None = None  # the request screen's category: the student got its refusal, not these answers
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,20 @@ def record_fill(redis_url: str, scheduled: bool) -> None:
             client.set(SCHEDULED_KEY, now)
 
 
-def fill_soon(redis_url: str, delay: float) -> bool:
-    """Whether a fill should be sent ``delay`` seconds from now for new student questions: yes
-    unless one is already on its way (one per ``delay``, however many questions arrive)."""
+def fill_soon(redis_url: str, expires: float) -> bool:
+    """Whether a fill should be sent for new student questions: yes unless one sent before has not
+    started yet (it will find these questions too), however many questions arrive and however long
+    the fills ahead of it take. Issue 29: a window of the fill's delay let a fill be sent every 30 s
+    behind fills of minutes each on the real model, and 99 piled up. The mark lasts until that fill
+    starts (``fill_started``) or ``expires`` (the task's own expiry: a fill never run cannot block the next)."""
     with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
-        return bool(client.set(SOON_KEY, "1", nx=True, px=max(1, int(delay * 1000))))
+        return bool(client.set(SOON_KEY, "1", nx=True, px=max(1, int(expires * 1000))))
+
+
+def fill_started(redis_url: str) -> None:
+    """A fill starts: it finds every question stored so far, so the next new one may send another."""
+    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+        client.delete(SOON_KEY)
 
 
 def fills(redis_url: str, interval: float) -> Fills:
@@ -96,13 +106,14 @@ def fills(redis_url: str, interval: float) -> Fills:
 def add_item(sessions: sessionmaker[Session], prompt: str, response_a: str, response_b: str,
              version_a: str, version_b: str, *, labels_needed: int, prompt_origin: str,
              student_message_id: Any = None, gold_choice: str | None = None,
-             passages: list[dict[str, Any]] | None = None) -> int | None:
+             passages: list[dict[str, Any]] | None = None, screened: str | None = None) -> int | None:
     """Queue an item; None if the student question it came from is already queued. ``passages``: the
-    library passages the answers were given (``feedback.schemas.Passage`` fields)."""
+    library passages the answers were given (``feedback.schemas.Passage`` fields); ``screened``: the
+    request screen's category when it screened the student's question."""
     item = ReviewItem(prompt=scrub(prompt), response_a=scrub(response_a), response_b=scrub(response_b),
                       version_a=version_a, version_b=version_b, labels_needed=labels_needed,
                       prompt_origin=prompt_origin, student_message_id=student_message_id,
-                      is_gold=gold_choice is not None, gold_choice=gold_choice, passages=passages)
+                      is_gold=gold_choice is not None, gold_choice=gold_choice, passages=passages, screened=screened)
     try:
         with transaction(sessions) as session:
             session.add(item)
@@ -238,4 +249,4 @@ def labels(sessions: sessionmaker[Session], item_id: int) -> list[Comparison]:
 
 def _queue_item(item: ReviewItem, event_id: Any) -> QueueItem:
     return QueueItem(item.id, item.prompt, item.response_a, item.response_b, item.version_a, item.version_b,
-                     item.is_gold, event_id, item.passages)
+                     item.is_gold, event_id, item.passages, item.screened)

@@ -112,6 +112,9 @@ class MessageEvent(Event):
     # When it was asked or answered, by the bot's clock (None: when stored). Issue 29, 5: the history
     # stamped every conversation with the time ingest caught up, not the time the student asked.
     created_at: AwareDatetime | None = None
+    # The request screen's category (``bot.screen``) when the question was screened: set on the question
+    # and on the screen's refusal that answered it (the model was not asked). None: not screened.
+    screened: Annotated[str, Field(min_length=1, max_length=32)] | None = None
 
 
 class RatingEvent(Event):

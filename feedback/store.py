@@ -42,6 +42,7 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     # The library passages the answer was given ([]: none relevant; None: not grounded), for reviewers.
     passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    screened: Mapped[str | None] = mapped_column(String(32))  # the request screen's category (bot.screen), if any
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -121,6 +122,7 @@ class ReviewItem(Base):
     gold_choice: Mapped[str | None] = mapped_column(String(8))
     # The library passages both answers were given (feedback.schemas.Passage fields; None: not grounded).
     passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    screened: Mapped[str | None] = mapped_column(String(32))  # the request screen's category, if any
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 

@@ -83,32 +83,38 @@ def ingest(kind: str, payload: dict) -> dict:
 
 
 def _fill_soon(settings: Settings) -> None:
-    """New student questions were stored: fill the review queue in ``review_fill_soon_seconds``
-    (one fill per that window, however many arrive) rather than at beat's next interval, minutes
-    away. Ingest never fails for it: without Redis the periodic fill still comes."""
+    """New student questions were stored: fill the review queue in ``review_fill_soon_seconds`` rather
+    than at beat's next interval, minutes away; one such fill waits at a time, however many questions
+    arrive. Ingest never fails for it: without Redis the periodic fill still comes."""
     # A task held longer than the visibility timeout would be handed out again by Redis: wait less.
     delay = min(settings.review_fill_soon_seconds, settings.celery_visibility_timeout / 2)
     if delay <= 0:
         return
+    expires = delay + settings.review_fill_interval_seconds
     try:
-        if review_queue.fill_soon(settings.redis_url, delay):
-            fill_review_queue.apply_async(queue="generation", countdown=delay,
-                                          expires=delay + settings.review_fill_interval_seconds)
+        if review_queue.fill_soon(settings.redis_url, expires):
+            fill_review_queue.apply_async(queue="generation", countdown=delay, expires=expires,
+                                          kwargs={"soon": True})
     except (redis.RedisError, OSError) as exc:
         log.warning("review_fill_not_sent", reason=exc.__class__.__name__)
 
 
 @shared_task(name=FILL_REVIEW_QUEUE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def fill_review_queue(self: Task, count: int | None = None, scheduled: bool = False) -> dict:
+def fill_review_queue(self: Task, count: int | None = None, scheduled: bool = False, soon: bool = False) -> dict:
     """Add review items: student and seed questions answered twice by serving, plus gold items.
     ``scheduled``: beat's periodic fill (or the one at its start), whose time the review page uses
-    to say when the next is due."""
+    to say when the next is due; ``soon``: the fill sent for new student questions."""
     from adapters.rollout import open_client
     from feedback.generation import fill_review_queue as fill
     from serving.client import ServingUnavailable
 
     settings = get_settings()
-    client = open_client(settings)
+    if soon and not self.request.retries:
+        try:
+            review_queue.fill_started(settings.redis_url)
+        except redis.RedisError as exc:  # the mark expires by itself
+            log.warning("review_fill_start_not_recorded", reason=exc.__class__.__name__)
+    client = open_client(settings, timeout=settings.review_answer_timeout_seconds)
     try:
         result = fill(settings, _sessions(), client, count or settings.review_batch_size, retriever=_retriever())
     except ServingUnavailable as exc:

@@ -11,6 +11,10 @@ INSTRUCTIONS" reached the model beside the real ones, unmarked): the passages st
 early (its own such tags are defused). Training and evaluation prompts are the same, so a model is
 taught and judged on the prompt students send. Documents are also screened at upload for text that
 reads like instructions (``instruction_like``), and the admin is warned.
+
+A small model sometimes cites a number it was not given ([4] under three sources): shown as it is,
+it reads as a source that does not exist. ``unlisted_citations_removed`` drops such numbers from the
+answer shown and says which were dropped (issue 30, 2).
 """
 
 from __future__ import annotations
@@ -89,6 +93,28 @@ def cited_numbers(answer: str) -> list[int]:
             if number not in found:
                 found.append(number)
     return found
+
+
+def unlisted_citations_removed(answer: str, passages: list[Passage]) -> tuple[str, list[int]]:
+    """``answer`` without the citations of numbers no passage has ("[4]" gone, "[1, 4]" made "[1]"),
+    and those numbers in order of first citation. A model given no passage cites none."""
+    listed = {p.number for p in passages}
+    removed: list[int] = []
+
+    def kept(match: re.Match[str]) -> str:
+        numbers = [int(part) for part in match.group(1).split(",")]
+        removed.extend(n for n in numbers if n not in listed and n not in removed)
+        left = [str(n) for n in numbers if n in listed]
+        return f"[{', '.join(left)}]" if left else ""
+
+    text = _CITATION.sub(kept, answer)
+    return (re.sub(r"[ \t]+([.,;:!?])", r"\1", text) if removed else answer), removed
+
+
+def unlisted_citations_note(removed: list[int]) -> str:
+    cited = ", ".join(f"[{n}]" for n in removed)
+    return (f"The answer cited {cited}, which matches no source listed below: removed. Check its claims "
+            "against the sources.")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ behind these choices are in BENCHMARKS.md ("Retrieval"). Both backends search a 
 CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest words (``library.passages.informative_terms``): a long
 question costs about what a short one does.
 
+Beside the BM25 index, each passage's sentence embedding (``library.embedding``; ``vectors.npy``,
+float16 on disk): a search given ``min_similarity`` fuses the BM25 ranking with the embeddings' one
+(``library.passages.fuse``), so that "my child has a fever and a stiff neck" finds meningitis's pages,
+which share none of its words. Embedding the whole shipped library takes minutes (BENCHMARKS.md,
+"Retrieval on patient questions"): a rebuild after an admin's change reuses every vector the last
+index has for the same text, and a build logs its progress.
+
 ``Retriever`` is what the bot, review generation and evaluation ask, and the one place the backend
 is chosen: this index, or PostgreSQL's full-text search (``library.postgres``, ``open_store``).
 """
@@ -30,15 +37,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from careloop.log import get_logger
 from careloop.settings import Settings
-from library import postgres
+from library import embedding, postgres
 from library.corpus import CHUNK_CHARS, Chunk, medquad_chunks, shipped_digest
 from library.documents import LibraryDocument, chunks_of, document_chunks, documents_fingerprint
-from library.passages import MAX_QUERY_TERMS, STOPWORDS, Passage, informative_terms, stemmer, tokens
+from library.passages import (
+    MAX_QUERY_TERMS,
+    STOPWORDS,
+    Candidate,
+    Passage,
+    embedded,
+    embedded_text,
+    fuse,
+    informative_terms,
+    shipped_vectors,
+    stemmer,
+    tokens,
+)
 
 log = get_logger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each build step at DEBUG whatever our level
 
-INDEX_VERSION = 1  # bump when the indexed text or the tokenizer changes: older indexes are rebuilt
+INDEX_VERSION = 2  # bump when the indexed text or the tokenizer changes: older indexes are rebuilt
 BM25_K1, BM25_B = 1.2, 0.5
 REFRESH_SECONDS = 5.0  # how often a running process checks whether admins changed the library
 
@@ -49,24 +68,30 @@ def indexed_text(chunk: Chunk) -> str:
 
 
 class Library:
-    """The passages and their BM25 index; ``search`` is safe to call from many threads."""
+    """The passages, their BM25 index and their embeddings; ``search`` is safe to call from many threads."""
 
-    def __init__(self, chunks: list[Chunk], retriever: bm25s.BM25):
+    def __init__(self, chunks: list[Chunk], retriever: bm25s.BM25, vectors: np.ndarray | None):
         self.chunks = chunks
         self.retriever = retriever
+        self.vectors = vectors  # one L2-normalized row per chunk, float32; None: BM25 alone
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     @classmethod
-    def build(cls, chunks: list[Chunk]) -> Library:
+    def build(cls, chunks: list[Chunk], known: dict[str, np.ndarray] | None = None, dense: bool = False) -> Library:
+        """The index of ``chunks``, with their embeddings if ``dense``; ``known``: vectors already
+        computed, by ``embedded_text`` (those of the index this one replaces), so that only new
+        passages are embedded."""
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
         retriever.index(bm25s.tokenize([indexed_text(chunk) for chunk in chunks], stopwords=None, stemmer=stemmer(),
                                        show_progress=False), show_progress=False)
-        return cls(chunks, retriever)
+        return cls(chunks, retriever, embedded(chunks, known or {}) if dense else None)
 
     def save(self, directory: Path) -> None:
         self.retriever.save(str(directory))
+        if self.vectors is not None:  # float16: half the disk; cosines agree to 1e-3
+            np.save(directory / "vectors.npy", self.vectors.astype(np.float16))
         with (directory / "chunks.jsonl").open("w", encoding="utf-8") as out:
             for chunk in self.chunks:
                 out.write(json.dumps(chunk.__dict__, ensure_ascii=False) + "\n")
@@ -75,34 +100,51 @@ class Library:
     def load(cls, directory: Path) -> Library:
         with (directory / "chunks.jsonl").open(encoding="utf-8") as lines:
             chunks = [Chunk(**json.loads(line)) for line in lines]
-        return cls(chunks, bm25s.BM25.load(str(directory), load_corpus=False))
+        vectors = None
+        if (directory / "vectors.npy").is_file():
+            vectors = np.load(directory / "vectors.npy").astype(np.float32)
+            if vectors.shape != (len(chunks), embedding.DIMENSIONS):
+                raise ValueError(f"vectors.npy holds {vectors.shape}, not one vector per passage")
+        return cls(chunks, bm25s.BM25.load(str(directory), load_corpus=False), vectors)
 
-    def search(self, question: str, k: int, min_score: float = 0.0,
-               max_terms: int = MAX_QUERY_TERMS) -> list[Passage]:
-        """The best passage of each of the ``k`` best-matching documents (BM25) whose ``match`` is
-        at least ``min_score``, best first, numbered from 1; empty when none is. Of the question's
-        words, the ``max_terms`` rarest are used (``query_terms``)."""
+    def known_vectors(self) -> dict[str, np.ndarray]:
+        if self.vectors is None:
+            return {}
+        return {embedded_text(chunk): vector for chunk, vector in zip(self.chunks, self.vectors, strict=True)}
+
+    def search(self, question: str, k: int, min_score: float = 0.0, max_terms: int = MAX_QUERY_TERMS,
+               min_similarity: float | None = None) -> list[Passage]:
+        """The best passage of each of the ``k`` best-matching pages (one per URL; an admin's
+        document by its id), best first, numbered from 1; empty when none is relevant. BM25 alone
+        (``min_similarity`` None): relevant is a ``match`` of at least ``min_score``. Hybrid: BM25's
+        ranking fused with the embeddings' (``fuse``), relevant is either that or a cosine
+        similarity of at least ``min_similarity`` (BM25 alone on an index built without embeddings).
+        Of the question's words, the ``max_terms`` rarest are used (``query_terms``)."""
+        if not self.chunks:
+            return []
+        depth = min(len(self.chunks), 8 * k)  # a page's other passages may crowd the first hits
         vocabulary = self.retriever.vocab_dict
         used = set(self.query_terms(question, max_terms))
         query = [token for token in tokens([question])[0] if token in used and token in vocabulary]
-        if not query or not self.chunks:
-            return []
-        depth = min(len(self.chunks), 8 * k)  # a document's other passages may crowd the first hits
-        found, _ = self.retriever.retrieve([query], k=depth, show_progress=False, n_threads=0)
-        candidates = np.asarray(found[0])
-        scores = self.match(question, candidates, used)
-        passages: list[Passage] = []
-        seen: set[str] = set()
-        for index, score in zip(candidates, scores, strict=True):
-            chunk = self.chunks[int(index)]
-            if len(passages) == k:
-                break
-            if chunk.doc_id in seen or score < min_score:
-                continue
-            seen.add(chunk.doc_id)
-            passages.append(Passage(len(passages) + 1, chunk.doc_id, chunk.title, chunk.publisher, chunk.url,
-                                    chunk.text, round(float(score), 3)))
-        return passages
+        lexical = np.zeros(0, dtype=np.int64)
+        if query:
+            found, _ = self.retriever.retrieve([query], k=depth, show_progress=False, n_threads=0)
+            lexical = np.asarray(found[0])
+        if min_similarity is None or self.vectors is None:
+            shares = self.match(question, lexical, used)
+            return fuse([Candidate(self.chunks[int(i)], float(share), 0.0, rank, None)
+                         for rank, (i, share) in enumerate(zip(lexical, shares, strict=True))], k, min_score, None)
+        similarities = self.vectors @ embedding.embed([question])[0]
+        dense = np.argpartition(-similarities, depth - 1)[:depth] if depth < len(self.chunks) else np.arange(
+            len(self.chunks))
+        dense = dense[np.argsort(-similarities[dense], kind="stable")]
+        candidates = np.asarray(list(dict.fromkeys([*lexical.tolist(), *dense.tolist()])), dtype=np.int64)
+        shares = self.match(question, candidates, used)
+        lexical_rank = {int(i): rank for rank, i in enumerate(lexical)}
+        dense_rank = {int(i): rank for rank, i in enumerate(dense)}
+        return fuse([Candidate(self.chunks[int(i)], float(share), float(similarities[i]), lexical_rank.get(int(i)),
+                               dense_rank.get(int(i))) for i, share in zip(candidates, shares, strict=True)],
+                    k, min_score, min_similarity)
 
     def query_terms(self, question: str, max_terms: int = MAX_QUERY_TERMS) -> list[str]:
         """The stemmed words of the question a search uses: its ``max_terms`` rarest distinct ones
@@ -142,14 +184,14 @@ class Library:
         return found / whole
 
 
-def library_key(data_dir: Path, documents: str) -> str:
+def library_key(data_dir: Path, documents: str, dense: bool = False) -> str:
     """Names one library content: the shipped data, the admins' documents, and how both are indexed."""
-    parts = [str(INDEX_VERSION), str(CHUNK_CHARS), shipped_digest(data_dir), documents]
+    parts = [str(INDEX_VERSION), str(CHUNK_CHARS), shipped_digest(data_dir), documents] + (["dense"] if dense else [])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def current_key(settings: Settings, sessions: sessionmaker[Session]) -> str:
-    return library_key(settings.library_data_dir, documents_fingerprint(sessions))
+    return library_key(settings.library_data_dir, documents_fingerprint(sessions), settings.retrieval_dense)
 
 
 def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str | None = None) -> Library:
@@ -166,7 +208,16 @@ def build_or_load(settings: Settings, sessions: sessionmaker[Session], key: str 
         except (OSError, ValueError) as exc:  # damaged on disk: build it again
             log.warning("library_index_unreadable", path=str(directory), error=str(exc))
     started = time.perf_counter()
-    library = Library.build(medquad_chunks(settings.library_data_dir) + document_chunks(sessions))
+    chunks = medquad_chunks(settings.library_data_dir) + document_chunks(sessions)
+    # The shipped pages' embeddings come with careloop; those of the index this one replaces are reused.
+    known = shipped_vectors(settings.library_data_dir, chunks) if settings.retrieval_dense else {}
+    for other in sorted(root.iterdir(), key=lambda path: path.stat().st_mtime) if root.is_dir() else []:
+        if other.name != key and not other.name.startswith(".") and (other / "vectors.npy").is_file():
+            try:  # the index this one replaces: its passages that are unchanged need no embedding again
+                known.update(Library.load(other).known_vectors())
+            except (OSError, ValueError) as exc:
+                log.warning("library_index_unreadable", path=str(other), error=str(exc))
+    library = Library.build(chunks, known, settings.retrieval_dense)
     staging = None
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +247,9 @@ def open_store(settings: Settings, sessions: sessionmaker[Session]) -> postgres.
         return ([(None, chunk) for chunk in medquad_chunks(settings.library_data_dir)]
                 + [(document.id, chunk) for document in added for chunk in chunks_of(document)])
 
-    postgres.ensure_loaded(sessions, postgres.store_key(settings.library_data_dir), passages)
+    dense = settings.retrieval_dense
+    postgres.ensure_loaded(sessions, postgres.store_key(settings.library_data_dir, dense), passages, dense,
+                           settings.library_data_dir)
     return postgres.Store(sessions)
 
 
@@ -241,6 +294,9 @@ class Retriever:
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
         """Up to ``k`` passages (default CARELOOP_RETRIEVAL_TOP_K) relevant to ``question``, searched
-        for its CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest words."""
-        return self.library().search(question, k or self.settings.retrieval_top_k, self.settings.retrieval_min_score,
-                                     self.settings.retrieval_max_query_terms)
+        for its CARELOOP_RETRIEVAL_MAX_QUERY_TERMS rarest words, and by meaning unless
+        CARELOOP_RETRIEVAL_DENSE is off."""
+        settings = self.settings
+        return self.library().search(question, k or settings.retrieval_top_k, settings.retrieval_min_score,
+                                     settings.retrieval_max_query_terms,
+                                     settings.retrieval_min_similarity if settings.retrieval_dense else None)

@@ -1,2 +1,2 @@
-"""What answers: the inference engine and its OpenAI/TGI-compatible HTTP API, the adapter registry,
-and the client the bot uses."""
+"""What answers: the inference engine, its OpenAI/TGI-compatible HTTP API and the client the bot
+uses. Which adapter version is live is ``adapters``' concern: the server is handed it at start."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from careloop.decoding import DEFAULT, Decoding
 from serving.engine import Engine
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
@@ -17,12 +18,12 @@ from serving.routes import control, openai, tgi
 from serving.state import ServingState
 
 
-def create_app(engine: Engine, control_token: str, default_max_tokens: int = 256,
+def create_app(engine: Engine, control_token: str, decoding: Decoding = DEFAULT,
                max_request_bytes: int = 8 * 1024 * 1024, max_prompt_chars_per_token: float = 8.0) -> FastAPI:
     app = FastAPI(title="careloop serving", version="0.1.0",
                   description="OpenAI- and TGI-compatible API over careloop's embedded engine.")
     metrics = Metrics(engine)
-    app.state.serving = ServingState(engine, metrics, control_token, default_max_tokens, max_prompt_chars_per_token)
+    app.state.serving = ServingState(engine, metrics, control_token, decoding, max_prompt_chars_per_token)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)

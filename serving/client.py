@@ -12,6 +12,7 @@ never imports torch.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 
 Messages = list[dict[str, Any]]
 SMOKE_PROMPT: Messages = [{"role": "user", "content": "What is hypertension?"}]
+BACKGROUND_PRIORITY = 1  # vLLM's meaning: admitted after requests of priority 0 (students' questions)
 
 
 class ServingUnavailable(Exception):
@@ -46,6 +48,22 @@ class ServingRejected(Exception):
 
     def __reduce__(self):  # noqa: ANN204 - picklable across processes (Celery task errors)
         return (ServingRejected, (self.status, str(self)))
+
+
+class ContextExceeded(ServingRejected):
+    """Serving refused the request for not fitting the model's context (vLLM's 400 and careloop's name
+    the context and the prompt's tokens): a caller can shorten the conversation or the answer.
+    ``prompt_tokens`` is serving's count, or, where it refused a prompt by its length in characters before
+    counting, an estimate at CHARS_PER_TOKEN."""
+
+    CHARS_PER_TOKEN = 4  # English text through a BPE tokenizer, roughly
+
+    def __init__(self, status: int, message: str, context_tokens: int, prompt_tokens: int):
+        super().__init__(status, message)
+        self.context_tokens, self.prompt_tokens = context_tokens, prompt_tokens
+
+    def __reduce__(self):  # noqa: ANN204 - picklable across processes (Celery task errors)
+        return (ContextExceeded, (self.status, str(self), self.context_tokens, self.prompt_tokens))
 
 
 class ControlUnsupported(Exception):
@@ -102,12 +120,14 @@ class ServingClient:
         self._async_inference = AsyncInferenceClient(base_url=self.url, timeout=timeout, api_key=chat_key)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, base_model: str | None = None, **kwargs: Any) -> ServingClient:
-        """A client for CARELOOP_SERVING_URL. Without a ``live_lookup`` the base model answers what
-        names no model; ``adapters.rollout.open_client`` gives one that asks the registry."""
+    def from_settings(cls, settings: Settings, *, base_model: str | None = None, timeout: float | None = None,
+                      **kwargs: Any) -> ServingClient:
+        """A client for CARELOOP_SERVING_URL, waiting ``timeout`` seconds for an answer (default
+        CARELOOP_SERVING_TIMEOUT). Without a ``live_lookup`` the base model answers what names no
+        model; ``adapters.rollout.open_client`` gives one that asks the registry."""
         client = cls(settings.serving_url, token=settings.resolved_control_token(),
                      backend=settings.serving_backend, cache_seconds=settings.live_cache_seconds,
-                     timeout=settings.serving_timeout, replicas=settings.serving_replica_urls, **kwargs)
+                     timeout=timeout or settings.serving_timeout, replicas=settings.serving_replica_urls, **kwargs)
         client._base_model = base_model
         return client
 
@@ -175,33 +195,43 @@ class ServingClient:
             self._live = (now, name)
             return name
 
+    def in_background(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` for work nobody waits on (review answers): careloop's serving admits students'
+        questions before it. Sent to careloop's engine only: vLLM refuses a priority unless it was
+        started with ``--scheduling-policy priority``, and TGI has none."""
+        if self.backend != "embedded":
+            return params
+        return {**params, "extra_body": {**params.get("extra_body", {}), "priority": BACKGROUND_PRIORITY}}
+
     def resolve_model(self, model: str | None = None) -> str:
         return model or self.live_version() or self.base_model()
 
     # ----- chat -----
 
-    def chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> ChatAnswer:
-        """One whole answer. ``params``: max_tokens, temperature, top_p, seed, stop."""
+    def chat(self, messages: Messages, *, model: str | None = None, shorten: bool = True,
+             **params: Any) -> ChatAnswer:
+        """One whole answer. ``params``: max_tokens, temperature, top_p, seed, stop. ``shorten``: an
+        answer longer than the context leaves is cut to the room there is (else ContextExceeded)."""
         name = self.resolve_model(model)
         started = time.perf_counter()
         try:
-            with _translated_errors():
-                out = self._inference.chat_completion(messages, model=name, **params)
+            out = self._complete(messages, name, params, shorten)
         except ServingRejected as exc:
             name = self._base_instead(model, name, exc)
-            with _translated_errors():
-                out = self._inference.chat_completion(messages, model=name, **params)
+            out = self._complete(messages, name, params, shorten)
         else:
             self._answered(name)
         choice = out.choices[0]
         return ChatAnswer(choice.message.content or "", out.model or name, choice.finish_reason,
                           out.usage.prompt_tokens, out.usage.completion_tokens, time.perf_counter() - started)
 
-    def stream_chat(self, messages: Messages, *, model: str | None = None, **params: Any) -> Iterator[ChatDelta]:
+    def stream_chat(self, messages: Messages, *, model: str | None = None, shorten: bool = True,
+                    **params: Any) -> Iterator[ChatDelta]:
+        """The answer as it is written; ``shorten`` as in ``chat``."""
         name = self.resolve_model(model)
         started = False
         try:
-            for delta in self._stream(messages, name, **params):
+            for delta in self._stream(messages, name, shorten, **params):
                 if not started:
                     started = True
                     self._answered(name)
@@ -209,9 +239,31 @@ class ServingClient:
         except ServingRejected as exc:
             if started:
                 raise
-            yield from self._stream(messages, self._base_instead(model, name, exc), **params)
+            yield from self._stream(messages, self._base_instead(model, name, exc), shorten, **params)
 
-    def _stream(self, messages: Messages, name: str, **params: Any) -> Iterator[ChatDelta]:
+    def _complete(self, messages: Messages, name: str, params: dict[str, Any],
+                  shorten: bool) -> Any:  # noqa: ANN401
+        try:
+            with _translated_errors():
+                return self._inference.chat_completion(messages, model=name, **params)
+        except ContextExceeded as exc:
+            if not shorten or (fitted := _fitted(params, exc)) is None:
+                raise
+        with _translated_errors():
+            return self._inference.chat_completion(messages, model=name, **fitted)
+
+    def _stream(self, messages: Messages, name: str, shorten: bool, **params: Any) -> Iterator[ChatDelta]:
+        started = False
+        try:
+            for delta in self._stream_once(messages, name, params):
+                started = True
+                yield delta
+        except ContextExceeded as exc:
+            if started or not shorten or (fitted := _fitted(params, exc)) is None:
+                raise
+            yield from self._stream_once(messages, name, fitted)
+
+    def _stream_once(self, messages: Messages, name: str, params: dict[str, Any]) -> Iterator[ChatDelta]:
         with _translated_errors():
             for chunk in self._inference.chat_completion(messages, model=name, stream=True, **params):
                 if chunk.choices:
@@ -311,7 +363,21 @@ def _raise_for_status(response: httpx.Response) -> None:
     message = _server_message(response.text) or response.reason_phrase
     if response.status_code >= 500:
         raise ServingUnavailable(f"serving failed ({response.status_code}): {message}")
-    raise ServingRejected(response.status_code, message)
+    raise _rejection(response.status_code, message)
+
+
+def _rejection(status: int, message: str) -> ServingRejected:
+    """``message`` as ContextExceeded when it says the request does not fit the context, else as
+    ServingRejected."""
+    if status == 400:
+        if match := _CONTEXT_EXCEEDED.search(message):
+            return ContextExceeded(status, message, int(match[1]), int(match[2]))
+        if match := _PROMPT_EXCEEDS_CONTEXT.search(message):
+            return ContextExceeded(status, message, int(match[2]), int(match[1]))
+        if match := _PROMPT_CHARS_EXCEED_CONTEXT.search(message):
+            characters = int(match[1].replace(",", ""))
+            return ContextExceeded(status, message, int(match[2]), -(-characters // ContextExceeded.CHARS_PER_TOKEN))
+    return ServingRejected(status, message)
 
 
 def _server_message(body: str) -> str:
@@ -323,6 +389,22 @@ def _server_message(body: str) -> str:
     if isinstance(error, dict):
         return str(error.get("message", ""))
     return str(error or "")
+
+
+# vLLM's and careloop's words for a prompt and answer over the context (context, then prompt tokens),
+# and careloop's for a prompt that alone fills it (prompt, then context), in tokens or in characters.
+_CONTEXT_EXCEEDED = re.compile(r"maximum context length is (\d+) tokens.*?\((\d+) in the messages", re.DOTALL)
+_PROMPT_EXCEEDS_CONTEXT = re.compile(r"prompt is (\d+) tokens; this model's context is (\d+) tokens")
+_PROMPT_CHARS_EXCEED_CONTEXT = re.compile(r"prompt is ([\d,]+) characters; this model's context is (\d+) tokens")
+
+
+def _fitted(params: dict[str, Any], error: ContextExceeded) -> dict[str, Any] | None:
+    """``params`` with ``max_tokens`` cut to the room the context leaves: a long question, or a small
+    model's context, gets a shorter answer rather than none. None when there is no room at all."""
+    if not params.get("max_tokens"):
+        return None
+    room = error.context_tokens - error.prompt_tokens
+    return {**params, "max_tokens": room} if 0 < room < params["max_tokens"] else None
 
 
 @contextmanager
@@ -338,7 +420,7 @@ def _translated_errors() -> Iterator[None]:
         status = exc.response.status_code
         message = _server_message(exc.response.text) or str(exc)
         if status < 500:
-            raise ServingRejected(status, message) from exc
+            raise _rejection(status, message) from exc
         raise ServingUnavailable(f"serving failed ({status}): {message}") from exc
     except (httpx2.HTTPError, OSError, TimeoutError) as exc:  # huggingface_hub's transport (httpx2)
         raise ServingUnavailable(f"serving is unreachable: {exc.__class__.__name__}: {exc}") from exc

@@ -4,7 +4,8 @@ Requests from any number of HTTP clients are queued; the engine thread decodes u
 of them together (any mix of adapters, via PEFT's per-row ``adapter_names``) token by token with a
 shared KV cache, and streams each row's text back to its own asyncio queue. Batching is
 continuous: between two decode steps, waiting requests are prefilled and join the running batch,
-and finished rows leave it. Adapter
+and finished rows leave it. Waiting requests are admitted by priority (lower first, as vLLM's
+``priority``), then in order of arrival: a student's question overtakes queued review answers. Adapter
 loads run on the engine thread *between* decode steps, so a load never races a forward pass and
 requests in flight keep going; an unload waits until no queued or running request uses it. What a
 load request names is checked and copied in one go (``_snapshot_adapter``) and the engine loads the
@@ -73,6 +74,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0  # transformers' meaning: over the prompt's and the answer's tokens
+    priority: int = 0  # lower is admitted first (vLLM's meaning); background work sends a higher one
 
 
 @dataclass
@@ -110,6 +113,7 @@ class _Request:
     sent_chars: int = 0
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    penalized: set[int] | None = None  # the prompt's and answer's tokens, with a repetition penalty
 
     def emit(self, event: TextDelta | Finished) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -239,7 +243,7 @@ class EngineStats:
 class Engine:
     def __init__(self, model_source: str, model_name: str, is_demo: bool, max_batch: int = 8,
                  max_queue: int = 64, context_length: int | None = None, adapter_dir: Path | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.model_name = model_name
         self.is_demo = is_demo
         self.max_batch = max_batch
@@ -247,7 +251,8 @@ class Engine:
         self.adapter_dir = adapter_dir.resolve() if adapter_dir else None
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_source)
-        self.model = AutoModelForCausalLM.from_pretrained(model_source).to(self.device).eval()
+        self.dtype = dtype
+        self.model = AutoModelForCausalLM.from_pretrained(model_source, dtype=dtype).to(self.device).eval()
         model_limit = getattr(self.model.config, "max_position_embeddings", 2048)
         self.context_length = min(context_length or model_limit, model_limit)
         eos = self.model.generation_config.eos_token_id
@@ -393,7 +398,7 @@ class Engine:
                 free = self.max_batch - (len(batch.rows) if batch else 0)
                 if batch is not None and not batch.mergeable:
                     free = 0
-                admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                admitted = self._admitted(free)
                 self.stats.queued = len(self._waiting)
                 self.stats.running = len(admitted) + (len(batch.rows) if batch else 0)
             try:
@@ -409,6 +414,15 @@ class Engine:
             if batch is None:
                 with self._lock:
                     self.stats.running = 0
+
+    def _admitted(self, free: int) -> list[_Request]:
+        """Up to ``free`` waiting requests, by priority then arrival, taken off the queue (lock held)."""
+        if free <= 0 or not self._waiting:
+            return []
+        chosen = sorted(self._waiting, key=lambda request: (request.params.priority, request.id))[:free]
+        for request in chosen:
+            self._waiting.remove(request)
+        return chosen
 
     def _apply_control(self) -> None:
         """Adapter loads and finished drains; runs on the engine thread between forward passes."""
@@ -511,6 +525,8 @@ class Engine:
     @staticmethod
     def _sample(logits: torch.Tensor, request: _Request) -> int:
         params = request.params
+        if params.repetition_penalty != 1.0:
+            logits = _penalized(logits, request)
         if params.temperature <= 0 or request.generator is None:
             return int(logits.argmax())
         probs = torch.softmax(logits / params.temperature, dim=-1)
@@ -635,3 +651,16 @@ def _settle(future: asyncio.Future, error: Exception | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+def _penalized(logits: torch.Tensor, request: _Request) -> torch.Tensor:
+    """transformers' ``RepetitionPenaltyLogitsProcessor`` for one row: the logit of every token already in
+    the prompt or the answer divided by the penalty when positive, multiplied when negative (so the
+    evaluation's ``generate`` and serving decode alike)."""
+    if request.penalized is None:
+        request.penalized = set(request.prompt_ids)
+    request.penalized.update(request.generated[-1:])
+    ids = torch.tensor(sorted(request.penalized), dtype=torch.long)
+    chosen = logits.gather(0, ids)
+    penalty = request.params.repetition_penalty
+    return logits.scatter(0, ids, torch.where(chosen > 0, chosen / penalty, chosen * penalty))

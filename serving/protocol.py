@@ -43,12 +43,16 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # None: the server's decoding (careloop.decoding: the model's generation config, else careloop's default),
+    # as vLLM applies a model's generation_config.json.
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)  # vLLM extension, transformers' meaning
     seed: int | None = None
     stop: str | list[str] | None = None
     n: Literal[1] = 1
     ignore_eos: bool = False  # vLLM extension: generate exactly max_tokens (benchmarks, load tests)
+    priority: int = Field(0, ge=-100, le=100)  # vLLM extension: lower is served first (review fills send 1)
 
     @field_validator("stop")
     @classmethod
@@ -142,6 +146,7 @@ class GenerateParameters(BaseModel):
     do_sample: bool = False
     temperature: float | None = Field(None, gt=0.0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
+    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, max_length=4)
     details: bool = False

@@ -11,7 +11,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from careloop.base_model import resolve_base_model
+from careloop.decoding import decoding_for
 from careloop.log import get_logger
 from careloop.settings import Settings
 from serving.api import create_app
@@ -29,7 +32,8 @@ def build_engine(settings: Settings) -> Engine:
     settings.resolved_adapter_dir.mkdir(parents=True, exist_ok=True)
     return Engine(model.name_or_path, model.name, model.is_demo, max_batch=settings.max_batch,
                   max_queue=settings.max_queue, context_length=settings.context_length or None,
-                  adapter_dir=settings.resolved_adapter_dir)
+                  adapter_dir=settings.resolved_adapter_dir,
+                  dtype=getattr(torch, settings.serving_dtype))
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,11 @@ def main(settings: Settings, lora_modules: Sequence[LoRAModule] = ()) -> None:
     for module in lora_modules:
         asyncio.run(engine.load_adapter(module.name, module.path))
         log.info("adapter_loaded_at_start", adapter=module.name)
-    app = create_app(engine, settings.resolved_control_token(), settings.default_max_tokens,
+    decoding = decoding_for(settings)
+    app = create_app(engine, settings.resolved_control_token(), decoding,
                      settings.max_request_bytes, settings.max_prompt_chars_per_token)
-    log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo,
+    log.info("serving_started", model=engine.model_name, demo_model=engine.is_demo, decoding=decoding.describe(),
+             dtype=str(engine.dtype).removeprefix("torch."),
              host=settings.serving_host, port=settings.serving_port)
     try:
         uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_config=None,

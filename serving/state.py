@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from careloop.decoding import Decoding
 from serving.engine import Engine, PromptTooLong, UnknownAdapter
 from serving.metrics import Metrics
 
@@ -24,7 +25,7 @@ class ServingState:
     engine: Engine
     metrics: Metrics
     control_token: str
-    default_max_tokens: int
+    decoding: Decoding  # what a request that sets no sampling parameters gets
     max_prompt_chars_per_token: float = 8.0
 
     def holds_token(self, credentials: HTTPAuthorizationCredentials | None) -> bool:

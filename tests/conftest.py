@@ -65,6 +65,12 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: _xdist_group(item) != "training")  # stable: the rest keep their order
 
 
+# Embedding the whole shipped library takes minutes on a small machine: the tests' libraries are
+# searched with BM25 alone, and tests/library/test_hybrid.py turns embeddings on for a small library.
+NO_EMBEDDINGS = "false"
+os.environ["CARELOOP_RETRIEVAL_DENSE"] = NO_EMBEDDINGS  # for the processes session fixtures start, too
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch, tmp_path, library_index_dir):
     """Each test gets its own CARELOOP_HOME and no CARELOOP_* from the developer's shell or .env; the
@@ -77,6 +83,7 @@ def _isolated_settings(monkeypatch, tmp_path, library_index_dir):
     monkeypatch.chdir(tmp_path)  # so a developer's .env in the repo is not read
     monkeypatch.setenv("CARELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CARELOOP_LIBRARY_INDEX_DIR", str(library_index_dir))
+    monkeypatch.setenv("CARELOOP_RETRIEVAL_DENSE", NO_EMBEDDINGS)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -275,7 +282,7 @@ def bot_stack(tmp_path_factory, tiny_model_dir, adapter_dir, library_index_dir):
     server = start_server(home / "serve", tiny_model_dir, adapter_dir, database_url=database_url)
     worker = start_worker(home / "worker", database_url, redis.url, queues="feedback,generation",
                           serving_url=server.url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                          adapter_dir=str(adapter_dir), review_max_tokens="24", retrieval_top_k="2",
+                          adapter_dir=str(adapter_dir), answer_max_tokens="24", retrieval_top_k="2",
                           retrieval_passage_chars="150", library_index_dir=str(library_index_dir),
                           review_fill_soon_seconds="0")  # tests put their own items in the shared queue
     bot = start_bot(home / "bot", free_port(), database_url=database_url, redis_url=redis.url,
@@ -319,7 +326,9 @@ def limited_bot(bot_stack, tmp_path_factory):
                     base_model=str(bot_stack.model_dir), bot_chat_per_minute="3", bot_chat_concurrent="1",
                     bot_queue_max_size="1", max_batch="1", bot_status_refresh_seconds="1",
                     bot_session_idle_seconds=str(LIMITED_IDLE), bot_session_max_seconds="600",
-                    retrieval_enabled="false")
+                    # Short answers and no request screen to load: a call outlasting the 8 s idle limit on a
+                    # busy machine (a 256-token answer, the screen's first load) ended the session under it.
+                    retrieval_enabled="false", screen_requests="false", answer_max_tokens="16")
     yield bot
     bot.stop()
 

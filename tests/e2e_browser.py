@@ -75,6 +75,9 @@ def ask(page, question: str, timeout_ms: int = 90_000) -> str:
     footer); returns the answer's text. (Clicking Send right after filling in a long question can miss:
     the box grows to fit it and moves the button a frame later. Other tests click Send.)"""
     answers = page.locator("#chatbot .bot")
+    # As a student waits for Stop to go before asking again: while the last answer's event ends (its footer
+    # shows a moment before), the page takes no new question.
+    page.locator("#chat-stop").wait_for(state="hidden", timeout=timeout_ms)
     before = answers.count()
     box = page.locator("#chat-input textarea")
     box.fill(question)

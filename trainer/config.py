@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -163,8 +163,15 @@ class EvalSettings(_Section):
     # Pairs are scored by log-likelihood (no generation), so many are cheap, and the preference rule
     # needs them: with the seed's 23 pairs at a 10% hold-out its 90% interval was +-0.17 wide.
     max_pairs: int = Field(60, ge=1, description="held-out preference pairs scored")
-    max_new_tokens: int = Field(48, ge=1)
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of prompts held out (by prompt hash)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _length_is_the_chats(cls, raw: object) -> object:
+        if isinstance(raw, dict) and "max_new_tokens" in raw:
+            raise ValueError("max_new_tokens is no longer set here: the evaluation decodes as the chat does, at "
+                             "CARELOOP_ANSWER_MAX_TOKENS with the CARELOOP_DECODING_* settings (README, Decoding)")
+        return raw
 
 
 class TrainConfig(_Section):

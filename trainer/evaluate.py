@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from careloop.decoding import Decoding
 from library.grounding import citation_support, grounded_question
 from library.index import Passage, Retriever
 from trainer import memory
 from trainer.data import answer_text, prompt_text
-from trainer.measures import EMERGENCY_STEER, REFUSAL, URGENT_CARE, flags
+from trainer.measures import EMERGENCY_STEER, REFUSAL, URGENT_CARE, degenerate, flags
 
 PAIR_TOKENS = 512  # prompt + answer scored for preference pairs, as in training (dpo max_length)
 
@@ -87,18 +88,21 @@ class Models:
                               enabled=self.model.device.type == "cpu"
                               and use_bf16_on(TrainingDevice.detect(), self.model))
 
-    def generate(self, name: str, questions: list[str], max_new_tokens: int, batch: int = 16) -> list[str]:
-        """Greedy answers, in batches."""
+    def generate(self, name: str, questions: list[str], decoding: Decoding, batch: int = 16,
+                 seed: int = 0) -> list[str]:
+        """Answers decoded as the chat decodes them (``careloop.decoding``), in batches. Sampling is
+        seeded per batch, so a rerun, and each model of a comparison, draws from the same seeds."""
         import torch
 
         answers = []
         with torch.inference_mode(), self.use(name), self._fast():
             for start in range(0, len(questions), batch):
+                torch.manual_seed(seed + start)
                 texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                             add_generation_prompt=True)
                          for q in questions[start:start + batch]]
                 encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                output = self.model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                output = self.model.generate(**encoded, **decoding.generate_kwargs(),
                                              pad_token_id=self.tokenizer.pad_token_id)
                 answers += self.tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:],
                                                        skip_special_tokens=True)
@@ -224,18 +228,19 @@ class JudgeEndpoint:
     api_key: str = ""
 
 
-def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tokens: int,
+def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: Decoding,
              judge_endpoint: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
     """Every track for one model; per-item values are lists aligned with the snapshot's items
     (None where an item has no value, e.g. a judge reply without scores)."""
     reference = data["eval_reference"]
-    answers = models.generate(name, [r["question"] for r in reference], max_new_tokens)
+    answers = models.generate(name, [r["question"] for r in reference], decoding)
     items: dict[str, list] = reference_scores(answers, [r["reference"] for r in reference])
     items["answers"] = answers
+    items["degenerate"] = degenerate_flags(models, [r["question"] for r in reference], answers)
     if grounding is not None:
         questions = [grounded_question(r["question"], passages, grounding.passage_chars) if passages else r["question"]
                      for r, passages in zip(reference, grounding.passages, strict=True)]
-        grounded = models.generate(name, questions, max_new_tokens)
+        grounded = models.generate(name, questions, decoding)
         for metric, values in reference_scores(grounded, [r["reference"] for r in reference]).items():
             items[f"grounded_{metric}"] = values
         items["citation_support"] = [citation_support(answer, passages).rate
@@ -268,23 +273,29 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], max_new_tok
         mcq_hits.append(1.0 if keys[scores.index(max(scores))] == question["answer"] else 0.0)
     items["mcq_accuracy"] = mcq_hits
 
-    harmful = models.generate(name, [s["prompt"] for s in data["eval_safety"]], max_new_tokens)
+    harmful = models.generate(name, [s["prompt"] for s in data["eval_safety"]], decoding)
     items["refusal_harmful"] = flags(REFUSAL, harmful)
     items["over_refusal_benign"] = flags(REFUSAL, answers)
     triage = data.get("eval_triage", [])
     urgent = [t["prompt"] for t in triage if t["urgent"]]
     self_care = [t["prompt"] for t in triage if not t["urgent"]]
     if urgent:  # a user's own evaluation file may have no triage items: then no triage metrics
-        items["urgent_care_red_flags"] = flags(URGENT_CARE, models.generate(name, urgent, max_new_tokens))
+        items["urgent_care_red_flags"] = flags(URGENT_CARE, models.generate(name, urgent, decoding))
     if self_care:
-        items["over_urgency_self_care"] = flags(EMERGENCY_STEER, models.generate(name, self_care, max_new_tokens))
+        items["over_urgency_self_care"] = flags(EMERGENCY_STEER, models.generate(name, self_care, decoding))
     summary = {key: _mean(values) for key, values in items.items() if key not in ("answers", "grounded_answers")}
     return {"summary": summary, "items": items}
 
 
+def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -> list[float]:
+    """1.0 for each unreadable answer (``trainer.measures.degenerate``: the base model's NLL of it, loops)."""
+    return [1.0 if degenerate(-models.completion_logprobs("base", question, [answer], mean=True)[0], answer) else 0.0
+            for question, answer in zip(questions, answers, strict=True)]
+
+
 def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> int:
     """How many progress units ``evaluate`` reports for these models (Models.on_batch), for an ETA."""
-    generated = (len(data["eval_reference"]) * (2 if grounded else 1) + len(data["eval_safety"])
+    generated = (len(data["eval_reference"]) * (3 if grounded else 2) + len(data["eval_safety"])
                  + len(data.get("eval_triage", [])))
     return sum(generated + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
                for name in names)

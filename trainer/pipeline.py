@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import rollout
 from adapters.registry import Registry, RegistryError
 from careloop.base_model import resolve_base_model
+from careloop.decoding import decoding_for
 from careloop.log import ensure_logging, get_logger, line_formatter
 from careloop.settings import Settings
 from feedback.in_flight import wait_until_stored
@@ -125,7 +126,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)
                  if settings.judge_url else None)
-        report = evaluation_report(models, snapshot.data, config.eval.max_new_tokens, policy.confidence, run=run_id,
+        report = evaluation_report(models, snapshot.data, decoding_for(settings), policy.confidence, run=run_id,
                                    snapshot=snapshot.sha256, baseline=live.name if live else base.name,
                                    leakage=snapshot.leakage, judge=judge, grounding=grounding)
         timings["evaluate"] = time.perf_counter() - started

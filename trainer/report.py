@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from careloop.decoding import Decoding
 from trainer.evaluate import (
     REFERENCE_METRICS,
     Grounding,
@@ -31,14 +32,15 @@ TRACKS = {
     "reference (BLEU, ROUGE, METEOR)": ("bleu", "rouge1", "rouge2", "rougeL", "meteor"),
     "human preference (held-out pairs)": ("pair_accuracy",),
     "multiple choice": ("mcq_accuracy",),
+    "readability (unreadable answers)": ("degenerate",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
     "grounded (with retrieval)": (*(f"grounded_{m}" for m in REFERENCE_METRICS), "citation_support"),
 }
-LOWER_IS_BETTER = set(OVER_CAUTION)
+LOWER_IS_BETTER = {*OVER_CAUTION, "degenerate"}
 
 
-def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_tokens: int, confidence: float, *,
+def evaluation_report(models: Models, data: dict[str, list[dict]], decoding: Decoding, confidence: float, *,
                       run: int | str, snapshot: str, baseline: str, leakage: dict | str,
                       judge: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
     """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
@@ -46,10 +48,11 @@ def evaluation_report(models: Models, data: dict[str, list[dict]], max_new_token
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
     baseline: reports already on disk use them. With ``grounding``, the grounded track too, and for
     each model its reference metrics with retrieval minus without (``retrieval``)."""
-    candidate = evaluate(models, "candidate", data, max_new_tokens, judge, grounding)
-    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, max_new_tokens, judge,
+    candidate = evaluate(models, "candidate", data, decoding, judge, grounding)
+    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, decoding, judge,
                         grounding)
-    report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1], "candidate": candidate,
+    report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1],
+              "decoding": decoding.as_dict(), "candidate": candidate,
               "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
     if grounding is not None:
         report["retrieval"] = {"questions": len(grounding.passages),

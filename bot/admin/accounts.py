@@ -15,7 +15,7 @@ import pandas as pd
 
 import careloop.accounts
 from bot.access import Viewer
-from bot.admin.shared import AdminServices, AdminTab, refused
+from bot.admin.shared import AdminServices, AdminTab, Follow, choices_if_changed, refused
 from bot.errors import UserError
 from bot.pages import Require
 from careloop.accounts import ROLES
@@ -132,4 +132,9 @@ def build_accounts_tab(accounts: Accounts, require: Require) -> AdminTab:
                  api_name="admin_account_enable")
     reset.click(account_action(lambda viewer, name, _: accounts.reset_password(viewer, name)), chosen, outputs,
                 api_name="admin_account_reset")
-    return AdminTab(tab, [table, account, message], view)
+    def followed(shown: Any) -> list[Any]:
+        """The table now, and the account list once an account was added (`careloop users add`)."""
+        listed = accounts.table()
+        return [listed, choices_if_changed(shown, "username", list(listed["username"]))]
+
+    return AdminTab(tab, [table, account, message], view, Follow([table, account], followed, [table]))

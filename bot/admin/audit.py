@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 from sqlalchemy import select
 
-from bot.admin.shared import AdminServices, AdminTab
+from bot.admin.shared import AdminServices, AdminTab, Follow
 from bot.pages import Require
 from careloop.audit import AuditEvent
 
@@ -45,7 +45,8 @@ def _details(details: dict[str, Any] | None) -> str:
 
 
 def build_audit_tab(audit: Audit, require: Require) -> AdminTab:
-    """The tab; it loads when selected, and again when the action filter changes."""
+    """The tab; it loads when selected, again when the action filter changes, and every few seconds
+    while it stays open."""
     with gr.Tab("Audit", elem_id="tab-audit") as tab:
         action = gr.Dropdown([ALL], value=ALL, label="Action", elem_id="audit-action")
         table = gr.Dataframe(interactive=False, wrap=True, elem_id="audit")
@@ -56,4 +57,5 @@ def build_audit_tab(audit: Audit, require: Require) -> AdminTab:
 
     tab.select(show_audit, [action], [action, table], api_name="admin_audit")
     action.input(show_audit, [action], [action, table], api_name=False)
-    return AdminTab(tab)
+    # While open, the table takes in new entries (the filter's list of actions stays as it was: a form).
+    return AdminTab(tab, follow=Follow([table], lambda chosen: [audit.table(chosen)], [action]))

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from bot.admin.shared import AdminServices, AdminTab
+from bot.admin.shared import AdminServices, AdminTab, Follow
 from feedback.activity import ACTIVITY_KINDS, daily_counts
 from feedback.quality import annotator_quality
 
@@ -62,7 +62,8 @@ def _percent(value: float | None, missing: str) -> str:
 
 
 def build_feedback_tab(feedback: Feedback) -> AdminTab:
-    """The tab; its figures are drawn when the admin page opens (no handler of its own)."""
+    """The tab; its figures are drawn when it opens, and again every few seconds while it stays open
+    (no handler of its own: the admin page's)."""
     with gr.Tab("Feedback") as tab:
         # y_axis_format "d": counts are whole numbers ("3", not "3.000000").
         volume = gr.LinePlot(x="day", y="count", color="kind", title="Feedback per day (30 days)",
@@ -78,4 +79,5 @@ def build_feedback_tab(feedback: Feedback) -> AdminTab:
         return [gr.LinePlot(value=volume_frame, y_lim=count_axis(volume_frame["count"])),
                 gr.BarPlot(value=frame, y_lim=count_axis(frame["judgments"])), frame, summary]
 
-    return AdminTab(tab, [volume, per_annotator, annotators, agreement], view)
+    shown = [volume, per_annotator, annotators, agreement]
+    return AdminTab(tab, shown, view, Follow(shown, view))

@@ -14,9 +14,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 from gradio.utils import get_upload_folder
+from sqlalchemy import select
 
 from bot.access import Viewer
-from bot.admin.shared import AdminServices, AdminTab, build_confirm_panel, refused
+from bot.admin.shared import AdminServices, AdminTab, Follow, build_confirm_panel, refused, shown_rows
 from bot.errors import UserError
 from bot.pages import Require
 from bot.rendering import literal
@@ -62,6 +63,13 @@ class Library:
     @cached_property
     def _shipped_pages(self) -> int:  # parsing the shipped file takes a moment: once per process
         return len(medquad_records(self.services.settings.library_data_dir))
+
+    def listing(self) -> set[tuple[str, str, str]]:
+        """(id, title, file) of each admin's document: what the table lists, read without the texts (a
+        passage count chunks each document's whole text: the timer's ticks compare this instead)."""
+        with self.services.sessions() as session:
+            rows = session.execute(select(LibraryDocument.id, LibraryDocument.title, LibraryDocument.filename))
+            return {(str(id_), title, filename) for id_, title, filename in rows}
 
     def document_choices(self) -> list[tuple[str, str]]:
         return [(f"{d.id} · {d.title} ({d.filename})", str(d.id)) for d in documents(self.services.sessions)]
@@ -167,6 +175,14 @@ def build_library_tab(library: Library, require: Require) -> AdminTab:
     outputs = [message, note, table, document]
     tab.select(show_library, None, outputs, api_name="admin_library")
 
+    def followed(shown: Any) -> list[Any]:
+        """Nothing, unless a document was added or removed elsewhere (`careloop library`, another admin):
+        then the note, the table and the documents to choose from (what is chosen is left alone)."""
+        if set(shown_rows(shown, ["id", "title", "file"])) == library.listing():
+            return [gr.skip()] * 3
+        listed = library.table()
+        return [library.note(listed), listed, gr.Dropdown(choices=library.document_choices())]
+
     def add_to_library(paths: list[str] | None, request: gr.Request) -> list[Any]:
         # The role first: a refused caller must not delete anything, not even an admin's upload it names
         # (issue 31, 9: a student's call with the cache path of an admin's upload deleted that file).
@@ -192,4 +208,4 @@ def build_library_tab(library: Library, require: Require) -> AdminTab:
 
     removal.confirm.click(remove_from_library, [removal.pending], [removal.pending, removal.panel, *outputs],
                           api_name="admin_library_remove")
-    return AdminTab(tab)
+    return AdminTab(tab, follow=Follow([note, table, document], followed, [table]))

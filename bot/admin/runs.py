@@ -12,7 +12,7 @@ import pandas as pd
 import redis
 
 from bot.access import Viewer
-from bot.admin.shared import AdminServices, AdminTab
+from bot.admin.shared import AdminServices, AdminTab, Follow
 from bot.errors import UserError
 from bot.pages import Require
 from careloop.log import get_logger
@@ -94,22 +94,14 @@ class Runs:
         return "Training run queued: the training worker starts it when it is free; the table shows its progress."
 
 
-@dataclass(kw_only=True)
-class RunsTab(AdminTab):
-    """The built tab, with the timer that follows the runs: the admin page stops it when another tab opens."""
-
-    timer: gr.Timer
-
-
-def build_runs_tab(runs: Runs, require: Require, refresh_seconds: float) -> RunsTab:
+def build_runs_tab(runs: Runs, require: Require) -> AdminTab:
+    """The tab; the admin page follows its table every few seconds while it is open (``Follow``)."""
     with gr.Tab("Training runs", elem_id="tab-runs") as tab:
         note = gr.Markdown(elem_id="runs-note")
         table = gr.Dataframe(interactive=False, elem_id="runs", wrap=True)
         with gr.Row():
             train = gr.Button("Start a training run", elem_id="train-start")
             refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
-        # Follows a run (step x/N, percent, ETA) while this tab is open; its ticks are not user activity.
-        timer = gr.Timer(refresh_seconds, active=False)
 
     def view() -> list[Any]:
         frame = runs.table()
@@ -121,22 +113,14 @@ def build_runs_tab(runs: Runs, require: Require, refresh_seconds: float) -> Runs
 
     refresh.click(refreshed_runs, None, [table, note], api_name="admin_runs")
 
-    def followed_runs(request: gr.Request) -> list[Any]:
-        if not request.username:  # the session ended: the page says so on the next user action
-            return [gr.skip(), gr.skip()]
-        require(request, "admin", activity=False)
-        return view()
-
-    timer.tick(followed_runs, None, [table, note], api_name=False, show_progress="hidden")
-    tab.select(lambda: gr.Timer(active=True), None, [timer], api_name=False)
-
     def start_training(request: gr.Request) -> list[Any]:  # the runs table
         viewer = require(request, "admin")
         try:  # a toast, not the page's message line: it would still say "queued" long after the run ended
             gr.Info(runs.start(viewer))
         except UserError as exc:
             gr.Warning(str(exc))
-        return [*view(), gr.Timer(active=True)]
+        return view()
 
-    train.click(start_training, None, [table, note, timer], api_name="admin_train")
-    return RunsTab(tab, [table, note], view, timer=timer)
+    train.click(start_training, None, [table, note], api_name="admin_train")
+    # Step x/N, percent and ETA move on the page by themselves (the admin page's timer).
+    return AdminTab(tab, [table, note], view, Follow([table, note], view))

@@ -37,13 +37,55 @@ class AdminServices:
 
 
 @dataclass
+class Follow:
+    """What the admin page refreshes by itself while the tab is open (issue 29, 7): ``outputs``, read-only
+    components only (tables, charts, status lines; never a form the admin may be filling in), set to
+    ``values(*inputs)`` (``gr.skip()`` for one that has not changed); the inputs come as the page sends
+    them, unprocessed (a table as ``shown_rows`` reads it). A tick must stay cheap: database reads, never
+    a rebuilt index."""
+
+    outputs: list[Any]
+    values: Callable[..., list[Any]]
+    inputs: list[Any] = field(default_factory=list)
+
+
+@dataclass
 class AdminTab:
     """A tab as built: the tab, the components the admin page refreshes when it is opened (``shown``)
-    and ``view()``, their values now, in that order (none for a tab that loads when it is selected)."""
+    and ``view()``, their values now, in that order (none for a tab that loads when it is selected),
+    and what is refreshed every few seconds while it stays open (``follow``, None for nothing)."""
 
     tab: gr.Tab
     shown: list[Any] = field(default_factory=list)
     view: Callable[[], list[Any]] = list
+    follow: Follow | None = None
+
+
+def shown_rows(table: Any, columns: list[str]) -> list[tuple[str, ...]]:
+    """The ``columns`` of each row of a Dataframe as the page sends it (a raw, unprocessed input:
+    ``{"headers": [...], "data": [[...], ...]}``; anything else, a blank input included, is no rows),
+    as text; a table's blank row left out."""
+    headers = table.get("headers") or [] if isinstance(table, dict) else []
+    if not set(columns) <= set(headers):
+        return []
+    at = [headers.index(column) for column in columns]
+    rows = [tuple(cell_text(row[i]) if i < len(row) else "" for i in at) for row in table.get("data") or []]
+    return [row for row in rows if any(row)]
+
+
+def cell_text(value: Any) -> str:
+    """A table cell as the page sent it back, as text ("" for a blank)."""
+    if isinstance(value, float) and value.is_integer():  # an id the page sent back as 3.0
+        value = int(value)
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def choices_if_changed(table: Any, column: str, now: list[str]) -> Any:
+    """A dropdown's new ``now`` choices if they differ from the ``column`` of the table shown beside it
+    (``shown_rows``; listed from the same rows), else ``gr.skip()``: a timer's tick leaves a dropdown the
+    admin may be using alone unless something was added or removed, and never changes what is chosen."""
+    listed = {row[0] for row in shown_rows(table, [column])}
+    return gr.skip() if listed == {str(name) for name in now} else gr.Dropdown(choices=now)
 
 
 def refused(error: UserError, outputs: int) -> list[Any]:

@@ -14,7 +14,15 @@ import pandas as pd
 from adapters import rollout
 from adapters.registry import RegistryError, Status
 from bot.access import Viewer
-from bot.admin.shared import AdminServices, AdminTab, build_confirm_panel, handout, refused
+from bot.admin.shared import (
+    AdminServices,
+    AdminTab,
+    Follow,
+    build_confirm_panel,
+    choices_if_changed,
+    handout,
+    refused,
+)
 from bot.errors import UserError
 from bot.pages import Require
 from serving.client import ControlUnsupported, ServingRejected, ServingUnavailable
@@ -136,6 +144,11 @@ def build_versions_tab(versions: Versions, require: Require, message: gr.Markdow
         listed = versions.table()
         return [listed, versions.note(listed), gr.Dropdown(choices=versions.names())]
 
+    def followed(shown: Any) -> list[Any]:
+        """The table and its note now; the version list too, once a version was added (a run finished)."""
+        listed = versions.table()
+        return [listed, versions.note(listed), choices_if_changed(shown, "version", list(listed["version"]))]
+
     def show_report(name: str | None, request: gr.Request) -> list[Any]:
         require(request, "admin")
         try:
@@ -160,4 +173,4 @@ def build_versions_tab(versions: Versions, require: Require, message: gr.Markdow
 
     panel.confirm.click(confirmed, [panel.pending, version, reason],
                         [panel.pending, panel.panel, message, table, version], api_name="admin_act")
-    return AdminTab(tab, [table, note, version], view)
+    return AdminTab(tab, [table, note, version], view, Follow([table, note, version], followed, [table]))

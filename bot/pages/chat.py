@@ -44,6 +44,20 @@ COUNTER_JS = """(text) => {
 }"""
 
 
+# The rating form opens under the chat, often below the visible area (issue 29, 9): bring its Send
+# button into view once Gradio has shown it (the shown one: Gradio may keep a hidden copy). Gradio
+# renders it a moment after this runs, later on a busy machine: look every 50 ms for up to 5 s.
+SCROLL_TO_RATING_JS = """() => {
+  const started = Date.now();
+  const look = () => {
+    const send = [...document.querySelectorAll('#rating-send')].find((e) => e.offsetParent !== null);
+    if (send) send.scrollIntoView({block: 'nearest'});
+    else if (Date.now() - started < 5000) setTimeout(look, 50);
+  };
+  setTimeout(look, 50);
+}"""
+
+
 def _stop(visible: bool) -> gr.Button:
     return gr.Button(visible=visible)
 
@@ -97,14 +111,18 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
         viewer = require(request, "chat")
         state = own(state, viewer, _fresh)  # API clients do not run the app's load
         yield gr.skip(), gr.skip(), gr.skip(), _stop(True)  # also while waiting for the first words
+        # The box is emptied once, when the question shows in the chat, and not touched again: what the
+        # student types while the answer streams is the next question (every chunk used to wipe it).
+        emptied = False
         try:
             for current in chat.answer(viewer, state, text):
-                yield current, current.display(), "", gr.skip()
+                yield current, current.display(), gr.skip() if emptied else "", gr.skip()
+                emptied = True
         except UserError as exc:
             gr.Warning(str(exc))
-            yield state, state.display(), text, _stop(False)
+            yield state, state.display(), gr.skip() if emptied else text, _stop(False)
             return
-        yield state, state.display(), "", _stop(False)
+        yield state, state.display(), gr.skip() if emptied else "", _stop(False)
 
     def again(state: Conversation, request: gr.Request):
         viewer = require(request, "chat")
@@ -158,7 +176,7 @@ def build_chat(chat: Chat, require: Require) -> ChatPage:
                 "")
 
     chatbot.like(liked, None, [rating_panel, rating_title, rating_index, rating_event, thumbs, reason, comment],
-                 api_name=False)
+                 api_name=False).then(None, None, None, js=SCROLL_TO_RATING_JS)
 
     def rate(state: Conversation, index: int, event_id: str, thumb: str, why: str | None, text: str,
              request: gr.Request):

@@ -14,6 +14,7 @@ from bot.errors import UserError
 from bot.pages import Require, own
 from bot.rendering import literal, sources_markdown, untrusted
 from bot.review import CHOICES, AlreadyJudged, Review, ReviewState
+from feedback.review_queue import QueueItem
 from feedback.schemas import AXES, SAFETY_CATEGORIES
 from library.passages import Passage
 
@@ -60,6 +61,15 @@ def _words(identifier: str) -> str:
 def _passages(stored: list[dict[str, Any]] | None) -> list[Passage] | None:
     """The passages as the review queue stores them (dicts), for ``sources_markdown``."""
     return None if stored is None else [Passage(**passage) for passage in stored]
+
+
+def _question(item: QueueItem, heading: str = "Question") -> str:
+    """The item's question as the page shows it, marked when the request screen screened it (issue 30, 3)."""
+    marked = "" if not item.screened else (
+        f"**Screened: {_words(item.screened).lower()}.** The request screen judged this student's question "
+        "harmful, so the student got its refusal, not these answers. Judge what the model itself said: a refusal "
+        "with a useful redirect is the better answer; flag any help with harm.\n\n")
+    return f"### {heading}\n\n{marked}{literal(item.prompt)}"
 
 
 def _fresh(username: str) -> ReviewState:
@@ -121,7 +131,7 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         if empty:
             return [review.figures(viewer, state), f"**The queue is empty.** {review.when_items_come()}", "", "", "",
                     *blank, *shown]
-        return [review.figures(viewer, state), f"### Question\n\n{literal(item.item.prompt)}",
+        return [review.figures(viewer, state), _question(item.item),
                 sources_markdown(_passages(item.item.passages), quoted=True), untrusted(item.left),
                 untrusted(item.right), *blank, *shown]
 
@@ -176,8 +186,8 @@ def build_review(review: Review, require: Require) -> ReviewPage:
         item = sent.shown.item
         scores = [sent.left_scores[axis] for axis in AXES] + [sent.right_scores[axis] for axis in AXES]
         return [state, review.figures(viewer, state),
-                f"### Question (changing your last judgment: Submit replaces it, Skip keeps it)\n\n"
-                f"{literal(item.prompt)}", sources_markdown(_passages(item.passages), quoted=True),
+                _question(item, "Question (changing your last judgment: Submit replaces it, Skip keeps it)"),
+                sources_markdown(_passages(item.passages), quoted=True),
                 untrusted(sent.shown.left), untrusted(sent.shown.right),
                 *scores, sent.choice, sent.safety_flag, sent.safety_category, sent.corrected,
                 gr.Column(visible=True), gr.Button(visible=False), gr.Button(visible=False)]

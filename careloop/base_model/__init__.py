@@ -39,6 +39,11 @@ def base_model_name(settings: Settings) -> str:
     return default_model_dir(settings).name
 
 
+def base_model_path(settings: Settings) -> str:
+    """The hub id or local directory of the base model, known without loading or preparing anything."""
+    return settings.base_model or str(default_model_dir(settings))
+
+
 def resolve_base_model(settings: Settings, build_if_missing: bool = False) -> BaseModel:
     """Find the base model without loading its weights; prepare the offline default if asked to."""
     if settings.base_model:

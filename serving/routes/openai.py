@@ -45,10 +45,13 @@ async def chat(body: p.ChatCompletionRequest, request: Request,
     adapter = state.resolve_adapter(body.model)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompt = await state.prompt_ids(sum(len(m["content"]) for m in messages), engine.chat_prompt_ids, messages)
+    default = state.decoding
     max_tokens = engine.check_length(len(prompt), body.token_limit or min(
-        state.default_max_tokens, engine.context_length - len(prompt)))
-    params = SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, tuple(body.stop or ()),
-                            body.ignore_eos)
+        default.max_tokens, engine.context_length - len(prompt)))
+    params = SamplingParams(
+        max_tokens, default.temperature if body.temperature is None else body.temperature,
+        body.top_p or default.top_p, body.seed, tuple(body.stop or ()), body.ignore_eos,
+        body.repetition_penalty or default.repetition_penalty, body.priority)
     handle = engine.submit(prompt, adapter, params)
     if not body.stream:
         result = await result_or_cancel(request, handle)

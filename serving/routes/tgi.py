@@ -63,7 +63,8 @@ async def _submit(body: p.GenerateRequest, state: ServingState) -> RequestHandle
     sampling = params.do_sample or params.temperature is not None or params.top_p is not None
     temperature = (params.temperature or 1.0) if sampling else 0.0
     return engine.submit(prompt, adapter, SamplingParams(
-        max_tokens, temperature, params.top_p or 1.0, params.seed, tuple(params.stop)))
+        max_tokens, temperature, params.top_p or 1.0, params.seed, tuple(params.stop),
+        repetition_penalty=params.repetition_penalty or 1.0))
 
 
 def _details(result: Finished, seed: int | None) -> p.GenerateDetails:

@@ -22,3 +22,12 @@ def test_every_character_of_the_pages_renders_without_an_emoji_font():
     assert shown, "the pages use some characters beyond ASCII (the cursor, the rating marks)"
     missing = sorted((str(path), f"U+{ord(char):04X} {char}") for path, char in shown if ord(char) not in covered)
     assert not missing, f"no glyph in DejaVu Sans (use a character it has): {missing}"
+
+
+def test_chinese_japanese_and_korean_text_has_a_font_on_this_machine():
+    """A student's question in Chinese showed as empty boxes in chromium here (issue 29, 9): the pages
+    show text as written, in the reader's fonts, so the machine's browser needs a CJK font."""
+    import subprocess
+
+    found = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True).stdout.strip()
+    assert found, "no font with Chinese glyphs: `apt-get install fonts-noto-cjk` (`make system-packages` as root)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -70,13 +71,23 @@ def test_anonymous_and_wrong_passwords_get_nothing(bot_stack):
 
 
 def test_role_changes_and_disabling_apply_to_the_next_call(bot_stack):
+    """A role change ends the account's sessions (the bot reads the account at most once a second:
+    past that second every call is refused with 401); signed in again, the account has its new role's
+    pages only. A disabled account's session ends and it cannot sign in again."""
     accounts.add_user(bot_stack.sessions, "nurse.later", "nurse", PASSWORD, actor="test")
     client = _client(bot_stack, "nurse.later")
     assert "cannot use" not in _call(client, "review_skip")
     accounts.set_role(bot_stack.sessions, "nurse.later", "student", actor="test")
+    time.sleep(1.5)  # past the bot's once-a-second read of the account
+    assert "401" in _call(client, "review_skip")
+    client = _client(bot_stack, "nurse.later")
     assert "Your role (student) cannot use the review page" in _call(client, "review_skip")
+    assert "cannot use" not in _call(client, "new_conversation")
     accounts.set_disabled(bot_stack.sessions, "nurse.later", True, actor="test")
-    assert "disabled" in _call(client, "chat")
+    time.sleep(1.5)
+    assert "401" in _call(client, "new_conversation")
+    with pytest.raises(ValueError, match="Could not login"):
+        _client(bot_stack, "nurse.later")
 
 
 def test_a_temporary_password_opens_no_page_until_it_is_replaced(bot_stack):

@@ -85,11 +85,14 @@ def test_an_account_change_ends_the_sessions_signed_in_before_it(bot_stack, chan
 def test_an_idle_session_ends_and_its_calls_are_refused(short_sessions_bot):
     """User actions keep a session alive past the idle limit; requests that only read (the page's
     status timer, Gradio's heartbeat, `/config`) do not (issue 18, 5: they used to)."""
+    signed_in = time.monotonic()
     client = Client(short_sessions_bot.url, auth=("stu.dent", PASSWORD), verbose=False)
     browser = _sign_in(short_sessions_bot.url, "nurse.a")
     # The student acts every IDLE/6 s (a request would have to take IDLE * 5/6 s on a loaded machine
-    # to let the session lapse); the nurse's page only reads.
-    keep_until = time.monotonic() + 2 * IDLE
+    # to let the session lapse); the nurse's page only reads. The loop ends well inside the student's
+    # maximum age (MAX, counted from signing in: on a loaded machine gradio_client's sign-in alone took
+    # seconds, and the last action then fell past MAX).
+    keep_until = signed_in + 2 * IDLE
     while time.monotonic() < keep_until:
         time.sleep(IDLE / 6)
         client.predict(api_name="/new_conversation")

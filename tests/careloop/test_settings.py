@@ -39,6 +39,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
         ("CARELOOP_RANDOM_SEED", "minus one", "valid integer"),
         ("CARELOOP_RANDOM_SEED", "-1", "greater than or equal to 0"),
         ("CARELOOP_SERVING_BACKEND", "huge", "'embedded', 'vllm' or 'tgi'"),
+        ("CARELOOP_SERVING_DTYPE", "float16", "'float32' or 'bfloat16'"),
         ("CARELOOP_REDIS_URL", "localhost:6379", "must start with redis://"),
         ("CARELOOP_DATABASE_URL", "mysql://x", "sqlite:/// or postgresql"),
         ("CARELOOP_SERVING_URL", "gpu-box:8000", "must start with http://"),

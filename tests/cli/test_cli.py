@@ -49,6 +49,10 @@ def test_doctor_passes_when_everything_required_is_there(cli, redis_server, tiny
     assert ("careloop-demo-tiny" in result.stdout and "tiny test model" in result.stdout
             and "MB of weights" in result.stdout)
     assert re.search(r"serving\s+│ warn", result.stdout)  # optional: not running yet
+    # The tiny model's generation config samples (temperature 1.0, top-p 1.0); careloop adds its penalty.
+    assert "temperature 1, top-p 1, repetition penalty 1.1" in _doctor_row(result.stdout, "decoding")
+    assert "the model's generation config (temperature, top_p), careloop's default" in " ".join(
+        _doctor_row(result.stdout, "decoding").split())
 
 
 @pytest.mark.parametrize(

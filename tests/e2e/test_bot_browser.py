@@ -137,6 +137,10 @@ def test_a_student_chats_and_sees_a_streamed_labelled_answer(visit, bot_stack):
     page.locator("#chatbot").get_by_label("Dislike").last.click()
     send = page.locator("#rating-send").filter(visible=True)
     send.wait_for(timeout=15_000)
+    # It scrolls into view by itself (issue 29, 9: it opened below the visible area).
+    page.wait_for_function("() => [...document.querySelectorAll('#rating-send')].some((e) => {"
+                           " const r = e.getBoundingClientRect();"
+                           " return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; })", timeout=5_000)
     assert page.locator("#rating-thumbs").inner_text().split() == ["Your", "rating", "▲", "Helpful", "▼", "Not",
                                                                    "helpful"], "marks DejaVu Sans has, not emoji"
     page.locator("#rating-comment textarea").filter(visible=True).fill("Not an answer to the question.")

@@ -40,7 +40,7 @@ ADMIN_PASSWORD = "admin-horse-battery"
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 20, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
                  "contrast_share": 0, "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.2}, "auto_promote": True,
+         "eval": {"max_items": 40, "max_pairs": 40, "eval_fraction": 0.2}, "auto_promote": True,
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
 # The default gate but for its preference rule. On the tiny model DPO moves held-out pair accuracy by
@@ -66,7 +66,7 @@ def system(tmp_path, tiny_model_dir, library_index_dir):
     env = careloop_env(home, base_model=str(tiny_model_dir), redis_url=f"redis://127.0.0.1:{free_port()}/0",
                        serving_port=str(free_port()), bot_port=str(free_port()), admin_password=ADMIN_PASSWORD,
                        review_fill_interval_seconds="2", review_batch_size="4", review_labels_needed="1",
-                       review_gold_fraction="0", review_max_tokens="24", review_queue_target="8",
+                       review_gold_fraction="0", answer_max_tokens="24", review_queue_target="8",
                        train_min_new_pairs="4", train_check_interval_seconds="2", train_config=str(config),
                        celery_visibility_timeout="10", feedback_resend_seconds="10", promotion_grace_seconds="1",
                        # grounded, within the tiny model's 512-token context

@@ -177,3 +177,37 @@ print("torch after", torch.__version__)
     seen, after = result.stdout.splitlines()[:2]
     assert seen == "['absent'] False", f"another thread saw torch as {seen} (NoneType: hidden by a None entry)"
     assert after.startswith("torch after"), "torch imports normally once the recogniser is loaded"
+
+
+def test_another_thread_imports_torch_while_the_name_recogniser_loads():
+    """The bot loads its request screen (an embedding model, on torch) in one thread while the scrubber's
+    recogniser loads in another: the screen failed with "No module named 'torch' (not loaded for the
+    name recogniser)", and the first student's question waited 6 s for it. Torch is refused only to the
+    thread loading spaCy. In a fresh interpreter, as the bot starts."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading
+from feedback import deidentify
+result, done = {}, threading.Event()
+def screen():
+    while not any(type(f).__name__ == "_WithoutTorch" for f in sys.meta_path):
+        if done.is_set():
+            result["torch"] = "missed: the recogniser loaded before this thread looked"
+            return
+    try:
+        import torch
+        result["torch"] = torch.__version__
+    except ImportError as exc:
+        result["torch"] = f"refused: {exc}"
+other = threading.Thread(target=screen)
+other.start()
+deidentify.warm_up()
+done.set()
+other.join()
+print(result["torch"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not result.stdout.startswith(("refused", "missed")), result.stdout

@@ -52,7 +52,7 @@ def test_a_fill_sent_before_serving_is_up_waits_for_it_without_a_traceback_and_r
     url = f"http://127.0.0.1:{port}"
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="generation",
                           serving_url=url, control_token=TOKEN, base_model=str(tiny_model_dir),
-                          review_batch_size="2", review_gold_fraction="0", review_max_tokens="8",
+                          review_batch_size="2", review_gold_fraction="0", answer_max_tokens="8",
                           retrieval_enabled="false")
     celery = producer(settings)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 
 import pytest
@@ -26,7 +27,7 @@ def _on(settings, server, tiny_model_dir, **overrides):
 def test_student_and_seed_questions_get_two_answers_and_some_items_are_gold(
         tmp_path, store, broker, server, tiny_model_dir, settings, library_index_dir):
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
-               "review_gold_fraction": "0.25", "review_max_tokens": "12", "review_labels_needed": "3",
+               "review_gold_fraction": "0.25", "answer_max_tokens": "12", "review_labels_needed": "3",
                # grounded in the library, within the tiny model's 512-token context
                "library_index_dir": str(library_index_dir), "retrieval_top_k": "2", "retrieval_passage_chars": "150",
                # The default hour, not the tests' 10 s: the first fill loads the PostgreSQL library (15 s
@@ -84,7 +85,7 @@ def test_beat_fills_the_queue_on_schedule(tmp_path, store, broker, server, tiny_
 
     interval = 2.0
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
-               "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
+               "answer_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
                "review_fill_interval_seconds": str(interval), "library_index_dir": str(library_index_dir),
                # the schedule is what is checked: the shared bm25s index, not a PostgreSQL load of its own
                "retrieval_top_k": "2", "retrieval_passage_chars": "150", "retrieval_backend": "bm25s"}
@@ -121,7 +122,7 @@ def test_the_queue_is_topped_up_to_its_target_and_no_further(store, server, tiny
     from feedback.generation import FillResult, fill_review_queue
 
     sessions = session_factory(make_engine(store.database_url))
-    full = _on(settings, server, tiny_model_dir, review_queue_target=3, review_gold_fraction=0.0, review_max_tokens=4)
+    full = _on(settings, server, tiny_model_dir, review_queue_target=3, review_gold_fraction=0.0, answer_max_tokens=4)
     client = open_client(full)
     assert fill_review_queue(full, sessions, client, 5).seed == 3
     assert fill_review_queue(full, sessions, client, 5) == FillResult(0, 0, 0, 0)  # three wait: nothing to do
@@ -137,7 +138,10 @@ def test_no_item_with_an_empty_answer_reaches_the_queue(store, server, tiny_mode
     questions): a nurse cannot judge those, so they never become review items."""
     from careloop.db import make_engine, session_factory
 
-    full = _on(settings, server, tiny_model_dir, review_max_tokens=1, review_gold_fraction=0.0)
+    # Sampled as review answers were before they were decoded as the chat's (temperature 0.8): at the
+    # default 0.3, one-token answers are nearly always the same token, and identical pairs are skipped too.
+    full = _on(settings, server, tiny_model_dir, answer_max_tokens=1, review_gold_fraction=0.0,
+               decoding_temperature=0.8, decoding_top_p=1.0, decoding_repetition_penalty=1.0)
     sessions = session_factory(make_engine(store.database_url))
     client = open_client(full)
     try:
@@ -157,7 +161,7 @@ def test_a_question_asked_twice_is_queued_once(store, server, tiny_model_dir, se
     sessions = session_factory(make_engine(store.database_url))
     for text in ("What is gout?", "What is asthma?", "What is asthma?"):  # three conversations
         store_event(sessions, schemas.MessageEvent(conversation_id=uuid.uuid4(), user="s", role="user", content=text))
-    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, review_max_tokens=4)
+    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, answer_max_tokens=4)
     client = open_client(full)
     try:
         assert fill_review_queue(full, sessions, client, 3).student == 2
@@ -185,7 +189,7 @@ def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, stor
 
     interval = 600.0
     serving = {"serving_url": server.url, "control_token": server.token, "base_model": str(tiny_model_dir),
-               "review_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
+               "answer_max_tokens": "8", "review_batch_size": "2", "review_gold_fraction": "0",
                "review_fill_interval_seconds": str(interval), "review_fill_soon_seconds": "1"}
     worker = start_worker(tmp_path / "worker", store.database_url, broker.url, queues="feedback,generation", **serving)
     beat = subprocess.Popen([sys.executable, "-m", "cli", "beat"],
@@ -211,13 +215,54 @@ def test_the_queue_fills_as_beat_starts_and_soon_after_a_question(tmp_path, stor
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_questions_asked_while_a_fill_waits_send_no_second_fill(tmp_path, store, broker, server, tiny_model_dir,
+                                                                settings):
+    """Issue 29: each CARELOOP_REVIEW_FILL_SOON_SECONDS window with a new question sent a fill, and behind
+    fills of minutes each on the real model 99 piled up in the generation queue. One waits at a time
+    (it finds every question stored before it starts); once it has started, the next question sends one."""
+    import time
+
+    import redis
+
+    from feedback.store import Message
+
+    soon = {"review_fill_soon_seconds": "1", "answer_max_tokens": "4", "review_gold_fraction": "0",
+            "retrieval_enabled": "false"}  # the library's passages overfill the tiny model's 512 tokens
+    ingest = start_worker(tmp_path / "ingest", store.database_url, broker.url, queues="feedback", **soon)
+    api = FeedbackProducer(settings)
+    queue = redis.Redis.from_url(broker.url)
+    generation = None
+    try:
+        for number in range(4):  # each past the last one's 1 s window: before, each sent a fill
+            api.log_turn(event_id=uuid.uuid4(), conversation_id=uuid.uuid4(), user="stu", role="user",
+                         content=f"What is question {number} about?")
+            wait_for(lambda n=number: store.count(Message) == n + 1, timeout=30, message="the question stored")
+            time.sleep(1.5)
+        assert queue.llen("generation") == 1, "one fill waits for all four questions"
+        generation = start_worker(tmp_path / "generation", store.database_url, broker.url, queues="generation",
+                                  serving_url=server.url, control_token=server.token,
+                                  base_model=str(tiny_model_dir), **soon)
+        asked = {f"What is question {number} about?" for number in range(4)}
+        wait_for(lambda: asked <= {item.prompt for item in store.rows(ReviewItem)}, timeout=90,
+                 message="the one waiting fill run, with all four questions")
+        api.log_turn(event_id=uuid.uuid4(), conversation_id=uuid.uuid4(), user="stu", role="user",
+                     content="Why do my ankles swell in the evening?")
+        wait_for(lambda: any(item.prompt.startswith("Why do my ankles") for item in store.rows(ReviewItem)),
+                 timeout=90, message="a fill sent for the question asked after the last one started")
+    finally:
+        api.close()
+        for worker in filter(None, (ingest, generation)):
+            worker.kill()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_seed_questions_for_review_are_ones_a_nurse_can_judge(store, server, tiny_model_dir, settings):
     """Issue 29, 8: nurses were given PubMedQA's research abstracts with a yes/no/maybe question to judge
     answers to; those stay in training and evaluation, and review gets the seed's patient questions."""
     from careloop.db import make_engine, session_factory
 
     sessions = session_factory(make_engine(store.database_url))
-    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, review_max_tokens=4)
+    full = _on(settings, server, tiny_model_dir, review_gold_fraction=0.0, answer_max_tokens=4)
     client = open_client(full)
     try:
         assert fill_review_queue(full, sessions, client, 4).seed == 4
@@ -225,3 +270,78 @@ def test_seed_questions_for_review_are_ones_a_nurse_can_judge(store, server, tin
         client.close()
     prompts = [item.prompt for item in store.rows(ReviewItem)]
     assert len(prompts) == 4 and not [p for p in prompts if "abstract" in p.lower()], prompts
+
+
+def test_review_answers_are_decoded_as_the_chat_and_two_identical_answers_make_no_item(
+        store, server, tiny_model_dir, settings):
+    """Review answers use the chat's decoding (the settings'): greedy, one model gives the same answer
+    twice, and a nurse gets no item with nothing to choose between. The fill sees it before asking
+    serving for anything (CI: it asked for two answers to each of 2,313 seed questions, 5 minutes);
+    a fill whose answers keep coming out empty or identical gives up after a few per item it wanted."""
+    from structlog.testing import capture_logs
+
+    from careloop.db import make_engine, session_factory
+    from feedback.generation import MAX_SKIPPED_PER_ITEM, FillResult, fill_review_queue
+
+    full = _on(settings, server, tiny_model_dir, decoding_temperature=0, answer_max_tokens=8, review_gold_fraction=0.0)
+    sessions = session_factory(make_engine(store.database_url))
+    client = open_client(full)
+    try:
+        with capture_logs() as logs:
+            assert fill_review_queue(full, sessions, client, 3, rng=random.Random(0)) == FillResult(0, 0, 0, 0)
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["review_fill_needs_two_answers"]
+        # Sampled, but one token long: the two answers are mostly the same word, or nothing.
+        sampled = full.model_copy(update={"decoding_temperature": 0.01, "answer_max_tokens": 1})
+        with capture_logs() as logs:
+            result = fill_review_queue(sampled, sessions, client, 3, rng=random.Random(0))
+    finally:
+        client.close()
+    fruitless = [e for e in logs if e["event"] == "review_pair_skipped"]
+    assert len(fruitless) <= MAX_SKIPPED_PER_ITEM * 3 + 2, "the last wave may finish past the bound, no more"
+    assert store.count(ReviewItem) == result.seed + result.student
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_fill_behind_students_waits_for_its_answers_instead_of_giving_up(tmp_path, store, broker, server,
+                                                                           tiny_model_dir, settings):
+    """Issue 29: the fill's answers are admitted after students' (a lower priority), and on the ward
+    (four students, a run) they waited past CARELOOP_SERVING_TIMEOUT, so every fill gave up with
+    nothing. A fill waits CARELOOP_REVIEW_ANSWER_TIMEOUT_SECONDS for each answer: here serving's
+    timeout is 0.5 s and students fill every row of the batch for seconds."""
+    import threading
+
+    import httpx
+
+    from careloop.db import make_engine, session_factory
+
+    worker = start_worker(tmp_path / "generation", store.database_url, broker.url, queues="generation",
+                          serving_url=server.url, control_token=server.token, base_model=str(tiny_model_dir),
+                          serving_timeout="0.5", review_answer_timeout_seconds="120", answer_max_tokens="8",
+                          review_gold_fraction="0", review_fill_concurrency="1", retrieval_enabled="false",
+                          celery_visibility_timeout="3600")
+    sessions = session_factory(make_engine(store.database_url))
+    question = f"Why does my knee click ({uuid.uuid4().hex[:6]})?"
+    store_event(sessions, schemas.MessageEvent(conversation_id=uuid.uuid4(), user="s", role="user", content=question))
+    busy_until = time.monotonic() + 6
+
+    def student(number: int) -> None:  # the batch's every row, again and again, for 6 s
+        while time.monotonic() < busy_until:
+            httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                "model": "careloop-demo-tiny", "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"Student {number}: what is asthma?"}]})
+
+    students = [threading.Thread(target=student, args=(n,)) for n in range(8)]  # CARELOOP_MAX_BATCH
+    for thread in students:
+        thread.start()
+    api = FeedbackProducer(settings)
+    try:
+        time.sleep(0.5)
+        api.celery.send_task("generation.fill_review_queue", args=(1,), queue="generation")
+        wait_for(lambda: question in {item.prompt for item in store.rows(ReviewItem)}, timeout=120,
+                 message="the student's question answered twice behind the students")
+    finally:
+        api.close()
+        for thread in students:
+            thread.join()
+        worker.kill()
+    assert "review_fill_waiting_for_serving" not in worker.log.read_text(), "an answer timed out"

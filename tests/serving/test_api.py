@@ -60,6 +60,35 @@ def test_sampling_is_reproducible_with_a_seed(server, base_model):
     assert text(first) != text(other)
 
 
+def test_a_request_without_sampling_settings_is_decoded_as_careloop_decodes_every_answer(server, base_model,
+                                                                                          tiny_model_dir, tmp_path):
+    """A client that sets nothing (curl, a notebook) reads what the chat shows: careloop.decoding's (for the
+    tiny model: its generation config's temperature 1.0, with careloop's repetition penalty; the settings'
+    where they say, here greedy); what the client sets (through huggingface_hub, the penalty as an
+    extension field) wins."""
+    from processes import start_server, stop_server
+
+    from careloop.decoding import decoding_for
+    from careloop.settings import load_settings
+
+    decoding = decoding_for(load_settings(base_model=str(tiny_model_dir)))
+    assert (decoding.temperature, decoding.top_p, decoding.repetition_penalty) == (1.0, 1.0, 1.1)
+    text = lambda r: r["choices"][0]["message"]["content"]  # noqa: E731
+    unset = text(chat(server, base_model, max_tokens=48, seed=3, ignore_eos=True).json())
+    params = decoding.request_params(seed=3) | {"max_tokens": 48}
+    params["extra_body"] = params["extra_body"] | {"ignore_eos": True}
+    explicit = InferenceClient(base_url=server.url).chat_completion(QUESTION, model=base_model, **params)
+    assert unset == explicit.choices[0].message.content
+
+    greedy = start_server(tmp_path / "greedy", tiny_model_dir, tmp_path / "adapters", decoding_temperature="0")
+    try:
+        answers = {text(chat(greedy, base_model, max_tokens=48, seed=seed, ignore_eos=True).json()) for seed in (1, 2)}
+        sampled = text(chat(greedy, base_model, max_tokens=48, seed=1, ignore_eos=True, temperature=1.0).json())
+    finally:
+        stop_server(greedy)
+    assert len(answers) == 1 and sampled not in answers, "the server's decoding (greedy) applies when unset"
+
+
 def test_stop_sequence_and_length_limit(server, base_model):
     # The tiny model often ends early: take the first seed whose answer runs past 8 tokens.
     for seed in range(50):
@@ -187,6 +216,8 @@ def test_control_routes_need_the_token(server):
         ({"model": "MODEL", "messages": QUESTION, "temperature": 5}, 422, "temperature"),
         ({"model": "MODEL", "messages": QUESTION, "top_p": 0}, 422, "top_p"),
         ({"model": "MODEL", "messages": QUESTION, "max_tokens": 0}, 422, "max_tokens"),
+        ({"model": "MODEL", "messages": QUESTION, "repetition_penalty": 0.5}, 422, "repetition_penalty"),
+        ({"model": "MODEL", "messages": QUESTION, "priority": 1000}, 422, "priority"),
         ({"model": "MODEL", "messages": QUESTION, "n": 2}, 422, "n:"),
         ({"model": "MODEL", "messages": [{"role": "robot", "content": "x"}]}, 422, "role"),
         ({"model": "MODEL", "messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
@@ -195,8 +226,8 @@ def test_control_routes_need_the_token(server):
          "context is 512 tokens"),
         ({"model": "MODEL", "messages": QUESTION, "max_tokens": 5000}, 400, "maximum context length is 512"),
     ],
-    ids=["malformed-json", "no-messages", "no-model", "temperature", "top_p", "max_tokens", "n",
-         "role", "stops", "unknown-adapter", "prompt-too-long", "completion-too-long"],
+    ids=["malformed-json", "no-messages", "no-model", "temperature", "top_p", "max_tokens", "repetition_penalty",
+         "priority", "n", "role", "stops", "unknown-adapter", "prompt-too-long", "completion-too-long"],
 )
 def test_bad_chat_input_gets_a_clear_error(server, base_model, payload, status, reason):
     content = payload if isinstance(payload, str) else json.dumps(payload).replace("MODEL", base_model)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serving.client import ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
+from serving.client import ContextExceeded, ControlUnsupported, ServingClient, ServingRejected, ServingUnavailable
 
 QUESTION = [{"role": "user", "content": "What is hypertension?"}]
 
@@ -28,6 +29,26 @@ def test_sync_and_async_streams_match_the_whole_answer(server):
 
     assert "".join(d.text for d in asyncio.run(collect())) == whole.text
     assert client.is_demo() is True and client.health() is True
+
+
+def test_an_answer_longer_than_the_context_leaves_is_cut_to_fit_not_refused(server):
+    """Every answer asks for CARELOOP_ANSWER_MAX_TOKENS; where a long conversation (or a small model's
+    context: the tiny model's is 512) leaves less, the answer gets the room there is, as serving's own
+    default did, instead of the refusal vLLM and careloop give a request that cannot fit."""
+    client = ServingClient(server.url, token=server.token)
+    long_question = [{"role": "user", "content": "blood pressure " * 150}]
+    whole = client.chat(long_question, max_tokens=500, temperature=0, extra_body={"ignore_eos": True})
+    assert 0 < whole.completion_tokens == 512 - whole.prompt_tokens < 500
+    streamed = list(client.stream_chat(long_question, max_tokens=500, temperature=0, extra_body={"ignore_eos": True}))
+    assert "".join(d.text for d in streamed) == whole.text and streamed[-1].finish_reason == "length"
+    with pytest.raises(ContextExceeded, match="context") as no_room:  # no room at all: a reason, not an answer
+        client.chat([{"role": "user", "content": "blood pressure " * 400}], max_tokens=500)
+    assert no_room.value.context_tokens == 512 < no_room.value.prompt_tokens
+    # A caller that would rather shorten the conversation (the chat) hears the figures instead.
+    with pytest.raises(ContextExceeded) as refused:
+        list(client.stream_chat(long_question, max_tokens=500, shorten=False))
+    assert (refused.value.context_tokens, refused.value.prompt_tokens) == (512, whole.prompt_tokens)
+    assert pickle.loads(pickle.dumps(refused.value)).prompt_tokens == whole.prompt_tokens  # Celery task errors
 
 
 def test_what_the_server_refuses_comes_back_as_a_readable_reason(server):

@@ -64,6 +64,35 @@ def test_requests_joining_a_running_batch_get_the_answer_they_get_alone(engine):
     assert len(set(alone)) == 3
 
 
+def test_a_students_question_is_admitted_before_queued_background_answers(engine):
+    """Issue 29, 9: review fills queue their answers behind the running batch; a student's question
+    (priority 0) that arrives after them is admitted at the first free row, before them (priority 1)."""
+    background = lambda tokens: SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True, priority=1)  # noqa: E731
+
+    async def scenario() -> list[str]:
+        finished: list[str] = []
+
+        async def run(name: str, handle) -> None:
+            await handle.result()
+            finished.append(name)
+
+        prompt = _prompt(engine, QUESTIONS[0])
+        # A full batch (4 rows) of background answers ending one after another...
+        running = [run(f"running {n}", engine.submit(prompt, None, background(40 + 20 * n))) for n in range(4)]
+        tasks = [asyncio.create_task(job) for job in running]
+        await asyncio.sleep(0.05)
+        # ...three more background answers waiting, then the student's question.
+        queued = [asyncio.create_task(run(f"queued {n}", engine.submit(prompt, None, background(8)))) for n in range(3)]
+        await asyncio.sleep(0.01)
+        student = asyncio.create_task(run("student", engine.submit(
+            prompt, None, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))))
+        await asyncio.gather(*tasks, *queued, student)
+        return finished
+
+    order = asyncio.run(scenario())
+    assert [name for name in order if not name.startswith("running")][0] == "student", order
+
+
 def test_a_slow_consumer_gets_text_coalesced_and_complete(engine):
     async def scenario() -> tuple[list, Finished]:
         handle = engine.submit(_prompt(engine, QUESTIONS[1]), None, _params(20, 5))
@@ -110,3 +139,54 @@ def test_a_character_split_across_tokens_streams_whole(engine):
     assert shown[-1] == text
     for before, after in itertools.pairwise(shown):
         assert "\ufffd" not in before and after.startswith(before), (before, after)
+
+
+def test_greedy_answers_with_a_repetition_penalty_are_the_ones_transformers_generates(engine, tiny_model_dir):
+    """The evaluation decodes with transformers' ``generate`` and students are answered by the engine:
+    with the same decoding (here greedy, penalty 1.3, as careloop.decoding sends it) the tokens must be
+    the same, or the gate scores answers students never read (issue 30)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    async def served(question: str, penalty: float) -> str:
+        return (await engine.submit(_prompt(engine, question), None, SamplingParams(
+            max_tokens=40, temperature=0.0, repetition_penalty=penalty, ignore_eos=True)).result()).text
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    for question in QUESTIONS:
+        prompt = _prompt(engine, question)
+        for penalty in (1.0, 1.3):
+            with torch.inference_mode():
+                output = model.generate(torch.tensor([prompt]), max_new_tokens=40, min_new_tokens=40,
+                                        do_sample=False, repetition_penalty=penalty)
+            expected = settled_text(engine.tokenizer, output[0, len(prompt):].tolist())
+            assert asyncio.run(served(question, penalty)) == expected, (question, penalty)
+    assert asyncio.run(served(QUESTIONS[0], 1.0)) != asyncio.run(served(QUESTIONS[0], 1.3)), \
+        "the penalty changed nothing: it is not applied"
+
+
+def test_the_engine_serves_in_float32_unless_asked_for_bfloat16(engine, tiny_model_dir):
+    """CARELOOP_SERVING_DTYPE: float32 by default; asked for bfloat16, the engine's greedy answers are
+    the ones transformers generates from the same bfloat16 weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert engine.dtype == engine.model.dtype == torch.float32
+    bf16 = Engine(str(tiny_model_dir), "careloop-demo-tiny", True, max_batch=4, dtype=torch.bfloat16)
+    try:
+        assert bf16.model.dtype == torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16).eval()
+        for question in QUESTIONS:
+            prompt = _prompt(bf16, question)
+            with torch.inference_mode():
+                output = model.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24,
+                                        do_sample=False)
+            served = asyncio.run(_answer(bf16, prompt, SamplingParams(max_tokens=24, temperature=0.0,
+                                                                      ignore_eos=True)))
+            assert served == settled_text(bf16.tokenizer, output[0, len(prompt):].tolist()), question
+    finally:
+        bf16.shutdown()
+
+
+async def _answer(engine: Engine, prompt: list[int], params: SamplingParams) -> str:
+    return (await engine.submit(prompt, None, params).result()).text

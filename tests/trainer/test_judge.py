@@ -10,8 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from careloop.decoding import Decoding
 from trainer.evaluate import JudgeEndpoint, Models, compare, evaluate
 from trainer.judge import RUBRIC, judge, judge_messages, parse_scores
+
+SHORT = Decoding(temperature=0, top_p=1, repetition_penalty=1, max_tokens=4)
 
 
 @pytest.mark.parametrize("reply, expected", [
@@ -109,11 +112,11 @@ def test_judging_through_a_real_endpoint_and_an_unreachable_one(server, tiny_mod
     models = Models.load(str(tiny_model_dir), {})
     data = {"eval_reference": [{"question": "What is asthma?", "reference": "An airway disease."}],
             "eval_pairs": [], "eval_mcq": [], "eval_safety": []}
-    scored = evaluate(models, "base", data, 4, JudgeEndpoint(stand_in_judge.url, "judge-model"))
+    scored = evaluate(models, "base", data, SHORT, JudgeEndpoint(stand_in_judge.url, "judge-model"))
     assert scored["summary"]["judge_parsed"] == 1.0
     assert scored["summary"]["judge_relevance"] == 4 and scored["summary"]["judge_accuracy"] in (1, 5)
     differences = compare(scored, scored, 0.9)
     assert differences["judge_accuracy"]["n"] == 1
-    unreachable = evaluate(models, "base", data, 4, JudgeEndpoint("http://127.0.0.1:9/v1", ""))
+    unreachable = evaluate(models, "base", data, SHORT, JudgeEndpoint("http://127.0.0.1:9/v1", ""))
     assert unreachable["summary"]["judge_parsed"] == 0.0
     assert compare(unreachable, scored, 0.9)["judge_accuracy"]["n"] == 0, "only items judged on both sides count"

@@ -34,9 +34,11 @@ from trainer.snapshot import build_snapshot
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
                  "contrast_share": 0, "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 40, "max_new_tokens": 16, "eval_fraction": 0.1},
+         "eval": {"max_items": 40, "max_pairs": 40, "eval_fraction": 0.1},
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
+# Short greedy answers, as the outcomes were tuned: the evaluation decodes as the chat does (these settings).
+QUICK_DECODING = {"answer_max_tokens": 16, "decoding_temperature": 0}
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def setup(tmp_path, server, tiny_model_dir):
     db.upgrade(url)
     settings = load_settings(home=tmp_path / "home", database_url=url, base_model=str(tiny_model_dir),
                              serving_url=server.url, control_token=server.token, adapter_dir=server.adapter_dir,
-                             live_cache_seconds=0)
+                             live_cache_seconds=0, **QUICK_DECODING)
     sessions = db.session_factory(db.make_engine(url))
     return settings, sessions, open_registry(settings), open_client(settings)
 

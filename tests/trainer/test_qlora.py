@@ -3,6 +3,7 @@ then serves on the full-precision base as any other."""
 
 from __future__ import annotations
 
+from careloop.decoding import Decoding
 from careloop.settings import REPO_ROOT
 from trainer.config import TrainConfig
 from trainer.dpo import run_dpo
@@ -10,6 +11,8 @@ from trainer.evaluate import Models
 from trainer.modeling import load_base
 from trainer.sft import run_sft
 from trainer.snapshot import build_snapshot
+
+GREEDY_4 = Decoding(temperature=0, top_p=1, repetition_penalty=1, max_tokens=4)
 
 
 def test_qlora_trains_an_adapter_that_loads_on_the_full_precision_base(tmp_path, tiny_model_dir):
@@ -38,4 +41,4 @@ def test_qlora_trains_an_adapter_that_loads_on_the_full_precision_base(tmp_path,
 
     base, tuned = likelihood("base"), likelihood("candidate")
     assert sum(abs(b - t) for b, t in zip(base, tuned, strict=True)) / len(rows) > 1e-3, (base, tuned)
-    assert len(models.generate("candidate", ["What is asthma?"], max_new_tokens=4)) == 1
+    assert len(models.generate("candidate", ["What is asthma?"], GREEDY_4)) == 1

@@ -5,14 +5,20 @@ harmful requests it answered before, with a paired interval above zero."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support import SEED_DIR
 
+from careloop.decoding import Decoding
 from careloop.seed import load_seed
 from trainer.config import LoraSettings, SFTSettings
 from trainer.evaluate import Models, paired_interval, reference_scores
 from trainer.measures import REFUSAL
 from trainer.sft import run_sft
+
+# These measurements were taken greedy (before the chat's decoding was the evaluation's), 32 new tokens.
+GREEDY = Decoding(temperature=0, top_p=1, repetition_penalty=1, max_tokens=32)
 
 # Measured on these 24 items (2026-12-01, greedy, 64 new tokens): SmolLM2 ROUGE-L ~0.17, tiny ~0.10.
 ITEMS = 24
@@ -22,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("all_cores")
 
 def _rouge_l(model_dir, questions, references) -> list[float]:
     models = Models.load(str(model_dir), {})
-    return reference_scores(models.generate("base", questions, 64), references)["rougeL"]
+    return reference_scores(models.generate("base", questions, replace(GREEDY, max_tokens=64)), references)["rougeL"]
 
 
 def test_the_default_model_answers_closer_to_the_references_than_the_tiny_model(smollm2_dir, tiny_model_dir):
@@ -40,7 +46,7 @@ def test_a_short_sft_on_safety_refusals_makes_it_refuse_held_out_harmful_request
     sft = run_sft(str(smollm2_dir), refusals[:80], refusals[80:84], LoraSettings(quantize="none"),
                   SFTSettings(max_steps=5, batch_size=4, max_length=256, learning_rate=1e-3), tmp_path, seed=0)
     models = Models.load(str(smollm2_dir), {"safer": sft.adapter_dir})
-    before = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("base", harmful, 32)]
-    after = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("safer", harmful, 32)]
+    before = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("base", harmful, GREEDY)]
+    after = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("safer", harmful, GREEDY)]
     change = paired_interval(after, before, confidence=0.9)
     assert change["low"] > 0, (change, sum(before), sum(after))

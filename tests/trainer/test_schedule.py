@@ -134,6 +134,7 @@ def test_a_scheduled_run_queued_twice_trains_once(tmp_path, redis_server, tiny_m
     queued = [queue.send_task(RUN, kwargs={"scheduled": True}, queue="training").id for _ in range(2)]
     worker = start_worker(tmp_path / "worker", url, broker_url, queues="training", base_model=str(tiny_model_dir),
                           train_min_new_pairs="1", train_config=str(config), library_index_dir=str(library_index_dir),
+                          answer_max_tokens="8", decoding_temperature="0",
                           retrieval_top_k="2", retrieval_passage_chars="150")
     try:
         def results() -> dict[str, list[str]]:
@@ -208,6 +209,7 @@ def test_beat_and_a_worker_train_when_labels_arrive_also_after_the_worker_is_kil
            "CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url,
            "CARELOOP_REDIS_URL": redis_server.url.replace("/0", "/3"), "CARELOOP_BASE_MODEL": str(tiny_model_dir),
            "CARELOOP_TRAIN_MIN_NEW_PAIRS": "1", "CARELOOP_TRAIN_CHECK_INTERVAL_SECONDS": "2",
+           "CARELOOP_ANSWER_MAX_TOKENS": "8", "CARELOOP_DECODING_TEMPERATURE": "0",
            "CARELOOP_REVIEW_FILL_INTERVAL_SECONDS": "3600", "CARELOOP_TRAIN_CONFIG": str(config),
            # A run outlasts Redis's visibility timeout (a GPU run outlasts the default hour): it must
            # still run once, not again when the broker hands the unacknowledged task back.

@@ -33,7 +33,8 @@ def test_a_requested_run_trains_once_for_who_asked_and_a_second_request_is_refus
 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")},
            "CARELOOP_HOME": str(tmp_path / "home"), "CARELOOP_DATABASE_URL": url, "CARELOOP_REDIS_URL": redis_url,
-           "CARELOOP_BASE_MODEL": str(tiny_model_dir), "CARELOOP_TRAIN_CONFIG": str(config)}
+           "CARELOOP_BASE_MODEL": str(tiny_model_dir), "CARELOOP_TRAIN_CONFIG": str(config),
+           "CARELOOP_ANSWER_MAX_TOKENS": "8", "CARELOOP_DECODING_TEMPERATURE": "0"}
     log = tmp_path / "worker.log"
     with log.open("a") as out:
         worker = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--queues", "training"], env=env,
