@@ -165,7 +165,10 @@ class Registry:
             self._set_status(version, Status.LIVE)
             version.replaced = previous.name if previous else None
             version.promoted_at = utcnow()
-            audit.record(session, actor, "adapter.promote", name, previous=version.replaced)
+            # The version's note holds what its gate did not pass (e.g. too little clinician evidence): an
+            # admin's promotion of such a version says so in the audit log (issue 32, 1).
+            audit.record(session, actor, "adapter.promote", name, previous=version.replaced,
+                         **({"note": version.note} if version.note else {}))
             self._flush_or_conflict(session)
             return version.replaced
 

@@ -313,7 +313,13 @@ class Store(threading.Thread):
 class ChatLog:
     ttft: list[float] = field(default_factory=list)
     whole: list[float] = field(default_factory=list)
+    asked: list[float] = field(default_factory=list)  # epoch seconds each answered question was sent
     failures: list[str] = field(default_factory=list)
+
+    def between(self, start: float, end: float) -> ChatLog:
+        """The answers to questions sent from ``start`` to ``end`` (epoch seconds)."""
+        kept = [i for i, at in enumerate(self.asked) if start <= at < end]
+        return ChatLog([self.ttft[i] for i in kept], [self.whole[i] for i in kept], [self.asked[i] for i in kept])
 
 
 @dataclass
@@ -391,6 +397,7 @@ def student(url: str, username: str, first: int, deadline: float, log: ChatLog, 
                 raise RuntimeError("refused (the question was kept)" if kept == question else "no finished answer")
             log.whole.append(took)
             log.ttft.append((first_token or time.perf_counter()) - started)
+            log.asked.append(time.time() - took)
         except Exception as exc:  # noqa: BLE001 - every failure counts, whatever raised it
             log.failures.append(f"{username}: {exc}"[:200])
             fresh = True  # what the page holds is unknown now: the next question starts a conversation
@@ -697,6 +704,14 @@ def main() -> None:
             clock = time.time() - time.monotonic()
             start = pressed.get("at") or (_moment(run["started_at"]) or 0) - clock  # the press, or beat's start
             rows += run_rows(system, run, start, pressed, review, clock, eta)
+            # Issue 29, 9: what a training run costs the students beside it, measured in this run
+            began_run, ended_run = _moment(run["started_at"]), _moment(run["finished_at"]) or time.time()
+            if began_run is not None:
+                for label, part in (("before the run", chat.between(0, began_run)),
+                                    ("while it ran", chat.between(began_run, ended_run))):
+                    rows.append((f"chat TTFT p50 / p95, whole answer p50 (s), {label}",
+                                 f"{p50_p95(part.ttft)}, {percentile(part.whole, .5):.2f} ({len(part.whole)} answers)",
+                                 "", "reported"))
         rows.append(("memory, all processes: peak during the load (MiB)", f"{sampler.load_peak_total / 2**20:.0f}",
                      "", "< 24 GiB machine"))
         if run is not None:

@@ -28,6 +28,7 @@ app.command("export")(training.export)
 app.command()(training.train)
 app.command("runs")(training.runs)
 app.command("eval")(training.evaluate)
+app.command("leaderboard")(training.leaderboard)
 
 
 @app.callback()

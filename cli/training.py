@@ -98,6 +98,35 @@ def runs(limit: Annotated[int, typer.Option(min=1, help="How many of the latest 
     console.print(table)
 
 
+def leaderboard(
+    by_origin: Annotated[bool, typer.Option("--by-origin", help="A table per item origin (students' questions, "
+                                            "seed questions) as well.")] = False,
+    rounds: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the intervals.")] = 1000,
+) -> None:
+    """Every version clinicians have compared, base model included: Bradley-Terry ratings (Elo scale, the
+    base model at 1000) from their side-by-side judgments, with 90% bootstrap intervals."""
+    from careloop.base_model import base_model_name
+    from feedback.leaderboard import leaderboard as rate
+
+    sessions, base = database_sessions(), base_model_name(get_settings())
+    boards = [rate(sessions, base=base, rounds=rounds)]
+    if by_origin and boards[0].games:
+        boards += [rate(sessions, base=base, rounds=rounds, category=origin) for origin in ("student", "seed")]
+    for board in boards:
+        scope = f" ({board.category} questions)" if board.category else ""
+        if not board.games:
+            console.print(f"no clinicians' comparisons of two versions yet{scope}")
+            continue
+        table = Table(title=f"leaderboard{scope}: {board.games} judgments, {board.anchor} = 1000, "
+                            f"{board.confidence:.0%} intervals")
+        for column in ("rank", "version", "rating", "interval", "judgments", "wins (ties half)"):
+            table.add_column(column)
+        for rank, s in enumerate(board.standings, start=1):
+            table.add_row(str(rank), s.version, f"{s.rating:.0f}", f"{s.low:.0f} to {s.high:.0f}", str(s.games),
+                          f"{s.wins:g}")
+        console.print(table)
+
+
 def evaluate(
     adapter: Annotated[str, typer.Option(help="The adapter version to evaluate.")],
     against: Annotated[str, typer.Option(help="`live`, `base`, or another version.")] = "live",

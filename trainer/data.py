@@ -30,6 +30,8 @@ from pathlib import Path
 from library.grounding import grounded_messages
 from library.index import Passage
 
+# Rows that came from clinicians (feedback.export's origins, and the SFT rows made of them), not seed data
+CLINICIAN_ORIGINS = {"comparison", "comparison_correction", "correction", "rating", "feedback"}
 MIN_PASSAGE_CHARS = 60  # shorter than this a passage says nothing: the row is trained on without passages
 
 

@@ -33,7 +33,7 @@ from careloop.decoding import Decoding
 from library.grounding import citation_support, grounded_question
 from library.index import Passage, Retriever
 from trainer import memory
-from trainer.data import answer_text, prompt_text
+from trainer.data import CLINICIAN_ORIGINS, answer_text, prompt_text
 from trainer.measures import EMERGENCY_STEER, REFUSAL, URGENT_CARE, degenerate, flags
 
 PAIR_TOKENS = 512  # prompt + answer scored for preference pairs, as in training (dpo max_length)
@@ -264,6 +264,10 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
         margins = [p - b for p, b in zip(policy, base, strict=True)]
         pair_hits.append(1.0 if margins[0] > margins[1] else 0.5 if margins[0] == margins[1] else 0.0)
     items["pair_accuracy"] = pair_hits
+    # Clinicians' pairs (the snapshot puts them first) decide the gate; the seed's are reported beside them.
+    from_clinicians = [pair.get("origin") in CLINICIAN_ORIGINS for pair in data["eval_pairs"]]
+    items["pair_accuracy_clinician"] = [hit for hit, mine in zip(pair_hits, from_clinicians, strict=True) if mine]
+    items["pair_accuracy_seed"] = [hit for hit, mine in zip(pair_hits, from_clinicians, strict=True) if not mine]
 
     mcq_hits = []
     for question in data["eval_mcq"]:

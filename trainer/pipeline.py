@@ -143,12 +143,13 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         _publish(adapter, published, lambda card: _write_card(card, version, base.name, live.name if live else None,
                                                               snapshot, config, metrics, decision))
         registry.register(version, published, actor=actor, parent=live.name if live else None,
-                          training_run_id=run_id, data_window=snapshot.data_window(), metrics=metrics, note="; ".join(
-                              r for r in decision.reasons if r.startswith("FAIL"))[:1000])
-        if not decision.promote:
-            registry.reject(version, actor=actor, reason="gate: " + "; ".join(
-                r for r in decision.reasons if r.startswith("FAIL"))[:900])
+                          training_run_id=run_id, data_window=snapshot.data_window(), metrics=metrics,
+                          note="; ".join(decision.problems)[:1000])
+        if decision.verdict == "reject":
+            registry.reject(version, actor=actor, reason="gate: " + "; ".join(decision.problems)[:900])
             status = "rejected"
+        elif decision.verdict == "inconclusive":  # kept for an admin: never promoted by itself
+            status = "candidate"
         elif config.auto_promote and client is not None:
             rollout.promote(registry, version, client, actor=actor)
             status = "promoted"
@@ -226,7 +227,7 @@ def _write_card(path: Path, version: str, base: str, parent: str | None, snapsho
              f"{manifest.get('window', {}).get('last_event')}; annotators: {len(manifest.get('annotators', []))}",
              f"- training rows: SFT {len(snapshot.data['sft'])}, DPO {len(snapshot.data['dpo'])}",
              f"- leakage removed: {snapshot.leakage}", "", "## Gate", "",
-             f"Decision: {'promote' if decision.promote else 'reject'}", "",
+             f"Decision: {decision.verdict}", "",
              *[f"- {reason}" for reason in decision.reasons], "", "## Metrics", "", "```json",
              json.dumps(metrics, indent=2, default=str), "```", "", "## Config", "", "```json",
              config.model_dump_json(indent=2), "```", ""]

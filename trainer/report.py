@@ -30,7 +30,8 @@ from trainer.judge import AXES
 
 TRACKS = {
     "reference (BLEU, ROUGE, METEOR)": ("bleu", "rouge1", "rouge2", "rougeL", "meteor"),
-    "human preference (held-out pairs)": ("pair_accuracy",),
+    "human preference (held-out pairs)": (
+        "pair_accuracy_clinician", "pair_accuracy_seed", "pair_accuracy"),
     "multiple choice": ("mcq_accuracy",),
     "readability (unreadable answers)": ("degenerate",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
@@ -67,7 +68,7 @@ def save_report(directory: Path, report: dict, policy: Policy) -> Decision:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
     decision = decide(policy, report["differences"])
-    write_report(directory, report, decision.promote, decision.reasons)
+    write_report(directory, report, decision.verdict, decision.reasons)
     return decision
 
 
@@ -158,7 +159,7 @@ def _retrieval_note(report: dict) -> list[str]:
     return lines
 
 
-def write_report(directory: Path, report: dict, decision_promote: bool, reasons: list[str]) -> tuple[Path, Path]:
+def write_report(directory: Path, report: dict, verdict: str, reasons: list[str]) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +197,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
     markdown = "\n".join([
         f"# Evaluation of run {report['run']}", "",
         f"Candidate against live `{report['live']}` on the same held-out items (snapshot `{report['snapshot'][:12]}`).",
-        f"Gate decision: **{'promote' if decision_promote else 'reject'}**.", "",
+        f"Gate decision: **{verdict}**.", "",
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in track_details(differences).items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",
@@ -210,7 +211,7 @@ def write_report(directory: Path, report: dict, decision_promote: bool, reasons:
                     f"</td><td>{differences[m]['n']}</td></tr>" for m in metrics)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {report['run']}</title></head><body>"
             f"<h1>Evaluation of run {report['run']}</h1><p>Gate decision: "
-            f"<b>{'promote' if decision_promote else 'reject'}"
+            f"<b>{verdict}"
             f"</b>. {html.escape(agreement(directions))}</p><ul>"
             + "".join(f"<li>{html.escape(t)}: {d}</li>" for t, d in directions.items())
             + "</ul><table border='1' cellpadding='4'><tr><th>metric</th><th>live</th><th>candidate</th>"

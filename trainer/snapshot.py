@@ -28,12 +28,10 @@ from careloop.seed import load_seed
 from feedback.export import ExportConfig, export, in_eval
 from library.index import Passage, Retriever
 from trainer.config import TrainConfig
-from trainer.data import fit_grounded, preference_row, prompt_text, read_rows
+from trainer.data import CLINICIAN_ORIGINS, fit_grounded, preference_row, prompt_text, read_rows
 from trainer.measures import REFUSAL
 
 FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
-# Rows that came from clinicians (feedback.export's origins, and the SFT rows made of them), not seed data
-CLINICIAN_ORIGINS = {"comparison", "comparison_correction", "correction", "rating", "feedback"}
 
 
 @dataclass
@@ -118,7 +116,9 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     # Clinicians' pairs first: the cap drops contrast and seed pairs before any of theirs.
     train_pairs = (feedback_pairs + contrast + seed_train)[:cap]
     rng.shuffle(train_pairs)
-    eval_pairs = [p for p in pairs if in_eval(prompt_text(p), fraction)] + feedback_eval_pairs
+    # Clinicians' held-out pairs first: they decide the gate's preference rule, and the cap
+    # (eval.max_pairs) drops seed pairs before any of theirs (issue 32, 1).
+    eval_pairs = feedback_eval_pairs + [p for p in pairs if in_eval(prompt_text(p), fraction)]
     data = {"sft": sft, "dpo": train_pairs,
             **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs)}
     data, leakage = _remove_leaks(data)

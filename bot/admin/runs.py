@@ -46,8 +46,10 @@ class Runs:
         for run in recent_runs(sessions, limit=20):
             done = progress(sessions, run)
             eta = done.eta_label
-            reasons = [r for r in (run.decision or {}).get("reasons", []) if r.startswith("FAIL")]
-            if run.status == "candidate":  # passed, with the config's auto_promote off: the admin decides
+            decision = run.decision or {}
+            reasons = [r for r in decision.get("reasons", []) if not r.startswith("ok ")]
+            if run.status == "candidate" and decision.get("verdict") != "inconclusive":
+                # passed, with the config's auto_promote off: the admin decides
                 reasons = ["the gate passed: promote it yourself on the Adapter versions tab (this run's "
                            "config has auto_promote off)"]
             rows.append({"run": run.id, "status": run.status, "step": done.step_label,

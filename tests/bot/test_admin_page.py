@@ -95,6 +95,12 @@ def test_runs_show_progress_and_one_training_request_at_a_time_reaches_the_queue
                           "in_flight": {"outbox_events": 0, "queued_batches": 0, "waited_seconds": 3.0}})
     candidate = admin.runs.table().iloc[0]
     assert candidate["why not promoted"].startswith("the gate passed: promote it yourself"), candidate.to_dict()
+    # Issue 32, 1: too few clinicians' pairs to judge preference: the admin reads that, not "passed"
+    runs.update_run(admin.sessions, run_id, decision={"promote": False, "verdict": "inconclusive", "reasons": [
+        "ok safety: held", "INCONCLUSIVE human preference: not enough clinician evidence: 3 held-out clinicians' "
+        "pairs, the policy asks for at least 40; an admin may promote it"]})
+    assert admin.runs.table().iloc[0]["why not promoted"].startswith(
+        "INCONCLUSIVE human preference: not enough clinician evidence: 3 held-out")
     assert candidate["clinicians' data"] == ("9 pairs (+1 held out), 2 corrected or approved answers; "
                                              "none on its way (waited 3 s)")
 
@@ -142,6 +148,11 @@ def test_feedback_figures_and_an_audited_export(admin, small_disk):
     assert count_axis(frame["judgments"]) == [0, 10] and count_axis(pd.Series([37])) == [0, 37]
     # No gold items here, and dr.p shares one item with nurse.a: the cells say why they have no figure.
     assert set(frame["gold accuracy"]) == {"n/a (no gold item judged yet)"}
+    # The leaderboard of the versions judged (issue 32, 6): x won two of three, with its plot
+    standings, plot, note = admin.feedback.leaderboard()
+    assert list(standings["version"]) == ["x", "y"] and list(standings["judgments"]) == [3, 3]
+    assert list(standings["wins (ties half)"]) == [2.0, 1.0] and plot is not None
+    assert note.startswith("Bradley-Terry ratings from 3 clinicians' judgments of two versions")
 
     archive = admin.exports.export(ADMIN, "dpo", "jsonl")
     with zipfile.ZipFile(archive) as opened:
@@ -175,6 +186,8 @@ def test_empty_tables_say_why(admin):
     assert admin.runs.table().empty and admin.runs.note(admin.runs.table()).startswith("No training runs yet.")
     frame, summary = admin.feedback.annotators()
     assert frame.empty and "n/a (no item has two labels yet)" in summary
+    standings, plot, note = admin.feedback.leaderboard()
+    assert standings.empty and plot is None and note == "No clinician has compared two versions yet."
 
 
 @SQLITE_ONLY

@@ -49,7 +49,9 @@ QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learnin
 # made this test a coin toss. What is checked here is the loop around the gate; the gate's rules are
 # checked on constructed differences (tests/trainer/test_gate.py) and on real runs
 # (tests/trainer/test_pipeline.py: good data promoted, inverted preferences rejected).
-LOOP_GATE = {"min_gain": -1.0}
+# Seed pairs may decide (min_clinician_pairs 0): four nurses' judgments are far below the 40 held-out
+# clinicians' pairs the default policy asks for before it calls preference at all.
+LOOP_GATE = {"min_gain": -1.0, "min_clinician_pairs": 0}
 PATIENT, PATIENT_EMAIL = "Jane Roe", "jane.roe@example.org"
 # nurse.a judges 3 (one a tie), nurse.b 2: four preferences = CARELOOP_TRAIN_MIN_NEW_PAIRS.
 JUDGMENTS = {"nurse.a": ["1", "1", "3"], "nurse.b": ["1", "2"]}

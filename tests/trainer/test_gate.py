@@ -7,22 +7,27 @@ import numpy as np
 import pytest
 
 from trainer.evaluate import compare, paired_interval
-from trainer.gate import OVER_CAUTION, SAFETY, Policy, decide
+from trainer.gate import MIN_CLINICIAN_PAIRS, OVER_CAUTION, SAFETY, Policy, decide, pairs_needed
 from trainer.measures import REFUSAL
 
 POLICY = Policy(confidence=0.9, safety_tolerance=0.0, min_gain=0.0, reference_metrics=["rougeL", "bleu", "meteor"])
 
 
-def _interval(mean: float, low: float | None = None, high: float | None = None) -> dict:
+PREFERENCE = "pair_accuracy_clinician"  # what the default policy's preference rule judges
+
+
+def _interval(mean: float, low: float | None = None, high: float | None = None, n: int = 60) -> dict:
     return {"mean": mean, "low": mean - 0.05 if low is None else low, "high": mean + 0.05 if high is None else high,
-            "n": 30, "confidence": 0.9}
+            "n": n, "confidence": 0.9}
 
 
 def _good() -> dict[str, dict]:
     """A candidate better on clinician preference, unchanged elsewhere: it passes."""
     differences = {metric: _interval(0.0, -0.01, 0.01) for metric in (*SAFETY, *OVER_CAUTION)}
-    differences |= {metric: _interval(0.0, -0.02, 0.02) for metric in POLICY.reference_metrics}
-    differences["pair_accuracy"] = _interval(0.2, 0.1, 0.3)
+    differences |= {metric: _interval(0.0, -0.02, 0.02) for metric in (*POLICY.reference_metrics, "mcq_accuracy")}
+    differences[PREFERENCE] = _interval(0.2, 0.1, 0.3)
+    differences["pair_accuracy_seed"] = _interval(0.0, -0.1, 0.1, n=55)
+    differences["pair_accuracy"] = _interval(0.1, 0.02, 0.2, n=115)
     return differences
 
 
@@ -43,7 +48,7 @@ def test_a_better_and_no_less_safe_candidate_is_promoted_with_every_rule_listed(
 ])
 def test_a_candidate_preferred_by_clinicians_but_less_safe_or_over_cautious_is_rejected_naming_it(metric, worse, rule):
     differences = _good()
-    differences["pair_accuracy"] = _interval(0.5, 0.4, 0.6)  # clinicians like it a lot
+    differences[PREFERENCE] = _interval(0.5, 0.4, 0.6)  # clinicians like it a lot
     differences[metric] = _interval(worse)
     decision = decide(POLICY, differences)
     assert not decision.promote
@@ -83,12 +88,51 @@ def test_safety_and_over_caution_boundaries_no_change_passes_and_each_tolerance_
 
 def test_preference_must_improve_with_confidence_lower_bound_strictly_above_min_gain():
     differences = _good()
-    differences["pair_accuracy"] = _interval(0.1, 0.0, 0.2)  # interval touches zero
+    differences[PREFERENCE] = _interval(0.1, 0.0, 0.2)  # interval touches zero
     decision = decide(POLICY, differences)
     assert not decision.promote and "human preference" in _failed(decision)[0]
-    differences["pair_accuracy"] = _interval(0.1, 0.001, 0.2)
+    differences[PREFERENCE] = _interval(0.1, 0.001, 0.2)
     assert decide(POLICY, differences).promote
     assert not decide(POLICY.model_copy(update={"min_gain": 0.05}), differences).promote
+
+
+def test_clinicians_pairs_decide_preference_and_seed_pairs_are_shown_beside_them():
+    """Issue 32, 1: a candidate that wins every seed pair but not clinicians' is not promoted; one that
+    clinicians prefer is, whatever the seed pairs say."""
+    differences = _good() | {"pair_accuracy_seed": _interval(0.4, 0.3, 0.5, n=55),
+                             PREFERENCE: _interval(0.0, -0.1, 0.1)}
+    decision = decide(POLICY, differences)
+    assert decision.verdict == "reject" and _failed(decision)[0].startswith(f"FAIL human preference: {PREFERENCE} ")
+    assert "seed pairs, which decide nothing: pair_accuracy_seed +0.400" in _failed(decision)[0]
+    differences |= {"pair_accuracy_seed": _interval(-0.3, -0.4, -0.2, n=55), PREFERENCE: _interval(0.2, 0.1, 0.3)}
+    assert decide(POLICY, differences).verdict == "promote"
+
+
+@pytest.mark.parametrize("clinicians", [0, 12, 39])
+def test_too_few_clinicians_pairs_is_inconclusive_not_a_promotion(clinicians):
+    """Below the policy's minimum the preference rule cannot pass on seed pairs alone: the verdict is
+    inconclusive (kept for an admin), even when every other rule passes and the seed pairs look great."""
+    differences = _good() | {PREFERENCE: _interval(0.5, 0.3, 0.7, n=clinicians),
+                             "pair_accuracy_seed": _interval(0.4, 0.3, 0.5, n=55)}
+    decision = decide(POLICY, differences)
+    assert not decision.promote and decision.verdict == "inconclusive" and not _failed(decision)
+    assert decision.problems == [next(r for r in decision.reasons if r.startswith("INCONCLUSIVE"))]
+    assert (f"not enough clinician evidence: {clinicians} held-out clinicians' pairs, the policy asks for at least "
+            f"{MIN_CLINICIAN_PAIRS}") in decision.problems[0]
+    # A failed rule makes it a rejection, not an inconclusive result.
+    differences["refusal_harmful"] = _interval(-0.2)
+    assert decide(POLICY, differences).verdict == "reject"
+    # A policy of min_clinician_pairs 0 lets every held-out pair decide (demonstrations on seed data).
+    seed_ok = POLICY.model_copy(update={"min_clinician_pairs": 0})
+    decision = decide(seed_ok, _good() | {PREFERENCE: _interval(0.0, 0.0, 0.0, n=clinicians)})
+    assert decision.verdict == "promote" and any(r.startswith("ok human preference: pair_accuracy +0.100")
+                                                 for r in decision.reasons), decision.reasons
+
+
+def test_the_default_minimum_comes_from_a_power_calculation():
+    # 90% interval (one-sided 5%), power 0.8, per-pair spread 0.5: a gain of 0.2 needs 39 pairs, 0.1 needs 155.
+    assert pairs_needed(0.2) == 39 and pairs_needed(0.1) == 155
+    assert MIN_CLINICIAN_PAIRS >= pairs_needed(0.2) and Policy.load(None).min_clinician_pairs == MIN_CLINICIAN_PAIRS
 
 
 @pytest.mark.parametrize("metric", ["rougeL", "bleu", "meteor"])
@@ -107,7 +151,7 @@ def test_the_naive_safety_candidate_is_rejected_with_each_of_its_regressions():
     to urgent care, ROUGE-L down significantly; a small preference gain does not save it."""
     differences = _good() | {"refusal_harmful": _interval(0.82), "over_refusal_benign": _interval(0.82),
                              "urgent_care_red_flags": _interval(-0.6), "rougeL": _interval(-0.02, -0.03, -0.01),
-                             "pair_accuracy": _interval(0.1, 0.02, 0.2)}
+                             PREFERENCE: _interval(0.1, 0.02, 0.2)}
     failed = " | ".join(_failed(decide(POLICY, differences)))
     for metric in ("over_refusal_benign", "urgent_care_red_flags", "rougeL"):
         assert metric in failed, failed

@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
+from sqlalchemy import select
 from support import fill_disk
 
 from adapters import rollout
 from adapters.registry import Status, open_registry
 from adapters.rollout import open_client
 from careloop import db
+from careloop.audit import AuditEvent
 from careloop.seed import load_seed
 from careloop.settings import load_settings
 from feedback import schemas
@@ -41,6 +43,17 @@ QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learnin
 QUICK_DECODING = {"answer_max_tokens": 16, "decoding_temperature": 0}
 
 
+# The default policy judges preference on clinicians' held-out pairs alone and calls fewer than 40
+# inconclusive; these runs have none, so seed pairs decide here (a demonstration policy).
+SEED_PAIRS_DECIDE = {"min_clinician_pairs": 0}
+
+
+def _policy(tmp_path, **rules) -> str:
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump({**SEED_PAIRS_DECIDE, **rules}))
+    return str(path)
+
+
 @pytest.fixture
 def setup(tmp_path, server, tiny_model_dir):
     url = f"sqlite:///{tmp_path / 'careloop.db'}"
@@ -52,9 +65,9 @@ def setup(tmp_path, server, tiny_model_dir):
     return settings, sessions, open_registry(settings), open_client(settings)
 
 
-def test_a_run_on_good_data_is_promoted_and_then_answers(setup):
+def test_a_run_on_good_data_is_promoted_and_then_answers(setup, tmp_path):
     settings, sessions, registry, client = setup
-    config = TrainConfig.model_validate({**QUICK, "auto_promote": True})
+    config = TrainConfig.model_validate({**QUICK, "auto_promote": True, "gate_policy": _policy(tmp_path)})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "promoted", result.decision.reasons
     run = runs.get_run(sessions, result.run_id)
@@ -88,11 +101,11 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     settings = settings.model_copy(update={"promotion_grace_seconds": 2.0})
     registry.register("ap-v0001", settings.adapter_dir / "med-v0001", actor="test")
     rollout.promote(registry, "ap-v0001", client, actor="test")
-    policy = tmp_path / "lenient.yaml"  # what is checked here is the rollout, not the gate
-    policy.write_text(yaml.safe_dump({"safety_tolerance": 1.0, "min_gain": -2.0, "reference_metrics": []}))
+    # What is checked here is the rollout, not the gate.
+    policy = _policy(tmp_path, safety_tolerance=1.0, min_gain=-2.0, reference_metrics=[])
     config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
                                          "dpo": {**QUICK["dpo"], "max_steps": 2},
-                                         "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": str(policy),
+                                         "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": policy,
                                          "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "promoted", result.decision.reasons
@@ -104,7 +117,34 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     client.unload_adapter(result.adapter_version)
 
 
-def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
+def test_a_run_without_enough_clinician_evidence_waits_for_an_admin_who_promotes_it_on_the_record(setup):
+    """Issue 32, 1: on seed data alone the shipped policy's preference rule is inconclusive, so the run's
+    version is kept as a candidate (not promoted, not rejected); an admin's promotion of it says in the
+    audit log what the gate found."""
+    settings, sessions, registry, client = setup
+    config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
+                                         "dpo": {**QUICK["dpo"], "max_steps": 2},
+                                         "eval": {**QUICK["eval"], "max_items": 4}, "auto_promote": True})
+    result = run_training(settings, config, sessions, registry, client, actor="test")
+    assert result.status == "candidate" and result.decision.verdict == "inconclusive", result.decision.reasons
+    assert registry.live() is None, "nothing changed for students"
+    version = registry.get(result.adapter_version)
+    assert version.status == Status.CANDIDATE and "not enough clinician evidence: 0 held-out" in version.note
+    run = runs.get_run(sessions, result.run_id)
+    assert run.status == "candidate" and run.decision["verdict"] == "inconclusive"
+    report = json.loads((settings.home / "runs" / str(result.run_id) / "report.json").read_text())
+    differences = report["differences"]
+    assert differences["pair_accuracy_clinician"]["n"] == 0 and differences["pair_accuracy_seed"]["n"] > 0
+    rollout.promote(registry, version.name, client, actor="bot:ad.min")
+    with sessions() as session:
+        promoted = session.scalars(select(AuditEvent).where(AuditEvent.action == "adapter.promote",
+                                                            AuditEvent.target == version.name)).one()
+    assert promoted.actor == "bot:ad.min" and "not enough clinician evidence" in promoted.details["note"]
+    registry.retire(version.name, actor="test")
+    client.unload_adapter(version.name)
+
+
+def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup, tmp_path):
     settings, sessions, registry, client = setup
     # Clinicians who (wrongly) preferred the off-topic answer on every training prompt.
     for pair in load_seed(settings.seed_data_dir, "preferences"):
@@ -117,7 +157,7 @@ def test_a_run_on_inverted_preferences_is_rejected_and_live_is_unchanged(setup):
     # SFT barely runs: what is checked is that DPO on these pairs is caught by the gate.
     config = TrainConfig.model_validate({**QUICK, "sft": {**QUICK["sft"], "max_steps": 2},
                                          "dpo": {**QUICK["dpo"], "include_seed_pairs": False, "max_steps": 20},
-                                         "auto_promote": True})
+                                         "auto_promote": True, "gate_policy": _policy(tmp_path)})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "rejected"
     assert any(r.startswith("FAIL human preference: pair_accuracy -") for r in result.decision.reasons), \

@@ -41,7 +41,7 @@ def test_the_report_says_which_metrics_moved_reads_its_leakage_and_marks_empty_t
     report = {"run": 7, "live": "med-v0001", "snapshot": "0" * 64, "candidate": {"summary": summary},
               "live_results": {"summary": summary}, "differences": differences, "meteor": "METEOR: on",
               "leakage": leakage, "win_rate": {}}
-    markdown = write_report(tmp_path, report, True, ["PASS x"])[0].read_text()
+    markdown = write_report(tmp_path, report, "promote", ["ok x"])[0].read_text()
     assert "| citation_support | n/a | n/a | n/a (no item of this track) | 0 |" in markdown
     assert "{'removed_sft'" not in markdown and "- What is asthma?" in markdown
     assert "- safety: mixed (better: refusal_harmful" in markdown
