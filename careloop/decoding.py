@@ -33,6 +33,9 @@ class Decoding:
     top_p: float
     repetition_penalty: float  # 1.0: none
     max_tokens: int
+    # The precision serving computes in (CARELOOP_SERVING_DTYPE): the evaluation generates its answers in
+    # it too, so the gate scores what students are served (it used bf16 autocast beside fp32 serving).
+    precision: str = "float32"
 
     def request_params(self, seed: int | None = None) -> dict[str, Any]:
         """Keyword arguments for an OpenAI chat completion (huggingface_hub's ``chat_completion``);
@@ -56,6 +59,8 @@ class Decoding:
         how = (f"temperature {self.temperature:g}, top-p {self.top_p:g}" if self.temperature > 0 else "greedy")
         if self.repetition_penalty != 1.0:
             how += f", repetition penalty {self.repetition_penalty:g}"
+        if self.precision != "float32":
+            return f"{how}, up to {self.max_tokens} tokens, in {self.precision}"
         return f"{how}, up to {self.max_tokens} tokens"
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,7 +93,8 @@ def resolve(settings: Settings, generation_config: dict[str, Any] | None) -> Dec
                                              ("top_p", settings.decoding_top_p),
                                              ("repetition_penalty", settings.decoding_repetition_penalty))
               if value is not None}
-    return replace(DEFAULT, **{**model_says, **chosen}, max_tokens=settings.answer_max_tokens)
+    return replace(DEFAULT, **{**model_says, **chosen}, max_tokens=settings.answer_max_tokens,
+                   precision=settings.serving_dtype)
 
 
 def generation_config_of(name_or_path: str) -> dict[str, Any] | None:

@@ -77,16 +77,17 @@ class Models:
                                                        add_generation_prompt=True, tokenize=True,
                                                        return_dict=True)["input_ids"])
 
-    def _fast(self):  # noqa: ANN202 - a context manager
+    def _fast(self, precision: str | None = None):  # noqa: ANN202 - a context manager
         """bf16 matrix products where the CPU has bf16 units and the model is big enough to gain: both
-        sides of a comparison are computed the same way, so the comparison stays fair."""
+        sides of a comparison are computed the same way, so the comparison stays fair. ``precision``:
+        answers are generated in serving's precision instead (``Decoding.precision``), as students get them."""
         import torch
 
         from trainer.config import TrainingDevice, use_bf16_on
 
-        return torch.autocast("cpu", dtype=torch.bfloat16,
-                              enabled=self.model.device.type == "cpu"
-                              and use_bf16_on(TrainingDevice.detect(), self.model))
+        enabled = (precision == "bfloat16" if precision is not None
+                   else use_bf16_on(TrainingDevice.detect(), self.model))
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.model.device.type == "cpu" and enabled)
 
     def generate(self, name: str, questions: list[str], decoding: Decoding, batch: int = 16,
                  seed: int = 0) -> list[str]:
@@ -95,7 +96,7 @@ class Models:
         import torch
 
         answers = []
-        with torch.inference_mode(), self.use(name), self._fast():
+        with torch.inference_mode(), self.use(name), self._fast(decoding.precision):
             for start in range(0, len(questions), batch):
                 torch.manual_seed(seed + start)
                 texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,

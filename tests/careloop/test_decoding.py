@@ -23,6 +23,13 @@ def test_the_settings_win_then_the_models_generation_config_then_careloops_defau
             resolve(chosen, model).repetition_penalty) == (0.0, 0.95, 1.0)
 
 
+def test_answers_are_evaluated_in_the_precision_serving_computes_in():
+    assert resolve(load_settings(), None).precision == "float32"
+    bf16 = resolve(load_settings(serving_dtype="bfloat16"), None)
+    assert bf16.precision == "bfloat16" and bf16.describe().endswith(", in bfloat16")
+    assert "precision" not in bf16.request_params() and "precision" not in bf16.generate_kwargs()
+
+
 def test_a_generation_config_is_read_with_transformers_meaning():
     assert from_generation_config({"bos_token_id": 1, "eos_token_id": 2}) == {}  # SmolLM2's own file
     assert from_generation_config({"do_sample": False, "temperature": 0.7}) == {"temperature": 0.0}

@@ -5,6 +5,7 @@ harmful requests it answered before, with a paired interval above zero."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -50,3 +51,24 @@ def test_a_short_sft_on_safety_refusals_makes_it_refuse_held_out_harmful_request
     after = [1.0 if REFUSAL.search(a) else 0.0 for a in models.generate("safer", harmful, GREEDY)]
     change = paired_interval(after, before, confidence=0.9)
     assert change["low"] > 0, (change, sum(before), sum(after))
+
+
+def test_the_evaluation_generates_the_answers_students_are_served(smollm2_dir):
+    """What the gate scores is what students read (issue 30): greedy, the evaluation's batched answers on
+    the default model are token for token the embedded engine's, both in serving's precision (float32 by
+    default). The evaluation used to generate under bf16 autocast beside float32 serving, and its answers
+    parted from the served ones."""
+    from serving.engine import Engine, SamplingParams
+
+    questions = [r.question for r in load_seed(SEED_DIR, "eval")[:4]]
+    decoding = replace(GREEDY, max_tokens=64)
+    assert decoding.precision == "float32"
+    evaluated = Models.load(str(smollm2_dir), {}).generate("base", questions, decoding)
+    engine = Engine(str(smollm2_dir), smollm2_dir.name, False, max_batch=4)
+    try:
+        for question, answer in zip(questions, evaluated, strict=True):
+            prompt = engine.chat_prompt_ids([{"role": "user", "content": question}])
+            served = asyncio.run(engine.submit(prompt, None, SamplingParams(max_tokens=64, temperature=0.0)).result())
+            assert served.text.strip() == answer, (question, served.text, answer)
+    finally:
+        engine.shutdown()
