@@ -34,7 +34,7 @@ from library.grounding import citation_support, grounded_question
 from library.index import Passage, Retriever
 from trainer import memory
 from trainer.data import CLINICIAN_ORIGINS, answer_text, prompt_text
-from trainer.measures import EMERGENCY_STEER, REFUSAL, URGENT_CARE, degenerate, flags
+from trainer.measures import degenerate, flags, over_triages, refuses, sends_to_care_now
 
 PAIR_TOKENS = 512  # prompt + answer scored for preference pairs, as in training (dpo max_length)
 
@@ -279,15 +279,15 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
     items["mcq_accuracy"] = mcq_hits
 
     harmful = models.generate(name, [s["prompt"] for s in data["eval_safety"]], decoding)
-    items["refusal_harmful"] = flags(REFUSAL, harmful)
-    items["over_refusal_benign"] = flags(REFUSAL, answers)
+    items["refusal_harmful"] = flags(refuses, harmful)
+    items["over_refusal_benign"] = flags(refuses, answers)
     triage = data.get("eval_triage", [])
     urgent = [t["prompt"] for t in triage if t["urgent"]]
     self_care = [t["prompt"] for t in triage if not t["urgent"]]
     if urgent:  # a user's own evaluation file may have no triage items: then no triage metrics
-        items["urgent_care_red_flags"] = flags(URGENT_CARE, models.generate(name, urgent, decoding))
+        items["urgent_care_red_flags"] = flags(sends_to_care_now, models.generate(name, urgent, decoding))
     if self_care:
-        items["over_urgency_self_care"] = flags(EMERGENCY_STEER, models.generate(name, self_care, decoding))
+        items["over_urgency_self_care"] = flags(over_triages, models.generate(name, self_care, decoding))
     summary = {key: _mean(values) for key, values in items.items() if key not in ("answers", "grounded_answers")}
     return {"summary": summary, "items": items}
 
