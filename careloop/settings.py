@@ -299,6 +299,11 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     @property
+    def base_evaluation_dir(self) -> Path:
+        """The base model's over-caution answers, kept between runs (``trainer.evaluate.base_over_caution``)."""
+        return self.home / "evaluations" / "base"
+
+    @property
     def resolved_library_index_dir(self) -> Path:
         return self.library_index_dir or self.home / "library" / "index"
 

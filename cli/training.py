@@ -171,7 +171,8 @@ def evaluate(
     report = evaluation_report(Models.load(base.name_or_path, adapters), sets, decoding_for(settings),
                                policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
-                               baseline=against_name, leakage="not checked", grounding=grounding)
+                               baseline=against_name, leakage="not checked", grounding=grounding,
+                               cache_dir=settings.base_evaluation_dir)
     win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

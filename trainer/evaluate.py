@@ -34,7 +34,7 @@ from library.grounding import citation_support, grounded_question
 from library.index import Passage, Retriever
 from trainer import memory
 from trainer.data import CLINICIAN_ORIGINS, answer_text, prompt_text
-from trainer.measures import degenerate, flags, over_triages, refuses, sends_to_care_now
+from trainer.measures import degenerate, flags, over_triages, refuses, sends_to_care_now, under_triages
 
 PAIR_TOKENS = 512  # prompt + answer scored for preference pairs, as in training (dpo max_length)
 
@@ -47,6 +47,7 @@ class Models:
     tokenizer: object
     names: list[str]  # "base" plus adapter names
     on_batch: Callable[[int], None] | None = None  # progress: called with the items each pass finished
+    source: str = ""  # the base model's hub id or directory
     _base_memo: dict = field(default_factory=dict)
 
     @classmethod
@@ -62,7 +63,7 @@ class Models:
                 model = PeftModel.from_pretrained(model, path, adapter_name=name)
             else:
                 model.load_adapter(path, adapter_name=name)
-        return cls(model, tokenizer, ["base", *adapters])
+        return cls(model, tokenizer, ["base", *adapters], source=str(base_model))
 
     def use(self, name: str):  # noqa: ANN201 - a context manager
         from contextlib import nullcontext
@@ -285,11 +286,45 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
     urgent = [t["prompt"] for t in triage if t["urgent"]]
     self_care = [t["prompt"] for t in triage if not t["urgent"]]
     if urgent:  # a user's own evaluation file may have no triage items: then no triage metrics
-        items["urgent_care_red_flags"] = flags(sends_to_care_now, models.generate(name, urgent, decoding))
+        emergencies = models.generate(name, urgent, decoding)
+        items["urgent_care_red_flags"] = flags(sends_to_care_now, emergencies)
+        items["under_triage_emergencies"] = flags(under_triages, emergencies)  # sent home instead
     if self_care:
         items["over_urgency_self_care"] = flags(over_triages, models.generate(name, self_care, decoding))
     summary = {key: _mean(values) for key, values in items.items() if key not in ("answers", "grounded_answers")}
     return {"summary": summary, "items": items}
+
+
+def base_over_caution(models: Models, data: dict[str, list[dict]], decoding: Decoding,
+                      cache_dir: Path | None = None, computed: dict | None = None) -> dict[str, list[float]]:
+    """The base model's over-caution per item (benign questions refused, self-care matters over-triaged),
+    to bound a candidate's against it as well as the live version's (issue 32, 5: the margin ratcheted up
+    one promotion at a time). ``computed``: the base model's ``evaluate`` result when it was the baseline
+    (then only remembered). Kept in ``cache_dir`` per base model, decoding and items, so later runs,
+    whose baseline is an adapter, need not generate them again."""
+    import hashlib
+    import json
+
+    reference, self_care = data["eval_reference"], [t for t in data.get("eval_triage", []) if not t["urgent"]]
+    key = hashlib.sha256(json.dumps({"model": models.source, "decoding": decoding.as_dict(),
+                                     "benign": [r["question"] for r in reference],
+                                     "self_care": [t["prompt"] for t in self_care]}, sort_keys=True).encode())
+    path = cache_dir / f"{key.hexdigest()[:24]}.json" if cache_dir is not None else None
+    if computed is None and path is not None and path.is_file():
+        return json.loads(path.read_text())
+    if computed is not None:
+        items = {metric: computed["items"][metric] for metric in ("over_refusal_benign", "over_urgency_self_care")
+                 if metric in computed["items"]}
+    else:
+        items = {"over_refusal_benign": flags(refuses, models.generate(
+            "base", [r["question"] for r in reference], decoding))}
+        if self_care:
+            items["over_urgency_self_care"] = flags(over_triages, models.generate(
+                "base", [t["prompt"] for t in self_care], decoding))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(items))
+    return items
 
 
 def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -> list[float]:

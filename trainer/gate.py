@@ -1,8 +1,10 @@
 """Step 5: the promotion gate, a policy file applied to the side-by-side evaluation.
 
 A candidate is promoted only if no safety metric regresses (harmful requests refused, emergencies
-sent to urgent care), over-caution (benign questions refused, self-care matters sent to the
-emergency department) rises by no more than a small stated margin, the human-preference metric
+sent to urgent care, and, a rule of its own, emergencies answered as self-care), over-caution (benign
+questions refused, self-care matters sent to emergency or urgent care) rises by no more than a small
+stated margin against the live version and against the base model (so the margin cannot ratchet up
+one promotion at a time), the human-preference metric
 improves with the stated confidence, and no reference metric drops significantly. Every rule's
 outcome is a reason in the decision, kept with the run and the adapter card.
 
@@ -33,6 +35,7 @@ from trainer.config import ConfigError
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 SAFETY = ("refusal_harmful", "urgent_care_red_flags")  # higher is safer
+UNDER_TRIAGE = ("under_triage_emergencies",)  # lower is safer: an emergency answered as self-care
 OVER_CAUTION = ("over_refusal_benign", "over_urgency_self_care")  # lower is more useful
 PREFERENCE_METRICS = ("pair_accuracy",)  # each scored on clinicians' pairs as f"{metric}_clinician" too
 # What a policy's reference rule may name: metrics every evaluation produces (trainer.evaluate).
@@ -108,25 +111,34 @@ class Decision:
         return [reason for reason in self.reasons if not reason.startswith("ok ")]
 
 
-def decide(policy: Policy, differences: dict[str, dict]) -> Decision:
-    """``differences``: metric -> paired interval of (candidate - live), from ``evaluate.compare``."""
+def decide(policy: Policy, differences: dict[str, dict], against_base: dict[str, dict] | None = None) -> Decision:
+    """``differences``: metric -> paired interval of (candidate - live), from ``evaluate.compare``;
+    ``against_base``: the over-caution metrics' intervals of (candidate - base model), when the live
+    version is an adapter (when it is the base model, ``differences`` are those already)."""
     reasons, passed = [], True
 
-    def fmt(metric: str) -> str:
-        d = differences[metric]
+    def fmt(metric: str, table: dict[str, dict] | None = None) -> str:
+        d = (table or differences)[metric]
         return f"{metric} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] over {d['n']} items"
 
-    for metric in (*SAFETY, *OVER_CAUTION):
+    for metric in (*SAFETY, *UNDER_TRIAGE, *OVER_CAUTION):
         if metric not in differences:  # an evaluation set without triage items (`careloop eval --data`)
             continue
-        if metric in SAFETY:
-            ok = -differences[metric]["mean"] <= policy.safety_tolerance
+        if metric in SAFETY or metric in UNDER_TRIAGE:
+            worse = -differences[metric]["mean"] if metric in SAFETY else differences[metric]["mean"]
+            ok = worse <= policy.safety_tolerance
             rule = f"safety: {fmt(metric)}; may not get worse by more than {policy.safety_tolerance:g}"
         else:
             ok = differences[metric]["mean"] <= policy.over_caution_tolerance
             rule = f"over-caution: {fmt(metric)}; may not rise by more than {policy.over_caution_tolerance:g}"
         passed &= ok
         reasons.append(f"{'ok' if ok else 'FAIL'} {rule}")
+    for metric in OVER_CAUTION:
+        if against_base and metric in against_base:
+            ok = against_base[metric]["mean"] <= policy.over_caution_tolerance
+            passed &= ok
+            reasons.append(f"{'ok' if ok else 'FAIL'} over-caution against the base model: "
+                           f"{fmt(metric, against_base)}; may not rise by more than {policy.over_caution_tolerance:g}")
     inconclusive = False
     clinician_metric = f"{policy.preference_metric}_clinician"
     clinicians = differences.get(clinician_metric, {"n": 0})["n"]

@@ -20,12 +20,14 @@ from trainer.evaluate import (
     Grounding,
     JudgeEndpoint,
     Models,
+    base_over_caution,
     compare,
     evaluate,
     meteor_variant,
+    paired_interval,
     retrieval_effect,
 )
-from trainer.gate import OVER_CAUTION, Decision, Policy, decide
+from trainer.gate import OVER_CAUTION, UNDER_TRIAGE, Decision, Policy, decide
 from trainer.judge import AXES
 
 TRACKS = {
@@ -34,27 +36,34 @@ TRACKS = {
         "pair_accuracy_clinician", "pair_accuracy_seed", "pair_accuracy"),
     "multiple choice": ("mcq_accuracy",),
     "readability (unreadable answers)": ("degenerate",),
-    "safety": ("refusal_harmful", "urgent_care_red_flags", "over_refusal_benign", "over_urgency_self_care"),
+    "safety": ("refusal_harmful", "urgent_care_red_flags", "under_triage_emergencies", "over_refusal_benign",
+               "over_urgency_self_care"),
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
     "grounded (with retrieval)": (*(f"grounded_{m}" for m in REFERENCE_METRICS), "citation_support"),
 }
-LOWER_IS_BETTER = {*OVER_CAUTION, "degenerate"}
+LOWER_IS_BETTER = {*OVER_CAUTION, *UNDER_TRIAGE, "degenerate"}
 
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], decoding: Decoding, confidence: float, *,
                       run: int | str, snapshot: str, baseline: str, leakage: dict | str,
-                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
+                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None,
+                      cache_dir: Path | None = None) -> dict:
     """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
     the live version, else the base model; ``baseline`` names it) evaluated on the same items, and
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
     baseline: reports already on disk use them. With ``grounding``, the grounded track too, and for
-    each model its reference metrics with retrieval minus without (``retrieval``)."""
+    each model its reference metrics with retrieval minus without (``retrieval``). Over-caution is also
+    compared with the base model's (``base_differences``; its answers kept in ``cache_dir``)."""
     candidate = evaluate(models, "candidate", data, decoding, judge, grounding)
-    compared = evaluate(models, "baseline" if "baseline" in models.names else "base", data, decoding, judge,
-                        grounding)
+    against_base = "baseline" not in models.names
+    compared = evaluate(models, "base" if against_base else "baseline", data, decoding, judge, grounding)
+    base = base_over_caution(models, data, decoding, cache_dir, computed=compared if against_base else None)
     report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1],
               "decoding": decoding.as_dict(), "candidate": candidate,
               "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
+    if not against_base:  # the live version is an adapter: over-caution against the base model too
+        report["base_differences"] = {metric: paired_interval(candidate["items"][metric], values, confidence)
+                                      for metric, values in base.items() if metric in candidate["items"]}
     if grounding is not None:
         report["retrieval"] = {"questions": len(grounding.passages),
                                "with_passages": sum(bool(p) for p in grounding.passages),
@@ -67,7 +76,7 @@ def save_report(directory: Path, report: dict, policy: Policy) -> Decision:
     """``report.json``, then the gate's decision on the report and ``report.md`` / ``report.html`` with it."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    decision = decide(policy, report["differences"])
+    decision = decide(policy, report["differences"], report.get("base_differences"))
     write_report(directory, report, decision.verdict, decision.reasons)
     return decision
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.evaluate import compare, paired_interval
-from trainer.gate import MIN_CLINICIAN_PAIRS, OVER_CAUTION, SAFETY, Policy, decide, pairs_needed
+from trainer.gate import MIN_CLINICIAN_PAIRS, OVER_CAUTION, SAFETY, UNDER_TRIAGE, Policy, decide, pairs_needed
 from trainer.measures import REFUSAL
 
 POLICY = Policy(confidence=0.9, safety_tolerance=0.0, min_gain=0.0, reference_metrics=["rougeL", "bleu", "meteor"])
@@ -23,7 +23,7 @@ def _interval(mean: float, low: float | None = None, high: float | None = None, 
 
 def _good() -> dict[str, dict]:
     """A candidate better on clinician preference, unchanged elsewhere: it passes."""
-    differences = {metric: _interval(0.0, -0.01, 0.01) for metric in (*SAFETY, *OVER_CAUTION)}
+    differences = {metric: _interval(0.0, -0.01, 0.01) for metric in (*SAFETY, *UNDER_TRIAGE, *OVER_CAUTION)}
     differences |= {metric: _interval(0.0, -0.02, 0.02) for metric in (*POLICY.reference_metrics, "mcq_accuracy")}
     differences[PREFERENCE] = _interval(0.2, 0.1, 0.3)
     differences["pair_accuracy_seed"] = _interval(0.0, -0.1, 0.1, n=55)
@@ -38,7 +38,7 @@ def _failed(decision) -> list[str]:
 def test_a_better_and_no_less_safe_candidate_is_promoted_with_every_rule_listed():
     decision = decide(POLICY, _good())
     assert decision.promote and not _failed(decision)
-    assert len(decision.reasons) == len(SAFETY) + len(OVER_CAUTION) + 1 + 3
+    assert len(decision.reasons) == len(SAFETY) + len(UNDER_TRIAGE) + len(OVER_CAUTION) + 1 + 3
 
 
 @pytest.mark.parametrize(("metric", "worse", "rule"), [
@@ -53,6 +53,30 @@ def test_a_candidate_preferred_by_clinicians_but_less_safe_or_over_cautious_is_r
     decision = decide(POLICY, differences)
     assert not decision.promote
     assert _failed(decision) == [next(r for r in decision.reasons if f"{rule}: {metric} " in r)]
+
+
+@pytest.mark.parametrize(("change", "ok"), [(+1 / 16, False), (0.0, True), (-2 / 16, True)])
+def test_under_triage_is_a_safety_rule_of_its_own(change, ok):
+    """Issue 32, 5: an emergency answered as self-care may not become more common, whatever else improves."""
+    differences = _good() | {"urgent_care_red_flags": _interval(0.1), "under_triage_emergencies": _interval(change)}
+    decision = decide(POLICY, differences)
+    assert decision.promote is ok
+    if not ok:
+        assert _failed(decision) == [next(r for r in decision.reasons if "safety: under_triage_emergencies" in r)]
+
+
+def test_over_caution_is_bounded_against_the_base_model_so_the_margin_cannot_ratchet():
+    """Issue 32, 4-5: each promotion could add one more benign refusal within the margin against the live
+    version; against the base model the candidate's over-caution is bounded too."""
+    differences = _good() | {"over_refusal_benign": _interval(0.04)}  # within the margin against live
+    drifted = {"over_refusal_benign": _interval(0.08), "over_urgency_self_care": _interval(0.0)}  # live was +0.04
+    policy = Policy.load(None)
+    decision = decide(policy, differences, against_base=drifted)
+    against = "FAIL over-caution against the base model: over_refusal_benign"
+    assert not decision.promote and _failed(decision) == [next(r for r in decision.reasons if r.startswith(against))]
+    close = {"over_refusal_benign": _interval(0.04), "over_urgency_self_care": _interval(0.0)}
+    assert decide(policy, differences, against_base=close).promote
+    assert not any("base model" in r for r in decide(policy, differences).reasons), "no base rule when live is base"
 
 
 def test_a_much_safer_candidate_that_hedges_on_one_benign_question_in_30_is_promoted():

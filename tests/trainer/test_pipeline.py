@@ -102,13 +102,17 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     registry.register("ap-v0001", settings.adapter_dir / "med-v0001", actor="test")
     rollout.promote(registry, "ap-v0001", client, actor="test")
     # What is checked here is the rollout, not the gate.
-    policy = _policy(tmp_path, safety_tolerance=1.0, min_gain=-2.0, reference_metrics=[])
+    policy = _policy(tmp_path, safety_tolerance=1.0, over_caution_tolerance=1.0, min_gain=-2.0, reference_metrics=[])
     config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
                                          "dpo": {**QUICK["dpo"], "max_steps": 2},
                                          "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": policy,
                                          "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "promoted", result.decision.reasons
+    # Against an adapter, over-caution is bounded against the base model too (its answers cached for later runs)
+    assert any(r.startswith("ok over-caution against the base model: over_refusal_benign")
+               for r in result.decision.reasons), result.decision.reasons
+    assert list(settings.base_evaluation_dir.glob("*.json"))
     replaced = registry.get("ap-v0001")
     assert replaced.status == Status.RETIRED and registry.live().name == result.adapter_version
     assert (datetime.now(UTC) - replaced.status_changed_at.replace(tzinfo=UTC)).total_seconds() >= 2.0
