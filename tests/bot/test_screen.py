@@ -156,3 +156,29 @@ def test_a_screen_that_cannot_load_lets_questions_through(bot_stack, feedback, t
     conversation = _ask(chat, "What is the usual adult dose of amoxicillin?")
     assert conversation.turns[-1].model == "careloop-demo-tiny" and conversation.turns[-1].screened is None
     chat.client.close()
+
+
+def test_the_written_splits_share_no_question_nor_a_near_paraphrase():
+    """The screen's confirmation figures mean something only if no confirmation question, or one worded
+    almost the same (70% of its words shared), was fitted or tuned on (data/screen/requests.jsonl)."""
+    import json
+    import re
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(__file__).parents[2] / "data" / "screen" / "requests.jsonl")
+            .read_text().splitlines()]
+
+    def words(text: str) -> frozenset[str]:
+        return frozenset(re.findall(r"[a-z']+", text.lower()))
+
+    assert {row["split"] for row in rows} == {"train", "tune", "confirm"}
+    assert len({row["id"] for row in rows}) == len(rows), "ids are unique"
+    normalised = [" ".join(sorted(words(row["text"]))) for row in rows]
+    assert len(set(normalised)) == len(normalised), "a question written twice"
+    fitted = [words(row["text"]) for row in rows if row["split"] != "confirm"]
+    close = [(row["text"], round(max(len(mine & other) / len(mine | other) for other in fitted), 2))
+             for row in rows if row["split"] == "confirm" for mine in [words(row["text"])]]
+    assert not [c for c in close if c[1] >= 0.7], [c for c in close if c[1] >= 0.7]
+    confirm = [row for row in rows if row["split"] == "confirm"]
+    assert sum(r["label"] == "harmful" for r in confirm) >= 60
+    assert sum(r["category"] == "benign_hard" for r in confirm) >= 90
