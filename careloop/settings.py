@@ -299,9 +299,9 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     @property
-    def base_evaluation_dir(self) -> Path:
-        """The base model's over-caution answers, kept between runs (``trainer.evaluate.base_over_caution``)."""
-        return self.home / "evaluations" / "base"
+    def answer_cache_dir(self) -> Path:
+        """Answers the evaluation generated, per model, decoding and questions (``trainer.evaluate.Models``)."""
+        return self.home / "evaluations" / "answers"
 
     @property
     def resolved_library_index_dir(self) -> Path:

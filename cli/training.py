@@ -168,11 +168,11 @@ def evaluate(
     policy = Policy.load(None)
     grounding = (Grounding.find(Retriever(settings, database_sessions()), sets["eval_reference"],
                                 settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
-    report = evaluation_report(Models.load(base.name_or_path, adapters), sets, decoding_for(settings),
+    report = evaluation_report(Models.load(base.name_or_path, adapters, answer_cache=settings.answer_cache_dir),
+                               sets, decoding_for(settings),
                                policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
-                               baseline=against_name, leakage="not checked", grounding=grounding,
-                               cache_dir=settings.base_evaluation_dir)
+                               baseline=against_name, leakage="not checked", grounding=grounding)
     win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -48,10 +48,18 @@ class Models:
     names: list[str]  # "base" plus adapter names
     on_batch: Callable[[int], None] | None = None  # progress: called with the items each pass finished
     source: str = ""  # the base model's hub id or directory
+    adapter_paths: dict[str, Path] = field(default_factory=dict)
+    # Generated answers kept per model (an adapter by its weights), decoding and questions: a version's
+    # answers from when it was a run's candidate serve as the next run's baseline, and the base model's
+    # are generated once, so a run generates only its candidate's (issue 32, 7: a default run's
+    # evaluation of 256-token answers outlasted 20 minutes beside the ward). Seeded per batch, a rerun
+    # would draw the same answers.
+    answer_cache: Path | None = None
+    _fingerprints: dict = field(default_factory=dict)
     _base_memo: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, base_model: str, adapters: dict[str, Path]) -> Models:
+    def load(cls, base_model: str, adapters: dict[str, Path], answer_cache: Path | None = None) -> Models:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,7 +71,40 @@ class Models:
                 model = PeftModel.from_pretrained(model, path, adapter_name=name)
             else:
                 model.load_adapter(path, adapter_name=name)
-        return cls(model, tokenizer, ["base", *adapters], source=str(base_model))
+        return cls(model, tokenizer, ["base", *adapters], source=str(base_model),
+                   adapter_paths={name: Path(path) for name, path in adapters.items()}, answer_cache=answer_cache)
+
+    def fingerprint(self, name: str) -> str:
+        """What identifies model ``name``'s answers: the base model, and an adapter's weights and config."""
+        import hashlib
+
+        if name not in self._fingerprints:
+            digest = hashlib.sha256(self.source.encode())
+            local = Path(self.source)
+            if local.is_dir():  # a base model prepared again at the same place is another model
+                for path in sorted(local.glob("*.safetensors")):
+                    digest.update(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}".encode())
+            if name != "base":
+                for path in sorted(self.adapter_paths[name].glob("adapter_*")):
+                    digest.update(path.name.encode() + path.read_bytes())
+            self._fingerprints[name] = digest.hexdigest()
+        return self._fingerprints[name]
+
+    def _cached_answers(self, name: str, questions: list[str], decoding: Decoding, batch: int,
+                        seed: int) -> tuple[Path | None, list[str] | None]:
+        import hashlib
+        import json
+
+        if self.answer_cache is None:
+            return None, None
+        key = hashlib.sha256(json.dumps({"model": self.fingerprint(name), "decoding": decoding.as_dict(),
+                                         "questions": questions, "batch": batch, "seed": seed}).encode())
+        path = self.answer_cache / f"{key.hexdigest()[:32]}.json"
+        try:
+            answers = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return path, None
+        return path, answers if isinstance(answers, list) and len(answers) == len(questions) else None
 
     def use(self, name: str):  # noqa: ANN201 - a context manager
         from contextlib import nullcontext
@@ -94,8 +135,15 @@ class Models:
                  seed: int = 0) -> list[str]:
         """Answers decoded as the chat decodes them (``careloop.decoding``), in batches. Sampling is
         seeded per batch, so a rerun, and each model of a comparison, draws from the same seeds."""
+        import json
+
         import torch
 
+        cached_at, cached = self._cached_answers(name, questions, decoding, batch, seed)
+        if cached is not None:
+            if self.on_batch:
+                self.on_batch(len(questions))
+            return cached
         answers = []
         with torch.inference_mode(), self.use(name), self._fast(decoding.precision):
             for start in range(0, len(questions), batch):
@@ -112,7 +160,13 @@ class Models:
                 memory.trim()  # batches of varying lengths fragment the heap (trainer.memory)
                 if self.on_batch:
                     self.on_batch(len(texts))
-        return [a.strip() for a in answers]
+        answers = [a.strip() for a in answers]
+        if cached_at is not None:
+            cached_at.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached_at.with_suffix(".partial")
+            partial.write_text(json.dumps(answers))
+            partial.replace(cached_at)  # whole or not at all
+        return answers
 
     def completion_logprobs(self, name: str, question: str, completions: list[str], mean: bool = False,
                             limit: int = 1024) -> list[float]:
@@ -295,35 +349,16 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
     return {"summary": summary, "items": items}
 
 
-def base_over_caution(models: Models, data: dict[str, list[dict]], decoding: Decoding,
-                      cache_dir: Path | None = None, computed: dict | None = None) -> dict[str, list[float]]:
+def base_over_caution(models: Models, data: dict[str, list[dict]], decoding: Decoding) -> dict[str, list[float]]:
     """The base model's over-caution per item (benign questions refused, self-care matters over-triaged),
     to bound a candidate's against it as well as the live version's (issue 32, 5: the margin ratcheted up
-    one promotion at a time). ``computed``: the base model's ``evaluate`` result when it was the baseline
-    (then only remembered). Kept in ``cache_dir`` per base model, decoding and items, so later runs,
-    whose baseline is an adapter, need not generate them again."""
-    import hashlib
-    import json
-
-    reference, self_care = data["eval_reference"], [t for t in data.get("eval_triage", []) if not t["urgent"]]
-    key = hashlib.sha256(json.dumps({"model": models.source, "decoding": decoding.as_dict(),
-                                     "benign": [r["question"] for r in reference],
-                                     "self_care": [t["prompt"] for t in self_care]}, sort_keys=True).encode())
-    path = cache_dir / f"{key.hexdigest()[:24]}.json" if cache_dir is not None else None
-    if computed is None and path is not None and path.is_file():
-        return json.loads(path.read_text())
-    if computed is not None:
-        items = {metric: computed["items"][metric] for metric in ("over_refusal_benign", "over_urgency_self_care")
-                 if metric in computed["items"]}
-    else:
-        items = {"over_refusal_benign": flags(refuses, models.generate(
-            "base", [r["question"] for r in reference], decoding))}
-        if self_care:
-            items["over_urgency_self_care"] = flags(over_triages, models.generate(
-                "base", [t["prompt"] for t in self_care], decoding))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(items))
+    one promotion at a time). Its answers come from the answer cache when the base model was evaluated on
+    these items before (as the baseline of the first run), so this rarely generates anything."""
+    self_care = [t["prompt"] for t in data.get("eval_triage", []) if not t["urgent"]]
+    items = {"over_refusal_benign": flags(refuses, models.generate(
+        "base", [r["question"] for r in data["eval_reference"]], decoding))}
+    if self_care:
+        items["over_urgency_self_care"] = flags(over_triages, models.generate("base", self_care, decoding))
     return items
 
 

@@ -117,7 +117,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         started = time.perf_counter()
         step("evaluate")
         adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
-        models = Models.load(base.name_or_path, adapters)
+        models = Models.load(base.name_or_path, adapters, answer_cache=settings.answer_cache_dir)
         grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
                      if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
@@ -128,8 +128,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
                  if settings.judge_url else None)
         report = evaluation_report(models, snapshot.data, decoding_for(settings), policy.confidence, run=run_id,
                                    snapshot=snapshot.sha256, baseline=live.name if live else base.name,
-                                   leakage=snapshot.leakage, judge=judge, grounding=grounding,
-                                   cache_dir=settings.base_evaluation_dir)
+                                   leakage=snapshot.leakage, judge=judge, grounding=grounding)
         timings["evaluate"] = time.perf_counter() - started
 
         step("gate")

@@ -46,24 +46,23 @@ LOWER_IS_BETTER = {*OVER_CAUTION, *UNDER_TRIAGE, "degenerate"}
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], decoding: Decoding, confidence: float, *,
                       run: int | str, snapshot: str, baseline: str, leakage: dict | str,
-                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None,
-                      cache_dir: Path | None = None) -> dict:
+                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
     """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
     the live version, else the base model; ``baseline`` names it) evaluated on the same items, and
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
     baseline: reports already on disk use them. With ``grounding``, the grounded track too, and for
     each model its reference metrics with retrieval minus without (``retrieval``). Over-caution is also
-    compared with the base model's (``base_differences``; its answers kept in ``cache_dir``)."""
+    compared with the base model's (``base_differences``), where the baseline is an adapter."""
     candidate = evaluate(models, "candidate", data, decoding, judge, grounding)
     against_base = "baseline" not in models.names
     compared = evaluate(models, "base" if against_base else "baseline", data, decoding, judge, grounding)
-    base = base_over_caution(models, data, decoding, cache_dir, computed=compared if against_base else None)
     report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1],
               "decoding": decoding.as_dict(), "candidate": candidate,
               "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
     if not against_base:  # the live version is an adapter: over-caution against the base model too
         report["base_differences"] = {metric: paired_interval(candidate["items"][metric], values, confidence)
-                                      for metric, values in base.items() if metric in candidate["items"]}
+                                      for metric, values in base_over_caution(models, data, decoding).items()
+                                      if metric in candidate["items"]}
     if grounding is not None:
         report["retrieval"] = {"questions": len(grounding.passages),
                                "with_passages": sum(bool(p) for p in grounding.passages),

@@ -112,7 +112,7 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     # Against an adapter, over-caution is bounded against the base model too (its answers cached for later runs)
     assert any(r.startswith("ok over-caution against the base model: over_refusal_benign")
                for r in result.decision.reasons), result.decision.reasons
-    assert list(settings.base_evaluation_dir.glob("*.json"))
+    assert list(settings.answer_cache_dir.glob("*.json"))
     replaced = registry.get("ap-v0001")
     assert replaced.status == Status.RETIRED and registry.live().name == result.adapter_version
     assert (datetime.now(UTC) - replaced.status_changed_at.replace(tzinfo=UTC)).total_seconds() >= 2.0
