@@ -142,7 +142,7 @@ class Models:
         cached_at, cached = self._cached_answers(name, questions, decoding, batch, seed)
         if cached is not None:
             if self.on_batch:
-                self.on_batch(len(questions))
+                self.on_batch(len(questions) * generation_units(decoding))
             return cached
         answers = []
         with torch.inference_mode(), self.use(name), self._fast(decoding.precision):
@@ -159,7 +159,7 @@ class Models:
                 del output, encoded
                 memory.trim()  # batches of varying lengths fragment the heap (trainer.memory)
                 if self.on_batch:
-                    self.on_batch(len(texts))
+                    self.on_batch(len(texts) * generation_units(decoding))
         answers = [a.strip() for a in answers]
         if cached_at is not None:
             cached_at.parent.mkdir(parents=True, exist_ok=True)
@@ -368,12 +368,25 @@ def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -
             for question, answer in zip(questions, answers, strict=True)]
 
 
-def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> int:
-    """How many progress units ``evaluate`` reports for these models (Models.on_batch), for an ETA."""
-    generated = (len(data["eval_reference"]) * (3 if grounded else 2) + len(data["eval_safety"])
-                 + len(data.get("eval_triage", [])))
-    return sum(generated + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
-               for name in names)
+def generation_units(decoding: Decoding) -> int:
+    """Progress units for one generated answer against 1 for a scored item (one log-likelihood pass): an
+    answer of ``max_tokens`` costs about as much as one scoring pass per 24 of its tokens. Counted alike,
+    the time left swung by half over a run's evaluation (bench/load.py, issue 29, 7)."""
+    return max(1, round(decoding.max_tokens / 24))
+
+
+def evaluation_units(data: dict[str, list[dict]], names: list[str], decoding: Decoding,
+                     grounded: bool = False) -> int:
+    """How many progress units ``evaluate`` reports for these models (Models.on_batch), for an ETA; with
+    an adapter as the baseline, the base model's over-caution answers too (``base_over_caution``)."""
+    weight = generation_units(decoding)
+    reference, triage = len(data["eval_reference"]), len(data.get("eval_triage", []))
+    generated = reference * (2 if grounded else 1) + len(data["eval_safety"]) + triage
+    units = sum(generated * weight + reference + len(data["eval_pairs"]) * (1 if name == "base" else 2)
+                + len(data["eval_mcq"]) for name in names)
+    if "baseline" in names:
+        units += (reference + sum(not t["urgent"] for t in data.get("eval_triage", []))) * weight
+    return units
 
 
 def retrieval_effect(results: dict, confidence: float) -> dict[str, dict]:

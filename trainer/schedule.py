@@ -207,7 +207,9 @@ class Progress:
 
 # Each step's expected share of a run, until a finished run has measured them (SmolLM2 on 2 cores,
 # BENCHMARKS.md run L).
-DEFAULT_SHARES = {"snapshot": 0.01, "sft": 0.21, "dpo": 0.33, "evaluate": 0.43, "gate": 0.01, "publish": 0.01}
+# A first run's steps (no earlier run to time it by), as measured on the default model beside the ward
+# (BENCHMARKS.md, the ward bench with a run: snapshot 8 s, SFT 250, DPO 361, evaluation 925 of 1,544 s).
+DEFAULT_SHARES = {"snapshot": 0.01, "sft": 0.16, "dpo": 0.23, "evaluate": 0.58, "gate": 0.01, "publish": 0.01}
 
 
 def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | None = None) -> Progress:
