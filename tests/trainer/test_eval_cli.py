@@ -29,7 +29,8 @@ def test_eval_on_a_custom_file_writes_the_report(cli, tmp_path, tiny_model_dir, 
     report = json.loads((out / "report.json").read_text())
     assert report["differences"]["rougeL"]["n"] == 2 and report["differences"]["mcq_accuracy"]["n"] == 1
     assert (out / "report.md").exists() and (out / "report.html").exists()
-    assert report["decoding"] == {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.1, "max_tokens": 8}
+    assert report["decoding"] == {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.1, "max_tokens": 8,
+                                  "precision": "float32"}
     # The grounded track: both questions found passages; each model with retrieval against itself without.
     assert report["retrieval"]["questions"] == 2 and report["retrieval"]["with_passages"] == 2
     assert report["retrieval"]["candidate"]["rougeL"]["n"] == 2 and report["retrieval"]["live"]["bleu"]["n"] == 2

@@ -65,10 +65,13 @@ def test_the_evaluation_generates_the_answers_students_are_served(smollm2_dir):
     assert decoding.precision == "float32"
     evaluated = Models.load(str(smollm2_dir), {}).generate("base", questions, decoding)
     engine = Engine(str(smollm2_dir), smollm2_dir.name, False, max_batch=4)
+
+    async def served(question: str) -> str:
+        prompt = engine.chat_prompt_ids([{"role": "user", "content": question}])
+        return (await engine.submit(prompt, None, SamplingParams(max_tokens=64, temperature=0.0)).result()).text
+
     try:
         for question, answer in zip(questions, evaluated, strict=True):
-            prompt = engine.chat_prompt_ids([{"role": "user", "content": question}])
-            served = asyncio.run(engine.submit(prompt, None, SamplingParams(max_tokens=64, temperature=0.0)).result())
-            assert served.text.strip() == answer, (question, served.text, answer)
+            assert asyncio.run(served(question)).strip() == answer, question
     finally:
         engine.shutdown()
