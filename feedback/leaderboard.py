@@ -94,11 +94,13 @@ def fit(games: list[Game], versions: list[str]) -> np.ndarray:
 
 
 def leaderboard(sessions: sessionmaker[Session], *, base: str | None = None, category: str | None = None,
-                rounds: int = 200, confidence: float = 0.9, seed: int = 0) -> Leaderboard:
-    """Ratings of every version in the stored comparisons (``category``: only items of that prompt
-    origin), with ``confidence`` bootstrap intervals over ``rounds`` resamples; ``base`` names the
-    base model, which reads 1000."""
-    games = [g for g in stored_games(sessions) if category is None or g.category == category]
+                rounds: int = 200, confidence: float = 0.9, seed: int = 0,
+                games: list[Game] | None = None) -> Leaderboard:
+    """Ratings of every version in the stored comparisons (``games``: those already read with
+    ``stored_games``; ``category``: only items of that prompt origin), with ``confidence`` bootstrap
+    intervals over ``rounds`` resamples; ``base`` names the base model, which reads 1000."""
+    games = [g for g in (stored_games(sessions) if games is None else games)
+             if category is None or g.category == category]
     played = Counter([g.a for g in games] + [g.b for g in games])
     versions = sorted(played)
     if not games:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,8 +39,9 @@ SAFETY = ("refusal_harmful", "urgent_care_red_flags")  # higher is safer
 UNDER_TRIAGE = ("under_triage_emergencies",)  # lower is safer: an emergency answered as self-care
 OVER_CAUTION = ("over_refusal_benign", "over_urgency_self_care")  # lower is more useful
 PREFERENCE_METRICS = ("pair_accuracy",)  # each scored on clinicians' pairs as f"{metric}_clinician" too
-# What a policy's reference rule may name: metrics every evaluation produces (trainer.evaluate).
-REFERENCE_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "meteor", "mcq_accuracy")
+# What a policy's reference rule may name: trainer.evaluate's REFERENCE_METRICS and multiple-choice
+# knowledge, which every evaluation produces (not imported: the gate loads without the evaluation's models).
+REFERENCE_RULE_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "meteor", "mcq_accuracy")
 
 
 def pairs_needed(gain: float, spread: float = 0.5, confidence: float = 0.9, power: float = 0.8) -> int:
@@ -79,9 +81,9 @@ class Policy(BaseModel):
     @field_validator("reference_metrics")
     @classmethod
     def _known_reference(cls, value: list[str]) -> list[str]:
-        if unknown := [m for m in value if m not in REFERENCE_METRICS]:
+        if unknown := [m for m in value if m not in REFERENCE_RULE_METRICS]:
             raise ValueError(f"unknown reference metric(s) {', '.join(map(repr, unknown))}; known: "
-                             f"{', '.join(REFERENCE_METRICS)}")
+                             f"{', '.join(REFERENCE_RULE_METRICS)}")
         return value
 
     @classmethod
@@ -99,11 +101,8 @@ class Policy(BaseModel):
 @dataclass
 class Decision:
     promote: bool
+    verdict: Literal["promote", "reject", "inconclusive"]  # inconclusive: too little clinician evidence
     reasons: list[str] = field(default_factory=list)
-    verdict: str = ""  # "promote", "reject" or "inconclusive" (too little clinician evidence, nothing failed)
-
-    def __post_init__(self) -> None:
-        self.verdict = self.verdict or ("promote" if self.promote else "reject")
 
     @property
     def problems(self) -> list[str]:
@@ -161,5 +160,5 @@ def decide(policy: Policy, differences: dict[str, dict], against_base: dict[str,
         ok = differences[metric]["high"] >= 0
         passed &= ok
         reasons.append(f"{'ok' if ok else 'FAIL'} reference: {fmt(metric)}; must not drop significantly")
-    return Decision(passed and not inconclusive, reasons,
-                    "reject" if not passed else "inconclusive" if inconclusive else "promote")
+    return Decision(passed and not inconclusive,
+                    "reject" if not passed else "inconclusive" if inconclusive else "promote", reasons)

@@ -32,9 +32,10 @@ class Feedback:
     def leaderboard(self) -> tuple[pd.DataFrame, Any, str]:
         """The versions clinicians compared, best first, as a table, a plot of ratings with their intervals,
         and a sentence saying what they rest on."""
-        games = len(stored_games(self.services.sessions))
-        if self._board is None or self._board[0] != games:  # refitted (with its bootstrap) only on news
-            self._board = (games, leaderboard(self.services.sessions, base=base_model_name(self.services.settings)))
+        games = stored_games(self.services.sessions)
+        if self._board is None or self._board[0] != len(games):  # refitted (with its bootstrap) only on news
+            self._board = (len(games), leaderboard(self.services.sessions, games=games,
+                                                   base=base_model_name(self.services.settings)))
         board = self._board[1]
         frame = pd.DataFrame([{"rank": rank, "version": s.version, "rating": round(s.rating),
                                "interval (90%)": f"{s.low:.0f} to {s.high:.0f}", "judgments": s.games,
