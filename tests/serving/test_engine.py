@@ -78,12 +78,13 @@ def test_a_students_question_is_admitted_before_queued_background_answers(engine
 
         prompt = _prompt(engine, QUESTIONS[0])
         # A full batch (4 rows) of background answers ending one after another...
-        running = [run(f"running {n}", engine.submit(prompt, None, background(40 + 20 * n))) for n in range(4)]
+        # (long enough that none ends before the rest is submitted, on a loaded machine too)
+        running = [run(f"running {n}", engine.submit(prompt, None, background(200 + 20 * n))) for n in range(4)]
         tasks = [asyncio.create_task(job) for job in running]
         await asyncio.sleep(0.05)
-        # ...three more background answers waiting, then the student's question.
+        # ...three more background answers waiting, then the student's question, submitted in the same turn:
+        # a row freed between them (a loaded CI machine) let "queued 0" in before the student was there.
         queued = [asyncio.create_task(run(f"queued {n}", engine.submit(prompt, None, background(8)))) for n in range(3)]
-        await asyncio.sleep(0.01)
         student = asyncio.create_task(run("student", engine.submit(
             prompt, None, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))))
         await asyncio.gather(*tasks, *queued, student)
