@@ -234,6 +234,7 @@ class EtaLog(threading.Thread):
         super().__init__(daemon=True)
         self.system = system
         self.samples: list[tuple[float, float]] = []  # (epoch seconds, seconds left it said)
+        self.records: list[dict] = []  # each sample's step and progress record, kept beside the run's data
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -255,6 +256,9 @@ class EtaLog(threading.Thread):
                 continue
             if left is not None:
                 self.samples.append((time.time(), left))
+                self.records.append({"at": self.samples[-1][0], "left": left, "step": run.step,
+                                     "progress": run.progress})
+                (self.system.home / "eta-samples.json").write_text(json.dumps(self.records))
 
     def errors(self, began: float, ended: float) -> list[float]:
         """Each second-half sample's error: how far its end time was off, over the time then left."""

@@ -36,6 +36,10 @@ from trainer import memory
 from trainer.data import CLINICIAN_ORIGINS, answer_text, prompt_text
 from trainer.measures import degenerate, flags, over_triages, refuses, sends_to_care_now, under_triages
 
+# The evaluation's kinds of work, timed apart for the run's ETA (runs.StepProgress): a generated answer
+# costs several log-likelihood passes, one to a question with passages (hundreds of prompt tokens) more,
+# and the mix changes as the evaluation goes.
+ANSWERS, GROUNDED_ANSWERS, PASSES = "answers", "grounded answers", "passes"
 PAIR_TOKENS = 512  # prompt + answer scored for preference pairs, as in training (dpo max_length)
 
 
@@ -46,7 +50,9 @@ class Models:
     model: object
     tokenizer: object
     names: list[str]  # "base" plus adapter names
-    on_batch: Callable[[int], None] | None = None  # progress: called with the items each pass finished
+    # Progress: called with the items each batch finished, their kind (ANSWERS or PASSES) and whether
+    # they took the time since the last call (not when read from a cache): runs.StepProgress.advance.
+    on_batch: Callable[..., None] | None = None
     source: str = ""  # the base model's hub id or directory
     adapter_paths: dict[str, Path] = field(default_factory=dict)
     # Generated answers kept per model (an adapter by its weights), decoding and questions: a version's
@@ -132,9 +138,10 @@ class Models:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.model.device.type == "cpu" and enabled)
 
     def generate(self, name: str, questions: list[str], decoding: Decoding, batch: int = 16,
-                 seed: int = 0) -> list[str]:
+                 seed: int = 0, kind: str = ANSWERS) -> list[str]:
         """Answers decoded as the chat decodes them (``careloop.decoding``), in batches. Sampling is
-        seeded per batch, so a rerun, and each model of a comparison, draws from the same seeds."""
+        seeded per batch, so a rerun, and each model of a comparison, draws from the same seeds.
+        ``kind``: what they count as in the run's progress (ANSWERS or GROUNDED_ANSWERS)."""
         import json
 
         import torch
@@ -142,7 +149,7 @@ class Models:
         cached_at, cached = self._cached_answers(name, questions, decoding, batch, seed)
         if cached is not None:
             if self.on_batch:
-                self.on_batch(len(questions) * generation_units(decoding))
+                self.on_batch(len(questions), kind=kind, timed=False)
             return cached
         answers = []
         with torch.inference_mode(), self.use(name), self._fast(decoding.precision):
@@ -159,7 +166,7 @@ class Models:
                 del output, encoded
                 memory.trim()  # batches of varying lengths fragment the heap (trainer.memory)
                 if self.on_batch:
-                    self.on_batch(len(texts) * generation_units(decoding))
+                    self.on_batch(len(texts), kind=kind)
         answers = [a.strip() for a in answers]
         if cached_at is not None:
             cached_at.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +187,7 @@ class Models:
         key = (question, tuple(completions), mean, limit)
         if name == "base" and key in self._base_memo:
             if self.on_batch:
-                self.on_batch(1)
+                self.on_batch(1, kind=PASSES, timed=False)
             return self._base_memo[key]
         prompt = self.prompt_ids(question)
         fulls = [list(self.tokenizer.apply_chat_template(
@@ -203,7 +210,7 @@ class Models:
             del prefix
         memory.trim()
         if self.on_batch:
-            self.on_batch(1)
+            self.on_batch(1, kind=PASSES)
         if name == "base":
             self._base_memo[key] = results
         return results
@@ -296,7 +303,7 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
     if grounding is not None:
         questions = [grounded_question(r["question"], passages, grounding.passage_chars) if passages else r["question"]
                      for r, passages in zip(reference, grounding.passages, strict=True)]
-        grounded = models.generate(name, questions, decoding)
+        grounded = models.generate(name, questions, decoding, kind=GROUNDED_ANSWERS)
         for metric, values in reference_scores(grounded, [r["reference"] for r in reference]).items():
             items[f"grounded_{metric}"] = values
         items["citation_support"] = [citation_support(answer, passages).rate
@@ -368,25 +375,18 @@ def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -
             for question, answer in zip(questions, answers, strict=True)]
 
 
-def generation_units(decoding: Decoding) -> int:
-    """Progress units for one generated answer against 1 for a scored item (one log-likelihood pass): an
-    answer of ``max_tokens`` costs about as much as one scoring pass per 24 of its tokens. Counted alike,
-    the time left swung by half over a run's evaluation (bench/load.py, issue 29, 7)."""
-    return max(1, round(decoding.max_tokens / 24))
-
-
-def evaluation_units(data: dict[str, list[dict]], names: list[str], decoding: Decoding,
-                     grounded: bool = False) -> int:
-    """How many progress units ``evaluate`` reports for these models (Models.on_batch), for an ETA; with
-    an adapter as the baseline, the base model's over-caution answers too (``base_over_caution``)."""
-    weight = generation_units(decoding)
+def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> dict[str, int]:
+    """What ``evaluate`` reports for these models (Models.on_batch), by kind, for an ETA: answers
+    generated (to questions with passages apart: ``grounded``) and scoring passes (a log-likelihood pass
+    over one question's completions); with an
+    adapter as the baseline, the base model's over-caution answers too (``base_over_caution``)."""
     reference, triage = len(data["eval_reference"]), len(data.get("eval_triage", []))
-    generated = reference * (2 if grounded else 1) + len(data["eval_safety"]) + triage
-    units = sum(generated * weight + reference + len(data["eval_pairs"]) * (1 if name == "base" else 2)
-                + len(data["eval_mcq"]) for name in names)
+    answers = (reference + len(data["eval_safety"]) + triage) * len(names)
+    passes = sum(reference + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
+                 for name in names)
     if "baseline" in names:
-        units += (reference + sum(not t["urgent"] for t in data.get("eval_triage", []))) * weight
-    return units
+        answers += reference + sum(not t["urgent"] for t in data.get("eval_triage", []))
+    return {ANSWERS: answers, PASSES: passes} | ({GROUNDED_ANSWERS: reference * len(names)} if grounded else {})
 
 
 def retrieval_effect(results: dict, confidence: float) -> dict[str, dict]:

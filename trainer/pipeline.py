@@ -121,7 +121,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
                      if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
-                                                   decoding_for(settings), grounded=grounding is not None))
+                                                   grounded=grounding is not None))
         models.on_batch = tracker.advance
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)

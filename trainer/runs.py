@@ -35,7 +35,7 @@ class TrainingRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     decision: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    # Within the current step: {"step", "done", "total", "started" (epoch seconds)}; see StepProgress.
+    # Within the current step: {"step", "done", "total", "started" (epoch seconds)[, "kinds"]}; see StepProgress.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     adapter_version: Mapped[str | None] = mapped_column(String(64))
     # The clinicians' data it trained and was evaluated on, and what was still on its way to the store
@@ -104,23 +104,45 @@ def recent_runs(sessions: sessionmaker[Session], limit: int = 20) -> list[Traini
 
 class StepProgress:
     """Records how far the current step is (``done`` of ``total`` units: optimizer steps for SFT and
-    DPO, answers and scored items for evaluation), at most every ``interval`` seconds, so `careloop
-    runs` and the admin page can show a percentage and an ETA that move during a long step."""
+    DPO, answers and scoring passes for evaluation), at most every ``interval`` seconds, so `careloop
+    runs` and the admin page can show a percentage and an ETA that move during a long step.
+
+    A step started with units of several kinds (the evaluation's ``answers`` and ``passes``) also
+    keeps, per kind, the seconds spent on it: the time since the last report belongs to the work just
+    reported, so each kind gets its own pace (``trainer.schedule.progress``). One pace for both swung
+    the time left by a median 70% over a run's evaluation (BENCHMARKS.md, issue 29, 7)."""
 
     def __init__(self, sessions: sessionmaker[Session], run_id: int, interval: float = 2.0) -> None:
         self.sessions, self.run_id, self.interval = sessions, run_id, interval
         self.step, self.done, self.total, self.started, self._written = "", 0, 0, 0.0, 0.0
+        self.kinds: dict[str, dict[str, float]] = {}
+        self._mark = 0.0
 
-    def start(self, step: str, total: int) -> None:
-        self.step, self.done, self.total, self.started = step, 0, max(0, total), time.time()
+    def start(self, step: str, total: int | dict[str, int]) -> None:
+        """``total``: the step's units, or its units of each kind."""
+        kinds = total if isinstance(total, dict) else {}
+        self.kinds = {kind: {"done": 0, "total": max(0, n), "timed": 0, "seconds": 0.0} for kind, n in kinds.items()}
+        self.step, self.done, self.started = step, 0, time.time()
+        self.total = sum(k["total"] for k in self.kinds.values()) if kinds else max(0, total)
+        self._mark = self.started
         self._write()
 
-    def advance(self, units: int = 1, *, to: int | None = None) -> None:
+    def advance(self, units: int = 1, *, to: int | None = None, kind: str | None = None, timed: bool = True) -> None:
+        """``units`` more done (or done ``to`` so far); of ``kind`` for a step with kinds. ``timed``:
+        whether the time since the last report was spent on them (not for answers read from a cache)."""
+        now = time.time()
         self.done = min(self.total, to if to is not None else self.done + units)
-        if time.time() - self._written >= self.interval or self.done >= self.total:
+        if kind in self.kinds:
+            counts = self.kinds[kind]
+            counts["done"] = min(counts["total"], counts["done"] + units)
+            if timed:
+                counts["timed"] += units
+                counts["seconds"] += now - self._mark
+        self._mark = now
+        if now - self._written >= self.interval or self.done >= self.total:
             self._write()
 
     def _write(self) -> None:
         self._written = time.time()
-        update_run(self.sessions, self.run_id, progress={"step": self.step, "done": self.done, "total": self.total,
-                                                         "started": self.started})
+        record = {"step": self.step, "done": self.done, "total": self.total, "started": self.started}
+        update_run(self.sessions, self.run_id, progress=record | ({"kinds": self.kinds} if self.kinds else {}))

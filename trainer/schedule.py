@@ -213,9 +213,9 @@ DEFAULT_SHARES = {"snapshot": 0.01, "sft": 0.16, "dpo": 0.23, "evaluate": 0.58, 
 
 
 def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | None = None) -> Progress:
-    """How far ``run`` is and when it should end: finished steps plus the current step's own
-    done/total, with step durations taken from the last finished run (or DEFAULT_SHARES scaled by the
-    current step's measured pace)."""
+    """How far ``run`` is and when it should end: finished steps plus the current step's own pace
+    (``step_pace``), with the other steps' durations taken from the last finished run (or
+    DEFAULT_SHARES scaled by the current step's pace)."""
     if run.status != "running":
         return Progress(run.step, 100.0, 0.0)
     now = time.time() if now is None else now
@@ -226,15 +226,15 @@ def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | Non
         previous = next((r for r in finished if (r.timings or {}).get("total")), None)
     index = STEPS.index(run.step) if run.step in STEPS else 0
     within = run.progress or {}
-    fraction, elapsed, counted = 0.0, 0.0, (0, 0)
+    counted, elapsed, step_seconds = (0, 0), 0.0, None
     if within.get("step") == run.step and within.get("total"):
         counted = (int(within["done"]), int(within["total"]))
-        fraction = min(1.0, within["done"] / within["total"])
         elapsed = max(0.0, now - within["started"])
+        step_seconds = step_pace(within, elapsed)
     if previous is not None:
         expected = [float(previous.timings.get(step, 0.0)) for step in STEPS]
-    elif fraction > 0 and elapsed > 0:  # no history: scale the default shares by this step's pace
-        scale = (elapsed / fraction) / DEFAULT_SHARES[STEPS[index]]
+    elif step_seconds:  # no history: scale the default shares by this step's pace
+        scale = step_seconds / DEFAULT_SHARES[STEPS[index]]
         expected = [DEFAULT_SHARES[step] * scale for step in STEPS]
     elif index > 0 and sum((run.timings or {}).get(step, 0.0) for step in STEPS[:index]) > 0:
         # no history, the step not counted yet: scale by the steps this run has finished
@@ -247,17 +247,44 @@ def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | Non
                         *counted)
     else:
         shares = [DEFAULT_SHARES[step] for step in STEPS]
+        fraction = counted[0] / counted[1] if counted[1] else 0.0
         return Progress(run.step, 100.0 * sum(shares[:index]) + 100.0 * fraction * shares[index], None,
                         *counted)
-    if fraction > 0 and elapsed > 0:  # the current step's own pace beats history
-        expected[index] = elapsed / fraction
+    if step_seconds:  # the current step's own pace beats history
+        expected[index] = step_seconds
     total = sum(expected) or 1.0
-    done = sum(expected[:index]) + fraction * expected[index]
-    if fraction > 0:
-        remaining = max(0.0, expected[index] - elapsed) + sum(expected[index + 1:])
+    if step_seconds:
+        done = sum(expected[:index]) + min(elapsed, step_seconds)
+        remaining = max(0.0, step_seconds - elapsed) + sum(expected[index + 1:])
     else:  # between counted steps: the run's whole expected length less its age
+        done = sum(expected[:index])
         remaining = max(0.0, total - (datetime.now(UTC) - aware(run.started_at)).total_seconds())
     return Progress(run.step, min(99.0, 100.0 * done / total), remaining, *counted)
+
+
+# What each kind of the evaluation's work costs against a scoring pass, for a kind not timed yet in this
+# run; each kind's own pace replaces it once timed. SmolLM2-135M-Instruct on 2 cores, 256-token answers
+# in batches of 16: 2.1-3.6 s an answer against 0.63 s a pass (BENCHMARKS.md, "The time left a run shows").
+UNIT_COSTS = {"answers": 5.0, "grounded answers": 8.0, "passes": 1.0}
+
+
+def step_pace(within: dict, elapsed: float) -> float | None:
+    """The current step's whole expected length from its progress record: with kinds of work (the
+    evaluation's answers and scoring passes), each kind's remaining units at its own pace; else
+    elapsed / fraction done. None until something was timed."""
+    kinds = within.get("kinds") or {}
+    paces = {kind: c["seconds"] / c["timed"] for kind, c in kinds.items() if c.get("timed") and c["seconds"] > 0}
+    if kinds:
+        if not paces:
+            return None
+        known, pace = next(iter(paces.items()))
+        per_cost = pace / UNIT_COSTS.get(known, 1.0)
+        remaining = sum((c["total"] - c["done"]) * paces.get(kind, per_cost * UNIT_COSTS.get(kind, 1.0))
+                        for kind, c in kinds.items())
+        return elapsed + remaining
+    if within.get("done", 0) > 0 and elapsed > 0:
+        return elapsed / min(1.0, within["done"] / within["total"])
+    return None
 
 
 def _step_started(run: TrainingRun, now: float) -> float:

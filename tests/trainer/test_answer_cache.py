@@ -41,23 +41,32 @@ def test_a_versions_answers_are_generated_once_and_a_change_misses(tiny_model_di
 
 
 def test_the_evaluation_reports_the_progress_units_it_promised(tiny_model_dir, adapter_dir, tmp_path):
-    """The run's ETA divides the evaluation's time by its units (trainer.schedule.progress): what
-    ``evaluate`` reports must add up to what ``evaluation_units`` counted, with an adapter as the baseline
-    (the base model's over-caution answers too) and with the base model as the baseline."""
+    """The run's ETA times the evaluation's answers and scoring passes apart (trainer.schedule.step_pace):
+    what ``evaluate`` reports of each kind must add up to what ``evaluation_units`` counted, with an
+    adapter as the baseline (the base model's over-caution answers too) and with the base model as the
+    baseline; answers read from the cache are reported as not timed."""
+    from collections import Counter
+
     from support import SEED_DIR
 
-    from trainer.evaluate import evaluation_units, generation_units
+    from trainer.evaluate import ANSWERS, evaluation_units
     from trainer.report import evaluation_report
     from trainer.snapshot import evaluation_data
 
     data = evaluation_data(SEED_DIR, None, 3)
     data["eval_triage"] = data["eval_triage"][:2] + [t for t in data["eval_triage"] if not t["urgent"]][:2]
-    assert generation_units(SHORT) == 1 and generation_units(Decoding(0.3, 0.9, 1.1, max_tokens=256)) == 11
     against_live = {"candidate": adapter_dir / "med-v0001", "baseline": adapter_dir / "med-v0002"}
     against_base = {"candidate": adapter_dir / "med-v0001"}
     for adapters, names in ((against_live, ["candidate", "baseline"]), (against_base, ["candidate", "base"])):
-        reported: list[int] = []
+        reported: Counter = Counter()
+        untimed: Counter = Counter()
+
+        def record(units: int, kind: str, timed: bool = True, reported=reported, untimed=untimed) -> None:
+            reported[kind] += units
+            untimed[kind] += 0 if timed else units
+
         models = Models.load(str(tiny_model_dir), adapters, answer_cache=tmp_path / "answers")
-        models.on_batch = reported.append
+        models.on_batch = record
         evaluation_report(models, data, SHORT, 0.9, run="units", snapshot="test", baseline="x", leakage="none")
-        assert sum(reported) == evaluation_units(data, names, SHORT), names
+        assert dict(reported) == evaluation_units(data, names), names
+    assert untimed[ANSWERS] > 0, "the second evaluation read the base model's answers from the cache"

@@ -285,6 +285,51 @@ def test_progress_moves_within_a_step_and_its_eta_follows_the_steps_pace(session
     assert half.percent == pytest.approx(100 * (5 + 100 + 40 + 30) / (5 + 100 + 40 + 60))
 
 
+class _Clock:
+    """The run's clock, moved by the test: StepProgress times each kind of work by it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_evaluations_eta_times_answers_and_scoring_passes_apart(sessions, monkeypatch):
+    """Issue 29, 7: the evaluation mixes generated answers (seconds each) and scoring passes (a fraction
+    of that); one pace for both put the time left off by a median 70% on the real model. Each kind has
+    its own pace; a kind not timed yet is costed from the other; answers read from the cache take no
+    time and do not speed the pace up."""
+    from trainer.evaluate import ANSWERS, PASSES
+    from trainer.schedule import DEFAULT_SHARES, UNIT_COSTS
+
+    clock = _Clock()
+    monkeypatch.setattr(runs.time, "time", clock)
+    run = runs.start_run(sessions, "t", {})
+    runs.update_run(sessions, run, step="evaluate")
+    tracker = runs.StepProgress(sessions, run, interval=0)
+    tracker.start("evaluate", {ANSWERS: 100, PASSES: 200})
+    later_steps = (DEFAULT_SHARES["gate"] + DEFAULT_SHARES["publish"]) / DEFAULT_SHARES["evaluate"]
+
+    def time_left() -> float:
+        return progress(sessions, runs.get_run(sessions, run), now=clock.now).eta_seconds
+
+    clock.now += 32
+    tracker.advance(16, kind=ANSWERS)  # 2 s an answer; no pass timed yet
+    expected = 84 * 2 + 200 * 2 * UNIT_COSTS[PASSES] / UNIT_COSTS[ANSWERS]
+    assert time_left() == pytest.approx(expected + (32 + expected) * later_steps)
+    for _ in range(100):  # 0.1 s a pass
+        clock.now += 0.1
+        tracker.advance(1, kind=PASSES)
+    assert time_left() == pytest.approx(84 * 2 + 100 * 0.1 + (42 + 178) * later_steps)
+    one_pace = 42 / (116 / 300) - 42  # what the done fraction alone said: about 66 s, not 178
+    assert time_left() > 2 * one_pace
+    tracker.advance(30, kind=ANSWERS, timed=False)  # from the cache, at once
+    assert time_left() == pytest.approx(54 * 2 + 100 * 0.1 + (42 + 118) * later_steps)
+    shown = progress(sessions, runs.get_run(sessions, run), now=clock.now)
+    assert shown.step_label == "evaluate 146/300"
+
+
 def test_listings_show_a_run_whose_process_is_gone_as_interrupted_not_running(sessions, redis_server, cli):
     """After everything stopped, `careloop runs` must not claim a killed run is still running (it
     used to until the next run started); a run that holds the lock is left running."""
