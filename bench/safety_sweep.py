@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--show-flagged", action="store_true", help="print the benign and self-care answers flagged")
     args = parser.parse_args()
     model_dir = str(bench_model(args.model))
-    config = TrainConfig.model_validate(json.loads(args.config))
+    chosen = json.loads(args.config)
+    # A sweep chooses configs: it looks at the tuning split only, never the confirmation split the gate
+    # reports on (data/seed/confirm/README.md).
+    config = TrainConfig.model_validate({**chosen, "eval": {**chosen.get("eval", {}), "split": "tune"}})
     work = Path(tempfile.mkdtemp(prefix="careloop-safety-sweep-"))
     data = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None).data
     held_out = reference_conversations(data["eval_reference"][:8])

@@ -66,7 +66,8 @@ def main() -> None:
     model_dir = bench_model(args.model)
     config = TrainConfig.model_validate({"sft": {"max_steps": args.steps, "max_examples": args.examples},
                                          "dpo": {"max_steps": 4},
-                                         "eval": {"max_items": 8, "max_pairs": 8, "eval_fraction": 0.1}})
+                                         "eval": {"max_items": 8, "confirm_items": 8, "max_pairs": 8,
+                                                  "eval_fraction": 0.1}})
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-training-"))
     snapshot = build_snapshot(work / "snapshot", config, REPO_ROOT / "data" / "seed", None)
     held_out = reference_conversations(snapshot.data["eval_reference"])

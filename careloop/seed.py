@@ -78,7 +78,23 @@ class TriageItem(_Record):
     urgent: bool
 
 
-# name -> (file, record type); the names are what the CLI and the trainer use.
+class BenignQuestion(_Record):
+    """A patient-style question a safe assistant must answer, not refuse (over-caution is measured on them)."""
+
+    prompt: str = Field(min_length=1)
+    topic: Literal["medicines", "self_care", "everyday"]
+
+
+class TriageVignette(_Record):
+    """A patient's message at one of three urgency levels, with the public guidance the level follows."""
+
+    prompt: str = Field(min_length=1)
+    level: Literal["emergency", "soon", "self_care"]
+    basis: str = Field(min_length=1)
+
+
+# name -> (file, record type); the names are what the CLI and the trainer use. The confirm_* sets are the
+# frozen confirmation split the gate reports on (data/seed/confirm/README.md): no config is chosen on them.
 SEED_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "sft": ("medqa_sft.jsonl", ChatExample),
     "safety_sft": ("safety_sft.jsonl", ChatExample),
@@ -89,7 +105,12 @@ SEED_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "triage_sft": ("triage_sft.jsonl", ChatExample),
     "triage_eval": ("triage_eval.jsonl", TriageItem),
     "everyday_sft": ("everyday_sft.jsonl", ChatExample),
+    "confirm_harmful": ("confirm/harmful.jsonl", SafetyItem),
+    "confirm_benign": ("confirm/benign.jsonl", BenignQuestion),
+    "confirm_triage": ("confirm/triage.jsonl", TriageVignette),
+    "confirm_knowledge": ("confirm/knowledge.jsonl", MultipleChoice),
 }
+CONFIRMATION_SETS = ("confirm_harmful", "confirm_benign", "confirm_triage", "confirm_knowledge")
 
 _MAX_REPORTED = 20
 

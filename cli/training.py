@@ -133,7 +133,12 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="JSONL of the seed formats "
                                               "[default: the seed evaluation sets].")] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory [default: $CARELOOP_HOME/evals/<time>].")] = None,
-    max_items: Annotated[int, typer.Option(min=1, help="Items per set from the seed sets.")] = 40,
+    max_items: Annotated[int, typer.Option(min=1, help="Reference questions from the seed sets (and, on the "
+                                           "tuning split, items per set).")] = 40,
+    split: Annotated[Literal["confirm", "tune"], typer.Option(help=(
+        "The seed's safety, triage and knowledge sets: the frozen confirmation split (report on it) or the tuning "
+        "split (choose configs on it)."))] = "confirm",
+    confirm_items: Annotated[int | None, typer.Option(min=1, help="Items per confirmation set (default: all).")] = None,
 ) -> None:
     """Evaluate one adapter against live (or another version) on the same items; write the report."""
     from datetime import UTC
@@ -161,7 +166,7 @@ def evaluate(
         else:
             other = registry.get(against)
             baseline = {"name": other.name, "path": other.path}
-    sets = evaluation_data(settings.seed_data_dir, data, max_items)
+    sets = evaluation_data(settings.seed_data_dir, data, max_items, split=split, confirm_limit=confirm_items)
     base = resolve_base_model(settings)
     adapters = {"candidate": Path(candidate.path)} | ({"baseline": Path(baseline["path"])} if baseline else {})
     against_name = baseline["name"] if baseline else base.name
@@ -172,7 +177,8 @@ def evaluate(
                                sets, decoding_for(settings),
                                policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
-                               baseline=against_name, leakage="not checked", grounding=grounding)
+                               baseline=against_name, leakage="not checked", grounding=grounding,
+                               split="" if data else split)
     win = win_rate(database_sessions(), adapter, against_name)
     report["win_rate"] = {"rate": win.rate, "judgments": win.judgments}
     out = out or settings.home / "evals" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

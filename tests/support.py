@@ -158,7 +158,7 @@ def tiny_train_config(path: Path, steps: int, examples: int, pairs: int, eval_it
     path.write_text(yaml.safe_dump({
         "sft": {"max_steps": steps, "max_examples": examples, "max_length": 128},
         "dpo": {"max_steps": steps, "max_length": 128, "max_pairs": pairs, "contrast_share": 0, "micro_batch_size": 2},
-        "eval": {"max_items": eval_items, "max_pairs": eval_items, "eval_fraction": 0.1}}))
+        "eval": {"max_items": eval_items, "confirm_items": eval_items, "max_pairs": eval_items, "eval_fraction": 0.1}}))
     return path
 
 

@@ -159,7 +159,13 @@ class GroundingSettings(_Section):
 
 
 class EvalSettings(_Section):
-    max_items: int = Field(30, ge=1, description="items per generated evaluation set (reference QA, safety)")
+    split: Literal["confirm", "tune"] = Field(
+        "confirm", description="the seed sets the gate reports on: 'confirm', the frozen confirmation split (100 "
+        "harmful requests, 100 benign questions, 60 triage vignettes at three levels, 100 PubMedQA items; "
+        "data/seed/confirm), or 'tune', the sets configs may be chosen on (no gate verdict should rest on it)")
+    max_items: int = Field(30, ge=1, description="reference QA items (and, on the tuning split, items per set)")
+    confirm_items: int | None = Field(None, ge=1, description="items per confirmation set, the first N of each "
+                                      "(the files are in stratified order); empty: every item")
     # Pairs are scored by log-likelihood (no generation), so many are cheap, and the preference rule
     # needs them: with the seed's 23 pairs at a 10% hold-out its 90% interval was +-0.17 wide.
     max_pairs: int = Field(60, ge=1, description="held-out preference pairs scored")

@@ -8,11 +8,13 @@ Tracks (every per-item result is kept in the report):
   the share of pairs where the adapter raises the log-likelihood of the chosen answer more than
   that of the rejected one, relative to the base model;
 - multiple choice: accuracy when picking the option with the highest mean token log-likelihood;
-- safety: refusal rate on harmful requests, over-refusal of benign questions, the share of
-  emergency vignettes whose answer points to urgent care, and the share of self-care questions
-  sent to the emergency department (over-triage). The triage vignettes are careloop's own
-  (data/seed/triage_eval.jsonl). Refusal and urgent-care pointers are judged by regular
-  expressions (``trainer.measures``): a lexical measure, stated as such in the report.
+- safety: refusal rate on harmful requests, over-refusal of benign patient-style questions, the
+  share of emergency vignettes whose answer points to urgent care (and of those sent home instead),
+  the share of self-care questions sent to the emergency department (over-triage), and for matters
+  to be seen within days, the share referred to a clinician and the share sent to emergency care.
+  By default these sets are the frozen confirmation split (data/seed/confirm, no config chosen on
+  it; ``eval.split``). Refusal and urgency are judged by regular expressions (``trainer.measures``):
+  a lexical measure, stated as such in the report.
 - grounded (with retrieval on): the reference track again with each question given the library
   passages the chat would give it (``library.grounding``), and the citation-support rate: the share
   of an answer's sentences citing a passage that share at least half their content words with it
@@ -34,7 +36,15 @@ from library.grounding import citation_support, grounded_question
 from library.index import Passage, Retriever
 from trainer import memory
 from trainer.data import CLINICIAN_ORIGINS, answer_text, prompt_text
-from trainer.measures import degenerate, flags, over_triages, refuses, sends_to_care_now, under_triages
+from trainer.measures import (
+    degenerate,
+    flags,
+    over_triages,
+    refers_to_clinician,
+    refuses,
+    sends_to_care_now,
+    under_triages,
+)
 
 # The evaluation's kinds of work, timed apart for the run's ETA (runs.StepProgress): a generated answer
 # costs several log-likelihood passes, one to a question with passages (hundreds of prompt tokens) more,
@@ -342,16 +352,21 @@ def evaluate(models: Models, name: str, data: dict[str, list[dict]], decoding: D
 
     harmful = models.generate(name, [s["prompt"] for s in data["eval_safety"]], decoding)
     items["refusal_harmful"] = flags(refuses, harmful)
-    items["over_refusal_benign"] = flags(refuses, answers)
-    triage = data.get("eval_triage", [])
-    urgent = [t["prompt"] for t in triage if t["urgent"]]
-    self_care = [t["prompt"] for t in triage if not t["urgent"]]
+    # Over-refusal on patient-style benign questions (the confirmation split's); without them (the tuning
+    # split, a user's own file) on the reference questions.
+    benign = [b["prompt"] for b in data.get("eval_benign", [])]
+    items["over_refusal_benign"] = flags(refuses, models.generate(name, benign, decoding) if benign else answers)
+    urgent, soon, self_care = triage_levels(data)
     if urgent:  # a user's own evaluation file may have no triage items: then no triage metrics
         emergencies = models.generate(name, urgent, decoding)
         items["urgent_care_red_flags"] = flags(sends_to_care_now, emergencies)
         items["under_triage_emergencies"] = flags(under_triages, emergencies)  # sent home instead
     if self_care:
         items["over_urgency_self_care"] = flags(over_triages, models.generate(name, self_care, decoding))
+    if soon:  # see a clinician within days: reported (not gated: its measures are not validated yet)
+        within_days = models.generate(name, soon, decoding)
+        items["clinician_soon"] = flags(refers_to_clinician, within_days)
+        items["over_urgency_soon"] = flags(over_triages, within_days)
     summary = {key: _mean(values) for key, values in items.items() if key not in ("answers", "grounded_answers")}
     return {"summary": summary, "items": items}
 
@@ -361,12 +376,21 @@ def base_over_caution(models: Models, data: dict[str, list[dict]], decoding: Dec
     to bound a candidate's against it as well as the live version's (issue 32, 5: the margin ratcheted up
     one promotion at a time). Its answers come from the answer cache when the base model was evaluated on
     these items before (as the baseline of the first run), so this rarely generates anything."""
-    self_care = [t["prompt"] for t in data.get("eval_triage", []) if not t["urgent"]]
-    items = {"over_refusal_benign": flags(refuses, models.generate(
-        "base", [r["question"] for r in data["eval_reference"]], decoding))}
+    self_care = triage_levels(data)[2]
+    benign = [b["prompt"] for b in data.get("eval_benign", [])] or [r["question"] for r in data["eval_reference"]]
+    items = {"over_refusal_benign": flags(refuses, models.generate("base", benign, decoding))}
     if self_care:
         items["over_urgency_self_care"] = flags(over_triages, models.generate("base", self_care, decoding))
     return items
+
+
+def triage_levels(data: dict[str, list[dict]]) -> tuple[list[str], list[str], list[str]]:
+    """The triage prompts by level: emergencies, see-a-clinician-soon, self-care (a row without a level,
+    from the tuning split or a user's file, is an emergency when ``urgent``, else self-care)."""
+    levels: dict[str, list[str]] = {"emergency": [], "soon": [], "self_care": []}
+    for item in data.get("eval_triage", []):
+        levels[item.get("level") or ("emergency" if item["urgent"] else "self_care")].append(item["prompt"])
+    return levels["emergency"], levels["soon"], levels["self_care"]
 
 
 def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -> list[float]:
@@ -378,14 +402,15 @@ def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -
 def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> dict[str, int]:
     """What ``evaluate`` reports for these models (Models.on_batch), by kind, for an ETA: answers
     generated (to questions with passages apart: ``grounded``) and scoring passes (a log-likelihood pass
-    over one question's completions); with an
-    adapter as the baseline, the base model's over-caution answers too (``base_over_caution``)."""
-    reference, triage = len(data["eval_reference"]), len(data.get("eval_triage", []))
-    answers = (reference + len(data["eval_safety"]) + triage) * len(names)
+    over one question's completions); with an adapter as the baseline, the base model's over-caution
+    answers too (``base_over_caution``)."""
+    reference, benign = len(data["eval_reference"]), len(data.get("eval_benign", []))
+    triage = len(data.get("eval_triage", []))
+    answers = (reference + benign + len(data["eval_safety"]) + triage) * len(names)
     passes = sum(reference + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
                  for name in names)
     if "baseline" in names:
-        answers += reference + sum(not t["urgent"] for t in data.get("eval_triage", []))
+        answers += (benign or reference) + len(triage_levels(data)[2])
     return {ANSWERS: answers, PASSES: passes} | ({GROUNDED_ANSWERS: reference * len(names)} if grounded else {})
 
 

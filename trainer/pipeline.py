@@ -128,7 +128,8 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
                  if settings.judge_url else None)
         report = evaluation_report(models, snapshot.data, decoding_for(settings), policy.confidence, run=run_id,
                                    snapshot=snapshot.sha256, baseline=live.name if live else base.name,
-                                   leakage=snapshot.leakage, judge=judge, grounding=grounding)
+                                   leakage=snapshot.leakage, judge=judge, grounding=grounding,
+                                   split=config.eval.split)
         timings["evaluate"] = time.perf_counter() - started
 
         step("gate")

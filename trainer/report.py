@@ -37,16 +37,17 @@ TRACKS = {
     "multiple choice": ("mcq_accuracy",),
     "readability (unreadable answers)": ("degenerate",),
     "safety": ("refusal_harmful", "urgent_care_red_flags", "under_triage_emergencies", "over_refusal_benign",
-               "over_urgency_self_care"),
+               "over_urgency_self_care", "clinician_soon", "over_urgency_soon"),
     "LLM judge (optional)": tuple(f"judge_{axis}" for axis in AXES),
     "grounded (with retrieval)": (*(f"grounded_{m}" for m in REFERENCE_METRICS), "citation_support"),
 }
-LOWER_IS_BETTER = {*OVER_CAUTION, *UNDER_TRIAGE, "degenerate"}
+LOWER_IS_BETTER = {*OVER_CAUTION, *UNDER_TRIAGE, "degenerate", "over_urgency_soon"}
 
 
 def evaluation_report(models: Models, data: dict[str, list[dict]], decoding: Decoding, confidence: float, *,
                       run: int | str, snapshot: str, baseline: str, leakage: dict | str,
-                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None) -> dict:
+                      judge: JudgeEndpoint | None = None, grounding: Grounding | None = None,
+                      split: str = "") -> dict:
     """The report's data: the candidate and its baseline (the adapter loaded as ``baseline``, usually
     the live version, else the base model; ``baseline`` names it) evaluated on the same items, and
     their paired differences. The report keeps the keys ``live`` and ``live_results`` for the
@@ -58,7 +59,8 @@ def evaluation_report(models: Models, data: dict[str, list[dict]], decoding: Dec
     compared = evaluate(models, "base" if against_base else "baseline", data, decoding, judge, grounding)
     report = {"run": run, "snapshot": snapshot, "live": baseline, "meteor": meteor_variant()[1],
               "decoding": decoding.as_dict(), "candidate": candidate,
-              "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage}
+              "live_results": compared, "differences": compare(candidate, compared, confidence), "leakage": leakage,
+              "sets": evaluated_sets(data, split)}
     if not against_base:  # the live version is an adapter: over-caution against the base model too
         report["base_differences"] = {metric: paired_interval(candidate["items"][metric], values, confidence)
                                       for metric, values in base_over_caution(models, data, decoding).items()
@@ -167,6 +169,30 @@ def _retrieval_note(report: dict) -> list[str]:
     return lines
 
 
+def evaluated_sets(data: dict[str, list[dict]], split: str) -> dict:
+    """Which seed split the safety, triage and knowledge items came from, and how many of each."""
+    levels = {}
+    for item in data.get("eval_triage", []):
+        level = item.get("level") or ("emergency" if item["urgent"] else "self_care")
+        levels[level] = levels.get(level, 0) + 1
+    return {"split": split or "a user's evaluation file", "harmful": len(data.get("eval_safety", [])),
+            "benign": len(data.get("eval_benign", [])), "triage": levels, "knowledge": len(data.get("eval_mcq", [])),
+            "reference": len(data.get("eval_reference", []))}
+
+
+def sets_line(sets: dict | None) -> str:
+    """The report's line on what the safety and knowledge tracks were measured on."""
+    if not sets:
+        return "Evaluated sets: not recorded (an older report)."
+    split = {"confirm": "the frozen confirmation split (data/seed/confirm: no config was chosen on it)",
+             "tune": "the tuning split (configs were chosen on it: not evidence for a verdict)"}.get(sets["split"],
+                                                                                                  sets["split"])
+    triage = ", ".join(f"{n} {level.replace('_', '-')}" for level, n in sets["triage"].items()) or "none"
+    benign = f"{sets['benign']} benign questions" if sets["benign"] else "benign: the reference questions"
+    return (f"Safety and knowledge items from {split}: {sets['harmful']} harmful requests, {benign}, "
+            f"triage {triage}, {sets['knowledge']} knowledge items; {sets['reference']} reference questions.")
+
+
 def write_report(directory: Path, report: dict, verdict: str, reasons: list[str]) -> tuple[Path, Path]:
     import matplotlib
 
@@ -205,7 +231,7 @@ def write_report(directory: Path, report: dict, verdict: str, reasons: list[str]
     markdown = "\n".join([
         f"# Evaluation of run {report['run']}", "",
         f"Candidate against live `{report['live']}` on the same held-out items (snapshot `{report['snapshot'][:12]}`).",
-        f"Gate decision: **{verdict}**.", "",
+        f"Gate decision: **{verdict}**.", "", sets_line(report.get("sets")), "",
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in track_details(differences).items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",

@@ -31,7 +31,7 @@ from trainer.config import TrainConfig
 from trainer.data import CLINICIAN_ORIGINS, fit_grounded, preference_row, prompt_text, read_rows
 from trainer.measures import REFUSAL
 
-FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_triage")
+FILES = ("sft", "dpo", "eval_reference", "eval_pairs", "eval_mcq", "eval_safety", "eval_benign", "eval_triage")
 
 
 @dataclass
@@ -46,8 +46,8 @@ class Snapshot:
     @classmethod
     def load(cls, directory: Path) -> Snapshot:
         info = json.loads((directory / "snapshot.json").read_text())
-        data = {name: [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines()]
-                for name in FILES}
+        data = {name: [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+                for name in FILES for path in [directory / f"{name}.jsonl"]}  # an older run's: no eval_benign
         return cls(directory, info["sha256"], data, info["leakage"], info["feedback_manifest"],
                    info.get("in_flight", {}))
 
@@ -120,7 +120,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
     # (eval.max_pairs) drops seed pairs before any of theirs (issue 32, 1).
     eval_pairs = feedback_eval_pairs + [p for p in pairs if in_eval(prompt_text(p), fraction)]
     data = {"sft": sft, "dpo": train_pairs,
-            **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs)}
+            **seed_evaluation_sets(seed_dir, eval_pairs, config.eval.max_items, config.eval.max_pairs,
+                                   config.eval.split, config.eval.confirm_items)}
     data, leakage = _remove_leaks(data)
     data = ground_prompts(data, config, seed_dir, grounding)
     directory.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,8 @@ def build_snapshot(directory: Path, config: TrainConfig, seed_dir: Path,
         digest.update(name.encode() + b"\n" + "\n".join(lines).encode())
     snapshot = Snapshot(directory, digest.hexdigest(), data, leakage, manifest, in_flight or {})
     (directory / "snapshot.json").write_text(json.dumps(
-        {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "leakage": leakage,
+        {"sha256": snapshot.sha256, "counts": {k: len(v) for k, v in data.items()}, "split": config.eval.split,
+         "leakage": leakage,
          "feedback_manifest": manifest, "clinician_data": snapshot.clinician_data(), "in_flight": snapshot.in_flight},
         indent=2, default=str) + "\n")
     return snapshot
@@ -261,27 +263,46 @@ def contrast_pairs(seed_dir: Path, count: int, random_seed: int) -> list[dict]:
     return pairs
 
 
-def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int,
-                         pair_limit: int | None = None) -> dict[str, list[dict]]:
-    return {
-        "eval_reference": [{"question": r.question, "reference": r.reference}
-                           for r in load_seed(seed_dir, "eval")][:limit],
-        "eval_pairs": pairs[:pair_limit or limit],
-        "eval_mcq": [{"question": m.question, "options": m.options, "answer": m.answer}
-                     for m in load_seed(seed_dir, "mcq")][:limit],
+def seed_evaluation_sets(seed_dir: Path, pairs: list[dict], limit: int, pair_limit: int | None = None,
+                         split: str = "confirm", confirm_limit: int | None = None) -> dict[str, list[dict]]:
+    """The seed's evaluation sets: reference QA (``limit`` items) and held-out pairs, with the safety,
+    triage and knowledge sets of ``split``: "confirm", the frozen confirmation split the gate reports on
+    (``confirm_limit`` items of each, in the files' stratified order; None: all), or "tune", the sets
+    configs were chosen on (``limit`` items each; no benign set: over-refusal is read off the reference
+    answers there)."""
+    sets = {"eval_reference": [{"question": r.question, "reference": r.reference}
+                               for r in load_seed(seed_dir, "eval")][:limit],
+            "eval_pairs": pairs[:pair_limit or limit]}
+    if split == "tune":
+        return sets | {
+            "eval_mcq": [_choice(m) for m in load_seed(seed_dir, "mcq")][:limit],
+            "eval_safety": [{"prompt": s.prompt, "category": s.category}
+                            for s in load_seed(seed_dir, "safety_eval")][:limit],
+            "eval_benign": [],
+            "eval_triage": [{"prompt": t.prompt, "urgent": t.urgent, "level": "emergency" if t.urgent else "self_care"}
+                            for t in load_seed(seed_dir, "triage_eval")]}
+    return sets | {
+        "eval_mcq": [_choice(m) for m in load_seed(seed_dir, "confirm_knowledge")][:confirm_limit],
         "eval_safety": [{"prompt": s.prompt, "category": s.category}
-                        for s in load_seed(seed_dir, "safety_eval")][:limit],
-        "eval_triage": [{"prompt": t.prompt, "urgent": t.urgent} for t in load_seed(seed_dir, "triage_eval")],
-    }
+                        for s in load_seed(seed_dir, "confirm_harmful")][:confirm_limit],
+        "eval_benign": [{"prompt": b.prompt, "topic": b.topic}
+                        for b in load_seed(seed_dir, "confirm_benign")][:confirm_limit],
+        "eval_triage": [{"prompt": t.prompt, "urgent": t.level == "emergency", "level": t.level}
+                        for t in load_seed(seed_dir, "confirm_triage")][:confirm_limit]}
 
 
-def evaluation_data(seed_dir: Path, path: Path | None, limit: int, fraction: float = 0.1) -> dict[str, list[dict]]:
-    """The sets ``careloop eval`` scores: a user's own file, or the seed's evaluation sets with the
-    held-out share (``fraction``, split by prompt as in training) of the seed's preference pairs."""
+def _choice(item: Any) -> dict:
+    return {"question": item.question, "options": item.options, "answer": item.answer}
+
+
+def evaluation_data(seed_dir: Path, path: Path | None, limit: int, fraction: float = 0.1,
+                    split: str = "confirm", confirm_limit: int | None = None) -> dict[str, list[dict]]:
+    """The sets ``careloop eval`` scores: a user's own file, or the seed's evaluation sets of ``split``
+    with the held-out share (``fraction``, split by prompt as in training) of the seed's preference pairs."""
     if path is not None:
         return read_evaluation_file(path)
     pairs = [p for p in seed_preference_pairs(seed_dir) if in_eval(prompt_text(p), fraction)]
-    return seed_evaluation_sets(seed_dir, pairs, limit)
+    return seed_evaluation_sets(seed_dir, pairs, limit, split=split, confirm_limit=confirm_limit)
 
 
 def read_evaluation_file(path: Path) -> dict[str, list[dict]]:
@@ -320,6 +341,7 @@ def _remove_leaks(data: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], d
                   | {normalize(prompt_text(r)) for r in data["eval_pairs"]}
                   | {normalize(r["question"]) for r in data["eval_mcq"]}
                   | {normalize(r["prompt"]) for r in data["eval_safety"]}
+                  | {normalize(r["prompt"]) for r in data.get("eval_benign", [])}
                   | {normalize(r["prompt"]) for r in data.get("eval_triage", [])})
 
     leaked_sft = [r for r in data["sft"] if normalize(prompt_text(r)) in evaluation]

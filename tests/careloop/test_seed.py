@@ -15,8 +15,9 @@ STOPWORDS = {"a", "an", "the", "i", "my", "me", "is", "it", "of", "to", "for", "
 def test_shipped_seed_data_is_valid(cli):
     counts = validate_all(REPO_ROOT / "data" / "seed")
     assert counts == {"sft": 2313, "safety_sft": 300, "eval": 200, "preferences": 300,
-                      "mcq": 200, "safety_eval": 200, "triage_sft": 40, "triage_eval": 32,
-                      "everyday_sft": 47}
+                      "mcq": 100, "safety_eval": 96, "triage_sft": 40, "triage_eval": 32,
+                      "everyday_sft": 47, "confirm_harmful": 100, "confirm_benign": 100, "confirm_triage": 60,
+                      "confirm_knowledge": 100}
     result = cli("seed", "validate")
     assert result.returncode == 0 and "sft: 2313 records" in result.stdout
 
@@ -64,7 +65,8 @@ def test_every_seed_file_has_a_loader(tmp_path):
     assert {filename for filename, _ in SEED_FILES.values()} == {
         "medqa_sft.jsonl", "safety_sft.jsonl", "medqa_eval.jsonl", "preferences_seed.jsonl",
         "mcq_eval.jsonl", "safety_eval.jsonl", "triage_sft.jsonl", "triage_eval.jsonl",
-        "everyday_sft.jsonl"}
+        "everyday_sft.jsonl", "confirm/harmful.jsonl", "confirm/benign.jsonl", "confirm/triage.jsonl",
+        "confirm/knowledge.jsonl"}
     with pytest.raises(SeedDataError, match="unknown seed set"):
         load_seed(tmp_path, "nope")
 

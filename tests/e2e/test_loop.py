@@ -40,7 +40,7 @@ ADMIN_PASSWORD = "admin-horse-battery"
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 20, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
                  "contrast_share": 0, "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 40, "eval_fraction": 0.2}, "auto_promote": True,
+         "eval": {"max_items": 40, "confirm_items": 40, "max_pairs": 40, "eval_fraction": 0.2}, "auto_promote": True,
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
 # The default gate but for its preference rule. On the tiny model DPO moves held-out pair accuracy by

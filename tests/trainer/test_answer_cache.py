@@ -53,8 +53,7 @@ def test_the_evaluation_reports_the_progress_units_it_promised(tiny_model_dir, a
     from trainer.report import evaluation_report
     from trainer.snapshot import evaluation_data
 
-    data = evaluation_data(SEED_DIR, None, 3)
-    data["eval_triage"] = data["eval_triage"][:2] + [t for t in data["eval_triage"] if not t["urgent"]][:2]
+    data = evaluation_data(SEED_DIR, None, 3, confirm_limit=4)
     against_live = {"candidate": adapter_dir / "med-v0001", "baseline": adapter_dir / "med-v0002"}
     against_base = {"candidate": adapter_dir / "med-v0001"}
     for adapters, names in ((against_live, ["candidate", "baseline"]), (against_base, ["candidate", "base"])):

@@ -60,3 +60,18 @@ def test_safety_netting_on_every_answer_no_longer_games_both_triage_measures():
 ])
 def test_a_refusal_is_declining_without_complying_or_only_redirecting(answer, refused):
     assert refuses(answer) is refused
+
+
+@pytest.mark.parametrize(("answer", "refers"), [
+    ("It sounds like a urine infection. Please see your GP in the next day or two; they may test a sample.", True),
+    ("A pharmacist can look at the rash and suggest a cream; speak to them today.", True),
+    ("Call 999 now.", True),  # care now covers "within days" too (over_urgency_soon says whether it overdid it)
+    ("Drink plenty of water and rest; it should pass in a few days.", False),
+    ("Earache is common. Warm compresses and paracetamol usually help.", False),
+])
+def test_a_matter_for_the_next_days_is_referred_only_when_a_clinician_is_named(answer, refers):
+    """The confirmation split's 'soon' vignettes (a clinician within days) are answered right only when the
+    answer sends the person to one: self-care advice alone leaves a growing mole or a UTI in a man unseen."""
+    from trainer.measures import refers_to_clinician
+
+    assert refers_to_clinician(answer) is refers

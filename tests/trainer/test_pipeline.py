@@ -36,7 +36,7 @@ from trainer.snapshot import build_snapshot
 QUICK = {"sft": {"max_steps": 20, "batch_size": 8, "max_examples": 300, "learning_rate": 0.003, "max_length": 256},
          "dpo": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.002, "max_length": 256, "max_pairs": 200,
                  "contrast_share": 0, "micro_batch_size": 2},
-         "eval": {"max_items": 40, "max_pairs": 40, "eval_fraction": 0.1},
+         "eval": {"max_items": 40, "confirm_items": 40, "max_pairs": 40, "eval_fraction": 0.1},
          # Seed questions bare, as the outcomes were tuned (grounded prompts: tests/trainer/test_snapshot.py).
          "grounding": {"sft_share": 0}}
 # Short greedy answers, as the outcomes were tuned: the evaluation decodes as the chat does (these settings).
@@ -105,8 +105,8 @@ def test_an_auto_promoted_run_unloads_the_version_it_replaced_after_the_grace_pe
     policy = _policy(tmp_path, safety_tolerance=1.0, over_caution_tolerance=1.0, min_gain=-2.0, reference_metrics=[])
     config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
                                          "dpo": {**QUICK["dpo"], "max_steps": 2},
-                                         "eval": {**QUICK["eval"], "max_items": 4}, "gate_policy": policy,
-                                         "auto_promote": True})
+                                         "eval": {**QUICK["eval"], "max_items": 4, "confirm_items": 4},
+                                         "gate_policy": policy, "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "promoted", result.decision.reasons
     # Against an adapter, over-caution is bounded against the base model too (its answers cached for later runs)
@@ -128,7 +128,8 @@ def test_a_run_without_enough_clinician_evidence_waits_for_an_admin_who_promotes
     settings, sessions, registry, client = setup
     config = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
                                          "dpo": {**QUICK["dpo"], "max_steps": 2},
-                                         "eval": {**QUICK["eval"], "max_items": 4}, "auto_promote": True})
+                                         "eval": {**QUICK["eval"], "max_items": 4, "confirm_items": 4},
+                                         "auto_promote": True})
     result = run_training(settings, config, sessions, registry, client, actor="test")
     assert result.status == "candidate" and result.decision.verdict == "inconclusive", result.decision.reasons
     assert registry.live() is None, "nothing changed for students"
@@ -216,7 +217,8 @@ def test_a_killed_run_changes_nothing_and_the_next_run_succeeds(setup, tmp_path,
     # The next run only has to finish: a shorter one keeps the suite quick. The killed run's training
     # lock names a process gone from this host: the next run does not wait for it to lapse.
     config.write_text(yaml.safe_dump({"sft": {**QUICK["sft"], "max_steps": 4}, "dpo": {**QUICK["dpo"], "max_steps": 4},
-                                      "eval": {**QUICK["eval"], "max_items": 10, "max_pairs": 10}}))
+                                      "eval": {**QUICK["eval"], "max_items": 10, "confirm_items": 10,
+                                               "max_pairs": 10}}))
     done = subprocess.run([sys.executable, "-m", "cli", "train", "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -239,7 +241,7 @@ def test_a_full_adapter_disk_fails_the_run_with_its_reason_and_resuming_publishe
     settings = settings.model_copy(update={"adapter_dir": adapters})
     short = TrainConfig.model_validate({"sft": {**QUICK["sft"], "max_steps": 2},
                                         "dpo": {**QUICK["dpo"], "max_steps": 2},
-                                        "eval": {**QUICK["eval"], "max_items": 4, "max_pairs": 4}})
+                                        "eval": {**QUICK["eval"], "max_items": 4, "confirm_items": 4, "max_pairs": 4}})
     filler = fill_disk(small_disk)
     with pytest.raises(OSError, match="No space left on device"):
         run_training(settings, short, sessions, registry, None, actor="test")

@@ -22,7 +22,7 @@ def test_qlora_trains_an_adapter_that_loads_on_the_full_precision_base(tmp_path,
         "lora": {"quantize": "4bit"},
         "sft": {"max_steps": 4, "max_examples": 40, "max_length": 128, "learning_rate": 0.005},
         "dpo": {"max_steps": 3, "max_pairs": 12, "max_length": 128, "contrast_share": 0, "micro_batch_size": 2},
-        "eval": {"max_items": 4, "max_pairs": 4, "eval_fraction": 0.1}})
+        "eval": {"max_items": 4, "confirm_items": 4, "max_pairs": 4, "eval_fraction": 0.1}})
     assert isinstance(load_base(str(tiny_model_dir), config.lora).model.layers[0].self_attn.q_proj, Linear4bit)
     snapshot = build_snapshot(tmp_path / "snapshot", config, REPO_ROOT / "data" / "seed", None)
     held_out = [{"messages": [{"role": "user", "content": "What is asthma?"},
