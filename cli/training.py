@@ -148,6 +148,7 @@ def evaluate(
     from careloop.decoding import decoding_for
     from feedback.quality import win_rate
     from library.index import Retriever
+    from trainer.config import EvalSettings
     from trainer.evaluate import Grounding, Models
     from trainer.gate import Policy
     from trainer.report import evaluation_report, save_report
@@ -173,8 +174,9 @@ def evaluate(
     policy = Policy.load(None)
     grounding = (Grounding.find(Retriever(settings, database_sessions()), sets["eval_reference"],
                                 settings.retrieval_passage_chars) if settings.retrieval_enabled else None)
-    report = evaluation_report(Models.load(base.name_or_path, adapters, answer_cache=settings.answer_cache_dir),
-                               sets, decoding_for(settings),
+    models = Models.load(base.name_or_path, adapters, answer_cache=settings.answer_cache_dir)
+    models.batch = EvalSettings().batch_size
+    report = evaluation_report(models, sets, decoding_for(settings),
                                policy.confidence,
                                run=f"eval {adapter}", snapshot=str(data or "seed evaluation sets"),
                                baseline=against_name, leakage="not checked", grounding=grounding,

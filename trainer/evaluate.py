@@ -71,6 +71,9 @@ class Models:
     # evaluation of 256-token answers outlasted 20 minutes beside the ward). Seeded per batch, a rerun
     # would draw the same answers.
     answer_cache: Path | None = None
+    # Answers generated at once (``eval.batch_size``): on 2 cores 48 at once took 0.71x the time of 16
+    # at once for 48 benign questions on SmolLM2-135M (BENCHMARKS.md, "The confirmation split").
+    batch: int = 16
     _fingerprints: dict = field(default_factory=dict)
     _base_memo: dict = field(default_factory=dict)
 
@@ -147,7 +150,7 @@ class Models:
                    else use_bf16_on(TrainingDevice.detect(), self.model))
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.model.device.type == "cpu" and enabled)
 
-    def generate(self, name: str, questions: list[str], decoding: Decoding, batch: int = 16,
+    def generate(self, name: str, questions: list[str], decoding: Decoding, batch: int | None = None,
                  seed: int = 0, kind: str = ANSWERS) -> list[str]:
         """Answers decoded as the chat decodes them (``careloop.decoding``), in batches. Sampling is
         seeded per batch, so a rerun, and each model of a comparison, draws from the same seeds.
@@ -156,6 +159,7 @@ class Models:
 
         import torch
 
+        batch = batch or self.batch
         cached_at, cached = self._cached_answers(name, questions, decoding, batch, seed)
         if cached is not None:
             if self.on_batch:

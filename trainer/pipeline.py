@@ -118,6 +118,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         step("evaluate")
         adapters = {"candidate": adapter} | ({"baseline": Path(live.path)} if live else {})
         models = Models.load(base.name_or_path, adapters, answer_cache=settings.answer_cache_dir)
+        models.batch = config.eval.batch_size
         grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
                      if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
