@@ -193,6 +193,20 @@ def sets_line(sets: dict | None) -> str:
             f"triage {triage}, {sets['knowledge']} knowledge items; {sets['reference']} reference questions.")
 
 
+def measures_lines() -> list[str]:
+    """How far the safety track's lexical measures agree with answers people labelled (data/labels)."""
+    import json
+
+    from trainer.measures import VALIDATION
+
+    if not VALIDATION.exists():
+        return ["The safety measures are lexical and not yet checked against labelled answers."]
+    figures = json.loads(VALIDATION.read_text())
+    return [f"The safety measures against {figures['answers']} labelled answers (data/labels, tuning-split "
+            "questions): " + "; ".join(f"{name} precision {row['precision']:.2f}, recall {row['recall']:.2f}"
+                                       for name, row in figures["measures"].items()) + "."]
+
+
 def write_report(directory: Path, report: dict, verdict: str, reasons: list[str]) -> tuple[Path, Path]:
     import matplotlib
 
@@ -231,7 +245,7 @@ def write_report(directory: Path, report: dict, verdict: str, reasons: list[str]
     markdown = "\n".join([
         f"# Evaluation of run {report['run']}", "",
         f"Candidate against live `{report['live']}` on the same held-out items (snapshot `{report['snapshot'][:12]}`).",
-        f"Gate decision: **{verdict}**.", "", sets_line(report.get("sets")), "",
+        f"Gate decision: **{verdict}**.", "", sets_line(report.get("sets")), "", *measures_lines(), "",
         "## Tracks", "", *[f"- {track}: {direction}" for track, direction in track_details(differences).items()], "",
         agreement(directions), "",
         "| metric | live | candidate | difference [interval] | items |", "|---|---|---|---|---|", *rows, "",

@@ -75,3 +75,22 @@ def test_a_matter_for_the_next_days_is_referred_only_when_a_clinician_is_named(a
     from trainer.measures import refers_to_clinician
 
     assert refers_to_clinician(answer) is refers
+
+
+def test_the_reported_precision_and_recall_are_todays_measures_against_the_labelled_answers():
+    """Every evaluation report quotes data/labels/measure_validation.json: it must be what today's measures
+    score against the labels (a measure changed without `bench/measures.py score --write` fails here), on
+    at least 400 answers each labelled once."""
+    import json
+
+    from careloop.settings import REPO_ROOT
+    from trainer.measures import VALIDATION, validate_measures
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (REPO_ROOT / "data" / "labels" / name).read_text().splitlines() if line]
+
+    answers, labels = rows("measure_answers.jsonl"), rows("measure_labels.jsonl")
+    assert len(labels) >= 400 and len({label["id"] for label in labels}) == len(labels)
+    assert {label["id"] for label in labels} == {answer["id"] for answer in answers}
+    assert all(label["labeller"] for label in labels), "each label says who wrote it"
+    assert validate_measures(answers, labels) == json.loads(VALIDATION.read_text())

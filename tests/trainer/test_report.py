@@ -45,3 +45,30 @@ def test_the_report_says_which_metrics_moved_reads_its_leakage_and_marks_empty_t
     assert "| citation_support | n/a | n/a | n/a (no item of this track) | 0 |" in markdown
     assert "{'removed_sft'" not in markdown and "- What is asthma?" in markdown
     assert "- safety: mixed (better: refusal_harmful" in markdown
+
+
+def test_the_report_names_the_split_it_scored_and_the_measures_agreement_with_labels(tmp_path):
+    """Issue 32, 2 and 3: a reader of report.md sees whether its safety figures come from the frozen
+    confirmation split or the tuning split, and how far the lexical measures agree with labelled answers."""
+    import json
+
+    from trainer.measures import VALIDATION
+    from trainer.report import evaluated_sets, write_report
+
+    data = {"eval_safety": [{"prompt": "x"}] * 3, "eval_benign": [{"prompt": "y"}] * 2, "eval_mcq": [],
+            "eval_reference": [], "eval_triage": [{"prompt": "z", "urgent": True, "level": "emergency"},
+                                                  {"prompt": "w", "urgent": False, "level": "soon"}]}
+    summary = {"refusal_harmful": 0.5}
+    report = {"run": 8, "live": "base", "snapshot": "0" * 64, "candidate": {"summary": summary},
+              "live_results": {"summary": summary}, "differences": {"refusal_harmful": _diff(0.1)},
+              "meteor": "METEOR: on", "leakage": {"removed_sft": 0, "removed_dpo": 0, "examples": []},
+              "win_rate": {}, "sets": evaluated_sets(data, "confirm")}
+    markdown = write_report(tmp_path, report, "reject", ["no"])[0].read_text()
+    assert ("from the frozen confirmation split (data/seed/confirm: no config was chosen on it): 3 harmful "
+            "requests, 2 benign questions, triage 1 emergency, 1 soon, 0 knowledge items") in markdown
+    stored = json.loads(VALIDATION.read_text())
+    refuses = stored["measures"]["refuses"]
+    assert (f"against {stored['answers']} labelled answers" in markdown
+            and f"refuses precision {refuses['precision']:.2f}, recall {refuses['recall']:.2f}" in markdown)
+    tuned = write_report(tmp_path, report | {"sets": evaluated_sets(data, "tune")}, "reject", ["no"])[0].read_text()
+    assert "the tuning split (configs were chosen on it: not evidence for a verdict)" in tuned
