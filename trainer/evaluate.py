@@ -163,7 +163,7 @@ class Models:
         cached_at, cached = self._cached_answers(name, questions, decoding, batch, seed)
         if cached is not None:
             if self.on_batch:
-                self.on_batch(len(questions), kind=kind, timed=False)
+                self.on_batch(generation_units(len(questions), batch), kind=kind, timed=False)
             return cached
         answers = []
         with torch.inference_mode(), self.use(name), self._fast(decoding.precision):
@@ -180,7 +180,7 @@ class Models:
                 del output, encoded
                 memory.trim()  # batches of varying lengths fragment the heap (trainer.memory)
                 if self.on_batch:
-                    self.on_batch(len(texts), kind=kind)
+                    self.on_batch(len(texts) + BATCH_OVERHEAD, kind=kind)
         answers = [a.strip() for a in answers]
         if cached_at is not None:
             cached_at.parent.mkdir(parents=True, exist_ok=True)
@@ -403,19 +403,35 @@ def degenerate_flags(models: Models, questions: list[str], answers: list[str]) -
             for question, answer in zip(questions, answers, strict=True)]
 
 
-def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False) -> dict[str, int]:
+# A batch of n answers costs about BATCH_OVERHEAD + n answers' worth: decoding takes max_tokens steps
+# however few rows the batch has. SmolLM2-135M on 2 cores: 19.5 + 1.4 n seconds for n = 8 to 48
+# (bench/eval_batch.py), so a batch's fixed part is worth about 14 answers; counted per answer, a first
+# batch of 30 put the time left of an evaluation in batches of 48 at twice its length (BENCHMARKS.md).
+BATCH_OVERHEAD = 14
+
+
+def generation_units(count: int, batch: int) -> int:
+    """Progress units of generating ``count`` answers in batches of ``batch``."""
+    full, rest = divmod(count, batch)
+    return full * (batch + BATCH_OVERHEAD) + (rest + BATCH_OVERHEAD if rest else 0)
+
+
+def evaluation_units(data: dict[str, list[dict]], names: list[str], grounded: bool = False,
+                     batch: int = 16) -> dict[str, int]:
     """What ``evaluate`` reports for these models (Models.on_batch), by kind, for an ETA: answers
-    generated (to questions with passages apart: ``grounded``) and scoring passes (a log-likelihood pass
-    over one question's completions); with an adapter as the baseline, the base model's over-caution
-    answers too (``base_over_caution``)."""
+    generated in batches of ``batch`` (``generation_units``; to questions with passages apart:
+    ``grounded``) and scoring passes (a log-likelihood pass over one question's completions); with an
+    adapter as the baseline, the base model's over-caution answers too (``base_over_caution``)."""
     reference, benign = len(data["eval_reference"]), len(data.get("eval_benign", []))
-    triage = len(data.get("eval_triage", []))
-    answers = (reference + benign + len(data["eval_safety"]) + triage) * len(names)
+    urgent, soon, self_care = triage_levels(data)
+    calls = [reference, benign, len(data["eval_safety"]), len(urgent), len(self_care), len(soon)]
+    answers = sum(generation_units(count, batch) for count in calls) * len(names)
     passes = sum(reference + len(data["eval_pairs"]) * (1 if name == "base" else 2) + len(data["eval_mcq"])
                  for name in names)
     if "baseline" in names:
-        answers += (benign or reference) + len(triage_levels(data)[2])
-    return {ANSWERS: answers, PASSES: passes} | ({GROUNDED_ANSWERS: reference * len(names)} if grounded else {})
+        answers += generation_units(benign or reference, batch) + generation_units(len(self_care), batch)
+    grounded_answers = {GROUNDED_ANSWERS: generation_units(reference, batch) * len(names)} if grounded else {}
+    return {ANSWERS: answers, PASSES: passes} | grounded_answers
 
 
 def retrieval_effect(results: dict, confidence: float) -> dict[str, dict]:

@@ -122,7 +122,7 @@ def run_training(settings: Settings, config: TrainConfig, sessions: sessionmaker
         grounding = (Grounding.find(retriever, snapshot.data["eval_reference"], settings.retrieval_passage_chars)
                      if retriever is not None else None)
         tracker.start("evaluate", evaluation_units(snapshot.data, ["candidate", "baseline" if live else "base"],
-                                                   grounded=grounding is not None))
+                                                   grounded=grounding is not None, batch=models.batch))
         models.on_batch = tracker.advance
         policy = Policy.load(config.gate_policy)
         judge = (JudgeEndpoint(settings.judge_url, settings.judge_model, settings.judge_api_key)

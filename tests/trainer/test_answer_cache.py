@@ -49,10 +49,12 @@ def test_the_evaluation_reports_the_progress_units_it_promised(tiny_model_dir, a
 
     from support import SEED_DIR
 
-    from trainer.evaluate import ANSWERS, evaluation_units
+    from trainer.evaluate import ANSWERS, BATCH_OVERHEAD, evaluation_units, generation_units
     from trainer.report import evaluation_report
     from trainer.snapshot import evaluation_data
 
+    # a batch costs its answers plus a fixed part (decoding runs max_tokens steps for 4 answers or 48)
+    assert generation_units(100, 48) == 100 + 3 * BATCH_OVERHEAD and generation_units(0, 48) == 0
     data = evaluation_data(SEED_DIR, None, 3, confirm_limit=4)
     against_live = {"candidate": adapter_dir / "med-v0001", "baseline": adapter_dir / "med-v0002"}
     against_base = {"candidate": adapter_dir / "med-v0001"}
@@ -65,7 +67,8 @@ def test_the_evaluation_reports_the_progress_units_it_promised(tiny_model_dir, a
             untimed[kind] += 0 if timed else units
 
         models = Models.load(str(tiny_model_dir), adapters, answer_cache=tmp_path / "answers")
+        models.batch = 3  # several batches per set, one of them short
         models.on_batch = record
         evaluation_report(models, data, SHORT, 0.9, run="units", snapshot="test", baseline="x", leakage="none")
-        assert dict(reported) == evaluation_units(data, names), names
+        assert dict(reported) == evaluation_units(data, names, batch=models.batch), names
     assert untimed[ANSWERS] > 0, "the second evaluation read the base model's answers from the cache"
