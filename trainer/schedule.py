@@ -262,9 +262,10 @@ def progress(sessions: sessionmaker[Session], run: TrainingRun, now: float | Non
     return Progress(run.step, min(99.0, 100.0 * done / total), remaining, *counted)
 
 
-# What each kind of the evaluation's work costs against a scoring pass, for a kind not timed yet in this
-# run; each kind's own pace replaces it once timed. SmolLM2-135M-Instruct on 2 cores, 256-token answers
-# in batches of 16: 2.1-3.6 s an answer against 0.63 s a pass (BENCHMARKS.md, "The time left a run shows").
+# What a unit of each kind of the evaluation's work costs against a scoring pass, for a kind not timed yet
+# in this run; each kind's own pace replaces it once timed. A unit of answers is an answer or a share of its
+# batch's fixed part (trainer.evaluate.generation_units). SmolLM2-135M-Instruct on 2 cores: 2.0-2.4 s an
+# answer in batches of 48, about 7 s one with passages, 0.8-1.4 s a pass (BENCHMARKS.md, session 20).
 UNIT_COSTS = {"answers": 5.0, "grounded answers": 8.0, "passes": 1.0}
 
 
